@@ -1,0 +1,219 @@
+//! Strict, two-pass weight loading.
+//!
+//! Module constructors take a [`WeightLoader`] and ask it for tensors by canonical name and
+//! expected shape. [`load`] runs the constructor twice: first in a validation pass that reads only
+//! headers and collects every missing, unexpected, wrong-shape and wrong-dtype tensor, then (only
+//! if nothing is wrong) in the loading pass that converts one tensor at a time straight from the
+//! memory map into device memory. A bad checkpoint therefore fails before any large allocation,
+//! with one error that lists every problem, and a good one never exists twice in memory.
+
+use std::collections::BTreeSet;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{LoadError, TensorProblem, TensorProblems};
+use crate::linear::{Linear, LinearOptions};
+
+/// Hands out tensors from a [`Checkpoint`] and records what was asked for.
+pub struct WeightLoader<'a> {
+    ckpt: &'a Checkpoint,
+    device: Device,
+    dtype: DType,
+    linear: LinearOptions,
+    validate_only: bool,
+    used: BTreeSet<String>,
+    ignored_prefixes: Vec<String>,
+    ignored_suffixes: Vec<String>,
+    problems: Vec<TensorProblem>,
+}
+
+impl<'a> WeightLoader<'a> {
+    /// A loader that creates tensors of `dtype` on `device`.
+    pub fn new(ckpt: &'a Checkpoint, device: &Device, dtype: DType) -> Self {
+        Self {
+            ckpt,
+            device: device.clone(),
+            dtype,
+            linear: LinearOptions::default(),
+            validate_only: false,
+            used: BTreeSet::new(),
+            ignored_prefixes: Vec::new(),
+            ignored_suffixes: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Sets how linear layers store their weights (see [`LinearOptions`]).
+    pub fn with_linear_options(mut self, options: LinearOptions) -> Self {
+        self.linear = options;
+        self
+    }
+
+    /// The device tensors are created on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The float type of the created tensors.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// How linear layers store their weights.
+    pub fn linear_options(&self) -> &LinearOptions {
+        &self.linear
+    }
+
+    /// True during the validation pass, when returned tensors are placeholders.
+    pub fn is_validating(&self) -> bool {
+        self.validate_only
+    }
+
+    /// The checkpoint being read.
+    pub fn checkpoint(&self) -> &'a Checkpoint {
+        self.ckpt
+    }
+
+    /// Whether the checkpoint has a tensor of this name.
+    pub fn contains(&self, key: &str) -> bool {
+        self.ckpt.entry(key).is_some()
+    }
+
+    /// The stored shape of a tensor, if present.
+    pub fn shape_of(&self, key: &str) -> Option<&'a [usize]> {
+        self.ckpt.entry(key).map(|e| e.shape.as_slice())
+    }
+
+    /// Accepts and skips every tensor whose name starts with `prefix` (buffers that some
+    /// exporters save, such as rotary `inv_freq`, or a tower the caller does not build).
+    pub fn ignore_prefix(&mut self, prefix: &str) {
+        self.ignored_prefixes.push(prefix.to_string());
+    }
+
+    /// Accepts and skips every tensor whose name ends with `suffix`.
+    pub fn ignore_suffix(&mut self, suffix: &str) {
+        self.ignored_suffixes.push(suffix.to_string());
+    }
+
+    /// Whether any tensor name starts with `prefix`.
+    pub fn contains_prefix(&self, prefix: &str) -> bool {
+        self.ckpt.keys_with_prefix(prefix).next().is_some()
+    }
+
+    /// Records a problem found by a module constructor itself.
+    pub fn report(&mut self, problem: TensorProblem) {
+        self.problems.push(problem);
+    }
+
+    /// Takes the float tensor `key`, which must have exactly `shape`.
+    ///
+    /// On any problem, the problem is recorded and a placeholder is returned; [`load`] turns
+    /// recorded problems into an error before the model is used.
+    pub fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<D> {
+        match self.check(key, &shape) {
+            true if !self.validate_only => {
+                let data = self.read(key, &shape);
+                Tensor::from_data(data, (&self.device, self.dtype))
+            }
+            _ => Tensor::zeros([1; D], (&self.device, self.dtype)),
+        }
+    }
+
+    /// Takes `key` as f32 values on the host, checking its shape. Returns `None` on a recorded
+    /// problem or during validation.
+    pub fn host_f32(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        if !self.check(key, shape) || self.validate_only {
+            return None;
+        }
+        let entry = self.ckpt.entry(key)?;
+        let values = self.ckpt.to_f32(entry);
+        self.ckpt.release(entry);
+        values
+    }
+
+    /// Takes a linear layer `prefix.weight` (`[out, in]`) and, if `bias`, `prefix.bias`.
+    pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
+        Linear::load(self, prefix, d_in, d_out, bias)
+    }
+
+    fn check(&mut self, key: &str, shape: &[usize]) -> bool {
+        self.used.insert(key.to_string());
+        let Some(entry) = self.ckpt.entry(key) else {
+            self.problems.push(TensorProblem::Missing {
+                key: key.to_string(),
+            });
+            return false;
+        };
+        let mut ok = true;
+        if entry.shape != shape {
+            self.problems.push(TensorProblem::Shape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+            ok = false;
+        }
+        if !entry.dtype.is_float() {
+            self.problems.push(TensorProblem::Dtype {
+                key: key.to_string(),
+                expected: "F32, BF16 or F16".into(),
+                found: entry.dtype.name().into(),
+            });
+            ok = false;
+        }
+        ok
+    }
+
+    fn read(&self, key: &str, shape: &[usize]) -> TensorData {
+        let entry = self.ckpt.entry(key).expect("checked above");
+        let data = match self.dtype {
+            DType::BF16 => TensorData::new(self.ckpt.to_bf16(entry).expect("float"), shape),
+            DType::F16 => TensorData::new(self.ckpt.to_f16(entry).expect("float"), shape),
+            _ => TensorData::new(self.ckpt.to_f32(entry).expect("float"), shape),
+        };
+        self.ckpt.release(entry);
+        data
+    }
+
+    fn finish(self) -> Result<(), LoadError> {
+        let mut problems = self.problems;
+        for key in self.ckpt.keys() {
+            if !self.used.contains(key)
+                && !self.ignored_prefixes.iter().any(|p| key.starts_with(p))
+                && !self.ignored_suffixes.iter().any(|p| key.ends_with(p))
+            {
+                problems.push(TensorProblem::Unexpected {
+                    key: key.to_string(),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadError::Tensors(TensorProblems(problems)))
+        }
+    }
+}
+
+/// Builds a module from a checkpoint strictly: validates every tensor first, then loads.
+///
+/// `build` is called twice; it must ask for the same tensors both times and may return its own
+/// errors (an inconsistent configuration, say).
+pub fn load<T>(
+    ckpt: &Checkpoint,
+    device: &Device,
+    dtype: DType,
+    linear: LinearOptions,
+    mut build: impl FnMut(&mut WeightLoader<'_>) -> Result<T, LoadError>,
+) -> Result<T, LoadError> {
+    let mut check = WeightLoader::new(ckpt, device, dtype).with_linear_options(linear.clone());
+    check.validate_only = true;
+    let placeholder = build(&mut check)?;
+    drop(placeholder);
+    check.finish()?;
+    let mut loader = WeightLoader::new(ckpt, device, dtype).with_linear_options(linear);
+    let module = build(&mut loader)?;
+    loader.finish()?;
+    Ok(module)
+}

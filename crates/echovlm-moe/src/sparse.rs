@@ -1,0 +1,315 @@
+use burn::tensor::{IndexingUpdateOp, Tensor, TensorData, activation};
+use echovlm_core::host::{int_tensor, to_f32_vec};
+use echovlm_core::{LoadError, Linear, TensorProblem, WeightLoader};
+
+use crate::mlp::Mlp;
+use crate::trace::LayerRouting;
+
+/// Routing settings that are not visible in the tensor shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts each token is sent to (`num_experts_per_tok`; EchoVLM: 2).
+    pub num_experts_per_tok: usize,
+    /// Renormalise the top-k probabilities to sum to one (`norm_topk_prob`; EchoVLM: false).
+    pub norm_topk_prob: bool,
+}
+
+impl Default for MoeConfig {
+    fn default() -> Self {
+        Self {
+            num_experts_per_tok: 2,
+            norm_topk_prob: false,
+        }
+    }
+}
+
+/// The routing decision for a set of tokens, computed on the host in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Number of routed experts.
+    pub num_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Router logits, `[tokens, num_experts]` row-major.
+    pub router_logits: Vec<f32>,
+    /// Chosen experts per token, best first, `[tokens, top_k]`.
+    pub experts: Vec<u32>,
+    /// Weights of the chosen experts, `[tokens, top_k]`.
+    pub weights: Vec<f32>,
+}
+
+impl Routing {
+    /// Routes tokens from their router logits: softmax in f32, top-k (ties go to the lower
+    /// expert index), optional renormalisation.
+    pub fn from_logits(logits: Vec<f32>, num_experts: usize, top_k: usize, renorm: bool) -> Self {
+        let tokens = if num_experts == 0 {
+            0
+        } else {
+            logits.len() / num_experts
+        };
+        let mut experts = Vec::with_capacity(tokens * top_k);
+        let mut weights = Vec::with_capacity(tokens * top_k);
+        let mut probs = vec![0f32; num_experts];
+        let mut order: Vec<usize> = (0..num_experts).collect();
+        for row in logits.chunks_exact(num_experts.max(1)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (p, &l) in probs.iter_mut().zip(row) {
+                *p = (l - max).exp();
+                sum += *p;
+            }
+            for p in probs.iter_mut() {
+                *p /= sum;
+            }
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k];
+            let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
+            for &e in chosen {
+                experts.push(e as u32);
+                weights.push(if renorm { probs[e] / total } else { probs[e] });
+            }
+        }
+        Self {
+            num_experts,
+            top_k,
+            router_logits: logits,
+            experts,
+            weights,
+        }
+    }
+
+    /// Number of routed tokens.
+    pub fn tokens(&self) -> usize {
+        self.experts.len() / self.top_k.max(1)
+    }
+
+    /// For each expert, the tokens sent to it (ascending) and their weights.
+    pub fn per_expert(&self) -> Vec<(Vec<i64>, Vec<f32>)> {
+        let mut out = vec![(Vec::new(), Vec::new()); self.num_experts];
+        for (t, (es, ws)) in self
+            .experts
+            .chunks_exact(self.top_k)
+            .zip(self.weights.chunks_exact(self.top_k))
+            .enumerate()
+        {
+            for (&e, &w) in es.iter().zip(ws) {
+                out[e as usize].0.push(t as i64);
+                out[e as usize].1.push(w);
+            }
+        }
+        out
+    }
+}
+
+/// The Qwen2-MoE sparse block: router, routed SwiGLU experts, sigmoid-gated shared expert.
+#[derive(Debug, Clone)]
+pub struct SparseMoeBlock {
+    /// Router, `Linear(hidden → num_experts)` without bias.
+    pub gate: Linear,
+    /// Routed experts.
+    pub experts: Vec<Mlp>,
+    /// The always-on shared expert.
+    pub shared_expert: Mlp,
+    /// `Linear(hidden → 1)` without bias; its sigmoid scales the shared expert per token.
+    pub shared_expert_gate: Linear,
+    /// Routing settings.
+    pub config: MoeConfig,
+}
+
+impl SparseMoeBlock {
+    /// Loads `{prefix}.gate`, `{prefix}.experts.{e}.*`, `{prefix}.shared_expert.*` and
+    /// `{prefix}.shared_expert_gate`, reading the number and widths of the experts from the
+    /// tensor shapes.
+    pub fn load(
+        loader: &mut WeightLoader<'_>,
+        prefix: &str,
+        hidden: usize,
+        config: MoeConfig,
+    ) -> Result<Self, LoadError> {
+        let gate_key = format!("{prefix}.gate.weight");
+        let counted = (0..)
+            .take_while(|e| loader.contains(&format!("{prefix}.experts.{e}.gate_proj.weight")))
+            .count();
+        let num_experts = match loader.shape_of(&gate_key) {
+            Some(&[e, _]) => e,
+            _ => counted,
+        };
+        if num_experts == 0 {
+            // Nothing says how many experts there are: report the router and the first expert
+            // as missing and let the strict loader fail with every other problem found.
+            loader.report(TensorProblem::Missing { key: gate_key });
+        } else if config.num_experts_per_tok == 0 || config.num_experts_per_tok > num_experts {
+            return Err(LoadError::config(
+                "config.json",
+                format!(
+                    "num_experts_per_tok = {} but the checkpoint has {num_experts} experts",
+                    config.num_experts_per_tok
+                ),
+            ));
+        }
+        let width = |loader: &WeightLoader<'_>, key: &str| match loader.shape_of(key) {
+            Some(&[w, _]) => w,
+            _ => 1,
+        };
+        let expert_width = width(loader, &format!("{prefix}.experts.0.gate_proj.weight"));
+        let shared_width = width(loader, &format!("{prefix}.shared_expert.gate_proj.weight"));
+        let gate = if num_experts == 0 {
+            Linear::new(
+                burn::tensor::Tensor::zeros([1, hidden], (loader.device(), loader.dtype())),
+                None,
+            )
+        } else {
+            loader.linear(&format!("{prefix}.gate"), hidden, num_experts, false)
+        };
+        let experts = (0..num_experts.max(1))
+            .map(|e| Mlp::load(loader, &format!("{prefix}.experts.{e}"), hidden, expert_width))
+            .collect();
+        let shared_expert = Mlp::load(loader, &format!("{prefix}.shared_expert"), hidden, shared_width);
+        let shared_expert_gate =
+            loader.linear(&format!("{prefix}.shared_expert_gate"), hidden, 1, false);
+        Ok(Self {
+            gate,
+            experts,
+            shared_expert,
+            shared_expert_gate,
+            config,
+        })
+    }
+
+    /// Number of routed experts.
+    pub fn num_experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// Routes `h` (`[tokens, hidden]`) without running any expert.
+    pub fn route(&self, h: Tensor<2>) -> Routing {
+        let logits = self.gate.forward(h);
+        let logits = to_f32_vec(logits);
+        Routing::from_logits(
+            logits,
+            self.num_experts(),
+            self.config.num_experts_per_tok,
+            self.config.norm_topk_prob,
+        )
+    }
+
+    /// Runs the block on `h` (`[tokens, hidden]`): each expert runs only on the tokens routed to
+    /// it, its output is weighted and added into place, then the gated shared expert is added.
+    pub fn forward(&self, h: Tensor<2>) -> (Tensor<2>, Routing) {
+        let routing = self.route(h.clone());
+        let out = self.routed(h.clone(), &routing);
+        let shared = self.shared(h);
+        (out + shared, routing)
+    }
+
+    /// Like [`forward`](Self::forward) but runs every expert on every token and masks the
+    /// result: the dense reference the sparse dispatch is measured against.
+    pub fn forward_all_experts(&self, h: Tensor<2>) -> Tensor<2> {
+        let routing = self.route(h.clone());
+        let [tokens, _] = h.dims();
+        let device = h.device();
+        let dtype = h.dtype();
+        let mut dense_w = vec![0f32; tokens * self.num_experts()];
+        for t in 0..tokens {
+            for s in 0..routing.top_k {
+                let i = t * routing.top_k + s;
+                dense_w[t * self.num_experts() + routing.experts[i] as usize] = routing.weights[i];
+            }
+        }
+        let w = Tensor::<2>::from_data(
+            TensorData::new(dense_w, [tokens, self.num_experts()]),
+            (&device, dtype),
+        );
+        let mut out = Tensor::<2>::zeros(h.dims(), (&device, dtype));
+        for (e, expert) in self.experts.iter().enumerate() {
+            let we = w.clone().narrow(1, e, 1);
+            out = out + expert.forward(h.clone()) * we;
+        }
+        out + self.shared(h)
+    }
+
+    fn shared(&self, h: Tensor<2>) -> Tensor<2> {
+        let gate = activation::sigmoid(self.shared_expert_gate.forward(h.clone()));
+        self.shared_expert.forward(h) * gate
+    }
+
+    fn routed(&self, h: Tensor<2>, routing: &Routing) -> Tensor<2> {
+        let [tokens, hidden] = h.dims();
+        let device = h.device();
+        let dtype = h.dtype();
+        let mut out: Option<Tensor<2>> = None;
+        for (e, (ids, ws)) in routing.per_expert().into_iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            let n = ids.len();
+            let w = Tensor::<1>::from_data(TensorData::new(ws, [n]), (&device, dtype))
+                .unsqueeze_dim::<2>(1);
+            if n == tokens {
+                // every token uses this expert: no gather or scatter needed
+                let y = self.experts[e].forward(h.clone()) * w;
+                out = Some(match out {
+                    Some(o) => o + y,
+                    None => y,
+                });
+            } else {
+                let idx = int_tensor(ids, [n], &device);
+                let y = self.experts[e].forward(h.clone().select(0, idx.clone())) * w;
+                let base = out
+                    .take()
+                    .unwrap_or_else(|| Tensor::zeros([tokens, hidden], (&device, dtype)));
+                out = Some(base.select_assign(0, idx, y, IndexingUpdateOp::Add));
+            }
+        }
+        out.unwrap_or_else(|| Tensor::zeros([tokens, hidden], (&device, dtype)))
+    }
+}
+
+/// EchoVLM's dynamic feed-forward: `softmax(coefficient(h))` mixes the MoE block (weight 0) and
+/// the dense MLP (weight 1).
+#[derive(Debug, Clone)]
+pub struct DynamicFfn {
+    /// The original dense Qwen2 MLP (`mlp.*`).
+    pub mlp: Mlp,
+    /// The sparse block (`moe.*`).
+    pub moe: SparseMoeBlock,
+    /// `Linear(hidden → 2)` with bias (`coefficient.*`).
+    pub coefficient: Linear,
+}
+
+impl DynamicFfn {
+    /// Loads `{layer_prefix}.mlp`, `{layer_prefix}.moe` and `{layer_prefix}.coefficient`.
+    pub fn load(
+        loader: &mut WeightLoader<'_>,
+        layer_prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        config: MoeConfig,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            mlp: Mlp::load(loader, &format!("{layer_prefix}.mlp"), hidden, intermediate),
+            moe: SparseMoeBlock::load(loader, &format!("{layer_prefix}.moe"), hidden, config)?,
+            coefficient: loader.linear(&format!("{layer_prefix}.coefficient"), hidden, 2, true),
+        })
+    }
+
+    /// The two mix weights per token, `[tokens, 2]` (index 0: MoE, index 1: dense).
+    pub fn coefficients(&self, h: Tensor<2>) -> Tensor<2> {
+        activation::softmax(self.coefficient.forward(h), 1)
+    }
+
+    /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `trace`, appends the
+    /// routing of these tokens and their mix coefficients.
+    pub fn forward(&self, h: Tensor<2>, trace: Option<&mut LayerRouting>) -> Tensor<2> {
+        let (m, routing) = self.moe.forward(h.clone());
+        let c = self.coefficients(h.clone());
+        let d = self.mlp.forward(h);
+        if let Some(trace) = trace {
+            let coef = to_f32_vec(c.clone());
+            trace.push(&routing, &coef);
+        }
+        let c0 = c.clone().narrow(1, 0, 1);
+        let c1 = c.narrow(1, 1, 1);
+        c0 * m + c1 * d
+    }
+}

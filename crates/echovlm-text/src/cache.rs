@@ -1,0 +1,73 @@
+//! The key/value cache that decode steps append to.
+
+use burn::tensor::Tensor;
+
+/// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
+/// real tokens (left padding is not).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    valid: Vec<Vec<bool>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a decoder of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            valid: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Cached positions per row (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows of the cached batch, once something is cached.
+    pub fn batch(&self) -> Option<usize> {
+        (self.len > 0).then_some(self.valid.len())
+    }
+
+    /// `[batch][len]`: whether each cached position is a real token.
+    pub fn valid(&self) -> &[Vec<bool>] {
+        &self.valid
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.valid.clear();
+        self.len = 0;
+    }
+
+    /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and returns the
+    /// whole cached keys and values.
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.layers[layer].take() {
+            None => (k, v),
+            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+
+    /// Records that a step of `valid[b].len()` tokens was appended.
+    pub(crate) fn commit(&mut self, valid: Vec<Vec<bool>>) {
+        if self.valid.is_empty() {
+            self.valid = valid;
+        } else {
+            for (row, new) in self.valid.iter_mut().zip(valid) {
+                row.extend(new);
+            }
+        }
+        self.len = self.valid.first().map_or(0, Vec::len);
+    }
+}

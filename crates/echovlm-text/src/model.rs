@@ -1,0 +1,405 @@
+//! The Qwen2 decoder with M-RoPE and, where the checkpoint has MoE weights, EchoVLM's dynamic
+//! feed-forward.
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use echovlm_core::{LoadError, Linear, RmsNorm, WeightLoader, backend};
+use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
+
+use crate::cache::KvCache;
+use crate::config::TextConfig;
+use crate::error::PromptError;
+use crate::rope::{MRope, Positions};
+
+/// Grouped-query self-attention with q/k/v biases.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// `[heads·head_dim, hidden]` + bias.
+    pub q_proj: Linear,
+    /// `[kv_heads·head_dim, hidden]` + bias.
+    pub k_proj: Linear,
+    /// `[kv_heads·head_dim, hidden]` + bias.
+    pub v_proj: Linear,
+    /// `[hidden, heads·head_dim]`, no bias.
+    pub o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(loader: &mut WeightLoader<'_>, prefix: &str, cfg: &TextConfig) -> Self {
+        let (h, nh, nkv, d) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        Self {
+            q_proj: loader.linear(&format!("{prefix}.q_proj"), h, nh * d, true),
+            k_proj: loader.linear(&format!("{prefix}.k_proj"), h, nkv * d, true),
+            v_proj: loader.linear(&format!("{prefix}.v_proj"), h, nkv * d, true),
+            o_proj: loader.linear(&format!("{prefix}.o_proj"), nh * d, h, false),
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: d,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &(Tensor<4>, Tensor<4>),
+        cache: &mut KvCache,
+        layer: usize,
+        mask: &AttentionMask,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let split = |t: Tensor<3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()), self.heads);
+        let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
+        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = MRope::apply(q, &rope.0, &rope.1);
+        let k = MRope::apply(k, &rope.0, &rope.1);
+        let (k, v) = cache.append(layer, k, v);
+        let o = backend::attention(q, k, v, mask.mask.clone(), mask.causal);
+        let o = o.swap_dims(1, 2).reshape([b, s, self.heads * self.head_dim]);
+        self.o_proj.forward(o)
+    }
+}
+
+/// The feed-forward of one decoder layer.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum FeedForward {
+    /// A plain Qwen2 layer (stock Qwen2-VL).
+    Dense(Mlp),
+    /// EchoVLM's dynamic mix of the dense MLP and the sparse MoE block.
+    Dynamic(DynamicFfn),
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// RMSNorm before the feed-forward.
+    pub post_attention_layernorm: RmsNorm,
+    /// Dense MLP or dynamic MoE mix.
+    pub ffn: FeedForward,
+}
+
+impl DecoderLayer {
+    fn load(
+        loader: &mut WeightLoader<'_>,
+        prefix: &str,
+        cfg: &TextConfig,
+    ) -> Result<Self, LoadError> {
+        let is_moe = loader.contains_prefix(&format!("{prefix}.moe."))
+            || loader.contains_prefix(&format!("{prefix}.coefficient."));
+        let ffn = if is_moe {
+            FeedForward::Dynamic(DynamicFfn::load(
+                loader,
+                prefix,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.moe,
+            )?)
+        } else {
+            FeedForward::Dense(Mlp::load(
+                loader,
+                &format!("{prefix}.mlp"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            ))
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::load(
+                loader,
+                &format!("{prefix}.input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
+            self_attn: Attention::load(loader, &format!("{prefix}.self_attn"), cfg),
+            post_attention_layernorm: RmsNorm::load(
+                loader,
+                &format!("{prefix}.post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
+            ffn,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &(Tensor<4>, Tensor<4>),
+        cache: &mut KvCache,
+        layer: usize,
+        mask: &AttentionMask,
+        trace: Option<&mut RoutingTrace>,
+    ) -> Tensor<3> {
+        let [b, s, hidden] = x.dims();
+        let a = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            rope,
+            cache,
+            layer,
+            mask,
+        );
+        let x = x + a;
+        let h = self
+            .post_attention_layernorm
+            .forward(x.clone())
+            .reshape([b * s, hidden]);
+        let y = match &self.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(h),
+            FeedForward::Dynamic(ffn) => match trace {
+                Some(trace) => {
+                    let record = trace.layer_mut(layer);
+                    let before = record.tokens();
+                    let y = ffn.forward(h, Some(record));
+                    if let Some(keep) = &mask.keep {
+                        record.retain_since(before, keep);
+                    }
+                    y
+                }
+                None => ffn.forward(h, None),
+            },
+        };
+        x + y.reshape([b, s, hidden])
+    }
+
+    /// Whether this layer has the dynamic MoE feed-forward.
+    pub fn is_moe(&self) -> bool {
+        matches!(self.ffn, FeedForward::Dynamic(_))
+    }
+}
+
+struct AttentionMask {
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+    /// Per token of this step (`[b·s]`), whether it is real; `None` when all are.
+    keep: Option<Vec<bool>>,
+}
+
+/// Which positions to compute logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (prefill of a prompt whose continuation is not needed).
+    None,
+    /// The last position of every row.
+    Last,
+    /// Every position.
+    All,
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Clone)]
+pub struct TextOutput {
+    /// `[batch, positions, vocab]` for the positions asked for.
+    pub logits: Option<Tensor<3>>,
+    /// With `hidden_states`: the embeddings, the output of every layer but the last, and the
+    /// final-normed output of the last layer (transformers' `output_hidden_states`).
+    pub hidden_states: Vec<Tensor<3>>,
+}
+
+/// The decoder: token embeddings, layers, final norm and LM head.
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Tensor<2>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm,
+    /// LM head; shares the embedding matrix when the weights are tied.
+    pub lm_head: Linear,
+    /// Configuration.
+    pub config: TextConfig,
+    rope: MRope,
+}
+
+impl TextModel {
+    /// Loads `model.embed_tokens`, `model.layers.*`, `model.norm` and `lm_head` (absent and
+    /// tied to the embeddings when `tie_word_embeddings`).
+    pub fn load(loader: &mut WeightLoader<'_>, cfg: &TextConfig) -> Result<Self, LoadError> {
+        let embed_tokens =
+            loader.tensor("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size]);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(loader, &format!("model.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::load(loader, "model.norm", cfg.hidden_size, cfg.rms_norm_eps);
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            loader.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)
+        };
+        // buffers that some exporters save
+        loader.ignore_suffix(".rotary_emb.inv_freq");
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: MRope::new(cfg.head_dim, cfg.rope_theta, cfg.mrope_section),
+            config: cfg.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// The rotary tables of this model.
+    pub fn rope(&self) -> &MRope {
+        &self.rope
+    }
+
+    /// Embeds token ids (`[batch][seq]`, rectangular) as `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>, PromptError> {
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        if s == 0 {
+            return Err(PromptError::EmptyPrompt);
+        }
+        if ids.iter().any(|r| r.len() != s) {
+            return Err(PromptError::RaggedBatch);
+        }
+        let vocab = self.config.vocab_size;
+        let mut flat = Vec::with_capacity(b * s);
+        for &id in ids.iter().flatten() {
+            if id as usize >= vocab {
+                return Err(PromptError::TokenOutOfRange { id, vocab });
+            }
+            flat.push(id as i64);
+        }
+        let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device());
+        Ok(burn::tensor::module::embedding(self.embed_tokens.clone(), idx))
+    }
+
+    /// Runs the decoder on `embeds` (`[batch, seq, hidden]`).
+    ///
+    /// * `positions`: the M-RoPE position ids of these tokens.
+    /// * `valid`: `[batch][seq]`, false for left padding; `None` when every token is real.
+    /// * `cache`: keys and values of earlier steps; this step's are appended.
+    /// * `trace`: when given, the routing of every real token is appended.
+    pub fn forward(
+        &self,
+        embeds: Tensor<3>,
+        positions: &Positions,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut KvCache,
+        logits: Logits,
+        hidden_states: bool,
+        mut trace: Option<&mut RoutingTrace>,
+    ) -> Result<TextOutput, PromptError> {
+        let [b, s, _] = embeds.dims();
+        if positions.batch != b || positions.seq != s {
+            return Err(PromptError::RaggedBatch);
+        }
+        if let Some(cb) = cache.batch()
+            && cb != b
+        {
+            return Err(PromptError::RaggedBatch);
+        }
+        let needed = cache.len() + s;
+        let max_pos = positions.max().unwrap_or(0).max(0) as usize + 1;
+        let limit = self.config.max_position_embeddings;
+        if needed.max(max_pos) > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: needed.max(max_pos),
+                max: limit,
+            });
+        }
+        let device = self.device();
+        let dtype = embeds.dtype();
+        let step_valid: Vec<Vec<bool>> = match valid {
+            Some(v) => {
+                if v.len() != b || v.iter().any(|r| r.len() != s) {
+                    return Err(PromptError::RaggedBatch);
+                }
+                v.to_vec()
+            }
+            None => vec![vec![true; s]; b],
+        };
+        let mask = build_mask(cache, &step_valid, &device);
+        let rope = self.rope.device_tables(positions, &device, dtype);
+
+        let mut x = embeds;
+        let mut states = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if hidden_states {
+                states.push(x.clone());
+            }
+            x = layer.forward(x, &rope, cache, i, &mask, trace.as_deref_mut());
+        }
+        cache.commit(step_valid);
+        let out_logits = match logits {
+            Logits::None => None,
+            Logits::Last => Some(self.head(x.clone().narrow(1, s - 1, 1))),
+            Logits::All => Some(self.head(x.clone())),
+        };
+        if hidden_states {
+            states.push(self.norm.forward(x));
+        }
+        Ok(TextOutput {
+            logits: out_logits,
+            hidden_states: states,
+        })
+    }
+
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(self.norm.forward(x))
+    }
+}
+
+/// Causal + padding mask for a step of `step_valid[b].len()` tokens after `cache.len()` cached
+/// ones. Padding queries see only themselves so that no row is fully masked; real queries never
+/// see padding.
+fn build_mask(cache: &KvCache, step_valid: &[Vec<bool>], device: &Device) -> AttentionMask {
+    let b = step_valid.len();
+    let s = step_valid.first().map_or(0, Vec::len);
+    let prev = cache.len();
+    let all_real = step_valid.iter().flatten().all(|&v| v)
+        && cache.valid().iter().flatten().all(|&v| v);
+    if all_real {
+        return AttentionMask {
+            mask: None,
+            causal: s > 1,
+            keep: None,
+        };
+    }
+    let total = prev + s;
+    let mut data = vec![false; b * s * total];
+    for (row, valid_row) in step_valid.iter().enumerate() {
+        for i in 0..s {
+            let q_abs = prev + i;
+            for j in 0..total {
+                let key_real = if j < prev {
+                    cache.valid()[row][j]
+                } else {
+                    valid_row[j - prev]
+                };
+                let masked = j > q_abs || (!key_real && j != q_abs);
+                data[(row * s + i) * total + j] = masked;
+            }
+        }
+    }
+    AttentionMask {
+        mask: Some(Tensor::from_data(
+            TensorData::new(data, [b, 1, s, total]),
+            device,
+        )),
+        causal: false,
+        keep: Some(step_valid.iter().flatten().copied().collect()),
+    }
+}

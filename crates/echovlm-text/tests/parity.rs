@@ -1,0 +1,246 @@
+//! The decoder against transformers' Qwen2-VL with EchoVLM's dynamic MoE layer
+//! (goldens from tools/make_fixtures.py).
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use burn::tensor::{DType, Device};
+use echovlm_core::host::to_f32_vec;
+use echovlm_core::{Checkpoint, LinearOptions, load};
+use echovlm_moe::{RoutingTrace, load_balancing_loss_host};
+use echovlm_text::{KvCache, Logits, Positions, TextConfig, TextModel};
+use support::{Golden, argmax, max_abs_diff, model_dir};
+
+const LOGIT_TOL: f32 = 1e-4;
+
+fn load_text(name: &str) -> TextModel {
+    let dir = model_dir(name);
+    let cfg = TextConfig::from_file(dir.join("config.json")).unwrap();
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    load(
+        &ckpt,
+        &Device::default(),
+        DType::F32,
+        LinearOptions::default(),
+        |l| {
+            l.ignore_prefix("visual.");
+            TextModel::load(l, &cfg)
+        },
+    )
+    .unwrap()
+}
+
+fn step(
+    model: &TextModel,
+    ids: &[u32],
+    cache: &mut KvCache,
+    trace: Option<&mut RoutingTrace>,
+) -> Vec<f32> {
+    let emb = model.embed(&[ids.to_vec()]).unwrap();
+    let pos = Positions::decode(&[0], cache.len(), ids.len());
+    let out = model
+        .forward(emb, &pos, None, cache, Logits::Last, false, trace)
+        .unwrap();
+    to_f32_vec(out.logits.unwrap())
+}
+
+/// Greedy decoding; with `use_cache` each step feeds one token, without it every step
+/// recomputes the whole sequence from scratch.
+fn greedy(model: &TextModel, prompt: &[u32], steps: usize, use_cache: bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut cache = model.new_cache();
+    let mut logits = step(model, prompt, &mut cache, None);
+    for _ in 0..steps {
+        let next = argmax(&logits) as u32;
+        out.push(next);
+        if out.len() == steps {
+            break;
+        }
+        logits = if use_cache {
+            step(model, &[next], &mut cache, None)
+        } else {
+            let mut all = prompt.to_vec();
+            all.extend(&out);
+            step(model, &all, &mut model.new_cache(), None)
+        };
+    }
+    out
+}
+
+#[test]
+fn text_prompts_match_reference_layer_by_layer() {
+    let model = load_text("tiny-echovlm");
+    let g = Golden::load("tiny-echovlm");
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let ids = g.ids(&[&key, "input_ids"]);
+        let emb = model.embed(&[ids.clone()]).unwrap();
+        let mut trace = RoutingTrace::new();
+        let out = model
+            .forward(
+                emb,
+                &Positions::text(1, ids.len(), 0),
+                None,
+                &mut model.new_cache(),
+                Logits::Last,
+                true,
+                Some(&mut trace),
+            )
+            .unwrap();
+
+        let logits = to_f32_vec(out.logits.unwrap());
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "{lang}: last logits differ by {diff}");
+
+        let gold_hidden = g.f32(&format!("{key}.hidden_states"));
+        let per = gold_hidden.len() / out.hidden_states.len();
+        for (i, h) in out.hidden_states.iter().enumerate() {
+            let d = max_abs_diff(&to_f32_vec(h.clone()), &gold_hidden[i * per..(i + 1) * per]);
+            assert!(d <= LOGIT_TOL, "{lang}: hidden state {i} differs by {d}");
+        }
+
+        assert_eq!(trace.layers.len(), model.config.num_hidden_layers);
+        let n = ids.len();
+        let k = 2;
+        let g_idx = g.i64(&format!("{key}.topk_idx"));
+        let g_w = g.f32(&format!("{key}.topk_w"));
+        let g_coef = g.f32(&format!("{key}.coef"));
+        let g_logits = g.f32(&format!("{key}.router_logits"));
+        for (l, layer) in trace.layers.iter().enumerate() {
+            let want: Vec<u32> = g_idx[l * n * k..(l + 1) * n * k]
+                .iter()
+                .map(|&e| e as u32)
+                .collect();
+            assert_eq!(layer.experts, want, "{lang}: layer {l} top-k experts");
+            let dw = max_abs_diff(&layer.weights, &g_w[l * n * k..(l + 1) * n * k]);
+            assert!(dw <= 1e-5, "{lang}: layer {l} routing weights differ by {dw}");
+            let dc = max_abs_diff(&layer.coefficients, &g_coef[l * n * 2..(l + 1) * n * 2]);
+            assert!(dc <= 1e-5, "{lang}: layer {l} mix coefficients differ by {dc}");
+            let dl = max_abs_diff(&layer.router_logits, &g_logits[l * n * 4..(l + 1) * n * 4]);
+            assert!(dl <= LOGIT_TOL, "{lang}: layer {l} router logits differ by {dl}");
+            // the top-2 weights are raw probabilities (no renormalisation), the mix sums to one
+            for t in 0..n {
+                let s = layer.weights[t * k] + layer.weights[t * k + 1];
+                assert!(s < 1.0 - 1e-4, "top-k weights were renormalised");
+                let c = layer.coefficients[t * 2] + layer.coefficients[t * 2 + 1];
+                assert!((c - 1.0).abs() < 1e-5);
+            }
+        }
+        let counts: Vec<Vec<u64>> = serde_json::from_value(g.meta[&key]["expert_counts"].clone()).unwrap();
+        assert_eq!(trace.summary().expert_counts, counts, "{lang}: expert counts");
+        // the router really spreads tokens: every expert is used in every layer
+        assert!(counts.iter().flatten().all(|&c| c > 0), "{counts:?}");
+
+        let aux = load_balancing_loss_host(&trace.layers);
+        let gold_aux = g.f32(&format!("{key}.aux_loss"))[0] as f64;
+        assert!((aux - gold_aux).abs() < 1e-5, "{lang}: aux loss {aux} vs {gold_aux}");
+    }
+}
+
+#[test]
+fn greedy_decoding_matches_reference_with_and_without_cache() {
+    let model = load_text("tiny-echovlm");
+    let g = Golden::load("tiny-echovlm");
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let want = g.ids(&[&key, "greedy"]);
+        assert!(want.len() >= 32);
+        let cached = greedy(&model, &prompt, want.len(), true);
+        assert_eq!(cached, want, "{lang}: greedy tokens with the KV cache");
+        let recomputed = greedy(&model, &prompt, want.len(), false);
+        assert_eq!(recomputed, want, "{lang}: greedy tokens recomputed without a cache");
+    }
+}
+
+#[test]
+fn decoder_applies_three_dimensional_positions() {
+    // merged image embeddings with their (t, h, w) positions: pins the M-RoPE sections
+    let model = load_text("tiny-echovlm");
+    let g = Golden::load("tiny-echovlm");
+    let emb = g.f32("mrope.inputs_embeds");
+    let shape = g.shape("mrope.inputs_embeds");
+    let pos = g.i64("mrope.position_ids");
+    let s = shape[0];
+    let positions = Positions {
+        batch: 1,
+        seq: s,
+        t: pos[..s].to_vec(),
+        h: pos[s..2 * s].to_vec(),
+        w: pos[2 * s..].to_vec(),
+    };
+    assert_ne!(positions.h, positions.w, "the fixture must have real image positions");
+    let emb = burn::tensor::Tensor::<3>::from_data(
+        burn::tensor::TensorData::new(emb, [1, shape[0], shape[1]]),
+        &model.device(),
+    );
+    let out = model
+        .forward(
+            emb,
+            &positions,
+            None,
+            &mut model.new_cache(),
+            Logits::Last,
+            false,
+            None,
+        )
+        .unwrap();
+    let diff = max_abs_diff(&to_f32_vec(out.logits.unwrap()), &g.f32("mrope.last_logits"));
+    assert!(diff <= LOGIT_TOL, "last logits differ by {diff}");
+}
+
+/// Every checkpoint variant: last-position logits and 40 greedy tokens.
+fn check_variant(name: &str) -> f32 {
+    let model = load_text(name);
+    let g = Golden::load(name);
+    let mut worst_native = 0f32;
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let logits = step(&model, &prompt, &mut model.new_cache(), None);
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "{name} {lang}: last logits differ by {diff}");
+        if g.meta["storage_dtype"] != "float32" {
+            let native = g.f32(&format!("{key}.native_last_logits"));
+            worst_native = worst_native.max(max_abs_diff(&logits, &native));
+        }
+        let want = g.ids(&[&key, "greedy"]);
+        assert_eq!(greedy(&model, &prompt, want.len(), true), want, "{name} {lang}: greedy");
+    }
+    worst_native
+}
+
+/// Tolerance of our f32 computation on a bf16/f16 checkpoint against PyTorch computing natively
+/// in that type (rounding after every op), for logits of magnitude ~10.
+const NATIVE_HALF_TOL: f32 = 0.25;
+
+#[test]
+fn bf16_checkpoint_with_nested_config() {
+    let native = check_variant("tiny-echovlm-bf16");
+    assert!(native <= NATIVE_HALF_TOL, "vs native bf16: {native}");
+}
+
+#[test]
+fn sharded_f16_checkpoint() {
+    let native = check_variant("tiny-echovlm-sharded");
+    assert!(native <= NATIVE_HALF_TOL, "vs native f16: {native}");
+}
+
+#[test]
+fn new_key_layout_checkpoint() {
+    check_variant("tiny-echovlm-newlayout");
+}
+
+#[test]
+fn tied_embeddings_checkpoint() {
+    let model = load_text("tiny-echovlm-tied");
+    assert!(model.config.tie_word_embeddings);
+    check_variant("tiny-echovlm-tied");
+}
+
+#[test]
+fn stock_qwen2vl_checkpoint_without_moe() {
+    let model = load_text("tiny-qwen2vl");
+    assert!(model.layers.iter().all(|l| !l.is_moe()));
+    check_variant("tiny-qwen2vl");
+}

@@ -1,0 +1,1 @@
+//! Examples, benchmarks and end-to-end tests of EchoVLM-rs.
