@@ -14,7 +14,11 @@ pub fn fixtures() -> PathBuf {
         if candidate.join("goldens").is_dir() {
             return candidate;
         }
-        assert!(dir.pop(), "fixtures/ not found above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "fixtures/ not found above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
 }
 

@@ -10,10 +10,7 @@ use burn::tensor::{Bool, Device, Tensor};
 pub fn is_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
-        matches!(
-            device.as_dispatch(),
-            burn::backend::DispatchDevice::Flex(_)
-        )
+        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
     }
     #[cfg(not(feature = "flex"))]
     {

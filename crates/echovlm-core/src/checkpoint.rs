@@ -226,7 +226,10 @@ impl Checkpoint {
     /// Canonical names starting with `prefix`, sorted.
     pub fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.entries
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .map(|(k, _)| k.as_str())
             .take_while(move |k| k.starts_with(prefix))
     }
@@ -303,11 +306,9 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
-            StorageDtype::F32 | StorageDtype::BF16 => self
-                .to_f32(entry)?
-                .into_iter()
-                .map(f16::from_f32)
-                .collect(),
+            StorageDtype::F32 | StorageDtype::BF16 => {
+                self.to_f32(entry)?.into_iter().map(f16::from_f32).collect()
+            }
             StorageDtype::Other(_) => return None,
         })
     }
@@ -324,7 +325,11 @@ impl Checkpoint {
             if end > start {
                 // Advisory only: a failure leaves the pages resident, which is harmless.
                 let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
                 };
             }
         }
@@ -389,7 +394,9 @@ fn read_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
         if !plain || name.is_empty() {
-            return Err(bad(format!("shard {name:?} is outside the model directory")));
+            return Err(bad(format!(
+                "shard {name:?} is outside the model directory"
+            )));
         }
         let path = dir.join(rel);
         let canon = path.canonicalize().map_err(|_| {
@@ -399,7 +406,9 @@ fn read_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
             ))
         })?;
         if !canon.starts_with(&canon_dir) {
-            return Err(bad(format!("shard {name:?} is outside the model directory")));
+            return Err(bad(format!(
+                "shard {name:?} is outside the model directory"
+            )));
         }
         paths.push(path);
     }

@@ -12,6 +12,10 @@ pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// Builds an integer index tensor on `device`.
-pub fn int_tensor<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+pub fn int_tensor<const D: usize>(
+    values: Vec<i64>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }

@@ -8,8 +8,8 @@
 
 pub mod backend;
 pub mod checkpoint;
-pub mod host;
 pub mod error;
+pub mod host;
 pub mod linear;
 pub mod loader;
 pub mod norm;

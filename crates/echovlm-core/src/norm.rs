@@ -25,7 +25,11 @@ impl RmsNorm {
     /// Normalises the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
-        let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let x32 = if dtype == DType::F32 {
+            x
+        } else {
+            x.cast(DType::F32)
+        };
         let var = x32.clone().square().mean_dim(D - 1);
         let normed = x32 * var.add_scalar(self.eps).sqrt().recip();
         let normed = if dtype == DType::F32 {

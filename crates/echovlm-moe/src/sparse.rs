@@ -1,6 +1,6 @@
 use burn::tensor::{IndexingUpdateOp, Tensor, TensorData, activation};
 use echovlm_core::host::{int_tensor, to_f32_vec};
-use echovlm_core::{LoadError, Linear, TensorProblem, WeightLoader};
+use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader};
 
 use crate::mlp::Mlp;
 use crate::trace::LayerRouting;
@@ -162,9 +162,21 @@ impl SparseMoeBlock {
             loader.linear(&format!("{prefix}.gate"), hidden, num_experts, false)
         };
         let experts = (0..num_experts.max(1))
-            .map(|e| Mlp::load(loader, &format!("{prefix}.experts.{e}"), hidden, expert_width))
+            .map(|e| {
+                Mlp::load(
+                    loader,
+                    &format!("{prefix}.experts.{e}"),
+                    hidden,
+                    expert_width,
+                )
+            })
             .collect();
-        let shared_expert = Mlp::load(loader, &format!("{prefix}.shared_expert"), hidden, shared_width);
+        let shared_expert = Mlp::load(
+            loader,
+            &format!("{prefix}.shared_expert"),
+            hidden,
+            shared_width,
+        );
         let shared_expert_gate =
             loader.linear(&format!("{prefix}.shared_expert_gate"), hidden, 1, false);
         Ok(Self {

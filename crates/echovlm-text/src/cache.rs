@@ -50,7 +50,12 @@ impl KvCache {
 
     /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and returns the
     /// whole cached keys and values.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {
             None => (k, v),
             Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),

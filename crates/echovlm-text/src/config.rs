@@ -169,13 +169,31 @@ impl TextConfig {
         let intermediate_size = view.required("intermediate_size")?;
         check_range(path, "hidden_size", hidden_size, 1, MAX_HIDDEN)?;
         check_range(path, "num_hidden_layers", num_hidden_layers, 1, MAX_LAYERS)?;
-        check_range(path, "num_attention_heads", num_attention_heads, 1, MAX_HEADS)?;
+        check_range(
+            path,
+            "num_attention_heads",
+            num_attention_heads,
+            1,
+            MAX_HEADS,
+        )?;
         check_range(path, "vocab_size", vocab_size, 1, MAX_VOCAB)?;
-        check_range(path, "intermediate_size", intermediate_size, 1, MAX_INTERMEDIATE)?;
+        check_range(
+            path,
+            "intermediate_size",
+            intermediate_size,
+            1,
+            MAX_INTERMEDIATE,
+        )?;
         let num_key_value_heads = view
             .usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        check_range(path, "num_key_value_heads", num_key_value_heads, 1, MAX_HEADS)?;
+        check_range(
+            path,
+            "num_key_value_heads",
+            num_key_value_heads,
+            1,
+            MAX_HEADS,
+        )?;
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(view.err(format!(
                 "num_attention_heads = {num_attention_heads} is not a multiple of num_key_value_heads = {num_key_value_heads}"
@@ -216,15 +234,18 @@ impl TextConfig {
                 .unwrap_or(1_000_000.0),
         };
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
-            return Err(view.err(format!("rope_theta = {rope_theta} must be a number above 1")));
+            return Err(view.err(format!(
+                "rope_theta = {rope_theta} must be a number above 1"
+            )));
         }
-        let section = rope
-            .and_then(|r| r.get("mrope_section"))
-            .ok_or_else(|| {
-                view.err("missing rope_scaling.mrope_section (or rope_parameters.mrope_section)".into())
-            })?;
-        let mrope_section = parse_section(section)
-            .ok_or_else(|| view.err(format!("mrope_section must be three non-negative integers, got {section}")))?;
+        let section = rope.and_then(|r| r.get("mrope_section")).ok_or_else(|| {
+            view.err("missing rope_scaling.mrope_section (or rope_parameters.mrope_section)".into())
+        })?;
+        let mrope_section = parse_section(section).ok_or_else(|| {
+            view.err(format!(
+                "mrope_section must be three non-negative integers, got {section}"
+            ))
+        })?;
         let sum: usize = mrope_section.iter().sum();
         if sum != head_dim / 2 {
             return Err(view.err(format!(
@@ -287,7 +308,9 @@ impl TextConfig {
             if let Some(id) = id
                 && id as usize >= vocab_size
             {
-                return Err(view.err(format!("{name} = {id} is not below vocab_size = {vocab_size}")));
+                return Err(view.err(format!(
+                    "{name} = {id} is not below vocab_size = {vocab_size}"
+                )));
             }
         }
         Ok(cfg)
@@ -307,8 +330,7 @@ pub fn read_json(path: &Path) -> Result<Value, LoadError> {
         path: PathBuf::from(path),
         source,
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| LoadError::config(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| LoadError::config(path, format!("not valid JSON: {e}")))
 }
 
 fn parse_section(v: &Value) -> Option<[usize; 3]> {

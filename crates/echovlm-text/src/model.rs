@@ -2,7 +2,7 @@
 //! feed-forward.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use echovlm_core::{LoadError, Linear, RmsNorm, WeightLoader, backend};
+use echovlm_core::{Linear, LoadError, RmsNorm, WeightLoader, backend};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
 use crate::cache::KvCache;
@@ -54,7 +54,8 @@ impl Attention {
         mask: &AttentionMask,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
-        let split = |t: Tensor<3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
+        let split =
+            |t: Tensor<3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone()), self.heads);
         let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
         let v = split(self.v_proj.forward(x), self.kv_heads);
@@ -62,7 +63,9 @@ impl Attention {
         let k = MRope::apply(k, &rope.0, &rope.1);
         let (k, v) = cache.append(layer, k, v);
         let o = backend::attention(q, k, v, mask.mask.clone(), mask.causal);
-        let o = o.swap_dims(1, 2).reshape([b, s, self.heads * self.head_dim]);
+        let o = o
+            .swap_dims(1, 2)
+            .reshape([b, s, self.heads * self.head_dim]);
         self.o_proj.forward(o)
     }
 }
@@ -226,8 +229,10 @@ impl TextModel {
     /// Loads `model.embed_tokens`, `model.layers.*`, `model.norm` and `lm_head` (absent and
     /// tied to the embeddings when `tie_word_embeddings`).
     pub fn load(loader: &mut WeightLoader<'_>, cfg: &TextConfig) -> Result<Self, LoadError> {
-        let embed_tokens =
-            loader.tensor("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size]);
+        let embed_tokens = loader.tensor(
+            "model.embed_tokens.weight",
+            [cfg.vocab_size, cfg.hidden_size],
+        );
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(loader, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>, _>>()?;
@@ -283,7 +288,10 @@ impl TextModel {
             flat.push(id as i64);
         }
         let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device());
-        Ok(burn::tensor::module::embedding(self.embed_tokens.clone(), idx))
+        Ok(burn::tensor::module::embedding(
+            self.embed_tokens.clone(),
+            idx,
+        ))
     }
 
     /// Runs the decoder on `embeds` (`[batch, seq, hidden]`).
@@ -369,8 +377,8 @@ fn build_mask(cache: &KvCache, step_valid: &[Vec<bool>], device: &Device) -> Att
     let b = step_valid.len();
     let s = step_valid.first().map_or(0, Vec::len);
     let prev = cache.len();
-    let all_real = step_valid.iter().flatten().all(|&v| v)
-        && cache.valid().iter().flatten().all(|&v| v);
+    let all_real =
+        step_valid.iter().flatten().all(|&v| v) && cache.valid().iter().flatten().all(|&v| v);
     if all_real {
         return AttentionMask {
             mask: None,

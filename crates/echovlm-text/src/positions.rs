@@ -171,7 +171,12 @@ fn walk_row(
     };
     let mut st = 0usize;
     let (mut remain_images, mut remain_videos) = (images, videos);
-    let next_free = |pos: &Vec<[i64; 3]>| pos.iter().map(|p| p[0].max(p[1]).max(p[2])).max().map_or(0, |m| m + 1);
+    let next_free = |pos: &Vec<[i64; 3]>| {
+        pos.iter()
+            .map(|p| p[0].max(p[1]).max(p[2]))
+            .max()
+            .map_or(0, |m| m + 1)
+    };
     for _ in 0..images + videos {
         let ed_image = if remain_images > 0 {
             find(ids.image, st).unwrap_or(usize::MAX)

@@ -90,6 +90,7 @@ fn text_prompts_match_reference_layer_by_layer() {
 
         let logits = to_f32_vec(out.logits.unwrap());
         let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        eprintln!("tiny-echovlm {lang}: last-logit max abs diff {diff:.2e}");
         assert!(diff <= LOGIT_TOL, "{lang}: last logits differ by {diff}");
 
         let gold_hidden = g.f32(&format!("{key}.hidden_states"));
@@ -113,11 +114,20 @@ fn text_prompts_match_reference_layer_by_layer() {
                 .collect();
             assert_eq!(layer.experts, want, "{lang}: layer {l} top-k experts");
             let dw = max_abs_diff(&layer.weights, &g_w[l * n * k..(l + 1) * n * k]);
-            assert!(dw <= 1e-5, "{lang}: layer {l} routing weights differ by {dw}");
+            assert!(
+                dw <= 1e-5,
+                "{lang}: layer {l} routing weights differ by {dw}"
+            );
             let dc = max_abs_diff(&layer.coefficients, &g_coef[l * n * 2..(l + 1) * n * 2]);
-            assert!(dc <= 1e-5, "{lang}: layer {l} mix coefficients differ by {dc}");
+            assert!(
+                dc <= 1e-5,
+                "{lang}: layer {l} mix coefficients differ by {dc}"
+            );
             let dl = max_abs_diff(&layer.router_logits, &g_logits[l * n * 4..(l + 1) * n * 4]);
-            assert!(dl <= LOGIT_TOL, "{lang}: layer {l} router logits differ by {dl}");
+            assert!(
+                dl <= LOGIT_TOL,
+                "{lang}: layer {l} router logits differ by {dl}"
+            );
             // the top-2 weights are raw probabilities (no renormalisation), the mix sums to one
             for t in 0..n {
                 let s = layer.weights[t * k] + layer.weights[t * k + 1];
@@ -126,14 +136,22 @@ fn text_prompts_match_reference_layer_by_layer() {
                 assert!((c - 1.0).abs() < 1e-5);
             }
         }
-        let counts: Vec<Vec<u64>> = serde_json::from_value(g.meta[&key]["expert_counts"].clone()).unwrap();
-        assert_eq!(trace.summary().expert_counts, counts, "{lang}: expert counts");
+        let counts: Vec<Vec<u64>> =
+            serde_json::from_value(g.meta[&key]["expert_counts"].clone()).unwrap();
+        assert_eq!(
+            trace.summary().expert_counts,
+            counts,
+            "{lang}: expert counts"
+        );
         // the router really spreads tokens: every expert is used in every layer
         assert!(counts.iter().flatten().all(|&c| c > 0), "{counts:?}");
 
         let aux = load_balancing_loss_host(&trace.layers);
         let gold_aux = g.f32(&format!("{key}.aux_loss"))[0] as f64;
-        assert!((aux - gold_aux).abs() < 1e-5, "{lang}: aux loss {aux} vs {gold_aux}");
+        assert!(
+            (aux - gold_aux).abs() < 1e-5,
+            "{lang}: aux loss {aux} vs {gold_aux}"
+        );
     }
 }
 
@@ -149,7 +167,10 @@ fn greedy_decoding_matches_reference_with_and_without_cache() {
         let cached = greedy(&model, &prompt, want.len(), true);
         assert_eq!(cached, want, "{lang}: greedy tokens with the KV cache");
         let recomputed = greedy(&model, &prompt, want.len(), false);
-        assert_eq!(recomputed, want, "{lang}: greedy tokens recomputed without a cache");
+        assert_eq!(
+            recomputed, want,
+            "{lang}: greedy tokens recomputed without a cache"
+        );
     }
 }
 
@@ -169,7 +190,10 @@ fn decoder_applies_three_dimensional_positions() {
         h: pos[s..2 * s].to_vec(),
         w: pos[2 * s..].to_vec(),
     };
-    assert_ne!(positions.h, positions.w, "the fixture must have real image positions");
+    assert_ne!(
+        positions.h, positions.w,
+        "the fixture must have real image positions"
+    );
     let emb = burn::tensor::Tensor::<3>::from_data(
         burn::tensor::TensorData::new(emb, [1, shape[0], shape[1]]),
         &model.device(),
@@ -185,7 +209,10 @@ fn decoder_applies_three_dimensional_positions() {
             None,
         )
         .unwrap();
-    let diff = max_abs_diff(&to_f32_vec(out.logits.unwrap()), &g.f32("mrope.last_logits"));
+    let diff = max_abs_diff(
+        &to_f32_vec(out.logits.unwrap()),
+        &g.f32("mrope.last_logits"),
+    );
     assert!(diff <= LOGIT_TOL, "last logits differ by {diff}");
 }
 
@@ -199,14 +226,25 @@ fn check_variant(name: &str) -> f32 {
         let prompt = g.ids(&[&key, "input_ids"]);
         let logits = step(&model, &prompt, &mut model.new_cache(), None);
         let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
-        assert!(diff <= LOGIT_TOL, "{name} {lang}: last logits differ by {diff}");
+        eprintln!("{name} {lang}: last-logit max abs diff {diff:.2e}");
+        assert!(
+            diff <= LOGIT_TOL,
+            "{name} {lang}: last logits differ by {diff}"
+        );
         if g.meta["storage_dtype"] != "float32" {
             let native = g.f32(&format!("{key}.native_last_logits"));
             worst_native = worst_native.max(max_abs_diff(&logits, &native));
         }
         let want = g.ids(&[&key, "greedy"]);
-        assert_eq!(greedy(&model, &prompt, want.len(), true), want, "{name} {lang}: greedy");
+        assert_eq!(
+            greedy(&model, &prompt, want.len(), true),
+            want,
+            "{name} {lang}: greedy"
+        );
     }
+    eprintln!(
+        "{name}: max abs diff to PyTorch computing natively in half precision {worst_native:.3}"
+    );
     worst_native
 }
 

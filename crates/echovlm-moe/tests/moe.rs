@@ -1,0 +1,144 @@
+//! The sparse block against its dense reference, and the load-balancing loss against
+//! transformers' `load_balancing_loss_func`.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use echovlm_core::host::to_f32_vec;
+use echovlm_core::{Checkpoint, LinearOptions, load};
+use echovlm_moe::{
+    DynamicFfn, LayerRouting, MoeConfig, Routing, SparseMoeBlock, load_balancing_loss,
+    load_balancing_loss_host,
+};
+use support::{Golden, max_abs_diff, model_dir};
+
+fn block(layer: usize, config: MoeConfig) -> DynamicFfn {
+    let ckpt = Checkpoint::open_dir(model_dir("tiny-echovlm")).unwrap();
+    load(
+        &ckpt,
+        &Device::default(),
+        DType::F32,
+        LinearOptions::default(),
+        |l| {
+            l.ignore_prefix("");
+            DynamicFfn::load(l, &format!("model.layers.{layer}"), 64, 128, config)
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn sparse_dispatch_equals_running_every_expert() {
+    let ffn = block(1, MoeConfig::default());
+    assert_eq!(ffn.moe.num_experts(), 4);
+    assert_eq!(ffn.moe.experts[0].intermediate_size(), 32);
+    assert_eq!(ffn.moe.shared_expert.intermediate_size(), 64);
+    let device = Device::default();
+    for tokens in [1, 2, 7, 33] {
+        let h = Tensor::<2>::random([tokens, 64], Distribution::Normal(0.0, 1.0), &device);
+        let (sparse, routing) = ffn.moe.forward(h.clone());
+        let dense = ffn.moe.forward_all_experts(h);
+        let d = max_abs_diff(&to_f32_vec(sparse), &to_f32_vec(dense));
+        assert!(d < 1e-5, "{tokens} tokens: sparse and dense differ by {d}");
+        assert_eq!(routing.tokens(), tokens);
+    }
+}
+
+#[test]
+fn routing_takes_top_k_of_the_softmax_without_renormalising() {
+    let logits = vec![1.0, 3.0, 2.0, 0.0, /* tie */ 0.5, 0.5, 0.5, -1.0];
+    let r = Routing::from_logits(logits.clone(), 4, 2, false);
+    assert_eq!(r.experts, vec![1, 2, 0, 1]);
+    let e: Vec<f32> = [1.0f32, 3.0, 2.0, 0.0].iter().map(|x| x.exp()).collect();
+    let s: f32 = e.iter().sum();
+    assert!((r.weights[0] - e[1] / s).abs() < 1e-7);
+    assert!((r.weights[1] - e[2] / s).abs() < 1e-7);
+    let n = Routing::from_logits(logits, 4, 2, true);
+    assert!((n.weights[0] + n.weights[1] - 1.0).abs() < 1e-6);
+    assert!((n.weights[0] - e[1] / (e[1] + e[2])).abs() < 1e-6);
+}
+
+#[test]
+fn renormalised_routing_changes_the_output() {
+    let plain = block(0, MoeConfig::default());
+    let renorm = block(
+        0,
+        MoeConfig {
+            num_experts_per_tok: 2,
+            norm_topk_prob: true,
+        },
+    );
+    let h = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &Device::default());
+    let a = to_f32_vec(plain.forward(h.clone(), None));
+    let b = to_f32_vec(renorm.forward(h, None));
+    assert!(max_abs_diff(&a, &b) > 1e-3);
+}
+
+#[test]
+fn load_balancing_loss_matches_transformers() {
+    let g = Golden::load("tiny-echovlm");
+    let shape = g.shape("aux.router_logits");
+    let (layers, tokens, experts) = (shape[0], shape[1], shape[2]);
+    let all = g.f32("aux.router_logits");
+    let device = Device::default();
+    let per_layer: Vec<Tensor<2>> = all
+        .chunks_exact(tokens * experts)
+        .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), [tokens, experts]), &device))
+        .collect();
+    let mask_vals: Vec<f32> = g
+        .i64("aux.attention_mask")
+        .iter()
+        .map(|&m| m as f32)
+        .collect();
+    let mask_shape = g.shape("aux.attention_mask");
+    for k in [1usize, 2] {
+        let want = g.f32(&format!("aux.loss_top{k}"))[0];
+        let got = to_f32_vec(load_balancing_loss(&per_layer, k, None))[0];
+        assert!((got - want).abs() < 1e-6, "top{k}: {got} vs {want}");
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(mask_vals.clone(), [mask_shape[0], mask_shape[1]]),
+            &device,
+        );
+        let want = g.f32(&format!("aux.loss_top{k}_masked"))[0];
+        let got = to_f32_vec(load_balancing_loss(&per_layer, k, Some(mask)))[0];
+        assert!((got - want).abs() < 1e-6, "top{k} masked: {got} vs {want}");
+    }
+
+    // the host version over routing records of the real tokens equals the masked loss
+    let keep: Vec<bool> = mask_vals.iter().map(|&m| m > 0.0).collect();
+    let records: Vec<LayerRouting> = all
+        .chunks_exact(tokens * experts)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut rec = LayerRouting::new(i);
+            let r = Routing::from_logits(c.to_vec(), experts, 2, false);
+            rec.push(&r, &vec![0.5; 2 * tokens]);
+            rec.retain_since(0, &keep);
+            rec
+        })
+        .collect();
+    assert_eq!(records.len(), layers);
+    let want = g.f32("aux.loss_top2_masked")[0] as f64;
+    let got = load_balancing_loss_host(&records);
+    assert!((got - want).abs() < 1e-6, "host masked: {got} vs {want}");
+}
+
+#[test]
+fn sparse_block_loads_sizes_from_shapes() {
+    let ckpt = Checkpoint::open_dir(model_dir("tiny-echovlm-bf16")).unwrap();
+    let block = load(
+        &ckpt,
+        &Device::default(),
+        DType::F32,
+        LinearOptions::default(),
+        |l| {
+            l.ignore_prefix("");
+            SparseMoeBlock::load(l, "model.layers.0.moe", 32, MoeConfig::default())
+        },
+    )
+    .unwrap();
+    assert_eq!(block.num_experts(), 4);
+    assert_eq!(block.experts[3].intermediate_size(), 16);
+    assert_eq!(block.shared_expert.intermediate_size(), 32);
+}
