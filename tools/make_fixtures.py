@@ -648,8 +648,10 @@ def load_rgb(path: Path) -> Image.Image:
         white.paste(img, mask=img.split()[3])
         return white
     if img.mode in ("I;16", "I;16B", "I"):
+        # 16-bit samples scaled to 8 bits with rounding, (v + 128) // 257 (Pillow's own
+        # convert("RGB") would clip every value above 255 to white)
         arr = np.array(img).astype(np.uint32)
-        return Image.fromarray((arr >> 8).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(((arr + 128) // 257).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 

@@ -1,1 +1,7 @@
-//! placeholder
+//! Qwen2-VL's vision half: image preprocessing identical to transformers'
+//! `Qwen2VLImageProcessor`, the vision transformer and the 2×2 patch merger.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod preprocess;

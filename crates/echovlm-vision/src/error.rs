@@ -1,0 +1,1 @@
+//! Errors of image loading and preprocessing.
