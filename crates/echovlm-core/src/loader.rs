@@ -120,6 +120,28 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
+    /// Takes the float tensor `key`, stored with shape `stored`, viewed as `shape` (same number
+    /// of elements, row-major), e.g. a convolution kernel used as a matrix.
+    pub fn tensor_as<const D: usize, const D2: usize>(
+        &mut self,
+        key: &str,
+        stored: [usize; D],
+        shape: [usize; D2],
+    ) -> Tensor<D2> {
+        assert_eq!(
+            stored.iter().product::<usize>(),
+            shape.iter().product::<usize>(),
+            "tensor_as: element counts differ"
+        );
+        match self.check(key, &stored) {
+            true if !self.validate_only => {
+                let data = self.read(key, &shape);
+                Tensor::from_data(data, (&self.device, self.dtype))
+            }
+            _ => Tensor::zeros([1; D2], (&self.device, self.dtype)),
+        }
+    }
+
     /// Takes `key` as f32 values on the host, checking its shape. Returns `None` on a recorded
     /// problem or during validation.
     pub fn host_f32(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {

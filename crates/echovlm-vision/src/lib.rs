@@ -3,5 +3,10 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod preprocess;
+pub mod vit;
+
+pub use config::VisionConfig;
+pub use vit::{PatchMerger, VisionBlock, VisionError, VisionModel};
