@@ -3,7 +3,6 @@ use echovlm_core::host::{int_tensor, to_f32_vec};
 use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader};
 
 use crate::mlp::Mlp;
-use crate::trace::LayerRouting;
 
 /// Routing settings that are not visible in the tensor shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,18 +309,15 @@ impl DynamicFfn {
         activation::softmax(self.coefficient.forward(h), 1)
     }
 
-    /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `trace`, appends the
-    /// routing of these tokens and their mix coefficients.
-    pub fn forward(&self, h: Tensor<2>, trace: Option<&mut LayerRouting>) -> Tensor<2> {
+    /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns
+    /// the routing of these tokens and their mix coefficients (`[tokens, 2]`).
+    pub fn forward(&self, h: Tensor<2>, record: bool) -> (Tensor<2>, Option<(Routing, Vec<f32>)>) {
         let (m, routing) = self.moe.forward(h.clone());
         let c = self.coefficients(h.clone());
         let d = self.mlp.forward(h);
-        if let Some(trace) = trace {
-            let coef = to_f32_vec(c.clone());
-            trace.push(&routing, &coef);
-        }
+        let recorded = record.then(|| (routing, to_f32_vec(c.clone())));
         let c0 = c.clone().narrow(1, 0, 1);
         let c1 = c.narrow(1, 1, 1);
-        c0 * m + c1 * d
+        (c0 * m + c1 * d, recorded)
     }
 }

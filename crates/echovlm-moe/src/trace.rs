@@ -40,27 +40,17 @@ impl LayerRouting {
         self.coefficients.extend_from_slice(coefficients);
     }
 
-    /// Keeps only the tokens whose flag is true (drops padding, say). `keep` has one flag per
-    /// token recorded since `from_token`.
-    pub fn retain_since(&mut self, from_token: usize, keep: &[bool]) {
-        let (e, k) = (self.num_experts, self.top_k);
-        let filter = |v: &mut Vec<f32>, w: usize| {
-            let tail: Vec<f32> = v.split_off(from_token * w);
-            for (chunk, &ok) in tail.chunks_exact(w).zip(keep) {
-                if ok {
-                    v.extend_from_slice(chunk);
-                }
-            }
-        };
-        filter(&mut self.router_logits, e);
-        filter(&mut self.weights, k);
-        filter(&mut self.coefficients, 2);
-        let tail = self.experts.split_off(from_token * k);
-        for (chunk, &ok) in tail.chunks_exact(k).zip(keep) {
-            if ok {
-                self.experts.extend_from_slice(chunk);
-            }
-        }
+    /// Appends token `t` of a routed batch.
+    pub fn push_token(&mut self, routing: &Routing, coefficients: &[f32], t: usize) {
+        let (e, k) = (routing.num_experts, routing.top_k);
+        self.num_experts = e;
+        self.top_k = k;
+        self.router_logits
+            .extend_from_slice(&routing.router_logits[t * e..(t + 1) * e]);
+        self.experts.extend_from_slice(&routing.experts[t * k..(t + 1) * k]);
+        self.weights.extend_from_slice(&routing.weights[t * k..(t + 1) * k]);
+        self.coefficients
+            .extend_from_slice(&coefficients[t * 2..(t + 1) * 2]);
     }
 
     /// Number of tokens recorded.

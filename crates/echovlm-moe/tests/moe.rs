@@ -70,8 +70,8 @@ fn renormalised_routing_changes_the_output() {
         },
     );
     let h = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &Device::default());
-    let a = to_f32_vec(plain.forward(h.clone(), None));
-    let b = to_f32_vec(renorm.forward(h, None));
+    let a = to_f32_vec(plain.forward(h.clone(), false).0);
+    let b = to_f32_vec(renorm.forward(h, false).0);
     assert!(max_abs_diff(&a, &b) > 1e-3);
 }
 
@@ -113,8 +113,10 @@ fn load_balancing_loss_matches_transformers() {
         .map(|(i, c)| {
             let mut rec = LayerRouting::new(i);
             let r = Routing::from_logits(c.to_vec(), experts, 2, false);
-            rec.push(&r, &vec![0.5; 2 * tokens]);
-            rec.retain_since(0, &keep);
+            let coef = vec![0.5; 2 * tokens];
+            for t in (0..tokens).filter(|&t| keep[t]) {
+                rec.push_token(&r, &coef, t);
+            }
             rec
         })
         .collect();

@@ -142,7 +142,7 @@ impl DecoderLayer {
         cache: &mut KvCache,
         layer: usize,
         mask: &AttentionMask,
-        trace: Option<&mut RoutingTrace>,
+        trace: Option<&mut [RoutingTrace]>,
     ) -> Tensor<3> {
         let [b, s, hidden] = x.dims();
         let a = self.self_attn.forward(
@@ -159,18 +159,21 @@ impl DecoderLayer {
             .reshape([b * s, hidden]);
         let y = match &self.ffn {
             FeedForward::Dense(mlp) => mlp.forward(h),
-            FeedForward::Dynamic(ffn) => match trace {
-                Some(trace) => {
-                    let record = trace.layer_mut(layer);
-                    let before = record.tokens();
-                    let y = ffn.forward(h, Some(record));
-                    if let Some(keep) = &mask.keep {
-                        record.retain_since(before, keep);
+            FeedForward::Dynamic(ffn) => {
+                let (y, recorded) = ffn.forward(h, trace.is_some());
+                if let (Some(traces), Some((routing, coef))) = (trace, recorded) {
+                    // one trace per batch row; padding is not recorded
+                    for (row, trace) in traces.iter_mut().enumerate() {
+                        let record = trace.layer_mut(layer);
+                        for t in row * s..(row + 1) * s {
+                            if mask.keep.as_ref().is_none_or(|k| k[t]) {
+                                record.push_token(&routing, &coef, t);
+                            }
+                        }
                     }
-                    y
                 }
-                None => ffn.forward(h, None),
-            },
+                y
+            }
         };
         x + y.reshape([b, s, hidden])
     }
@@ -299,7 +302,8 @@ impl TextModel {
     /// * `positions`: the M-RoPE position ids of these tokens.
     /// * `valid`: `[batch][seq]`, false for left padding; `None` when every token is real.
     /// * `cache`: keys and values of earlier steps; this step's are appended.
-    /// * `trace`: when given, the routing of every real token is appended.
+    /// * `trace`: when given (one trace per batch row), the routing of every real token is
+    ///   appended to its row's trace.
     pub fn forward(
         &self,
         embeds: Tensor<3>,
@@ -308,9 +312,12 @@ impl TextModel {
         cache: &mut KvCache,
         logits: Logits,
         hidden_states: bool,
-        mut trace: Option<&mut RoutingTrace>,
+        mut trace: Option<&mut [RoutingTrace]>,
     ) -> Result<TextOutput, PromptError> {
         let [b, s, _] = embeds.dims();
+        if trace.as_ref().is_some_and(|t| t.len() != b) {
+            return Err(PromptError::RaggedBatch);
+        }
         if positions.batch != b || positions.seq != s {
             return Err(PromptError::RaggedBatch);
         }

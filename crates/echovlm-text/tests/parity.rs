@@ -34,7 +34,7 @@ fn step(
     model: &TextModel,
     ids: &[u32],
     cache: &mut KvCache,
-    trace: Option<&mut RoutingTrace>,
+    trace: Option<&mut [RoutingTrace]>,
 ) -> Vec<f32> {
     let emb = model.embed(&[ids.to_vec()]).unwrap();
     let pos = Positions::decode(&[0], cache.len(), ids.len());
@@ -75,7 +75,7 @@ fn text_prompts_match_reference_layer_by_layer() {
         let key = format!("text_{lang}");
         let ids = g.ids(&[&key, "input_ids"]);
         let emb = model.embed(&[ids.clone()]).unwrap();
-        let mut trace = RoutingTrace::new();
+        let mut traces = [RoutingTrace::new()];
         let out = model
             .forward(
                 emb,
@@ -84,7 +84,7 @@ fn text_prompts_match_reference_layer_by_layer() {
                 &mut model.new_cache(),
                 Logits::Last,
                 true,
-                Some(&mut trace),
+                Some(&mut traces),
             )
             .unwrap();
 
@@ -100,6 +100,7 @@ fn text_prompts_match_reference_layer_by_layer() {
             assert!(d <= LOGIT_TOL, "{lang}: hidden state {i} differs by {d}");
         }
 
+        let trace = &traces[0];
         assert_eq!(trace.layers.len(), model.config.num_hidden_layers);
         let n = ids.len();
         let k = 2;
