@@ -63,13 +63,18 @@ impl VisionConfig {
             for k in keys {
                 if let Some(x) = v.get(*k).filter(|x| !x.is_null()) {
                     return x.as_u64().map(|n| n as usize).ok_or_else(|| {
-                        err(format!("vision_config.{k} must be a non-negative integer, got {x}"))
+                        err(format!(
+                            "vision_config.{k} must be a non-negative integer, got {x}"
+                        ))
                     });
                 }
             }
             Ok(default)
         };
-        let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu");
+        let act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("quick_gelu");
         if act != "quick_gelu" {
             return Err(err(format!(
                 "vision_config.hidden_act = {act:?}; only Qwen2-VL's quick_gelu is supported"

@@ -8,7 +8,7 @@
 //! ```
 
 use burn::tensor::{DType, Device, Tensor, TensorData, activation};
-use echovlm_core::{LoadError, Linear, WeightLoader, backend};
+use echovlm_core::{Linear, LoadError, WeightLoader, backend};
 
 use crate::config::VisionConfig;
 
@@ -17,7 +17,9 @@ use crate::config::VisionConfig;
 #[non_exhaustive]
 pub enum VisionError {
     /// `pixel_values` rows do not add up to the grids.
-    #[error("pixel_values has {rows} rows of {cols} values but the grids need {expected} rows of {patch_dim}")]
+    #[error(
+        "pixel_values has {rows} rows of {cols} values but the grids need {expected} rows of {patch_dim}"
+    )]
     PixelShape {
         /// Rows given.
         rows: usize,
@@ -183,7 +185,12 @@ impl VisionModel {
     }
 
     /// Checks grids against `rows` patch rows; returns the merged-token count.
-    pub fn check_grids(&self, rows: usize, cols: usize, grids: &[[usize; 3]]) -> Result<usize, VisionError> {
+    pub fn check_grids(
+        &self,
+        rows: usize,
+        cols: usize,
+        grids: &[[usize; 3]],
+    ) -> Result<usize, VisionError> {
         let merge = self.config.spatial_merge_size;
         let mut expected = 0;
         for g in grids {
@@ -206,7 +213,11 @@ impl VisionModel {
     /// Encodes the patches of one or more images/videos (`pixel_values`, `[N, 1176]`, rows in
     /// processor order) into merged embeddings `[N/4, out_hidden_size]`, in the same order as
     /// the prompt's placeholder tokens.
-    pub fn forward(&self, pixel_values: Tensor<2>, grids: &[[usize; 3]]) -> Result<Tensor<2>, VisionError> {
+    pub fn forward(
+        &self,
+        pixel_values: Tensor<2>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<2>, VisionError> {
         let [rows, cols] = pixel_values.dims();
         self.check_grids(rows, cols, grids)?;
         let device = self.device();
@@ -245,7 +256,12 @@ impl VisionModel {
     }
 
     /// cos/sin tables `[N, head_dim]` of the 2-D rotary embedding, computed in f32.
-    fn rotary(&self, grids: &[[usize; 3]], device: &Device, dtype: DType) -> (Tensor<2>, Tensor<2>) {
+    fn rotary(
+        &self,
+        grids: &[[usize; 3]],
+        device: &Device,
+        dtype: DType,
+    ) -> (Tensor<2>, Tensor<2>) {
         let pos = self.patch_positions(grids);
         let quarter = self.inv_freq.len();
         let head_dim = self.config.head_dim();
@@ -266,7 +282,9 @@ impl VisionModel {
             }
         }
         let shape = [pos.len(), head_dim];
-        let make = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype);
+        let make = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+        };
         (make(cos), make(sin))
     }
 }
@@ -314,8 +332,16 @@ impl VisionAttention {
                 .unsqueeze_dim::<4>(0)
         };
         // rotary in f32
-        let cos4: Tensor<4> = cos.clone().cast(DType::F32).unsqueeze_dim::<3>(0).unsqueeze_dim(0);
-        let sin4: Tensor<4> = sin.clone().cast(DType::F32).unsqueeze_dim::<3>(0).unsqueeze_dim(0);
+        let cos4: Tensor<4> = cos
+            .clone()
+            .cast(DType::F32)
+            .unsqueeze_dim::<3>(0)
+            .unsqueeze_dim(0);
+        let sin4: Tensor<4> = sin
+            .clone()
+            .cast(DType::F32)
+            .unsqueeze_dim::<3>(0)
+            .unsqueeze_dim(0);
         let q = rotate(part(0).cast(DType::F32), &cos4, &sin4).cast(dtype);
         let k = rotate(part(1).cast(DType::F32), &cos4, &sin4).cast(dtype);
         let v = part(2);

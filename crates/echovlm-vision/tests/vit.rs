@@ -18,11 +18,17 @@ fn load_vision() -> VisionModel {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = VisionConfig::from_json(&json, 64, "config.json").unwrap();
     let ckpt = Checkpoint::open_dir(&dir).unwrap();
-    load(&ckpt, &Device::default(), DType::F32, LinearOptions::default(), |l| {
-        l.ignore_prefix("model.");
-        l.ignore_prefix("lm_head.");
-        VisionModel::load(l, &cfg)
-    })
+    load(
+        &ckpt,
+        &Device::default(),
+        DType::F32,
+        LinearOptions::default(),
+        |l| {
+            l.ignore_prefix("model.");
+            l.ignore_prefix("lm_head.");
+            VisionModel::load(l, &cfg)
+        },
+    )
     .unwrap()
 }
 
@@ -71,7 +77,10 @@ fn two_images_attend_separately() {
     let (mut pv, r1) = pixel_values(&g, "image.thyroid_300x220.png.pixel_levels");
     let (pv2, r2) = pixel_values(&g, "image.liver_182x238.png.pixel_levels");
     pv.extend(pv2);
-    let grids = [grid(&g, "thyroid_300x220.png"), grid(&g, "liver_182x238.png")];
+    let grids = [
+        grid(&g, "thyroid_300x220.png"),
+        grid(&g, "liver_182x238.png"),
+    ];
     let got = encode(&model, pv, r1 + r2, &grids);
     let d = max_abs_diff(&got, &g.f32("image.pair.embeds"));
     assert!(d <= 1e-4, "pair: {d}");
@@ -95,7 +104,11 @@ fn grids_must_match_the_pixel_rows() {
     let t = Tensor::<2>::zeros([16, 1176], &model.device());
     assert!(matches!(
         model.forward(t.clone(), &[[1, 4, 2]]),
-        Err(VisionError::PixelShape { rows: 16, expected: 8, .. })
+        Err(VisionError::PixelShape {
+            rows: 16,
+            expected: 8,
+            ..
+        })
     ));
     assert!(matches!(
         model.forward(t, &[[1, 4, 3]]),
