@@ -943,6 +943,9 @@ def vision_goldens(g: Golden, model, processor, ids):
         pil = [load_rgb(IMAGES / n) for n in imgs]
         rendered = processor.apply_chat_template(image_messages(len(pil), text), add_generation_prompt=True)
         enc = processor(text=[rendered], images=pil, return_tensors="pt")
+        # transformers keeps rope_deltas from the previous generate() and, without a cache
+        # position, would silently fall back to 1-D positions: reset it
+        model.rope_deltas = None
         with torch.no_grad():
             out = model(**enc, use_cache=False)
         pos, delta = model.get_rope_index(enc["input_ids"], enc["image_grid_thw"], None, enc["attention_mask"])
@@ -983,6 +986,7 @@ def vision_goldens(g: Golden, model, processor, ids):
     rendered = processor.apply_chat_template(vmsg, add_generation_prompt=True)
     enc = processor(text=[rendered], videos=[frames4], return_tensors="pt")
     pos, delta = model.get_rope_index(enc["input_ids"], None, enc["video_grid_thw"], enc["attention_mask"])
+    model.rope_deltas = None
     rope["video"] = {"input_ids": enc["input_ids"].tolist(), "attention_mask": enc["attention_mask"].tolist(),
                      "video_grid_thw": enc["video_grid_thw"].tolist(), "position_ids": pos.tolist(),
                      "deltas": delta.flatten().tolist(), "rendered": rendered}

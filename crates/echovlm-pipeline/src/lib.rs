@@ -1,5 +1,35 @@
-//! EchoVLM for Rust: load a checkpoint, build ultrasound requests, generate reports.
+//! EchoVLM for Rust: load a checkpoint, build ultrasound requests, generate reports,
+//! diagnoses and answers.
+//!
+//! ```no_run
+//! use echovlm_pipeline::{EchoVlm, Lang, LoadOptions, Request, Task};
+//!
+//! let model = EchoVlm::load("path/to/EchoVLM", &LoadOptions::default())?;
+//! let request = Request::task(Task::Report, Lang::Zh)
+//!     .image("study/frame1.png")
+//!     .image("study/frame2.png");
+//! let output = model.generate(&request, &model.default_generation())?;
+//! println!("{}", output.text);
+//! # Ok::<(), echovlm_pipeline::EchoError>(())
+//! ```
 
 #![warn(missing_docs)]
 
+pub mod chat;
+pub mod error;
+pub mod generate;
 pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod request;
+pub mod tasks;
+
+pub use burn::tensor::{DType, Device};
+pub use chat::{ChatTemplate, Content, Message, Role};
+pub use echovlm_moe::RoutingSummary;
+pub use error::EchoError;
+pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
+pub use model::{EchoVlm, LoadOptions, PreparedPrompt};
+pub use output::{Output, Timings};
+pub use request::{ImageSource, Request};
+pub use tasks::{Lang, Task};

@@ -1,0 +1,40 @@
+//! The one error type of the pipeline.
+
+use echovlm_core::LoadError;
+use echovlm_text::{PromptError, TokenizerError};
+use echovlm_vision::VisionError;
+use echovlm_vision::error::ImageError;
+
+/// Everything that can go wrong between a model directory and a generated report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EchoError {
+    /// The checkpoint, its configuration or another model file could not be used.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The tokenizer could not be loaded or run.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// An image could not be read or preprocessed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The prompt does not fit the images or the model.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// The vision tower was given inconsistent inputs.
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    /// The chat template is missing, does not compile or failed to render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The model files disagree with each other (a special token id in config.json that the
+    /// tokenizer gives another id, say).
+    #[error("inconsistent model files: {0}")]
+    Inconsistent(String),
+    /// A request or generation setting is out of range.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The model has no vision tower but the request has images.
+    #[error("this checkpoint has no vision tower; it cannot take images")]
+    NoVision,
+}

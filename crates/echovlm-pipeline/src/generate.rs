@@ -1,0 +1,310 @@
+//! Generation settings, the logits processors (with transformers' semantics and order) and the
+//! UTF-8-safe text stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::error::EchoError;
+use echovlm_text::Qwen2Tokenizer;
+
+/// Lets a caller stop a generation from another thread; the output then ends with
+/// [`FinishReason::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the generation to stop after the current step.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token was generated.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// The caller cancelled.
+    Cancelled,
+}
+
+/// Decoding settings. [`Default`] is greedy decoding with a repetition penalty of 1.05 and
+/// 1024 new tokens; a checkpoint's `generation_config.json` gives
+/// [`EchoVlm::default_generation`](crate::EchoVlm::default_generation).
+#[derive(Debug, Clone)]
+pub struct GenerationOptions {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Sample (true) or take the most likely token (false).
+    pub do_sample: bool,
+    /// Softmax temperature when sampling.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens when sampling; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`; 1 disables.
+    pub top_p: f32,
+    /// Penalty on every token already in the sequence (prompt included), transformers'
+    /// semantics: positive logits divided by it, negative ones multiplied; 1 disables.
+    pub repetition_penalty: f32,
+    /// Seed of the sampler (each request of a batch has its own generator with this seed).
+    pub seed: u64,
+    /// Tokens that end generation (from `generation_config.json`).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past stop tokens until `max_new_tokens`.
+    pub ignore_eos: bool,
+    /// Record the MoE routing of every token for [`Output::routing`](crate::Output::routing).
+    pub trace_routing: bool,
+    /// Stops the generation when cancelled.
+    pub cancel: Option<CancelToken>,
+}
+
+impl Default for GenerationOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 1024,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.05,
+            seed: 0,
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            trace_routing: true,
+            cancel: None,
+        }
+    }
+}
+
+impl GenerationOptions {
+    /// Plain greedy decoding: no penalty, no sampling.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            repetition_penalty: 1.0,
+            ..Self::default()
+        }
+    }
+
+    /// Reads the sampling fields of a `generation_config.json` over `self`.
+    pub fn with_generation_config(mut self, json: &serde_json::Value) -> Self {
+        if let Some(v) = json.get("do_sample").and_then(|v| v.as_bool()) {
+            self.do_sample = v;
+        }
+        if let Some(v) = json.get("temperature").and_then(|v| v.as_f64()) {
+            self.temperature = v as f32;
+        }
+        if let Some(v) = json.get("top_k").and_then(|v| v.as_u64()) {
+            self.top_k = v as usize;
+        }
+        if let Some(v) = json.get("top_p").and_then(|v| v.as_f64()) {
+            self.top_p = v as f32;
+        }
+        if let Some(v) = json.get("repetition_penalty").and_then(|v| v.as_f64()) {
+            self.repetition_penalty = v as f32;
+        }
+        if let Some(v) = json.get("max_new_tokens").and_then(|v| v.as_u64()) {
+            self.max_new_tokens = v as usize;
+        }
+        match json.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => {
+                self.stop_token_ids = a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect();
+            }
+            Some(v) => {
+                if let Some(x) = v.as_u64() {
+                    self.stop_token_ids = vec![x as u32];
+                }
+            }
+            None => {}
+        }
+        self
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), EchoError> {
+        let bad = |m: String| Err(EchoError::InvalidRequest(m));
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if self.do_sample && !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!("temperature {} must be positive", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} must be in (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty {} must be positive",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Picks next tokens from logits: repetition penalty, then (when sampling) temperature, top-k
+/// and top-p, as transformers orders its logits processors.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    opts: GenerationOptions,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded from `opts.seed`.
+    pub fn new(opts: &GenerationOptions) -> Self {
+        Self {
+            opts: opts.clone(),
+            rng: ChaCha8Rng::seed_from_u64(opts.seed),
+        }
+    }
+
+    /// Applies the processors to `logits` in place (`history`: every token of the sequence so
+    /// far, prompt included) and returns the chosen token.
+    pub fn next(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let p = self.opts.repetition_penalty;
+        if p != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &t in history {
+                let t = t as usize;
+                if t < logits.len() && !seen[t] {
+                    seen[t] = true;
+                    let s = logits[t];
+                    logits[t] = if s < 0.0 { s * p } else { s / p };
+                }
+            }
+        }
+        if !self.opts.do_sample {
+            return argmax(logits);
+        }
+        if self.opts.temperature != 1.0 {
+            let t = self.opts.temperature;
+            logits.iter_mut().for_each(|x| *x /= t);
+        }
+        if self.opts.top_k > 0 && self.opts.top_k < logits.len() {
+            let mut sorted: Vec<f32> = logits.to_vec();
+            let k = self.opts.top_k;
+            sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            logits
+                .iter_mut()
+                .filter(|x| **x < kth)
+                .for_each(|x| *x = f32::NEG_INFINITY);
+        }
+        if self.opts.top_p < 1.0 {
+            top_p(logits, self.opts.top_p);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let probs: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        let u = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * total;
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &q) in probs.iter().enumerate() {
+            if q > 0.0 {
+                last = i;
+                acc += q;
+                if u < acc {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
+    }
+}
+
+/// transformers' `TopPLogitsWarper`: sort ascending, remove tokens whose cumulative
+/// probability is at most `1 − top_p`, always keeping the most likely one.
+fn top_p(logits: &mut [f32], top_p: f32) {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+    let max = logits[*order.last().expect("non-empty vocabulary")];
+    let exps: Vec<f32> = order.iter().map(|&i| (logits[i] - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    let mut cum = 0f32;
+    let threshold = 1.0 - top_p;
+    let n = order.len();
+    for (rank, (&i, e)) in order.iter().zip(exps).enumerate() {
+        cum += e / sum;
+        if cum <= threshold && rank < n - 1 {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `n` largest `(token, logit)` pairs, largest first.
+pub fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.into_iter().take(n).map(|i| (i as u32, v[i])).collect()
+}
+
+/// Turns generated ids into text deltas that never split a UTF-8 character: text is held back
+/// while it ends in an incomplete byte sequence.
+#[derive(Debug)]
+pub struct TextStream<'a> {
+    tokenizer: &'a Qwen2Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream over `tokenizer`.
+    pub fn new(tokenizer: &'a Qwen2Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns the text that became complete, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, EchoError> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        Ok(self.take(&text))
+    }
+
+    fn take(&mut self, text: &str) -> Option<String> {
+        let delta = text.get(self.emitted..).filter(|d| !d.is_empty())?.to_string();
+        self.emitted = text.len();
+        Some(delta)
+    }
+
+    /// The text not yet emitted (an incomplete tail included).
+    pub fn finish(&mut self) -> Result<Option<String>, EchoError> {
+        let text = self.tokenizer.decode(&self.ids, true)?;
+        Ok(self.take(&text))
+    }
+}

@@ -1,0 +1,651 @@
+//! [`EchoVlm`]: a loaded checkpoint and the generation loop.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use echovlm_core::host::to_f32_vec;
+use echovlm_core::{Checkpoint, LinearOptions, LoadError, load};
+use echovlm_moe::RoutingTrace;
+use echovlm_text::config::read_json;
+use echovlm_text::{
+    Logits, Positions, PromptError, Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds,
+    rope_index,
+};
+use echovlm_vision::preprocess::{
+    PixelValues, PreprocessConfig, load_image, preprocess_image, preprocess_video,
+};
+use echovlm_vision::{VisionConfig, VisionModel};
+use image::RgbImage;
+
+use crate::chat::ChatTemplate;
+use crate::error::EchoError;
+use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
+use crate::output::{Output, Timings};
+use crate::request::{ImageSource, Request};
+
+/// Where and how to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The device (backend) the model runs on.
+    pub device: Device,
+    /// Float type of weights and activations (`F32` on CPU; `F16`/`BF16` where the device
+    /// supports them).
+    pub dtype: DType,
+    /// How linear layers keep their weights.
+    pub linear: LinearOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::default(),
+            dtype: DType::F32,
+            linear: LinearOptions::default(),
+        }
+    }
+}
+
+/// A prompt ready to run: token ids with placeholders expanded, and pixel values.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// The rendered chat template.
+    pub rendered: String,
+    /// Token ids, each image/video placeholder expanded to its merged-token count.
+    pub ids: Vec<u32>,
+    /// Preprocessed images, in prompt order.
+    pub images: Vec<PixelValues>,
+    /// Preprocessed cine loops, in prompt order.
+    pub videos: Vec<PixelValues>,
+    /// Time spent preparing, in milliseconds.
+    pub preprocess_ms: f64,
+}
+
+/// A loaded EchoVLM (or stock Qwen2-VL) checkpoint: decoder, vision tower, tokenizer, chat
+/// template, preprocessing settings and generation defaults.
+pub struct EchoVlm {
+    text: TextModel,
+    vision: Option<VisionModel>,
+    tokenizer: Qwen2Tokenizer,
+    template: ChatTemplate,
+    preprocess: PreprocessConfig,
+    generation: GenerationOptions,
+    vision_tokens: VisionTokenIds,
+    pad_id: u32,
+    dir: PathBuf,
+    parameters: usize,
+}
+
+impl std::fmt::Debug for EchoVlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EchoVlm")
+            .field("dir", &self.dir)
+            .field("parameters", &self.parameters)
+            .field("layers", &self.text.layers.len())
+            .field("vision", &self.vision.is_some())
+            .finish()
+    }
+}
+
+fn inconsistent(msg: String) -> EchoError {
+    EchoError::Inconsistent(msg)
+}
+
+impl EchoVlm {
+    /// Loads a model directory: `config.json`, safetensors weights (single or sharded),
+    /// `tokenizer.json`, the chat template (`chat_template.json` or `tokenizer_config.json`),
+    /// and, if present, `preprocessor_config.json` and `generation_config.json`.
+    pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, EchoError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(LoadError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            }
+            .into());
+        }
+        let config_path = dir.join("config.json");
+        let json = read_json(&config_path)?;
+        let text_cfg = TextConfig::from_json(&json, &config_path)?;
+        let ckpt = Checkpoint::open_dir(dir)?;
+        let vision_cfg = if ckpt.keys_with_prefix("visual.").next().is_some() {
+            Some(VisionConfig::from_json(&json, text_cfg.hidden_size, &config_path)?)
+        } else {
+            None
+        };
+        let (text, vision) = load(
+            &ckpt,
+            &options.device,
+            options.dtype,
+            options.linear.clone(),
+            |l| {
+                let text = TextModel::load(l, &text_cfg)?;
+                let vision = match &vision_cfg {
+                    Some(c) => Some(VisionModel::load(l, c)?),
+                    None => None,
+                };
+                Ok((text, vision))
+            },
+        )?;
+        let parameters = ckpt.num_elements();
+        drop(ckpt);
+
+        let tokenizer = Qwen2Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        let preprocess_path = dir.join("preprocessor_config.json");
+        let preprocess = if preprocess_path.is_file() {
+            PreprocessConfig::from_file(&preprocess_path)?
+        } else {
+            PreprocessConfig::default()
+        };
+        let special = *tokenizer.special();
+        if tokenizer.vocab_size() > text_cfg.vocab_size {
+            return Err(inconsistent(format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tokenizer.vocab_size(),
+                text_cfg.vocab_size
+            )));
+        }
+        let check = |name: &str, config: Option<u32>, tok: u32| -> Result<u32, EchoError> {
+            match config {
+                Some(c) if c != tok => Err(inconsistent(format!(
+                    "config.json says {name} = {c} but the tokenizer gives {tok}"
+                ))),
+                _ => Ok(tok),
+            }
+        };
+        let vt = &text_cfg.vision_tokens;
+        let vision_tokens = VisionTokenIds {
+            vision_start: Some(check("vision_start_token_id", vt.vision_start, special.vision_start)?),
+            vision_end: Some(check("vision_end_token_id", vt.vision_end, special.vision_end)?),
+            image: Some(check("image_token_id", vt.image, special.image_pad)?),
+            video: Some(check("video_token_id", vt.video, special.video_pad)?),
+        };
+
+        let gen_path = dir.join("generation_config.json");
+        let gen_json = if gen_path.is_file() {
+            Some(read_json(&gen_path)?)
+        } else {
+            None
+        };
+        let mut generation = GenerationOptions::default();
+        if let Some(g) = &gen_json {
+            generation = generation.with_generation_config(g);
+        }
+        if generation.stop_token_ids.is_empty() {
+            generation.stop_token_ids = text_cfg.eos_token_ids.clone();
+        }
+        if !generation.stop_token_ids.contains(&special.im_end) {
+            generation.stop_token_ids.push(special.im_end);
+        }
+        let pad_id = gen_json
+            .as_ref()
+            .and_then(|g| g.get("pad_token_id"))
+            .and_then(|v| v.as_u64())
+            .map_or(special.endoftext, |v| v as u32);
+        Ok(Self {
+            text,
+            vision,
+            tokenizer,
+            template,
+            preprocess,
+            generation,
+            vision_tokens,
+            pad_id,
+            dir: dir.to_path_buf(),
+            parameters,
+        })
+    }
+
+    /// The decoder.
+    pub fn text_model(&self) -> &TextModel {
+        &self.text
+    }
+
+    /// The vision tower, if the checkpoint has one.
+    pub fn vision_model(&self) -> Option<&VisionModel> {
+        self.vision.as_ref()
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Qwen2Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The checkpoint's preprocessing settings.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Generation settings from `generation_config.json` (stop tokens included), with
+    /// `max_new_tokens` 1024 unless the file sets it.
+    pub fn default_generation(&self) -> GenerationOptions {
+        self.generation.clone()
+    }
+
+    /// Number of stored parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.parameters
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.text.device()
+    }
+
+    /// Renders, tokenises and preprocesses a request without running the model.
+    pub fn prepare(&self, request: &Request) -> Result<PreparedPrompt, EchoError> {
+        let start = Instant::now();
+        let has_vision_input = !request.images.is_empty() || !request.videos.is_empty();
+        if request.user_text().trim().is_empty() && !has_vision_input {
+            return Err(PromptError::EmptyPrompt.into());
+        }
+        if has_vision_input && self.vision.is_none() {
+            return Err(EchoError::NoVision);
+        }
+        let mut cfg = self.preprocess.clone();
+        if let Some(v) = request.min_pixels {
+            cfg.min_pixels = v;
+        }
+        if let Some(v) = request.max_pixels {
+            cfg.max_pixels = v;
+        }
+        cfg.validate()?;
+        let images = request
+            .images
+            .iter()
+            .map(|src| -> Result<PixelValues, EchoError> {
+                Ok(match src {
+                    ImageSource::Path(p) => preprocess_image(&load_image(p)?, &cfg)?,
+                    ImageSource::Image(img) => preprocess_image(img, &cfg)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let videos = request
+            .videos
+            .iter()
+            .map(|frames| {
+                let frames = frames.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                preprocess_video(&frames, &cfg).map_err(EchoError::from)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rendered = self.template.render(&request.messages(), true, false)?;
+        let raw = self.tokenizer.encode(&rendered)?;
+        let ids = self.expand_placeholders(&raw, &images, &videos)?;
+        Ok(PreparedPrompt {
+            rendered,
+            ids,
+            images,
+            videos,
+            preprocess_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Replaces each image (video) placeholder token by `t·h·w / merge²` copies.
+    fn expand_placeholders(
+        &self,
+        ids: &[u32],
+        images: &[PixelValues],
+        videos: &[PixelValues],
+    ) -> Result<Vec<u32>, EchoError> {
+        let image_id = self.vision_tokens.image.expect("resolved at load");
+        let video_id = self.vision_tokens.video.expect("resolved at load");
+        let count = |id| ids.iter().filter(|&&t| t == id).count();
+        let (n_img, n_vid) = (count(image_id), count(video_id));
+        if n_img != images.len() {
+            return Err(PromptError::ImageCountMismatch {
+                placeholders: n_img,
+                images: images.len(),
+            }
+            .into());
+        }
+        if n_vid != videos.len() {
+            return Err(PromptError::VideoCountMismatch {
+                placeholders: n_vid,
+                videos: videos.len(),
+            }
+            .into());
+        }
+        let merge = self.merge_size();
+        let (mut i, mut v) = (0, 0);
+        let mut out = Vec::with_capacity(ids.len());
+        for &t in ids {
+            if t == image_id {
+                out.extend(std::iter::repeat_n(t, images[i].merged_tokens(merge)));
+                i += 1;
+            } else if t == video_id {
+                out.extend(std::iter::repeat_n(t, videos[v].merged_tokens(merge)));
+                v += 1;
+            } else {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn merge_size(&self) -> usize {
+        self.vision
+            .as_ref()
+            .map_or(2, |v| v.config.spatial_merge_size)
+    }
+
+    /// Generates for one request.
+    pub fn generate(&self, request: &Request, opts: &GenerationOptions) -> Result<Output, EchoError> {
+        let prepared = self.prepare(request)?;
+        Ok(self
+            .run(vec![prepared], opts, None)?
+            .pop()
+            .expect("one output per request"))
+    }
+
+    /// Generates for one request, calling `on_text` with every new piece of text as soon as it
+    /// forms whole UTF-8 characters; returning `ControlFlow::Break` stops the generation
+    /// ([`FinishReason::Cancelled`]).
+    pub fn generate_stream(
+        &self,
+        request: &Request,
+        opts: &GenerationOptions,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Output, EchoError> {
+        let prepared = self.prepare(request)?;
+        Ok(self
+            .run(vec![prepared], opts, Some(&mut on_text))?
+            .pop()
+            .expect("one output per request"))
+    }
+
+    /// Generates for several requests at once (left-padded into one batch). Each output equals
+    /// what the request gives alone.
+    pub fn generate_batch(
+        &self,
+        requests: &[Request],
+        opts: &GenerationOptions,
+    ) -> Result<Vec<Output>, EchoError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = requests
+            .iter()
+            .map(|r| self.prepare(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run(prepared, opts, None)
+    }
+
+    /// Runs prepared prompts as one batch.
+    pub fn run(
+        &self,
+        prompts: Vec<PreparedPrompt>,
+        opts: &GenerationOptions,
+        mut on_text: Option<&mut dyn FnMut(&str) -> ControlFlow<()>>,
+    ) -> Result<Vec<Output>, EchoError> {
+        opts.validate()?;
+        let b = prompts.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if on_text.is_some() && b != 1 {
+            return Err(EchoError::InvalidRequest(
+                "streaming takes exactly one request".into(),
+            ));
+        }
+        let max_len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let limit = self.text.config.max_position_embeddings;
+        if max_len + opts.max_new_tokens > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: max_len + opts.max_new_tokens,
+                max: limit,
+            }
+            .into());
+        }
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![self.pad_id; max_len - p.ids.len()];
+                row.extend(&p.ids);
+                row
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![false; max_len - p.ids.len()];
+                row.extend(std::iter::repeat_n(true, p.ids.len()));
+                row
+            })
+            .collect();
+        let any_padding = prompts.iter().any(|p| p.ids.len() != max_len);
+        let mask = any_padding.then_some(valid.as_slice());
+
+        // vision
+        let t_vision = Instant::now();
+        let image_grids: Vec<[usize; 3]> =
+            prompts.iter().flat_map(|p| p.images.iter().map(|x| x.grid_thw)).collect();
+        let video_grids: Vec<[usize; 3]> =
+            prompts.iter().flat_map(|p| p.videos.iter().map(|x| x.grid_thw)).collect();
+        let image_embeds = self.encode(prompts.iter().flat_map(|p| p.images.iter()))?;
+        let video_embeds = self.encode(prompts.iter().flat_map(|p| p.videos.iter()))?;
+        let embeds = self.merge_embeddings(&padded, image_embeds, video_embeds)?;
+        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
+            0.0
+        } else {
+            ms(t_vision)
+        };
+
+        // prefill
+        let t_prefill = Instant::now();
+        let (positions, deltas) = rope_index(
+            &padded,
+            mask,
+            &image_grids,
+            &video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+        )?;
+        let mut cache = self.text.new_cache();
+        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
+        let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new(); b]);
+        let out = self.text.forward(
+            embeds,
+            &positions,
+            mask,
+            &mut cache,
+            Logits::Last,
+            false,
+            traces.as_deref_mut(),
+        )?;
+        let mut logits = to_f32_vec(out.logits.expect("asked for logits"));
+        let prefill_ms = ms(t_prefill);
+
+        // decode
+        let t_decode = Instant::now();
+        let vocab = self.text.config.vocab_size;
+        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(opts)).collect();
+        let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
+        let mut first_top: Vec<Vec<(u32, f32)>> = vec![Vec::new(); b];
+        let mut stream = on_text.as_ref().map(|_| TextStream::new(&self.tokenizer));
+        let mut step = 0;
+        loop {
+            for r in 0..b {
+                if finished[r].is_some() {
+                    continue;
+                }
+                let row = &mut logits[r * vocab..(r + 1) * vocab];
+                if step == 0 {
+                    first_top[r] = top_logits(row, 20);
+                }
+                let tok = samplers[r].next(row, &history[r]);
+                history[r].push(tok);
+                generated[r].push(tok);
+                if !opts.ignore_eos && opts.stop_token_ids.contains(&tok) {
+                    finished[r] = Some(FinishReason::Stop);
+                } else if generated[r].len() >= opts.max_new_tokens {
+                    finished[r] = Some(FinishReason::Length);
+                }
+                if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
+                    && let Some(delta) = stream.push(tok)?
+                    && cb(&delta).is_break()
+                {
+                    finished[r] = Some(FinishReason::Cancelled);
+                }
+            }
+            if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                for f in finished.iter_mut().filter(|f| f.is_none()) {
+                    *f = Some(FinishReason::Cancelled);
+                }
+            }
+            if finished.iter().all(Option::is_some) {
+                break;
+            }
+            step += 1;
+            let next: Vec<Vec<u32>> = (0..b)
+                .map(|r| vec![if finished[r].is_some() { self.pad_id } else { generated[r][generated[r].len() - 1] }])
+                .collect();
+            let live: Vec<Vec<bool>> = finished.iter().map(|f| vec![f.is_none()]).collect();
+            let all_live = finished.iter().all(Option::is_none);
+            let emb = self.text.embed(&next)?;
+            let pos = Positions::decode(&deltas, cache.len(), 1);
+            let out = self.text.forward(
+                emb,
+                &pos,
+                (!all_live).then_some(live.as_slice()),
+                &mut cache,
+                Logits::Last,
+                false,
+                traces.as_deref_mut(),
+            )?;
+            logits = to_f32_vec(out.logits.expect("asked for logits"));
+        }
+        if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
+            && let Some(rest) = stream.finish()?
+        {
+            let _ = cb(&rest);
+        }
+        let decode_ms = ms(t_decode);
+
+        let mut outputs = Vec::with_capacity(b);
+        for (r, p) in prompts.into_iter().enumerate() {
+            let n = generated[r].len();
+            let timings = Timings {
+                preprocess_ms: p.preprocess_ms,
+                vision_ms,
+                prefill_ms,
+                prefill_tokens: p.ids.len(),
+                decode_ms,
+                generated_tokens: n,
+                decode_tokens_per_s: if n > 1 && decode_ms > 0.0 {
+                    (n - 1) as f64 / (decode_ms / 1e3)
+                } else {
+                    0.0
+                },
+            };
+            outputs.push(Output {
+                text: self.tokenizer.decode(&generated[r], true)?,
+                image_grid_thw: p.images.iter().map(|x| x.grid_thw).collect(),
+                video_grid_thw: p.videos.iter().map(|x| x.grid_thw).collect(),
+                prompt_token_ids: p.ids,
+                generated_token_ids: std::mem::take(&mut generated[r]),
+                finish_reason: finished[r].unwrap_or(FinishReason::Length),
+                first_step_top_logits: std::mem::take(&mut first_top[r]),
+                timings,
+                routing: traces.as_ref().map(|t| t[r].summary()),
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// Encodes images (or videos) with the vision tower, all in one forward pass.
+    fn encode<'a>(
+        &self,
+        items: impl Iterator<Item = &'a PixelValues>,
+    ) -> Result<Option<Tensor<2>>, EchoError> {
+        let items: Vec<&PixelValues> = items.collect();
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let vision = self.vision.as_ref().ok_or(EchoError::NoVision)?;
+        let rows: usize = items.iter().map(|p| p.rows).sum();
+        let cols = items[0].cols();
+        let mut data = Vec::with_capacity(rows * cols);
+        for p in &items {
+            data.extend_from_slice(&p.data);
+        }
+        let grids: Vec<[usize; 3]> = items.iter().map(|p| p.grid_thw).collect();
+        let pixels = Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), (&self.device(), DType::F32));
+        Ok(Some(vision.forward(pixels, &grids)?))
+    }
+
+    /// Token embeddings with every placeholder row replaced by the next visual feature row.
+    fn merge_embeddings(
+        &self,
+        ids: &[Vec<u32>],
+        images: Option<Tensor<2>>,
+        videos: Option<Tensor<2>>,
+    ) -> Result<Tensor<3>, EchoError> {
+        let text = self.text.embed(ids)?;
+        if images.is_none() && videos.is_none() {
+            return Ok(text);
+        }
+        let [b, s, h] = text.dims();
+        let image_id = self.vision_tokens.image.expect("resolved at load");
+        let video_id = self.vision_tokens.video.expect("resolved at load");
+        let n_img = images.as_ref().map_or(0, |t| t.dims()[0]);
+        let n_vid = videos.as_ref().map_or(0, |t| t.dims()[0]);
+        let (mut i, mut v) = (0usize, 0usize);
+        let mut index = Vec::with_capacity(b * s);
+        for (p, &t) in ids.iter().flatten().enumerate() {
+            if t == image_id {
+                index.push((b * s + i) as i64);
+                i += 1;
+            } else if t == video_id {
+                index.push((b * s + n_img + v) as i64);
+                v += 1;
+            } else {
+                index.push(p as i64);
+            }
+        }
+        if i != n_img {
+            return Err(PromptError::FeatureCountMismatch {
+                placeholders: i,
+                features: n_img,
+            }
+            .into());
+        }
+        if v != n_vid {
+            return Err(PromptError::FeatureCountMismatch {
+                placeholders: v,
+                features: n_vid,
+            }
+            .into());
+        }
+        let mut parts = vec![text.reshape([b * s, h])];
+        parts.extend(images);
+        parts.extend(videos);
+        let source = Tensor::cat(parts, 0);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [b * s]), &self.device());
+        Ok(source.select(0, idx).reshape([b, s, h]))
+    }
+}
+
+fn decode(src: &ImageSource) -> Result<RgbImage, EchoError> {
+    Ok(match src {
+        ImageSource::Path(p) => load_image(p)?,
+        ImageSource::Image(img) => (**img).clone(),
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
