@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod metrics;
@@ -26,6 +27,7 @@ pub mod tasks;
 
 pub use burn::tensor::{DType, Device};
 pub use chat::{ChatTemplate, Content, Message, Role};
+pub use device::{available_devices, device_from_name, dtype_for};
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};

@@ -1,0 +1,317 @@
+//! The `echovlm` command: an ultrasound report (or diagnosis, or answer) from images.
+//!
+//! Run with: `cargo run --release --example echovlm -- --model DIR --image frame.png --task report`
+//!
+//! Without `--model` it runs the demo checkpoint shipped in `fixtures/` (random weights, so
+//! the text is meaningless) on a synthetic ultrasound frame, exercising the whole path.
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, error::ErrorKind};
+use echovlm_pipeline::{
+    EchoVlm, GenerationOptions, Lang, LoadOptions, Output, PreparedPrompt, Request, Task, device_from_name,
+    dtype_for,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Writes an ultrasound report, diagnosis or answer from images with an EchoVLM checkpoint.
+#[derive(Parser, Debug)]
+#[command(name = "echovlm", version, about)]
+struct Cli {
+    /// Model directory (config.json, *.safetensors, tokenizer.json, ...). Default: the
+    /// random-weight demo checkpoint in fixtures/.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// An ultrasound image (PNG, JPEG, BMP, TIFF); repeat for several key frames.
+    #[arg(long = "image", value_name = "PATH")]
+    images: Vec<PathBuf>,
+    /// Frames of a cine loop, in time order (repeat the flag, or give a directory of frames).
+    #[arg(long = "frames", value_name = "PATH", num_args = 1..)]
+    frames: Vec<PathBuf>,
+    /// The question or instruction (overrides --task).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A task preset: report, findings, impression, diagnosis, caption.
+    #[arg(long, default_value = "report")]
+    task: String,
+    /// Options for --task diagnosis, separated by ';' (a multiple-choice diagnosis).
+    #[arg(long)]
+    options: Option<String>,
+    /// Language of the task preset: zh or en.
+    #[arg(long, default_value = "zh")]
+    lang: String,
+    /// System prompt (default: the chat template's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Sampling temperature; 0 means greedy. Giving it (or --top-k/--top-p) turns sampling on.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens when sampling.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Repetition penalty (transformers' semantics).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most tokens to generate [default: 1024, or what the context leaves].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Do not stop at end-of-turn tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Smallest image area in pixels after resizing.
+    #[arg(long)]
+    min_pixels: Option<usize>,
+    /// Largest image area in pixels after resizing.
+    #[arg(long)]
+    max_pixels: Option<usize>,
+    /// cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Float type of the weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Print one JSON object instead of streaming the text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{} (see --help)", first.trim());
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn spinner(enabled: bool, msg: &str) -> Option<ProgressBar> {
+    enabled.then(|| {
+        let pb = ProgressBar::new_spinner();
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    })
+}
+
+fn frames_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    if let [dir] = paths
+        && dir.is_dir()
+    {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return Err(format!("{} holds no frames", dir.display()));
+        }
+        return Ok(v);
+    }
+    Ok(paths.to_vec())
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let interactive = std::io::stderr().is_terminal() && !cli.json;
+    let demo = cli.model.is_none();
+    let model_dir = cli
+        .model
+        .clone()
+        .unwrap_or_else(|| fixtures().join("models/tiny-echovlm"));
+    let mut images = cli.images.clone();
+    if demo {
+        eprintln!(
+            "note: no --model given; running the built-in demo checkpoint ({}). Its weights are \
+             random, so the text is meaningless; pass --model DIR with a downloaded EchoVLM \
+             checkpoint for real reports.",
+            model_dir.display()
+        );
+        if images.is_empty() && cli.frames.is_empty() {
+            images.push(fixtures().join("images/demo_ultrasound.png"));
+        }
+    }
+
+    let device = device_from_name(&cli.device)?;
+    let (dtype, note) = dtype_for(&device, &cli.dtype)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let pb = spinner(interactive, &format!("loading {}", model_dir.display()));
+    let started = std::time::Instant::now();
+    let model = EchoVlm::load(
+        &model_dir,
+        &LoadOptions {
+            device,
+            dtype,
+            ..LoadOptions::default()
+        },
+    )?;
+    let load_s = started.elapsed().as_secs_f64();
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+
+    let lang: Lang = cli.lang.parse()?;
+    let mut request = match &cli.prompt {
+        Some(p) => Request::new(p.clone()),
+        None => {
+            let task = match (cli.task.as_str(), &cli.options) {
+                ("diagnosis", Some(opts)) => Task::Diagnosis {
+                    options: opts.split(';').map(|s| s.trim().to_string()).collect(),
+                },
+                (name, _) => Task::from_name(name).ok_or_else(|| {
+                    format!(
+                        "unknown task {name:?} (use one of: {})",
+                        echovlm_pipeline::tasks::TASK_NAMES.join(", ")
+                    )
+                })?,
+            };
+            Request::task(task, lang)
+        }
+    };
+    if let Some(s) = &cli.system {
+        request = request.system(s.clone());
+    }
+    for img in &images {
+        request = request.image(img.clone());
+    }
+    if !cli.frames.is_empty() {
+        request = request.cine(frames_of(&cli.frames)?);
+    }
+    request = request.pixels(cli.min_pixels, cli.max_pixels);
+
+    let pb = spinner(interactive, "preprocessing");
+    let prepared = model.prepare(&request)?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let room = model
+        .text_model()
+        .config
+        .max_position_embeddings
+        .saturating_sub(prepared.ids.len());
+    let mut opts = model.default_generation();
+    opts.max_new_tokens = cli.max_new_tokens.unwrap_or(1024.min(room.max(1)));
+    opts.ignore_eos = cli.ignore_eos;
+    opts.seed = cli.seed;
+    if let Some(p) = cli.repetition_penalty {
+        opts.repetition_penalty = p;
+    }
+    if cli.temperature.is_some() || cli.top_k.is_some() || cli.top_p.is_some() {
+        let t = cli.temperature.unwrap_or(1.0);
+        opts.do_sample = t > 0.0;
+        opts.temperature = if t > 0.0 { t } else { 1.0 };
+        opts.top_k = cli.top_k.unwrap_or(0);
+        opts.top_p = cli.top_p.unwrap_or(1.0);
+    }
+
+    let output = if cli.json {
+        model.run(vec![prepared], &opts, None)?.remove(0)
+    } else {
+        generate_streaming(&model, prepared, &opts, interactive)?
+    };
+    if cli.json {
+        print_json(&output, &model, load_s)?;
+    } else {
+        let t = &output.timings;
+        eprintln!(
+            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s]",
+            t.generated_tokens,
+            output.finish_reason,
+            load_s,
+            t.preprocess_ms,
+            t.vision_ms,
+            t.prefill_ms,
+            t.prefill_tokens,
+            t.decode_tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+fn generate_streaming(
+    model: &EchoVlm,
+    prepared: PreparedPrompt,
+    opts: &GenerationOptions,
+    interactive: bool,
+) -> Result<Output, Box<dyn std::error::Error>> {
+    let pb = interactive.then(|| {
+        let pb = ProgressBar::new(opts.max_new_tokens as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} tokens {per_sec}")
+                .expect("valid template"),
+        );
+        pb
+    });
+    let mut stdout = std::io::stdout();
+    let mut on_text = |delta: &str| {
+        if let Some(pb) = &pb {
+            pb.suspend(|| {
+                let _ = write!(stdout, "{delta}");
+                let _ = stdout.flush();
+            });
+            pb.inc(1);
+        } else {
+            let _ = write!(stdout, "{delta}");
+            let _ = stdout.flush();
+        }
+        ControlFlow::Continue(())
+    };
+    let out = model.run(vec![prepared], opts, Some(&mut on_text))?.remove(0);
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    println!();
+    Ok(out)
+}
+
+fn print_json(out: &Output, model: &EchoVlm, load_s: f64) -> Result<(), Box<dyn std::error::Error>> {
+    let top: Vec<serde_json::Value> = out
+        .first_step_top_logits
+        .iter()
+        .map(|(t, l)| serde_json::json!([t, l]))
+        .collect();
+    let v = serde_json::json!({
+        "model": model.dir(),
+        "prompt_token_ids": out.prompt_token_ids,
+        "generated_token_ids": out.generated_token_ids,
+        "text": out.text,
+        "finish_reason": out.finish_reason,
+        "image_grid_thw": out.image_grid_thw,
+        "video_grid_thw": out.video_grid_thw,
+        "first_step_top_logits": top,
+        "timings": out.timings,
+        "load_s": load_s,
+        "routing": out.routing,
+    });
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The `echovlm` example binary: reference tokens through the command line, JSON output and
+//! one-line errors.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{Golden, image, model_dir};
+
+/// `target/<profile>/examples/echovlm`, which `cargo test` builds before running tests.
+fn cli() -> Command {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    let exe = p.join("examples").join(format!("echovlm{}", std::env::consts::EXE_SUFFIX));
+    assert!(exe.is_file(), "{} not built", exe.display());
+    Command::new(exe)
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = cli().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn path(p: PathBuf) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn cli_greedy_tokens_match_reference() {
+    let g = Golden::load("tiny-echovlm");
+    let model = path(model_dir("tiny-echovlm"));
+    let greedy = ["--temperature", "0", "--repetition-penalty", "1", "--ignore-eos"];
+    // text only
+    let case = &g.meta["text_en"];
+    let steps = ids(&case["greedy"]).len().to_string();
+    let mut args = vec!["--model", &model, "--json", "--max-new-tokens", &steps];
+    args.extend(greedy);
+    args.extend(["--prompt", case["prompt"].as_str().unwrap()]);
+    let v = run_json(&args);
+    assert_eq!(ids(&v["prompt_token_ids"]), ids(&case["input_ids"]));
+    assert_eq!(ids(&v["generated_token_ids"]), ids(&case["greedy"]));
+    // one and two images
+    for name in ["one_image", "two_images"] {
+        let case = &g.meta["e2e"][name];
+        let imgs: Vec<String> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| path(image(n.as_str().unwrap())))
+            .collect();
+        let mut args = vec!["--model", &model, "--json", "--max-new-tokens", &steps];
+        args.extend(greedy);
+        for i in &imgs {
+            args.extend(["--image", i]);
+        }
+        args.extend(["--prompt", case["prompt"].as_str().unwrap()]);
+        let v = run_json(&args);
+        assert_eq!(ids(&v["generated_token_ids"]), ids(&case["greedy"]), "{name}");
+        assert_eq!(v["image_grid_thw"], case["image_grid_thw"], "{name}");
+        let top = v["first_step_top_logits"].as_array().unwrap();
+        assert_eq!(top.len(), 20);
+        for (got, want) in top.iter().zip(case["first_step_top_logits"].as_array().unwrap()) {
+            assert_eq!(got[0], want[0]);
+            assert!((got[1].as_f64().unwrap() - want[1].as_f64().unwrap()).abs() < 1e-4);
+        }
+        for key in ["text", "timings", "routing"] {
+            assert!(!v[key].is_null(), "{key} missing");
+        }
+        assert_eq!(v["routing"]["expert_counts"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn demo_runs_without_arguments() {
+    let out = cli().args(["--max-new-tokens", "8"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("random"), "the demo must say its weights are random: {err}");
+    assert!(err.contains("8 tokens"), "{err}");
+}
+
+#[test]
+fn errors_are_one_line_without_panics() {
+    for (args, needle) in [
+        (vec!["--bogus"], "--bogus"),
+        (vec!["--model", "/nonexistent/model"], "/nonexistent/model"),
+        (vec!["--image", "/nonexistent/frame.png"], "/nonexistent/frame.png"),
+        (vec!["--task", "poetry"], "unknown task"),
+        (vec!["--lang", "fr"], "unknown language"),
+        (vec!["--device", "tpu"], "unknown device"),
+        (vec!["--max-new-tokens", "0"], "max_new_tokens"),
+    ] {
+        let out = cli().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("note:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    }
+}
