@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, Lang, LoadOptions, Output, PreparedPrompt, Request, Task, device_from_name,
-    dtype_for,
+    EchoVlm, GenerationOptions, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
+    device_from_name, dtype_for,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -285,7 +285,9 @@ fn generate_streaming(
         }
         ControlFlow::Continue(())
     };
-    let out = model.run(vec![prepared], opts, Some(&mut on_text))?.remove(0);
+    let out = model
+        .run(vec![prepared], opts, Some(&mut on_text))?
+        .remove(0);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -293,7 +295,11 @@ fn generate_streaming(
     Ok(out)
 }
 
-fn print_json(out: &Output, model: &EchoVlm, load_s: f64) -> Result<(), Box<dyn std::error::Error>> {
+fn print_json(
+    out: &Output,
+    model: &EchoVlm,
+    load_s: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let top: Vec<serde_json::Value> = out
         .first_step_top_logits
         .iter()

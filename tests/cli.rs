@@ -15,14 +15,20 @@ fn cli() -> Command {
     if p.ends_with("deps") {
         p.pop();
     }
-    let exe = p.join("examples").join(format!("echovlm{}", std::env::consts::EXE_SUFFIX));
+    let exe = p
+        .join("examples")
+        .join(format!("echovlm{}", std::env::consts::EXE_SUFFIX));
     assert!(exe.is_file(), "{} not built", exe.display());
     Command::new(exe)
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
     let out = cli().args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -38,7 +44,13 @@ fn path(p: PathBuf) -> String {
 fn cli_greedy_tokens_match_reference() {
     let g = Golden::load("tiny-echovlm");
     let model = path(model_dir("tiny-echovlm"));
-    let greedy = ["--temperature", "0", "--repetition-penalty", "1", "--ignore-eos"];
+    let greedy = [
+        "--temperature",
+        "0",
+        "--repetition-penalty",
+        "1",
+        "--ignore-eos",
+    ];
     // text only
     let case = &g.meta["text_en"];
     let steps = ids(&case["greedy"]).len().to_string();
@@ -64,11 +76,18 @@ fn cli_greedy_tokens_match_reference() {
         }
         args.extend(["--prompt", case["prompt"].as_str().unwrap()]);
         let v = run_json(&args);
-        assert_eq!(ids(&v["generated_token_ids"]), ids(&case["greedy"]), "{name}");
+        assert_eq!(
+            ids(&v["generated_token_ids"]),
+            ids(&case["greedy"]),
+            "{name}"
+        );
         assert_eq!(v["image_grid_thw"], case["image_grid_thw"], "{name}");
         let top = v["first_step_top_logits"].as_array().unwrap();
         assert_eq!(top.len(), 20);
-        for (got, want) in top.iter().zip(case["first_step_top_logits"].as_array().unwrap()) {
+        for (got, want) in top
+            .iter()
+            .zip(case["first_step_top_logits"].as_array().unwrap())
+        {
             assert_eq!(got[0], want[0]);
             assert!((got[1].as_f64().unwrap() - want[1].as_f64().unwrap()).abs() < 1e-4);
         }
@@ -82,9 +101,16 @@ fn cli_greedy_tokens_match_reference() {
 #[test]
 fn demo_runs_without_arguments() {
     let out = cli().args(["--max-new-tokens", "8"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("random"), "the demo must say its weights are random: {err}");
+    assert!(
+        err.contains("random"),
+        "the demo must say its weights are random: {err}"
+    );
     assert!(err.contains("8 tokens"), "{err}");
 }
 
@@ -93,7 +119,10 @@ fn errors_are_one_line_without_panics() {
     for (args, needle) in [
         (vec!["--bogus"], "--bogus"),
         (vec!["--model", "/nonexistent/model"], "/nonexistent/model"),
-        (vec!["--image", "/nonexistent/frame.png"], "/nonexistent/frame.png"),
+        (
+            vec!["--image", "/nonexistent/frame.png"],
+            "/nonexistent/frame.png",
+        ),
         (vec!["--task", "poetry"], "unknown task"),
         (vec!["--lang", "fr"], "unknown language"),
         (vec!["--device", "tpu"], "unknown device"),
@@ -105,6 +134,9 @@ fn errors_are_one_line_without_panics() {
         let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("note:")).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
         assert!(lines[0].contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
 }

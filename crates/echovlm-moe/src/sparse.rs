@@ -41,11 +41,7 @@ impl Routing {
     /// Routes tokens from their router logits: softmax in f32, top-k (ties go to the lower
     /// expert index), optional renormalisation.
     pub fn from_logits(logits: Vec<f32>, num_experts: usize, top_k: usize, renorm: bool) -> Self {
-        let tokens = if num_experts == 0 {
-            0
-        } else {
-            logits.len() / num_experts
-        };
+        let tokens = logits.len().checked_div(num_experts).unwrap_or(0);
         let mut experts = Vec::with_capacity(tokens * top_k);
         let mut weights = Vec::with_capacity(tokens * top_k);
         let mut probs = vec![0f32; num_experts];

@@ -47,8 +47,10 @@ impl LayerRouting {
         self.top_k = k;
         self.router_logits
             .extend_from_slice(&routing.router_logits[t * e..(t + 1) * e]);
-        self.experts.extend_from_slice(&routing.experts[t * k..(t + 1) * k]);
-        self.weights.extend_from_slice(&routing.weights[t * k..(t + 1) * k]);
+        self.experts
+            .extend_from_slice(&routing.experts[t * k..(t + 1) * k]);
+        self.weights
+            .extend_from_slice(&routing.weights[t * k..(t + 1) * k]);
         self.coefficients
             .extend_from_slice(&coefficients[t * 2..(t + 1) * 2]);
     }

@@ -58,12 +58,18 @@ impl Message {
 
     /// Number of image items.
     pub fn images(&self) -> usize {
-        self.content.iter().filter(|c| matches!(c, Content::Image)).count()
+        self.content
+            .iter()
+            .filter(|c| matches!(c, Content::Image))
+            .count()
     }
 
     /// Number of video items.
     pub fn videos(&self) -> usize {
-        self.content.iter().filter(|c| matches!(c, Content::Video)).count()
+        self.content
+            .iter()
+            .filter(|c| matches!(c, Content::Video))
+            .count()
     }
 }
 
@@ -99,9 +105,15 @@ impl ChatTemplate {
         );
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.clone())
             .map_err(|e| EchoError::Template(e.to_string()))?;
         Ok(Self { env, source })

@@ -125,7 +125,11 @@ impl GenerationOptions {
         }
         match json.get("eos_token_id") {
             Some(serde_json::Value::Array(a)) => {
-                self.stop_token_ids = a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect();
+                self.stop_token_ids = a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect();
             }
             Some(v) => {
                 if let Some(x) = v.as_u64() {
@@ -297,7 +301,10 @@ impl<'a> TextStream<'a> {
     }
 
     fn take(&mut self, text: &str) -> Option<String> {
-        let delta = text.get(self.emitted..).filter(|d| !d.is_empty())?.to_string();
+        let delta = text
+            .get(self.emitted..)
+            .filter(|d| !d.is_empty())?
+            .to_string();
         self.emitted = text.len();
         Some(delta)
     }

@@ -31,7 +31,7 @@ pub use device::{available_devices, device_from_name, dtype_for};
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
-pub use model::{EchoVlm, LoadOptions, PreparedPrompt};
+pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback};
 pub use output::{Output, Timings};
 pub use request::{ImageSource, Request};
 pub use tasks::{Lang, Task};

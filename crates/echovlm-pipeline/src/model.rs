@@ -10,7 +10,7 @@ use echovlm_core::{Checkpoint, LinearOptions, LoadError, load};
 use echovlm_moe::RoutingTrace;
 use echovlm_text::config::read_json;
 use echovlm_text::{
-    Logits, Positions, PromptError, Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds,
+    DecoderInput, Positions, PromptError, Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds,
     rope_index,
 };
 use echovlm_vision::preprocess::{
@@ -24,6 +24,9 @@ use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
 use crate::output::{Output, Timings};
 use crate::request::{ImageSource, Request};
+
+/// Receives streamed text; `ControlFlow::Break` stops the generation.
+pub type TextCallback<'a> = dyn FnMut(&str) -> ControlFlow<()> + 'a;
 
 /// Where and how to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -101,7 +104,10 @@ impl EchoVlm {
         if !dir.is_dir() {
             return Err(LoadError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such model directory",
+                ),
             }
             .into());
         }
@@ -110,7 +116,11 @@ impl EchoVlm {
         let text_cfg = TextConfig::from_json(&json, &config_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let vision_cfg = if ckpt.keys_with_prefix("visual.").next().is_some() {
-            Some(VisionConfig::from_json(&json, text_cfg.hidden_size, &config_path)?)
+            Some(VisionConfig::from_json(
+                &json,
+                text_cfg.hidden_size,
+                &config_path,
+            )?)
         } else {
             None
         };
@@ -157,8 +167,16 @@ impl EchoVlm {
         };
         let vt = &text_cfg.vision_tokens;
         let vision_tokens = VisionTokenIds {
-            vision_start: Some(check("vision_start_token_id", vt.vision_start, special.vision_start)?),
-            vision_end: Some(check("vision_end_token_id", vt.vision_end, special.vision_end)?),
+            vision_start: Some(check(
+                "vision_start_token_id",
+                vt.vision_start,
+                special.vision_start,
+            )?),
+            vision_end: Some(check(
+                "vision_end_token_id",
+                vt.vision_end,
+                special.vision_end,
+            )?),
             image: Some(check("image_token_id", vt.image, special.image_pad)?),
             video: Some(check("video_token_id", vt.video, special.video_pad)?),
         };
@@ -341,7 +359,11 @@ impl EchoVlm {
     }
 
     /// Generates for one request.
-    pub fn generate(&self, request: &Request, opts: &GenerationOptions) -> Result<Output, EchoError> {
+    pub fn generate(
+        &self,
+        request: &Request,
+        opts: &GenerationOptions,
+    ) -> Result<Output, EchoError> {
         let prepared = self.prepare(request)?;
         Ok(self
             .run(vec![prepared], opts, None)?
@@ -387,7 +409,7 @@ impl EchoVlm {
         &self,
         prompts: Vec<PreparedPrompt>,
         opts: &GenerationOptions,
-        mut on_text: Option<&mut dyn FnMut(&str) -> ControlFlow<()>>,
+        mut on_text: Option<&mut TextCallback<'_>>,
     ) -> Result<Vec<Output>, EchoError> {
         opts.validate()?;
         let b = prompts.len();
@@ -429,10 +451,14 @@ impl EchoVlm {
 
         // vision
         let t_vision = Instant::now();
-        let image_grids: Vec<[usize; 3]> =
-            prompts.iter().flat_map(|p| p.images.iter().map(|x| x.grid_thw)).collect();
-        let video_grids: Vec<[usize; 3]> =
-            prompts.iter().flat_map(|p| p.videos.iter().map(|x| x.grid_thw)).collect();
+        let image_grids: Vec<[usize; 3]> = prompts
+            .iter()
+            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
+            .collect();
+        let video_grids: Vec<[usize; 3]> = prompts
+            .iter()
+            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
+            .collect();
         let image_embeds = self.encode(prompts.iter().flat_map(|p| p.images.iter()))?;
         let video_embeds = self.encode(prompts.iter().flat_map(|p| p.videos.iter()))?;
         let embeds = self.merge_embeddings(&padded, image_embeds, video_embeds)?;
@@ -456,12 +482,8 @@ impl EchoVlm {
         let has_moe = self.text.layers.iter().any(|l| l.is_moe());
         let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new(); b]);
         let out = self.text.forward(
-            embeds,
-            &positions,
-            mask,
+            DecoderInput::new(embeds, &positions).valid(mask),
             &mut cache,
-            Logits::Last,
-            false,
             traces.as_deref_mut(),
         )?;
         let mut logits = to_f32_vec(out.logits.expect("asked for logits"));
@@ -511,19 +533,21 @@ impl EchoVlm {
             }
             step += 1;
             let next: Vec<Vec<u32>> = (0..b)
-                .map(|r| vec![if finished[r].is_some() { self.pad_id } else { generated[r][generated[r].len() - 1] }])
+                .map(|r| {
+                    vec![if finished[r].is_some() {
+                        self.pad_id
+                    } else {
+                        generated[r][generated[r].len() - 1]
+                    }]
+                })
                 .collect();
             let live: Vec<Vec<bool>> = finished.iter().map(|f| vec![f.is_none()]).collect();
             let all_live = finished.iter().all(Option::is_none);
             let emb = self.text.embed(&next)?;
             let pos = Positions::decode(&deltas, cache.len(), 1);
             let out = self.text.forward(
-                emb,
-                &pos,
-                (!all_live).then_some(live.as_slice()),
+                DecoderInput::new(emb, &pos).valid((!all_live).then_some(live.as_slice())),
                 &mut cache,
-                Logits::Last,
-                false,
                 traces.as_deref_mut(),
             )?;
             logits = to_f32_vec(out.logits.expect("asked for logits"));
@@ -583,7 +607,10 @@ impl EchoVlm {
             data.extend_from_slice(&p.data);
         }
         let grids: Vec<[usize; 3]> = items.iter().map(|p| p.grid_thw).collect();
-        let pixels = Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), (&self.device(), DType::F32));
+        let pixels = Tensor::<2>::from_data(
+            TensorData::new(data, [rows, cols]),
+            (&self.device(), DType::F32),
+        );
         Ok(Some(vision.forward(pixels, &grids)?))
     }
 

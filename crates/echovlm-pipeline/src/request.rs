@@ -114,7 +114,8 @@ impl Request {
 
     /// Adds a cine loop (frames in time order); it is encoded as a video, frames paired in time.
     pub fn cine<I: Into<ImageSource>>(mut self, frames: impl IntoIterator<Item = I>) -> Self {
-        self.videos.push(frames.into_iter().map(Into::into).collect());
+        self.videos
+            .push(frames.into_iter().map(Into::into).collect());
         self
     }
 

@@ -83,14 +83,26 @@ impl Task {
             }
             (Task::Report, Lang::En) => format!(
                 "Based on {}, write the ultrasound report in the format \"Ultrasound findings: ...; Ultrasound impression: ...\".",
-                if several { "these ultrasound images" } else { "this ultrasound image" }
+                if several {
+                    "these ultrasound images"
+                } else {
+                    "this ultrasound image"
+                }
             ),
-            (Task::Findings, Lang::Zh) => "请描述这些超声图像的超声所见，不要给出诊断。".to_string(),
+            (Task::Findings, Lang::Zh) => {
+                "请描述这些超声图像的超声所见，不要给出诊断。".to_string()
+            }
             (Task::Findings, Lang::En) => format!(
                 "Describe the ultrasound findings of {} without giving a diagnosis.",
-                if several { "these images" } else { "this image" }
+                if several {
+                    "these images"
+                } else {
+                    "this image"
+                }
             ),
-            (Task::Impression, Lang::Zh) => "请根据这些超声图像给出简洁的超声诊断结论。".to_string(),
+            (Task::Impression, Lang::Zh) => {
+                "请根据这些超声图像给出简洁的超声诊断结论。".to_string()
+            }
             (Task::Impression, Lang::En) => {
                 "Give a concise ultrasound impression (diagnostic conclusion) for these images."
                     .to_string()
@@ -114,7 +126,9 @@ impl Task {
 fn diagnosis(options: &[String], lang: Lang) -> String {
     match (options.is_empty(), lang) {
         (true, Lang::Zh) => "请根据超声图像给出最可能的诊断。".to_string(),
-        (true, Lang::En) => "What is the most likely diagnosis based on the ultrasound images?".to_string(),
+        (true, Lang::En) => {
+            "What is the most likely diagnosis based on the ultrasound images?".to_string()
+        }
         (false, Lang::Zh) => format!(
             "请根据超声图像从以下选项中选择最可能的诊断：\n{}\n请回答选项字母并复述该选项。",
             lettered(options)

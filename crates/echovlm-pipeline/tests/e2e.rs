@@ -29,14 +29,19 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 fn check_case(m: &EchoVlm, g: &Golden, request: &Request, case: &serde_json::Value, label: &str) {
     let prepared = m.prepare(request).unwrap();
-    assert_eq!(prepared.rendered, case["rendered"].as_str().unwrap(), "{label}: rendered prompt");
+    assert_eq!(
+        prepared.rendered,
+        case["rendered"].as_str().unwrap(),
+        "{label}: rendered prompt"
+    );
     assert_eq!(prepared.ids, ids(&case["input_ids"]), "{label}: prompt ids");
     let want = ids(&case["greedy"]);
     let out = m.generate(request, &greedy(want.len())).unwrap();
     assert_eq!(out.generated_token_ids, want, "{label}: greedy tokens");
     assert_eq!(out.finish_reason, FinishReason::Length);
     assert_eq!(out.text, case["greedy_text"].as_str().unwrap());
-    let top: Vec<(u32, f32)> = serde_json::from_value(case["first_step_top_logits"].clone()).unwrap();
+    let top: Vec<(u32, f32)> =
+        serde_json::from_value(case["first_step_top_logits"].clone()).unwrap();
     assert_eq!(out.first_step_top_logits.len(), 20);
     for ((t, v), (wt, wv)) in out.first_step_top_logits.iter().zip(&top) {
         assert_eq!(t, wt, "{label}: top logit token");
@@ -68,7 +73,8 @@ fn one_and_two_image_prompts_match_reference() {
         }
         check_case(&m, &g, &request, case, case_name);
         let out = m.generate(&request, &greedy(1)).unwrap();
-        let grids: Vec<Vec<usize>> = serde_json::from_value(case["image_grid_thw"].clone()).unwrap();
+        let grids: Vec<Vec<usize>> =
+            serde_json::from_value(case["image_grid_thw"].clone()).unwrap();
         let got: Vec<Vec<usize>> = out.image_grid_thw.iter().map(|g| g.to_vec()).collect();
         assert_eq!(got, grids);
         // logits of the prompt's last position
@@ -97,7 +103,11 @@ fn cine_loop_prompt_matches_reference() {
     assert_eq!(out.video_grid_thw[0].to_vec(), grids[0]);
     let gold = g.f32("e2e.video.last_logits");
     for (t, v) in &out.first_step_top_logits {
-        assert!((gold[*t as usize] - v).abs() <= 1e-4, "{t}: {v} vs {}", gold[*t as usize]);
+        assert!(
+            (gold[*t as usize] - v).abs() <= 1e-4,
+            "{t}: {v} vs {}",
+            gold[*t as usize]
+        );
     }
 }
 
@@ -106,10 +116,20 @@ fn chat_template_renders_like_transformers() {
     let m = model();
     let g = Golden::load("tiny-echovlm");
     for (name, case) in g.meta["chat_template"].as_object().unwrap() {
-        let r = m.chat_template().render_json(&case["messages"], true, false).unwrap();
+        let r = m
+            .chat_template()
+            .render_json(&case["messages"], true, false)
+            .unwrap();
         assert_eq!(r, case["rendered"].as_str().unwrap(), "{name}");
-        let r = m.chat_template().render_json(&case["messages"], true, true).unwrap();
-        assert_eq!(r, case["rendered_vision_id"].as_str().unwrap(), "{name} with vision ids");
+        let r = m
+            .chat_template()
+            .render_json(&case["messages"], true, true)
+            .unwrap();
+        assert_eq!(
+            r,
+            case["rendered_vision_id"].as_str().unwrap(),
+            "{name} with vision ids"
+        );
     }
     // the template found in chat_template.json renders the same
     let other = ChatTemplate::from_model_dir(&model_dir("tiny-echovlm-newlayout")).unwrap();
@@ -135,7 +155,11 @@ fn repetition_penalty_matches_reference() {
         let out = m.generate(&request, &opts).unwrap();
         assert_eq!(out.generated_token_ids, want, "penalty {rp}");
     }
-    assert!(g.meta["repetition_penalty_1.3"]["differs"].as_bool().unwrap());
+    assert!(
+        g.meta["repetition_penalty_1.3"]["differs"]
+            .as_bool()
+            .unwrap()
+    );
 }
 
 #[test]
@@ -148,14 +172,19 @@ fn batch_of_different_lengths_equals_single_runs() {
         .image(image("thyroid_300x220.png"))
         .image(image("liver_182x238.png"));
     let opts = greedy(24);
-    let batch = m.generate_batch(&[a.clone(), b.clone(), c.clone()], &opts).unwrap();
+    let batch = m
+        .generate_batch(&[a.clone(), b.clone(), c.clone()], &opts)
+        .unwrap();
     for (req, out) in [a, b, c].iter().zip(&batch) {
         let single = m.generate(req, &opts).unwrap();
         assert_eq!(out.generated_token_ids, single.generated_token_ids);
         assert_eq!(out.prompt_token_ids, single.prompt_token_ids);
         assert_ne!(out.routing, None);
     }
-    assert_ne!(batch[0].prompt_token_ids.len(), batch[1].prompt_token_ids.len());
+    assert_ne!(
+        batch[0].prompt_token_ids.len(),
+        batch[1].prompt_token_ids.len()
+    );
 }
 
 #[test]
@@ -176,7 +205,9 @@ fn seeded_sampling_is_reproducible() {
     assert_eq!(a.generated_token_ids, b.generated_token_ids);
     assert_ne!(a.generated_token_ids, c.generated_token_ids);
     // the same request in a batch draws the same tokens
-    let batch = m.generate_batch(&[request.clone(), Request::new("?")], &opts(7)).unwrap();
+    let batch = m
+        .generate_batch(&[request.clone(), Request::new("?")], &opts(7))
+        .unwrap();
     assert_eq!(batch[0].generated_token_ids, a.generated_token_ids);
 }
 
@@ -225,16 +256,27 @@ fn bad_requests_are_typed_errors() {
     let r = Request::new("look <|image_pad|>").image(image("liver_182x238.png"));
     assert!(matches!(
         m.generate(&r, &greedy(2)).unwrap_err(),
-        EchoError::Prompt(PromptError::ImageCountMismatch { placeholders: 2, images: 1 })
+        EchoError::Prompt(PromptError::ImageCountMismatch {
+            placeholders: 2,
+            images: 1
+        })
     ));
     // aspect ratio above 200
     let thin = image::RgbImage::new(4000, 10);
-    let err = m.generate(&Request::new("x").image(thin), &greedy(2)).unwrap_err();
-    assert!(matches!(err, EchoError::Image(ImageError::AspectRatio { .. })), "{err}");
+    let err = m
+        .generate(&Request::new("x").image(thin), &greedy(2))
+        .unwrap_err();
+    assert!(
+        matches!(err, EchoError::Image(ImageError::AspectRatio { .. })),
+        "{err}"
+    );
     // longer than the context
     let err = m.generate(&Request::new("x"), &greedy(600)).unwrap_err();
     assert!(
-        matches!(err, EchoError::Prompt(PromptError::ContextTooLong { max: 512, .. })),
+        matches!(
+            err,
+            EchoError::Prompt(PromptError::ContextTooLong { max: 512, .. })
+        ),
         "{err}"
     );
     // empty prompt
@@ -244,7 +286,10 @@ fn bad_requests_are_typed_errors() {
     ));
     // missing image file
     let err = m
-        .generate(&Request::new("x").image("/nonexistent/frame.png"), &greedy(2))
+        .generate(
+            &Request::new("x").image("/nonexistent/frame.png"),
+            &greedy(2),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/frame.png"), "{err}");
 }

@@ -19,7 +19,9 @@ pub mod tokenizer;
 pub use cache::KvCache;
 pub use config::{TextConfig, VisionTokenIds};
 pub use error::PromptError;
-pub use model::{Attention, DecoderLayer, FeedForward, Logits, TextModel, TextOutput};
+pub use model::{
+    Attention, DecoderInput, DecoderLayer, FeedForward, Logits, TextModel, TextOutput,
+};
 pub use positions::{VisionKind, rope_index};
 pub use rope::{MRope, Positions};
 pub use tokenizer::{Qwen2Tokenizer, SpecialTokens, TokenizerError};

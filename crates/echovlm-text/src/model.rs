@@ -202,6 +202,52 @@ pub enum Logits {
     All,
 }
 
+/// The inputs of one decoder pass.
+#[derive(Debug, Clone)]
+pub struct DecoderInput<'a> {
+    /// `[batch, seq, hidden]` input embeddings.
+    pub embeds: Tensor<3>,
+    /// M-RoPE position ids of these tokens.
+    pub positions: &'a Positions,
+    /// `[batch][seq]`, false for left padding; `None` when every token is real.
+    pub valid: Option<&'a [Vec<bool>]>,
+    /// Which positions get logits.
+    pub logits: Logits,
+    /// Also return the hidden state after every layer.
+    pub hidden_states: bool,
+}
+
+impl<'a> DecoderInput<'a> {
+    /// Real tokens, logits of the last position, no hidden states.
+    pub fn new(embeds: Tensor<3>, positions: &'a Positions) -> Self {
+        Self {
+            embeds,
+            positions,
+            valid: None,
+            logits: Logits::Last,
+            hidden_states: false,
+        }
+    }
+
+    /// Marks padding (`false`) per row and token.
+    pub fn valid(mut self, valid: Option<&'a [Vec<bool>]>) -> Self {
+        self.valid = valid;
+        self
+    }
+
+    /// Chooses the positions that get logits.
+    pub fn logits(mut self, logits: Logits) -> Self {
+        self.logits = logits;
+        self
+    }
+
+    /// Returns the hidden state after every layer too.
+    pub fn hidden_states(mut self, yes: bool) -> Self {
+        self.hidden_states = yes;
+        self
+    }
+}
+
 /// What one forward pass returns.
 #[derive(Debug, Clone)]
 pub struct TextOutput {
@@ -297,23 +343,24 @@ impl TextModel {
         ))
     }
 
-    /// Runs the decoder on `embeds` (`[batch, seq, hidden]`).
+    /// Runs the decoder on `input`.
     ///
-    /// * `positions`: the M-RoPE position ids of these tokens.
-    /// * `valid`: `[batch][seq]`, false for left padding; `None` when every token is real.
     /// * `cache`: keys and values of earlier steps; this step's are appended.
     /// * `trace`: when given (one trace per batch row), the routing of every real token is
     ///   appended to its row's trace.
     pub fn forward(
         &self,
-        embeds: Tensor<3>,
-        positions: &Positions,
-        valid: Option<&[Vec<bool>]>,
+        input: DecoderInput<'_>,
         cache: &mut KvCache,
-        logits: Logits,
-        hidden_states: bool,
         mut trace: Option<&mut [RoutingTrace]>,
     ) -> Result<TextOutput, PromptError> {
+        let DecoderInput {
+            embeds,
+            positions,
+            valid,
+            logits,
+            hidden_states,
+        } = input;
         let [b, s, _] = embeds.dims();
         if trace.as_ref().is_some_and(|t| t.len() != b) {
             return Err(PromptError::RaggedBatch);

@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device};
 use echovlm_core::host::to_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{RoutingTrace, load_balancing_loss_host};
-use echovlm_text::{KvCache, Logits, Positions, TextConfig, TextModel};
+use echovlm_text::{DecoderInput, KvCache, Positions, TextConfig, TextModel};
 use support::{Golden, argmax, max_abs_diff, model_dir};
 
 const LOGIT_TOL: f32 = 1e-4;
@@ -39,7 +39,7 @@ fn step(
     let emb = model.embed(&[ids.to_vec()]).unwrap();
     let pos = Positions::decode(&[0], cache.len(), ids.len());
     let out = model
-        .forward(emb, &pos, None, cache, Logits::Last, false, trace)
+        .forward(DecoderInput::new(emb, &pos), cache, trace)
         .unwrap();
     to_f32_vec(out.logits.unwrap())
 }
@@ -74,16 +74,13 @@ fn text_prompts_match_reference_layer_by_layer() {
     for lang in ["en", "zh"] {
         let key = format!("text_{lang}");
         let ids = g.ids(&[&key, "input_ids"]);
-        let emb = model.embed(&[ids.clone()]).unwrap();
+        let emb = model.embed(std::slice::from_ref(&ids)).unwrap();
         let mut traces = [RoutingTrace::new()];
+        let pos = Positions::text(1, ids.len(), 0);
         let out = model
             .forward(
-                emb,
-                &Positions::text(1, ids.len(), 0),
-                None,
+                DecoderInput::new(emb, &pos).hidden_states(true),
                 &mut model.new_cache(),
-                Logits::Last,
-                true,
                 Some(&mut traces),
             )
             .unwrap();
@@ -201,12 +198,8 @@ fn decoder_applies_three_dimensional_positions() {
     );
     let out = model
         .forward(
-            emb,
-            &positions,
-            None,
+            DecoderInput::new(emb, &positions),
             &mut model.new_cache(),
-            Logits::Last,
-            false,
             None,
         )
         .unwrap();

@@ -109,13 +109,13 @@ impl VisionConfig {
                 )));
             }
         }
-        if cfg.embed_dim % cfg.num_heads != 0 {
+        if !cfg.embed_dim.is_multiple_of(cfg.num_heads) {
             return Err(err(format!(
                 "vision_config.embed_dim = {} is not divisible by num_heads = {}",
                 cfg.embed_dim, cfg.num_heads
             )));
         }
-        if cfg.head_dim() % 4 != 0 {
+        if !cfg.head_dim().is_multiple_of(4) {
             return Err(err(format!(
                 "vision head_dim = {} must be a multiple of 4 for the 2-D rotary embedding",
                 cfg.head_dim()
