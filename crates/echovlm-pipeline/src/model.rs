@@ -404,6 +404,31 @@ impl EchoVlm {
         self.run(prepared, opts, None)
     }
 
+    /// The logits of the position after the prompt (what the first generated token is chosen
+    /// from), without generating: for scoring candidate answers or checking a port.
+    pub fn next_token_logits(&self, prompt: &PreparedPrompt) -> Result<Vec<f32>, EchoError> {
+        let ids = vec![prompt.ids.clone()];
+        let image_grids: Vec<[usize; 3]> = prompt.images.iter().map(|x| x.grid_thw).collect();
+        let video_grids: Vec<[usize; 3]> = prompt.videos.iter().map(|x| x.grid_thw).collect();
+        let image_embeds = self.encode(prompt.images.iter())?;
+        let video_embeds = self.encode(prompt.videos.iter())?;
+        let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
+        let (positions, _) = rope_index(
+            &ids,
+            None,
+            &image_grids,
+            &video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+        )?;
+        let out = self.text.forward(
+            DecoderInput::new(embeds, &positions),
+            &mut self.text.new_cache(),
+            None,
+        )?;
+        Ok(to_f32_vec(out.logits.expect("asked for logits")))
+    }
+
     /// Runs prepared prompts as one batch.
     pub fn run(
         &self,

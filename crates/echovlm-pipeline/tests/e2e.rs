@@ -77,12 +77,11 @@ fn one_and_two_image_prompts_match_reference() {
             serde_json::from_value(case["image_grid_thw"].clone()).unwrap();
         let got: Vec<Vec<usize>> = out.image_grid_thw.iter().map(|g| g.to_vec()).collect();
         assert_eq!(got, grids);
-        // logits of the prompt's last position
-        let top = out.first_step_top_logits;
-        let gold = g.f32(&format!("e2e.{case_name}.last_logits"));
-        for (t, v) in top {
-            assert!((gold[t as usize] - v).abs() <= 1e-4);
-        }
+        // every logit of the prompt's last position
+        let logits = m.next_token_logits(&m.prepare(&request).unwrap()).unwrap();
+        let d = max_abs_diff(&logits, &g.f32(&format!("e2e.{case_name}.last_logits")));
+        eprintln!("{case_name}: last-position logits max abs diff {d:.2e}");
+        assert!(d <= 1e-4, "{case_name}: {d}");
     }
 }
 
@@ -302,5 +301,4 @@ fn unreadable_model_directories_are_typed_errors() {
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     let err = EchoVlm::load(dir.path(), &LoadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
-    let _ = max_abs_diff(&[0.0], &[0.0]);
 }
