@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cpu;
 pub mod error;
 pub mod host;
 pub mod linear;
@@ -15,8 +16,9 @@ pub mod loader;
 pub mod norm;
 
 pub use checkpoint::{Checkpoint, StorageDtype, TensorEntry};
+pub use cpu::{PackedWeight, WeightFormat};
 pub use error::{LoadError, TensorProblem, TensorProblems};
-pub use linear::{Linear, LinearOptions};
+pub use linear::{Linear, LinearOptions, LinearWeight};
 pub use loader::{WeightLoader, load};
 pub use norm::RmsNorm;
 

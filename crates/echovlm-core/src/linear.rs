@@ -1,19 +1,64 @@
 //! The linear layer every EchoVLM module uses.
+//!
+//! On Burn's flex (CPU) device the weights can live in host memory in f32, bf16 or int8
+//! ([`WeightFormat`]) and run through the kernels of [`crate::cpu`]; everywhere else, and when
+//! no CPU format is chosen, the layer is a Burn tensor multiplied by Burn's matmul.
 
-use burn::tensor::Tensor;
+use std::sync::Arc;
 
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::backend;
+use crate::cpu::{PackedWeight, WeightFormat};
+use crate::host::to_f32_vec;
 use crate::loader::WeightLoader;
 
 /// How linear layers keep their weights.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct LinearOptions {}
+pub struct LinearOptions {
+    /// On the flex CPU device: pack weights in this format for the CPU kernels. `None` keeps
+    /// them as Burn tensors of the model's float type. Other devices ignore it.
+    pub cpu_format: Option<WeightFormat>,
+}
+
+impl Default for LinearOptions {
+    /// f32 weights through the CPU kernels on the CPU.
+    fn default() -> Self {
+        Self {
+            cpu_format: Some(WeightFormat::F32),
+        }
+    }
+}
+
+impl LinearOptions {
+    /// Burn tensors and Burn's matmul on every device (the portable path).
+    pub fn portable() -> Self {
+        Self { cpu_format: None }
+    }
+
+    /// Packed weights in `format` on the CPU.
+    pub fn cpu(format: WeightFormat) -> Self {
+        Self {
+            cpu_format: Some(format),
+        }
+    }
+}
+
+/// Where a linear layer's weight lives.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// A Burn tensor `[d_out, d_in]` (the HF layout), multiplied with Burn's matmul.
+    Tensor(Tensor<2>),
+    /// Packed host weights for the CPU kernels.
+    Packed(Arc<PackedWeight>),
+}
 
 /// `y = x · Wᵀ + b`, with `W` stored `[out, in]` exactly as in the checkpoint.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// Weight, `[d_out, d_in]` (the HF layout).
-    pub weight: Tensor<2>,
+    /// The weight.
+    pub weight: LinearWeight,
     /// Optional bias, `[d_out]`.
     pub bias: Option<Tensor<1>>,
     d_in: usize,
@@ -21,18 +66,30 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Wraps existing tensors (`weight` is `[d_out, d_in]`).
+    /// Wraps an existing tensor (`weight` is `[d_out, d_in]`).
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         let [d_out, d_in] = weight.dims();
         Self {
-            weight,
+            weight: LinearWeight::Tensor(weight),
             bias,
             d_in,
             d_out,
         }
     }
 
-    /// Loads `prefix.weight` and, if `bias`, `prefix.bias`.
+    /// Wraps packed host weights (used on the flex device only).
+    pub fn packed(weight: PackedWeight, bias: Option<Tensor<1>>) -> Self {
+        let (d_out, d_in) = (weight.rows(), weight.cols());
+        Self {
+            weight: LinearWeight::Packed(Arc::new(weight)),
+            bias,
+            d_in,
+            d_out,
+        }
+    }
+
+    /// Loads `prefix.weight` and, if `bias`, `prefix.bias`, packing the weight for the CPU
+    /// kernels when the loader's options and device call for it.
     pub fn load(
         loader: &mut WeightLoader<'_>,
         prefix: &str,
@@ -40,7 +97,14 @@ impl Linear {
         d_out: usize,
         bias: bool,
     ) -> Self {
-        let weight = loader.tensor(&format!("{prefix}.weight"), [d_out, d_in]);
+        let key = format!("{prefix}.weight");
+        let weight = match loader.packed_format() {
+            Some(format) => match loader.packed(&key, d_out, d_in, format) {
+                Some(p) => LinearWeight::Packed(Arc::new(p)),
+                None => LinearWeight::Tensor(Tensor::zeros([1, 1], loader.device())),
+            },
+            None => LinearWeight::Tensor(loader.tensor(&key, [d_out, d_in])),
+        };
         let bias = bias.then(|| loader.tensor(&format!("{prefix}.bias"), [d_out]));
         Self {
             weight,
@@ -60,8 +124,56 @@ impl Linear {
         self.d_out
     }
 
+    /// Bytes the weight occupies (packed or as a tensor), bias excluded.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Tensor(t) => t.shape().num_elements() * t.dtype().size(),
+            LinearWeight::Packed(p) => p.nbytes(),
+        }
+    }
+
+    /// The weight as an f32 `[d_out, d_in]` tensor on `x`'s device (dequantised if packed).
+    pub fn weight_tensor(&self, like: &Tensor<2>) -> Tensor<2> {
+        match &self.weight {
+            LinearWeight::Tensor(t) => t.clone(),
+            LinearWeight::Packed(p) => Tensor::from_data(
+                TensorData::new(p.to_f32(), [self.d_out, self.d_in]),
+                (&like.device(), DType::F32),
+            ),
+        }
+    }
+
     /// Applies the layer to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.clone().transpose(), self.bias.clone())
+        match &self.weight {
+            LinearWeight::Tensor(w) => {
+                burn::tensor::module::linear(x, w.clone().transpose(), self.bias.clone())
+            }
+            LinearWeight::Packed(p) => {
+                let dims = x.dims();
+                let dtype = x.dtype();
+                let device = x.device();
+                debug_assert!(
+                    backend::is_flex(&device),
+                    "packed weights on a non-CPU device"
+                );
+                let m = dims[..D - 1].iter().product::<usize>();
+                let xv = to_f32_vec(x);
+                let mut y = vec![0f32; m * self.d_out];
+                p.matmul(&xv, m, &mut y);
+                let mut shape = dims;
+                shape[D - 1] = self.d_out;
+                let out = Tensor::<D>::from_data(TensorData::new(y, shape), (&device, DType::F32));
+                let out = if dtype == DType::F32 {
+                    out
+                } else {
+                    out.cast(dtype)
+                };
+                match &self.bias {
+                    Some(b) => out + b.clone().unsqueeze(),
+                    None => out,
+                }
+            }
+        }
     }
 }

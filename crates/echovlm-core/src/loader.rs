@@ -154,6 +154,68 @@ impl<'a> WeightLoader<'a> {
         values
     }
 
+    /// The format linear weights are packed in for the CPU kernels, when the device is the flex
+    /// CPU device and the options ask for packing.
+    pub fn packed_format(&self) -> Option<crate::cpu::WeightFormat> {
+        self.linear
+            .cpu_format
+            .filter(|_| crate::backend::is_flex(&self.device))
+    }
+
+    /// Takes the matrix `key` (`[rows, cols]`) packed in `format` for the CPU kernels, straight
+    /// from the mapped checkpoint. `None` on a recorded problem or during validation.
+    pub fn packed(
+        &mut self,
+        key: &str,
+        rows: usize,
+        cols: usize,
+        format: crate::cpu::WeightFormat,
+    ) -> Option<crate::cpu::PackedWeight> {
+        if !self.check(key, &[rows, cols]) || self.validate_only {
+            return None;
+        }
+        let entry = self.ckpt.entry(key)?;
+        let packed = crate::cpu::PackedWeight::from_storage(
+            rows,
+            cols,
+            self.ckpt.bytes(entry),
+            entry.dtype,
+            format,
+        );
+        self.ckpt.release(entry);
+        Some(packed)
+    }
+
+    /// Like [`packed`](Self::packed) for a tensor stored with another shape of the same size
+    /// (a convolution kernel used as a `[rows, cols]` matrix).
+    pub fn packed_as(
+        &mut self,
+        key: &str,
+        stored: &[usize],
+        rows: usize,
+        cols: usize,
+        format: crate::cpu::WeightFormat,
+    ) -> Option<crate::cpu::PackedWeight> {
+        assert_eq!(
+            stored.iter().product::<usize>(),
+            rows * cols,
+            "packed_as: sizes differ"
+        );
+        if !self.check(key, stored) || self.validate_only {
+            return None;
+        }
+        let entry = self.ckpt.entry(key)?;
+        let packed = crate::cpu::PackedWeight::from_storage(
+            rows,
+            cols,
+            self.ckpt.bytes(entry),
+            entry.dtype,
+            format,
+        );
+        self.ckpt.release(entry);
+        Some(packed)
+    }
+
     /// Takes a linear layer `prefix.weight` (`[out, in]`) and, if `bias`, `prefix.bias`.
     pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
         Linear::load(self, prefix, d_in, d_out, bias)

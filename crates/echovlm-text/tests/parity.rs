@@ -6,7 +6,7 @@ mod support;
 
 use burn::tensor::{DType, Device};
 use echovlm_core::host::to_f32_vec;
-use echovlm_core::{Checkpoint, LinearOptions, load};
+use echovlm_core::{Checkpoint, LinearOptions, WeightFormat, load};
 use echovlm_moe::{RoutingTrace, load_balancing_loss_host};
 use echovlm_text::{DecoderInput, KvCache, Positions, TextConfig, TextModel};
 use support::{Golden, argmax, max_abs_diff, model_dir};
@@ -14,19 +14,17 @@ use support::{Golden, argmax, max_abs_diff, model_dir};
 const LOGIT_TOL: f32 = 1e-4;
 
 fn load_text(name: &str) -> TextModel {
+    load_text_with(name, LinearOptions::default())
+}
+
+fn load_text_with(name: &str, options: LinearOptions) -> TextModel {
     let dir = model_dir(name);
     let cfg = TextConfig::from_file(dir.join("config.json")).unwrap();
     let ckpt = Checkpoint::open_dir(&dir).unwrap();
-    load(
-        &ckpt,
-        &Device::default(),
-        DType::F32,
-        LinearOptions::default(),
-        |l| {
-            l.ignore_prefix("visual.");
-            TextModel::load(l, &cfg)
-        },
-    )
+    load(&ckpt, &Device::default(), DType::F32, options, |l| {
+        l.ignore_prefix("visual.");
+        TextModel::load(l, &cfg)
+    })
     .unwrap()
 }
 
@@ -250,6 +248,18 @@ const NATIVE_HALF_TOL: f32 = 0.25;
 fn bf16_checkpoint_with_nested_config() {
     let native = check_variant("tiny-echovlm-bf16");
     assert!(native <= NATIVE_HALF_TOL, "vs native bf16: {native}");
+    // kept in bf16 by the CPU kernels, the weights are exact: same logits as the f32 reference
+    let model = load_text_with("tiny-echovlm-bf16", LinearOptions::cpu(WeightFormat::Bf16));
+    let g = Golden::load("tiny-echovlm-bf16");
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let logits = step(&model, &prompt, &mut model.new_cache(), None);
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "bf16 weights {lang}: {diff}");
+        let want = g.ids(&[&key, "greedy"]);
+        assert_eq!(greedy(&model, &prompt, want.len(), true), want);
+    }
 }
 
 #[test]
@@ -275,4 +285,47 @@ fn stock_qwen2vl_checkpoint_without_moe() {
     let model = load_text("tiny-qwen2vl");
     assert!(model.layers.iter().all(|l| !l.is_moe()));
     check_variant("tiny-qwen2vl");
+}
+
+#[test]
+fn portable_path_and_packed_cpu_formats() {
+    let g = Golden::load("tiny-echovlm");
+    // Burn's own matmul everywhere: the same numbers as the CPU kernels
+    let portable = load_text_with("tiny-echovlm", LinearOptions::portable());
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let logits = step(&portable, &prompt, &mut portable.new_cache(), None);
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "portable {lang}: {diff}");
+        let want = g.ids(&[&key, "greedy"]);
+        assert_eq!(greedy(&portable, &prompt, want.len(), true), want);
+    }
+    // compact formats: report how far logits move and how often greedy tokens agree
+    for (format, logit_tol) in [(WeightFormat::Bf16, 0.5f32), (WeightFormat::Int8, 0.5)] {
+        let model = load_text_with("tiny-echovlm", LinearOptions::cpu(format));
+        let (mut same, mut total, mut worst) = (0usize, 0usize, 0f32);
+        for lang in ["en", "zh"] {
+            let key = format!("text_{lang}");
+            let prompt = g.ids(&[&key, "input_ids"]);
+            let logits = step(&model, &prompt, &mut model.new_cache(), None);
+            worst = worst.max(max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits"))));
+            let want = g.ids(&[&key, "greedy"]);
+            let got = greedy(&model, &prompt, want.len(), true);
+            // agreement up to the first divergence (after it the contexts differ)
+            let prefix = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            same += prefix;
+            total += want.len();
+        }
+        let rate = same as f64 / total as f64;
+        eprintln!(
+            "{format:?}: last-logit max abs diff {worst:.3}, greedy tokens identical to f32 for {same}/{total} ({:.0}%) before the first divergence",
+            rate * 100.0
+        );
+        assert!(worst <= logit_tol, "{format:?}: logits moved by {worst}");
+        assert!(
+            rate >= 0.5,
+            "{format:?}: only {same}/{total} greedy tokens agree"
+        );
+    }
 }

@@ -124,23 +124,35 @@ pub struct VisionModel {
     /// Configuration.
     pub config: VisionConfig,
     inv_freq: Vec<f32>,
+    device: Device,
+    dtype: DType,
 }
 
 impl VisionModel {
     /// Loads `visual.*`.
     pub fn load(loader: &mut WeightLoader<'_>, cfg: &VisionConfig) -> Result<Self, LoadError> {
         let e = cfg.embed_dim;
-        let weight = loader.tensor_as(
-            "visual.patch_embed.proj.weight",
-            [
-                e,
-                cfg.in_channels,
-                cfg.temporal_patch_size,
-                cfg.patch_size,
-                cfg.patch_size,
-            ],
-            [e, cfg.patch_dim()],
-        );
+        let patch_key = "visual.patch_embed.proj.weight";
+        let conv_shape = [
+            e,
+            cfg.in_channels,
+            cfg.temporal_patch_size,
+            cfg.patch_size,
+            cfg.patch_size,
+        ];
+        // the Conv3d kernel is a [embed, 1176] matrix in the same memory order
+        let patch_embed = match loader.packed_format() {
+            Some(format) if loader.shape_of(patch_key) == Some(&conv_shape[..]) => {
+                match loader.packed_as(patch_key, &conv_shape, e, cfg.patch_dim(), format) {
+                    Some(p) => Linear::packed(p, None),
+                    None => Linear::new(Tensor::zeros([1, 1], loader.device()), None),
+                }
+            }
+            _ => Linear::new(
+                loader.tensor_as(patch_key, conv_shape, [e, cfg.patch_dim()]),
+                None,
+            ),
+        };
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let p = format!("visual.blocks.{i}");
@@ -171,17 +183,19 @@ impl VisionModel {
             .map(|j| 1.0f32 / 10000f32.powf((2 * j) as f32 / dim as f32))
             .collect();
         Ok(Self {
-            patch_embed: Linear::new(weight, None),
+            patch_embed,
             blocks,
             merger,
             config: cfg.clone(),
             inv_freq,
+            device: loader.device().clone(),
+            dtype: loader.dtype(),
         })
     }
 
     /// The device the weights live on.
     pub fn device(&self) -> Device {
-        self.patch_embed.weight.device()
+        self.device.clone()
     }
 
     /// Checks grids against `rows` patch rows; returns the merged-token count.
@@ -221,7 +235,7 @@ impl VisionModel {
         let [rows, cols] = pixel_values.dims();
         self.check_grids(rows, cols, grids)?;
         let device = self.device();
-        let dtype = self.patch_embed.weight.dtype();
+        let dtype = self.dtype;
         let mut x = self.patch_embed.forward(pixel_values.cast(dtype));
         let (cos, sin) = self.rotary(grids, &device, dtype);
         let segments = segments(grids);
