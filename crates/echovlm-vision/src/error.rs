@@ -93,6 +93,25 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// A DICOM file (or byte buffer) is not DICOM at all, is truncated or corrupt, holds
+    /// inconsistent image attributes, or a requested frame selection does not fit it.
+    #[error("invalid DICOM{}: {reason}", at(.path))]
+    Dicom {
+        /// The file, when the object came from one.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A well-formed DICOM object that cannot be turned into RGB frames: no pixel data (e.g. a
+    /// structured report), an unsupported transfer syntax, photometric interpretation or sample
+    /// layout.
+    #[error("unsupported DICOM{}: {reason}", at(.path))]
+    UnsupportedDicom {
+        /// The file, when the object came from one.
+        path: Option<PathBuf>,
+        /// What is not supported (names the transfer syntax, SOP class or attribute).
+        reason: String,
+    },
 }
 
 impl ImageError {
@@ -111,7 +130,9 @@ impl ImageError {
             ImageError::Empty { path }
             | ImageError::Decode { path, .. }
             | ImageError::TooLarge { path, .. }
-            | ImageError::Config { path, .. } => path.as_deref(),
+            | ImageError::Config { path, .. }
+            | ImageError::Dicom { path, .. }
+            | ImageError::UnsupportedDicom { path, .. } => path.as_deref(),
             _ => None,
         }
     }

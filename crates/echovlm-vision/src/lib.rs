@@ -10,3 +10,5 @@ pub mod vit;
 
 pub use config::VisionConfig;
 pub use vit::{PatchMerger, VisionBlock, VisionError, VisionModel};
+#[cfg(feature = "dicom")]
+pub mod dicom;
