@@ -23,6 +23,9 @@ use rayon::prelude::*;
 /// Activation rows up to which the matrix-vector kernels run (beyond: tiled gemm).
 pub const SMALL_M: usize = 8;
 
+/// Multiply-accumulates below which a matrix-vector product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
 /// Values per int8 quantisation block (one f32 scale each).
 pub const INT8_BLOCK: usize = 64;
 
@@ -64,11 +67,57 @@ impl std::str::FromStr for WeightFormat {
     }
 }
 
+/// A 64-byte aligned buffer: vector loads never straddle two cache lines, which costs a
+/// second load on every unaligned 512-bit access.
+#[derive(Clone)]
+struct Aligned<T: Copy> {
+    lines: Vec<Line>,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl<T: Copy + Default> Aligned<T> {
+    fn zeroed(len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<T>();
+        Self {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            len,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    fn from_slice(v: &[T]) -> Self {
+        let mut a = Self::zeroed(v.len());
+        a.copy_from_slice(v);
+        a
+    }
+}
+
+impl<T: Copy> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` values of T (plain data, zero-initialised or
+        // written through `DerefMut`), with the 64-byte alignment every T needs.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
 #[derive(Clone)]
 enum Data {
-    F32(Box<[f32]>),
-    Bf16(Box<[u16]>),
-    Int8 { q: Box<[i8]>, scales: Box<[f32]> },
+    F32(Aligned<f32>),
+    Bf16(Aligned<u16>),
+    Int8 { q: Aligned<i8>, scales: Box<[f32]> },
 }
 
 /// A `[rows, cols]` weight matrix (rows = outputs, the HF `[out, in]` layout) in host memory.
@@ -95,20 +144,21 @@ impl PackedWeight {
     pub fn from_f32(rows: usize, cols: usize, w: &[f32], format: WeightFormat) -> Self {
         assert_eq!(w.len(), rows * cols, "weight length");
         let data = match format {
-            WeightFormat::F32 => Data::F32(w.into()),
+            WeightFormat::F32 => Data::F32(Aligned::from_slice(w)),
             WeightFormat::Bf16 => {
-                Data::Bf16(w.iter().map(|&x| bf16::from_f32(x).to_bits()).collect())
+                let bits: Vec<u16> = w.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+                Data::Bf16(Aligned::from_slice(&bits))
             }
             WeightFormat::Int8 => {
                 let blocks = cols.div_ceil(INT8_BLOCK);
-                let mut q = vec![0i8; rows * cols];
+                let mut q = Aligned::<i8>::zeroed(rows * cols);
                 let mut scales = vec![0f32; rows * blocks];
                 q.par_chunks_mut(cols)
                     .zip(scales.par_chunks_mut(blocks))
                     .zip(w.par_chunks(cols))
                     .for_each(|((qr, sr), wr)| quantize_row(wr, qr, sr));
                 Data::Int8 {
-                    q: q.into(),
+                    q,
                     scales: scales.into(),
                 }
             }
@@ -153,14 +203,14 @@ impl PackedWeight {
         let row_bytes = cols * size;
         let data = match format {
             WeightFormat::F32 => {
-                let mut w = vec![0f32; rows * cols];
+                let mut w = Aligned::<f32>::zeroed(rows * cols);
                 w.par_chunks_mut(cols)
                     .zip(bytes.par_chunks(row_bytes))
                     .for_each(|(o, raw)| widen(raw, o));
-                Data::F32(w.into())
+                Data::F32(w)
             }
             WeightFormat::Bf16 => {
-                let mut w = vec![0u16; rows * cols];
+                let mut w = Aligned::<u16>::zeroed(rows * cols);
                 w.par_chunks_mut(cols)
                     .zip(bytes.par_chunks(row_bytes))
                     .for_each_init(
@@ -178,11 +228,11 @@ impl PackedWeight {
                             }
                         },
                     );
-                Data::Bf16(w.into())
+                Data::Bf16(w)
             }
             WeightFormat::Int8 => {
                 let blocks = cols.div_ceil(INT8_BLOCK);
-                let mut q = vec![0i8; rows * cols];
+                let mut q = Aligned::<i8>::zeroed(rows * cols);
                 let mut scales = vec![0f32; rows * blocks];
                 q.par_chunks_mut(cols)
                     .zip(scales.par_chunks_mut(blocks))
@@ -195,7 +245,7 @@ impl PackedWeight {
                         },
                     );
                 Data::Int8 {
-                    q: q.into(),
+                    q,
                     scales: scales.into(),
                 }
             }
@@ -209,7 +259,7 @@ impl PackedWeight {
         Self {
             rows,
             cols,
-            data: Data::Bf16(w.into()),
+            data: Data::Bf16(Aligned::from_slice(&w)),
         }
     }
 
@@ -288,18 +338,24 @@ impl PackedWeight {
 
     /// One pass over the weights; every weight row is dotted with all `m` activation rows.
     fn matvec(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let x_aligned = Aligned::from_slice(x);
+        let x: &[f32] = &x_aligned;
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well
         let chunk = (self.rows.div_ceil(threads * 8)).clamp(8, 1024);
         let mut out = vec![0f32; self.rows * m];
-        out.par_chunks_mut(chunk * m)
-            .enumerate()
-            .for_each(|(ci, dst)| {
-                let r0 = ci * chunk;
-                for (i, d) in dst.chunks_exact_mut(m).enumerate() {
-                    self.dot_row(r0 + i, x, m, d);
-                }
-            });
+        let work = |(ci, dst): (usize, &mut [f32])| {
+            let r0 = ci * chunk;
+            for (i, d) in dst.chunks_exact_mut(m).enumerate() {
+                self.dot_row(r0 + i, x, m, d);
+            }
+        };
+        // waking the thread pool costs tens of microseconds: small products stay on this thread
+        if threads == 1 || self.rows * self.cols * m < PARALLEL_MIN_MACS {
+            out.chunks_mut(chunk * m).enumerate().for_each(work);
+        } else {
+            out.par_chunks_mut(chunk * m).enumerate().for_each(work);
+        }
         // [rows, m] -> [m, rows]
         for (r, vals) in out.chunks_exact(m).enumerate() {
             for (mi, &v) in vals.iter().enumerate() {
@@ -370,14 +426,13 @@ impl PackedWeight {
                 for i in 0..n {
                     self.widen_row(r0 + i, &mut scratch[i * cols..(i + 1) * cols]);
                 }
-                let y_ptr = y_ptr;
                 // SAFETY: each tile writes the disjoint columns r0..r0+n of y [m, rows].
                 unsafe {
                     gemm::gemm(
                         m,
                         n,
                         cols,
-                        y_ptr.0.add(r0),
+                        y_ptr.get().add(r0),
                         1,
                         rows as isize,
                         false,
@@ -418,11 +473,19 @@ fn quantize_row(w: &[f32], q: &mut [i8], scales: &mut [f32]) {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: used only to write disjoint regions from parallel tasks.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// Dot products of one weight row with `m` activation rows, with runtime CPU dispatch.
+#[allow(clippy::needless_range_loop)] // kernel loops index several arrays in lockstep
 mod kernels {
     use super::INT8_BLOCK;
 
@@ -512,145 +575,176 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     mod x86 {
+        //! One kernel per (instruction set, weight type), monomorphised over the number `M` of
+        //! activation rows handled per pass (1 to 4) so that every accumulator stays in a
+        //! register; 4 independent accumulators per row hide the FMA latency. Everything is
+        //! inlined into `#[target_feature]` functions (closures would not inherit the features).
         use super::INT8_BLOCK;
         use std::arch::x86_64::*;
 
-        /// Up to this many activation rows are accumulated in registers per pass; more are done
-        /// in further passes over the (cache-hot) weight row.
-        const M_REG: usize = 4;
+        /// Bytes ahead of the current position that are prefetched.
+        const PREFETCH: usize = 2048;
 
-        #[target_feature(enable = "avx512f")]
-        unsafe fn hsum512(v: __m512) -> f32 {
-            _mm512_reduce_add_ps(v)
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn hsum256(v: __m256) -> f32 {
-            let hi = _mm256_extractf128_ps(v, 1);
-            let lo = _mm256_castps256_ps128(v);
-            let s = _mm_add_ps(hi, lo);
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
-        }
-
-        /// Shared AVX-512 loop: `load(i)` gives 16 weights at column `i` as f32.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn dot512(
-            c: usize,
-            x: &[f32],
-            m: usize,
-            out: &mut [f32],
-            load: impl Fn(usize) -> __m512,
-            tail: impl Fn(usize) -> f32,
-        ) {
-            let full = c / 16 * 16;
-            let mut m0 = 0;
-            while m0 < m {
-                let mm = (m - m0).min(M_REG);
-                let mut acc = [_mm512_setzero_ps(); M_REG];
-                let mut i = 0;
-                while i < full {
-                    let wv = load(i);
-                    for (k, a) in acc.iter_mut().enumerate().take(mm) {
-                        let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add((m0 + k) * c + i)) };
-                        *a = _mm512_fmadd_ps(wv, xv, *a);
+        /// Runs `kernel::<M>` over the activation rows in passes of at most 4.
+        macro_rules! dispatch_rows {
+            ($kernel:ident, $m:expr, $($arg:expr),*) => {{
+                let mut m0 = 0;
+                while m0 < $m {
+                    let mm = ($m - m0).min(4);
+                    match mm {
+                        1 => $kernel::<1>(m0, $($arg),*),
+                        2 => $kernel::<2>(m0, $($arg),*),
+                        3 => $kernel::<3>(m0, $($arg),*),
+                        _ => $kernel::<4>(m0, $($arg),*),
                     }
-                    i += 16;
+                    m0 += mm;
                 }
-                for k in 0..mm {
-                    let mut s = unsafe { hsum512(acc[k]) };
-                    for j in full..c {
-                        s += tail(j) * x[(m0 + k) * c + j];
+            }};
+        }
+
+        macro_rules! avx512_kernel {
+            ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn $inner<const M: usize>(
+                    m0: usize,
+                    $w: &[$wty],
+                    x: &[f32],
+                    c: usize,
+                    out: &mut [f32],
+                ) {
+                    let full = c / 64 * 64;
+                    let mut acc = [[_mm512_setzero_ps(); 4]; M];
+                    let xp = unsafe { x.as_ptr().add(m0 * c) };
+                    let mut $i = 0;
+                    let line_elems = 64 / std::mem::size_of::<$wty>();
+                    while $i < full {
+                        let mut l = 0;
+                        while l < 64 {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                ($w.as_ptr().wrapping_add($i + l) as *const i8)
+                                    .wrapping_add(PREFETCH),
+                            );
+                            l += line_elems;
+                        }
+                        let wv: [__m512; 4] = unsafe {
+                            [
+                                {
+                                    let $i = $i;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 16;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 32;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 48;
+                                    $load
+                                },
+                            ]
+                        };
+                        for k in 0..M {
+                            let xr = unsafe { xp.add(k * c + $i) };
+                            for u in 0..4 {
+                                let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
+                                acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+                            }
+                        }
+                        $i += 64;
                     }
-                    out[m0 + k] = s;
-                }
-                m0 += mm;
-            }
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn dot256(
-            c: usize,
-            x: &[f32],
-            m: usize,
-            out: &mut [f32],
-            load: impl Fn(usize) -> __m256,
-            tail: impl Fn(usize) -> f32,
-        ) {
-            let full = c / 8 * 8;
-            let mut m0 = 0;
-            while m0 < m {
-                let mm = (m - m0).min(M_REG);
-                let mut acc = [_mm256_setzero_ps(); M_REG];
-                let mut i = 0;
-                while i < full {
-                    let wv = load(i);
-                    for (k, a) in acc.iter_mut().enumerate().take(mm) {
-                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add((m0 + k) * c + i)) };
-                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    for k in 0..M {
+                        let a = _mm512_add_ps(
+                            _mm512_add_ps(acc[k][0], acc[k][1]),
+                            _mm512_add_ps(acc[k][2], acc[k][3]),
+                        );
+                        let mut s = _mm512_reduce_add_ps(a);
+                        for $j in full..c {
+                            let $wt = $w;
+                            s += $tail * x[(m0 + k) * c + $j];
+                        }
+                        out[m0 + k] = s;
                     }
-                    i += 8;
                 }
-                for k in 0..mm {
-                    let mut s = unsafe { hsum256(acc[k]) };
-                    for j in full..c {
-                        s += tail(j) * x[(m0 + k) * c + j];
-                    }
-                    out[m0 + k] = s;
+
+                #[target_feature(enable = "avx512f")]
+                pub unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
+                    unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
                 }
-                m0 += mm;
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn dot_f32_avx512(w: &[f32], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            unsafe {
-                dot512(
-                    c,
-                    x,
-                    m,
-                    out,
-                    |i| _mm512_loadu_ps(w.as_ptr().add(i)),
-                    |j| w[j],
-                );
-            }
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn dot_f32_avx2(w: &[f32], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            unsafe {
-                dot256(
-                    c,
-                    x,
-                    m,
-                    out,
-                    |i| _mm256_loadu_ps(w.as_ptr().add(i)),
-                    |j| w[j],
-                );
-            }
-        }
-
-        #[target_feature(enable = "avx512f")]
-        pub unsafe fn dot_bf16_avx512(w: &[u16], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            let load = |i: usize| {
-                // 16 bf16 -> 16 f32: widen to 32 bits and shift into the upper half
-                let h = unsafe { _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i) };
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
             };
-            unsafe {
-                dot512(c, x, m, out, load, |j| f32::from_bits((w[j] as u32) << 16));
-            }
         }
 
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn dot_bf16_avx2(w: &[u16], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            let load = |i: usize| {
-                let h = unsafe { _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i) };
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-            };
-            unsafe {
-                dot256(c, x, m, out, load, |j| f32::from_bits((w[j] as u32) << 16));
+        avx512_kernel!(
+            dot_f32_avx512,
+            f32_avx512,
+            f32,
+            |w, i| _mm512_loadu_ps(w.as_ptr().add(i)),
+            |w, j| w[j]
+        );
+        avx512_kernel!(
+            dot_bf16_avx512,
+            bf16_avx512,
+            u16,
+            |w, i| _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i)),
+                16
+            )),
+            |w, j| f32::from_bits((w[j] as u32) << 16)
+        );
+
+        /// int8 with one scale per 64 weights: each block is widened, scaled and accumulated.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn int8_avx512<const M: usize>(
+            m0: usize,
+            q: &[i8],
+            scales: &[f32],
+            x: &[f32],
+            c: usize,
+            out: &mut [f32],
+        ) {
+            let xp = unsafe { x.as_ptr().add(m0 * c) };
+            let mut acc = [[_mm512_setzero_ps(); 4]; M];
+            for (b, &s) in scales.iter().enumerate() {
+                let i = b * INT8_BLOCK;
+                let sv = _mm512_set1_ps(s);
+                _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(i + PREFETCH));
+                let wv: [__m512; 4] = unsafe {
+                    let p = q.as_ptr().add(i) as *const __m128i;
+                    [
+                        _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
+                            sv,
+                        ),
+                        _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(1)))),
+                            sv,
+                        ),
+                        _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2)))),
+                            sv,
+                        ),
+                        _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(3)))),
+                            sv,
+                        ),
+                    ]
+                };
+                for k in 0..M {
+                    let xr = unsafe { xp.add(k * c + i) };
+                    for u in 0..4 {
+                        let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
+                        acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+                    }
+                }
+            }
+            for k in 0..M {
+                let a = _mm512_add_ps(
+                    _mm512_add_ps(acc[k][0], acc[k][1]),
+                    _mm512_add_ps(acc[k][2], acc[k][3]),
+                );
+                out[m0 + k] = _mm512_reduce_add_ps(a);
             }
         }
 
@@ -663,32 +757,160 @@ mod kernels {
             c: usize,
             out: &mut [f32],
         ) {
-            let mut m0 = 0;
-            while m0 < m {
-                let mm = (m - m0).min(M_REG);
-                let mut acc = [_mm512_setzero_ps(); M_REG];
-                for (b, &s) in scales.iter().enumerate() {
-                    let base = b * INT8_BLOCK;
-                    let mut part = [_mm512_setzero_ps(); M_REG];
-                    let mut i = base;
-                    while i < base + INT8_BLOCK {
-                        let bytes = unsafe { _mm_loadu_si128(q.as_ptr().add(i) as *const __m128i) };
-                        let wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-                        for (k, p) in part.iter_mut().enumerate().take(mm) {
-                            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add((m0 + k) * c + i)) };
-                            *p = _mm512_fmadd_ps(wv, xv, *p);
+            debug_assert_eq!(INT8_BLOCK, 64);
+            unsafe { dispatch_rows!(int8_avx512, m, q, scales, x, c, out) }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn hsum256(v: __m256) -> f32 {
+            let hi = _mm256_extractf128_ps(v, 1);
+            let lo = _mm256_castps256_ps128(v);
+            let s = _mm_add_ps(hi, lo);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+
+        macro_rules! avx2_kernel {
+            ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn $inner<const M: usize>(
+                    m0: usize,
+                    $w: &[$wty],
+                    x: &[f32],
+                    c: usize,
+                    out: &mut [f32],
+                ) {
+                    let full = c / 32 * 32;
+                    let mut acc = [[_mm256_setzero_ps(); 4]; M];
+                    let xp = unsafe { x.as_ptr().add(m0 * c) };
+                    let mut $i = 0;
+                    let line_elems = 64 / std::mem::size_of::<$wty>();
+                    while $i < full {
+                        let mut l = 0;
+                        while l < 32 {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                ($w.as_ptr().wrapping_add($i + l) as *const i8)
+                                    .wrapping_add(PREFETCH),
+                            );
+                            l += line_elems;
                         }
-                        i += 16;
+                        let wv: [__m256; 4] = unsafe {
+                            [
+                                {
+                                    let $i = $i;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 8;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 16;
+                                    $load
+                                },
+                                {
+                                    let $i = $i + 24;
+                                    $load
+                                },
+                            ]
+                        };
+                        for k in 0..M {
+                            let xr = unsafe { xp.add(k * c + $i) };
+                            for u in 0..4 {
+                                let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
+                                acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
+                            }
+                        }
+                        $i += 32;
                     }
-                    let sv = _mm512_set1_ps(s);
-                    for k in 0..mm {
-                        acc[k] = _mm512_fmadd_ps(part[k], sv, acc[k]);
+                    for k in 0..M {
+                        let a = _mm256_add_ps(
+                            _mm256_add_ps(acc[k][0], acc[k][1]),
+                            _mm256_add_ps(acc[k][2], acc[k][3]),
+                        );
+                        let mut s = unsafe { hsum256(a) };
+                        for $j in full..c {
+                            let $wt = $w;
+                            s += $tail * x[(m0 + k) * c + $j];
+                        }
+                        out[m0 + k] = s;
                     }
                 }
-                for k in 0..mm {
-                    out[m0 + k] = unsafe { hsum512(acc[k]) };
+
+                #[target_feature(enable = "avx2,fma")]
+                pub unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
+                    unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
                 }
-                m0 += mm;
+            };
+        }
+
+        avx2_kernel!(
+            dot_f32_avx2,
+            f32_avx2,
+            f32,
+            |w, i| _mm256_loadu_ps(w.as_ptr().add(i)),
+            |w, j| w[j]
+        );
+        avx2_kernel!(
+            dot_bf16_avx2,
+            bf16_avx2,
+            u16,
+            |w, i| _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)),
+                16
+            )),
+            |w, j| f32::from_bits((w[j] as u32) << 16)
+        );
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn int8_avx2<const M: usize>(
+            m0: usize,
+            q: &[i8],
+            scales: &[f32],
+            x: &[f32],
+            c: usize,
+            out: &mut [f32],
+        ) {
+            let xp = unsafe { x.as_ptr().add(m0 * c) };
+            let mut acc = [[_mm256_setzero_ps(); 4]; M];
+            for (b, &s) in scales.iter().enumerate() {
+                let sv = _mm256_set1_ps(s);
+                _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(b * INT8_BLOCK + PREFETCH));
+                for half in 0..2 {
+                    let i = b * INT8_BLOCK + half * 32;
+                    let wv: [__m256; 4] = unsafe {
+                        let p = q.as_ptr().add(i) as *const __m128i;
+                        let lo = _mm_loadu_si128(p);
+                        let hi = _mm_loadu_si128(p.add(1));
+                        [
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), sv),
+                            _mm256_mul_ps(
+                                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
+                                sv,
+                            ),
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), sv),
+                            _mm256_mul_ps(
+                                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
+                                sv,
+                            ),
+                        ]
+                    };
+                    for k in 0..M {
+                        let xr = unsafe { xp.add(k * c + i) };
+                        for u in 0..4 {
+                            let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
+                            acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
+                        }
+                    }
+                }
+            }
+            for k in 0..M {
+                let a = _mm256_add_ps(
+                    _mm256_add_ps(acc[k][0], acc[k][1]),
+                    _mm256_add_ps(acc[k][2], acc[k][3]),
+                );
+                out[m0 + k] = unsafe { hsum256(a) };
             }
         }
 
@@ -701,33 +923,7 @@ mod kernels {
             c: usize,
             out: &mut [f32],
         ) {
-            let mut m0 = 0;
-            while m0 < m {
-                let mm = (m - m0).min(M_REG);
-                let mut acc = [_mm256_setzero_ps(); M_REG];
-                for (b, &s) in scales.iter().enumerate() {
-                    let base = b * INT8_BLOCK;
-                    let mut part = [_mm256_setzero_ps(); M_REG];
-                    let mut i = base;
-                    while i < base + INT8_BLOCK {
-                        let bytes = unsafe { _mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i) };
-                        let wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                        for (k, p) in part.iter_mut().enumerate().take(mm) {
-                            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add((m0 + k) * c + i)) };
-                            *p = _mm256_fmadd_ps(wv, xv, *p);
-                        }
-                        i += 8;
-                    }
-                    let sv = _mm256_set1_ps(s);
-                    for k in 0..mm {
-                        acc[k] = _mm256_fmadd_ps(part[k], sv, acc[k]);
-                    }
-                }
-                for k in 0..mm {
-                    out[m0 + k] = unsafe { hsum256(acc[k]) };
-                }
-                m0 += mm;
-            }
+            unsafe { dispatch_rows!(int8_avx2, m, q, scales, x, c, out) }
         }
     }
 }

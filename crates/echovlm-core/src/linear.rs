@@ -47,6 +47,7 @@ impl LinearOptions {
 
 /// Where a linear layer's weight lives.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a tensor handle is the common case; boxing it buys nothing
 pub enum LinearWeight {
     /// A Burn tensor `[d_out, d_in]` (the HF layout), multiplied with Burn's matmul.
     Tensor(Tensor<2>),

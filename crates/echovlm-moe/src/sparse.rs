@@ -209,9 +209,20 @@ impl SparseMoeBlock {
         (out + shared, routing)
     }
 
+    /// The routed experts only (no shared expert), dispatched sparsely.
+    pub fn forward_routed(&self, h: Tensor<2>) -> (Tensor<2>, Routing) {
+        let routing = self.route(h.clone());
+        (self.routed(h, &routing), routing)
+    }
+
     /// Like [`forward`](Self::forward) but runs every expert on every token and masks the
     /// result: the dense reference the sparse dispatch is measured against.
     pub fn forward_all_experts(&self, h: Tensor<2>) -> Tensor<2> {
+        self.forward_routed_all_experts(h.clone()) + self.shared(h)
+    }
+
+    /// The routed experts only, every expert on every token (weights zero where not routed).
+    pub fn forward_routed_all_experts(&self, h: Tensor<2>) -> Tensor<2> {
         let routing = self.route(h.clone());
         let [tokens, _] = h.dims();
         let device = h.device();
@@ -232,7 +243,7 @@ impl SparseMoeBlock {
             let we = w.clone().narrow(1, e, 1);
             out = out + expert.forward(h.clone()) * we;
         }
-        out + self.shared(h)
+        out
     }
 
     fn shared(&self, h: Tensor<2>) -> Tensor<2> {

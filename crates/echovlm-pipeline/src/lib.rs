@@ -22,6 +22,8 @@ pub mod generate;
 pub mod metrics;
 pub mod model;
 pub mod output;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod request;
 pub mod tasks;
 

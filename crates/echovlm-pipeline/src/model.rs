@@ -280,25 +280,29 @@ impl EchoVlm {
             cfg.max_pixels = v;
         }
         cfg.validate()?;
-        let images = request
-            .images
-            .iter()
-            .map(|src| -> Result<PixelValues, EchoError> {
-                Ok(match src {
-                    ImageSource::Path(p) => preprocess_image(&load_image(p)?, &cfg)?,
-                    ImageSource::Image(img) => preprocess_image(img, &cfg)?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let videos = request
-            .videos
-            .iter()
-            .map(|frames| {
-                let frames = frames.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-                preprocess_video(&frames, &cfg).map_err(EchoError::from)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let rendered = self.template.render(&request.messages(), true, false)?;
+        let mut images = Vec::with_capacity(request.images.len());
+        let mut videos = Vec::with_capacity(request.videos.len());
+        for src in &request.images {
+            match src {
+                #[cfg(feature = "dicom")]
+                ImageSource::Path(p) if echovlm_vision::dicom::is_dicom(p) => {
+                    let d = echovlm_vision::dicom::load_dicom(p, &request.dicom_frames)?;
+                    if let [frame] = d.frames.as_slice() {
+                        images.push(preprocess_image(frame, &cfg)?);
+                    } else {
+                        videos.push(preprocess_video(&d.frames, &cfg)?);
+                    }
+                }
+                ImageSource::Path(p) => images.push(preprocess_image(&load_image(p)?, &cfg)?),
+                ImageSource::Image(img) => images.push(preprocess_image(img, &cfg)?),
+            }
+        }
+        for frames in &request.videos {
+            let frames = frames.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            videos.push(preprocess_video(&frames, &cfg)?);
+        }
+        let messages = request.messages_with(images.len(), videos.len());
+        let rendered = self.template.render(&messages, true, false)?;
         let raw = self.tokenizer.encode(&rendered)?;
         let ids = self.expand_placeholders(&raw, &images, &videos)?;
         Ok(PreparedPrompt {

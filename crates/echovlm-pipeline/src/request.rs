@@ -11,7 +11,8 @@ use crate::tasks::{Lang, Task};
 /// An image given by path (decoded on use) or already decoded.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
-    /// A PNG, JPEG, BMP or TIFF file.
+    /// A PNG, JPEG, BMP or TIFF file, or a DICOM object (a multi-frame one becomes a cine
+    /// loop).
     Path(PathBuf),
     /// Decoded RGB pixels.
     Image(Arc<RgbImage>),
@@ -67,6 +68,9 @@ pub struct Request {
     pub min_pixels: Option<usize>,
     /// Overrides the checkpoint's `max_pixels` for this request.
     pub max_pixels: Option<usize>,
+    /// Frames taken from multi-frame DICOM objects (all by default).
+    #[cfg(feature = "dicom")]
+    pub dicom_frames: echovlm_vision::dicom::FrameSelection,
 }
 
 impl Request {
@@ -126,15 +130,28 @@ impl Request {
         self
     }
 
+    /// Chooses the frames of multi-frame DICOM objects.
+    #[cfg(feature = "dicom")]
+    pub fn dicom_frames(mut self, frames: echovlm_vision::dicom::FrameSelection) -> Self {
+        self.dicom_frames = frames;
+        self
+    }
+
     /// The conversation this request renders: images first, then cine loops, then the text
     /// (the order EchoVLM was trained with).
     pub fn messages(&self) -> Vec<Message> {
+        self.messages_with(self.images.len(), self.videos.len())
+    }
+
+    /// The conversation with `images` still images and `videos` cine loops (a multi-frame DICOM
+    /// given as an image is a cine loop).
+    pub fn messages_with(&self, images: usize, videos: usize) -> Vec<Message> {
         let mut out = Vec::new();
         if let Some(s) = &self.system {
             out.push(Message::text(Role::System, s.clone()));
         }
-        let mut content: Vec<Content> = self.images.iter().map(|_| Content::Image).collect();
-        content.extend(self.videos.iter().map(|_| Content::Video));
+        let mut content: Vec<Content> = (0..images).map(|_| Content::Image).collect();
+        content.extend((0..videos).map(|_| Content::Video));
         content.push(Content::Text {
             text: self.user_text(),
         });

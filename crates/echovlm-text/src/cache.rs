@@ -21,6 +21,18 @@ impl KvCache {
         }
     }
 
+    /// A cache already holding keys and values (`[batch, kv_heads, len, head_dim]` per layer,
+    /// every position a real token): to resume from saved state, or to benchmark a decode step
+    /// at a given context length without running the prompt.
+    pub fn from_tensors(layers: Vec<(Tensor<4>, Tensor<4>)>) -> Self {
+        let [b, _, len, _] = layers.first().map_or([0; 4], |(k, _)| k.dims());
+        Self {
+            layers: layers.into_iter().map(Some).collect(),
+            valid: vec![vec![true; len]; b],
+            len,
+        }
+    }
+
     /// Cached positions per row (padding included).
     pub fn len(&self) -> usize {
         self.len

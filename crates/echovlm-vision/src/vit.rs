@@ -234,19 +234,25 @@ impl VisionModel {
     ) -> Result<Tensor<2>, VisionError> {
         let [rows, cols] = pixel_values.dims();
         self.check_grids(rows, cols, grids)?;
-        let device = self.device();
         let dtype = self.dtype;
-        let mut x = self.patch_embed.forward(pixel_values.cast(dtype));
-        let (cos, sin) = self.rotary(grids, &device, dtype);
+        let x = self.patch_embed.forward(pixel_values.cast(dtype));
+        let x = self.blocks_forward(x, grids);
+        Ok(self.merger.forward(x, self.config.spatial_merge_size))
+    }
+
+    /// Runs only the transformer blocks on already embedded patches (`[N, embed_dim]`): the
+    /// part whose cost grows with the image, for benchmarks and feature extraction.
+    pub fn blocks_forward(&self, x: Tensor<2>, grids: &[[usize; 3]]) -> Tensor<2> {
+        let (cos, sin) = self.rotary(grids, &self.device, self.dtype);
         let segments = segments(grids);
+        let mut x = x;
         for block in &self.blocks {
             let h = block.norm1.forward(x.clone());
-            let a = block.attn.forward(h, &cos, &sin, &segments);
-            x = x + a;
+            x = x.clone() + block.attn.forward(h, &cos, &sin, &segments);
             let h = block.norm2.forward(x.clone());
             x = x + block.mlp.forward(h);
         }
-        Ok(self.merger.forward(x, self.config.spatial_merge_size))
+        x
     }
 
     /// Row and column of every patch in processor order `(t, hb, wb, hm, wm)`.

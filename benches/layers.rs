@@ -1,0 +1,215 @@
+//! Criterion benchmarks at the released EchoVLM's dimensions, on the random-weight checkpoints
+//! written by `tools/make_bench_checkpoint.py` (default directory `target/bench-ckpt`, or
+//! `ECHOVLM_BENCH_DIR`):
+//!
+//! * one decoder layer (hidden 3584, 28/4 heads, dense 18944, 4 × 1408 experts top-2, shared
+//!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens,
+//!   for each weight format;
+//! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches;
+//! * the MoE block alone, sparse dispatch against running every expert.
+//!
+//! Run with `cargo bench --bench layers`; `tools/bench_side_by_side.py` runs it next to PyTorch.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use burn::tensor::{DType, Device, Distribution, Tensor};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use echovlm_core::{Checkpoint, LinearOptions, WeightFormat, load};
+use echovlm_moe::{DynamicFfn, MoeConfig};
+use echovlm_text::{DecoderInput, KvCache, Logits, Positions, TextConfig, TextModel};
+use echovlm_vision::{VisionConfig, VisionModel};
+
+fn bench_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ECHOVLM_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-ckpt"));
+    if dir.join("layer/model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "no benchmark checkpoints in {}: run `tools/.venv/bin/python tools/make_bench_checkpoint.py` first",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// The formats compared: Burn's portable matmul and the CPU kernels' formats.
+fn formats() -> Vec<(&'static str, LinearOptions)> {
+    let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
+    [
+        ("portable", LinearOptions::portable()),
+        ("f32", LinearOptions::cpu(WeightFormat::F32)),
+        ("bf16", LinearOptions::cpu(WeightFormat::Bf16)),
+        ("int8", LinearOptions::cpu(WeightFormat::Int8)),
+    ]
+    .into_iter()
+    .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o == *n))
+    .collect()
+}
+
+fn load_layer(dir: &std::path::Path, options: LinearOptions) -> TextModel {
+    let dir = dir.join("layer");
+    let cfg = TextConfig::from_file(dir.join("config.json")).unwrap();
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    load(&ckpt, &Device::default(), DType::F32, options, |l| {
+        TextModel::load(l, &cfg)
+    })
+    .unwrap()
+}
+
+fn random(shape: [usize; 3]) -> Tensor<3> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Device::default())
+}
+
+fn decoder_layer(c: &mut Criterion) {
+    let Some(dir) = bench_dir() else { return };
+    let mut g = c.benchmark_group("decoder_layer");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for (name, options) in formats() {
+        let model = load_layer(&dir, options);
+        let cfg = &model.config;
+        let (h, kv, hd) = (cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim);
+        for tokens in [256usize, 1024] {
+            let x = random([1, tokens, h]);
+            let pos = Positions::text(1, tokens, 0);
+            g.measurement_time(Duration::from_secs(if tokens > 256 { 40 } else { 15 }));
+            g.bench_function(format!("prefill_{tokens}/{name}"), |b| {
+                b.iter(|| {
+                    let input = DecoderInput::new(x.clone(), &pos).logits(Logits::None);
+                    let out = model.forward(input, &mut model.new_cache(), None).unwrap();
+                    std::hint::black_box(out);
+                })
+            });
+        }
+        for context in [1024usize, 4096] {
+            let kv_t = |_| {
+                Tensor::<4>::random(
+                    [1, kv, context, hd],
+                    Distribution::Normal(0.0, 1.0),
+                    &Device::default(),
+                )
+            };
+            let cache = KvCache::from_tensors(vec![(kv_t(0), kv_t(1))]);
+            let x = random([1, 1, h]);
+            let pos = Positions::decode(&[0], context, 1);
+            g.measurement_time(Duration::from_secs(8));
+            g.bench_function(format!("decode_kv{}k/{name}", context / 1024), |b| {
+                b.iter_batched(
+                    || cache.clone(),
+                    |mut cache| {
+                        let input = DecoderInput::new(x.clone(), &pos).logits(Logits::None);
+                        let out = model.forward(input, &mut cache, None).unwrap();
+                        // make the backend finish the step
+                        std::hint::black_box(echovlm_core::host::to_f32_vec(
+                            out.hidden_states
+                                .first()
+                                .cloned()
+                                .unwrap_or_else(|| x.clone())
+                                .narrow(2, 0, 1),
+                        ));
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+fn vision_block(c: &mut Criterion) {
+    let Some(dir) = bench_dir() else { return };
+    let dir = dir.join("vision");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = VisionConfig::from_json(&json, 3584, "config.json").unwrap();
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    let mut g = c.benchmark_group("vision_block");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for (name, options) in formats()
+        .into_iter()
+        .filter(|(n, _)| *n == "portable" || *n == "f32")
+    {
+        let model = load(&ckpt, &Device::default(), DType::F32, options, |l| {
+            l.ignore_prefix("model.");
+            l.ignore_prefix("lm_head.");
+            VisionModel::load(l, &cfg)
+        })
+        .unwrap();
+        for side in [32usize, 64] {
+            let patches = side * side;
+            let x = Tensor::<2>::random(
+                [patches, 1280],
+                Distribution::Normal(0.0, 1.0),
+                &Device::default(),
+            );
+            g.measurement_time(Duration::from_secs(if side > 32 { 30 } else { 10 }));
+            g.bench_function(format!("patches_{patches}/{name}"), |b| {
+                b.iter(|| {
+                    let y = model.blocks_forward(x.clone(), &[[1, side, side]]);
+                    std::hint::black_box(echovlm_core::host::to_f32_vec(y.narrow(0, 0, 1)));
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn moe_block(c: &mut Criterion) {
+    let Some(dir) = bench_dir() else { return };
+    let ckpt = Checkpoint::open_dir(dir.join("layer")).unwrap();
+    let mut g = c.benchmark_group("moe_block");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for (name, options) in formats()
+        .into_iter()
+        .filter(|(n, _)| *n == "f32" || *n == "int8")
+    {
+        let ffn = load(&ckpt, &Device::default(), DType::F32, options, |l| {
+            l.ignore_prefix("");
+            DynamicFfn::load(l, "model.layers.0", 3584, 18944, MoeConfig::default())
+        })
+        .unwrap();
+        for tokens in [1usize, 256] {
+            let h = Tensor::<2>::random(
+                [tokens, 3584],
+                Distribution::Normal(0.0, 1.0),
+                &Device::default(),
+            );
+            g.measurement_time(Duration::from_secs(8));
+            g.bench_function(format!("sparse_{tokens}/{name}"), |b| {
+                b.iter(|| {
+                    std::hint::black_box(echovlm_core::host::to_f32_vec(
+                        ffn.moe.forward(h.clone()).0,
+                    ))
+                })
+            });
+            g.bench_function(format!("all_experts_{tokens}/{name}"), |b| {
+                b.iter(|| {
+                    std::hint::black_box(echovlm_core::host::to_f32_vec(
+                        ffn.moe.forward_all_experts(h.clone()),
+                    ))
+                })
+            });
+            // the routed experts alone: what sparse dispatch saves (top-2 of 4)
+            g.bench_function(format!("routed_sparse_{tokens}/{name}"), |b| {
+                b.iter(|| {
+                    std::hint::black_box(echovlm_core::host::to_f32_vec(
+                        ffn.moe.forward_routed(h.clone()).0,
+                    ))
+                })
+            });
+            g.bench_function(format!("routed_all_{tokens}/{name}"), |b| {
+                b.iter(|| {
+                    std::hint::black_box(echovlm_core::host::to_f32_vec(
+                        ffn.moe.forward_routed_all_experts(h.clone()),
+                    ))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decoder_layer, vision_block, moe_block);
+criterion_main!(benches);

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""EchoVLM-rs next to PyTorch on the same shapes and the same weights, in one run.
+
+  tools/.venv/bin/python tools/make_bench_checkpoint.py          # once: writes target/bench-ckpt
+  tools/.venv/bin/python tools/bench_side_by_side.py [--skip-rust] [--threads N]
+
+1. runs the Rust criterion benchmarks (`cargo bench --bench layers`) unless --skip-rust, then
+   reads their medians from target/criterion;
+2. loads the same safetensors into PyTorch (transformers 4.47 Qwen2-VL modules with EchoVLM's
+   dynamic MoE layer, eager mode, sdpa attention) and times the same operations in f32 and bf16
+   with the same thread count;
+3. measures memory bandwidth with a STREAM-like copy and derives the decode bound: bytes of
+   weights (and KV cache) a decode step must read, divided by the bandwidth;
+4. prints every Rust/PyTorch ratio and the fraction of the decode bound reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_time(fn, warmup: int, reps: int, min_time: float = 0.0) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < reps or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def stream_copy_gbs(torch, size_bytes: int = 2 << 30) -> float:
+    """Bytes read + written per second by a large copy (the STREAM 'copy' kernel)."""
+    n = size_bytes // 4
+    a = torch.ones(n, dtype=torch.float32)
+    b = torch.empty_like(a)
+    t = median_time(lambda: b.copy_(a), 1, 5)
+    return 2 * size_bytes / t / 1e9
+
+
+def rust_medians(crit: Path) -> dict:
+    out = {}
+    for est in crit.glob("*/*/*/new/estimates.json"):
+        group, case, fmt = est.parts[-5], est.parts[-4], est.parts[-3]
+        data = json.loads(est.read_text())
+        out[f"{group}/{case}/{fmt}"] = data["median"]["point_estimate"] / 1e9
+    return out
+
+
+def load_layer(torch, ckpt: Path, dtype):
+    from safetensors.torch import load_file
+    from transformers import Qwen2VLConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLRotaryEmbedding
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_fixtures import add_dynamic_moe  # noqa: E402
+
+    cfg_json = json.loads((ckpt / "config.json").read_text())
+    cfg = Qwen2VLConfig(**{k: v for k, v in cfg_json.items() if k not in ("architectures", "vision_config")})
+    cfg._attn_implementation = "sdpa"
+
+    class Holder(torch.nn.Module):
+        pass
+
+    holder = Holder()
+    holder.config = cfg
+    holder.model = Holder()
+    holder.model.layers = torch.nn.ModuleList([Qwen2VLDecoderLayer(cfg, 0)])
+    add_dynamic_moe(
+        holder,
+        {
+            "num_experts": cfg_json["num_experts"],
+            "num_experts_per_tok": 2,
+            "norm_topk_prob": False,
+            "moe_intermediate_size": cfg_json["moe_intermediate_size"],
+            "shared_expert_intermediate_size": cfg_json["shared_expert_intermediate_size"],
+        },
+    )
+    layer = holder.model.layers[0]
+    sd = load_file(str(ckpt / "model.safetensors"))
+    sd = {k[len("model.layers.0.") :]: v for k, v in sd.items() if k.startswith("model.layers.0.")}
+    layer.load_state_dict(sd, strict=True)
+    layer = layer.to(dtype).eval()
+    rope = Qwen2VLRotaryEmbedding(config=cfg)
+    return layer, rope, cfg
+
+
+def torch_layer_times(torch, ckpt: Path, dtype, quick: bool) -> dict:
+    from transformers.cache_utils import DynamicCache
+
+    layer, rope, cfg = load_layer(torch, ckpt, dtype)
+    h = cfg.hidden_size
+    kvh = cfg.num_key_value_heads
+    hd = h // cfg.num_attention_heads
+    res = {}
+    with torch.no_grad():
+        for tokens in (256, 1024):
+            x = torch.randn(1, tokens, h, dtype=dtype)
+            pos = torch.arange(tokens).view(1, 1, -1).expand(3, 1, -1)
+            pe = rope(x, pos)
+            mask = torch.full((tokens, tokens), float("-inf")).triu(1)[None, None].to(dtype)
+            f = lambda: layer(x, attention_mask=mask, position_ids=pos, position_embeddings=pe)  # noqa: E731
+            res[f"prefill_{tokens}"] = median_time(f, 1, 2 if quick else 3)
+        for ctx in (1024, 4096):
+            x = torch.randn(1, 1, h, dtype=dtype)
+            pos = torch.full((3, 1, 1), ctx)
+            pe = rope(x, pos)
+            k = torch.randn(1, kvh, ctx, hd, dtype=dtype)
+            v = torch.randn(1, kvh, ctx, hd, dtype=dtype)
+
+            def step():
+                cache = DynamicCache()
+                cache.update(k, v, 0)
+                layer(x, position_ids=pos, past_key_value=cache, use_cache=True, position_embeddings=pe,
+                      cache_position=torch.tensor([ctx]))
+
+            res[f"decode_kv{ctx // 1024}k"] = median_time(step, 2, 5 if quick else 10)
+    return res
+
+
+def torch_vision_times(torch, ckpt: Path, dtype, quick: bool) -> dict:
+    from safetensors.torch import load_file
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock, VisionRotaryEmbedding
+
+    cfg = Qwen2VLVisionConfig(embed_dim=1280, num_heads=16, depth=1, mlp_ratio=4, hidden_act="quick_gelu")
+    block = Qwen2VLVisionBlock(cfg, attn_implementation="sdpa")
+    sd = load_file(str(ckpt / "model.safetensors"))
+    block.load_state_dict({k[len("visual.blocks.0.") :]: v for k, v in sd.items() if k.startswith("visual.blocks.0.")})
+    block = block.to(dtype).eval()
+    rot = VisionRotaryEmbedding(40)
+    res = {}
+    with torch.no_grad():
+        for side in (32, 64):
+            n = side * side
+            x = torch.randn(n, 1280, dtype=dtype)
+            hpos = torch.arange(side).unsqueeze(1).expand(-1, side).reshape(side // 2, 2, side // 2, 2).permute(0, 2, 1, 3).flatten()
+            wpos = torch.arange(side).unsqueeze(0).expand(side, -1).reshape(side // 2, 2, side // 2, 2).permute(0, 2, 1, 3).flatten()
+            table = rot(side)
+            emb = table[torch.stack([hpos, wpos], -1)].flatten(1)
+            cu = torch.tensor([0, n], dtype=torch.int32)
+            res[f"patches_{n}"] = median_time(lambda: block(x, cu_seqlens=cu, rotary_pos_emb=emb), 1, 2 if quick else 3)
+    return res
+
+
+def layer_bytes(cfg: dict, bytes_per_weight: float, ctx: int) -> float:
+    """Bytes one decode step must read: the active weights and the cached keys and values."""
+    h, nh, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = h // nh
+    attn = h * nh * hd * 2 + h * kv * hd * 2
+    dense = 3 * h * cfg["intermediate_size"]
+    experts = 2 * 3 * h * cfg["moe_intermediate_size"]
+    shared = 3 * h * cfg["shared_expert_intermediate_size"]
+    small = h * (cfg["num_experts"] + 1 + 2)
+    weights = (attn + dense + experts + shared + small) * bytes_per_weight
+    cache = 2 * kv * hd * ctx * 4
+    return weights + cache
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", default=str(ROOT / "target/bench-ckpt"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--skip-rust", action="store_true", help="reuse the last criterion results")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    ckpt = Path(args.ckpt)
+
+    if not args.skip_rust:
+        env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), ECHOVLM_BENCH_DIR=str(ckpt))
+        subprocess.run(["cargo", "bench", "--bench", "layers"], cwd=ROOT, env=env, check=True)
+    rust = rust_medians(ROOT / "target/criterion")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bw = stream_copy_gbs(torch)
+    print(f"\nthreads: {args.threads}; STREAM-like copy bandwidth: {bw:.1f} GB/s (read + write)\n")
+    t_layer = {dt: torch_layer_times(torch, ckpt / "layer", d, args.quick) for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
+    t_vis = {dt: torch_vision_times(torch, ckpt / "vision", d, args.quick) for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
+    cfg = json.loads((ckpt / "layer/config.json").read_text())
+
+    bpw = {"portable": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 64}
+    rows = []
+    print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
+    for case in ("prefill_256", "prefill_1024", "decode_kv1k", "decode_kv4k"):
+        tf, tb = t_layer["f32"][case], t_layer["bf16"][case]
+        cells = []
+        for fmt in ("portable", "f32", "bf16", "int8"):
+            r = rust.get(f"decoder_layer/{case}/{fmt}")
+            if r:
+                cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
+                rows.append({"op": f"decoder_layer/{case}", "format": fmt, "rust_s": r, "torch_f32_s": tf, "torch_bf16_s": tb})
+        print(f"decoder_layer/{case:<20}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+    for case in ("patches_1024", "patches_4096"):
+        tf, tb = t_vis["f32"][case], t_vis["bf16"][case]
+        cells = []
+        for fmt in ("portable", "f32"):
+            r = rust.get(f"vision_block/{case}/{fmt}")
+            if r:
+                cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
+        print(f"vision_block/{case:<21}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+
+    print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached:")
+    for ctx, case in ((1024, "decode_kv1k"), (4096, "decode_kv4k")):
+        for fmt in ("f32", "bf16", "int8"):
+            r = rust.get(f"decoder_layer/{case}/{fmt}")
+            if not r:
+                continue
+            need = layer_bytes(cfg, bpw[fmt], ctx)
+            bound = need / (bw * 1e9)
+            print(f"  {case} {fmt:<5} {need / 1e6:8.1f} MB  bound {bound * 1e3:6.1f} ms  rust {r * 1e3:6.1f} ms  "
+                  f"= {bound / r * 100:5.1f}% of the bound, {1 / r:6.1f} tokens/s")
+    print("\nMoE block, sparse dispatch against running all experts (routed experts alone, then with")
+    print("the always-on shared expert, which costs as much as all four routed experts):")
+    for tokens in (1, 256):
+        for fmt in ("f32", "int8"):
+            for label, sk, ak in (("routed", "routed_sparse", "routed_all"), ("block", "sparse", "all_experts")):
+                s = rust.get(f"moe_block/{sk}_{tokens}/{fmt}")
+                a = rust.get(f"moe_block/{ak}_{tokens}/{fmt}")
+                if s and a:
+                    print(f"  {label:<6} {tokens:>4} tokens {fmt:<5} sparse {s * 1e3:7.2f} ms  all {a * 1e3:7.2f} ms  ratio {s / a:.2f}")
+    (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "torch_layer": t_layer, "torch_vision": t_vis}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
