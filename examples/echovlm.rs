@@ -12,10 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
+use echovlm_pipeline::plot::routing_png;
 use echovlm_pipeline::{
     EchoVlm, GenerationOptions, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
     device_from_name, dtype_for,
 };
+use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Writes an ultrasound report, diagnosis or answer from images with an EchoVLM checkpoint.
@@ -83,6 +85,27 @@ struct Cli {
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Frames of multi-frame DICOM images: all, stride:N or list:0,4,8.
+    #[arg(long, default_value = "all")]
+    dicom_frames: String,
+    /// Write a PNG of the MoE routing (expert usage and mix per layer).
+    #[arg(long, value_name = "PNG")]
+    routing_plot: Option<PathBuf>,
+}
+
+fn frame_selection(spec: &str) -> Result<FrameSelection, String> {
+    let bad = || format!("bad --dicom-frames {spec:?} (use all, stride:N or list:0,4,8)");
+    match spec.split_once(':') {
+        None if spec == "all" => Ok(FrameSelection::All),
+        Some(("stride", n)) => n.parse().map(FrameSelection::Stride).map_err(|_| bad()),
+        Some(("list", l)) => l
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(FrameSelection::List)
+            .map_err(|_| bad()),
+        _ => Err(bad()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -206,7 +229,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if !cli.frames.is_empty() {
         request = request.cine(frames_of(&cli.frames)?);
     }
-    request = request.pixels(cli.min_pixels, cli.max_pixels);
+    request = request
+        .pixels(cli.min_pixels, cli.max_pixels)
+        .dicom_frames(frame_selection(&cli.dicom_frames)?);
 
     let pb = spinner(interactive, "preprocessing");
     let prepared = model.prepare(&request)?;
@@ -238,6 +263,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         generate_streaming(&model, prepared, &opts, interactive)?
     };
+    if let Some(path) = &cli.routing_plot {
+        let summary = output
+            .routing
+            .as_ref()
+            .ok_or("this model has no MoE layers to plot")?;
+        let name = model_dir
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        routing_png(summary, path, &format!("EchoVLM routing ({name})"))?;
+        eprintln!("routing plot written to {}", path.display());
+    }
     if cli.json {
         print_json(&output, &model, load_s)?;
     } else {

@@ -62,22 +62,30 @@ pub fn routing_png(summary: &RoutingSummary, path: &Path, title: &str) -> Result
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..experts as f64, 0f64..layers as f64)
+        .build_cartesian_2d(
+            (0..experts - 1).into_segmented(),
+            (0..layers - 1).into_segmented(),
+        )
         .map_err(plot_err)?;
+    let layer_label = |v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(l) => summary
+            .layers
+            .get(*l)
+            .map_or(String::new(), |x| x.to_string()),
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
         .x_labels(experts)
-        .y_labels(layers.min(30))
+        .y_labels(layers.min(40))
         .x_desc("expert")
         .y_desc("layer")
-        .x_label_formatter(&|x| format!("{}", x.floor() as usize))
-        .y_label_formatter(&|y| {
-            summary
-                .layers
-                .get(y.floor() as usize)
-                .map_or(String::new(), |l| l.to_string())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(e) => e.to_string(),
+            _ => String::new(),
         })
+        .y_label_formatter(&layer_label)
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(plot_err)?;
@@ -91,15 +99,17 @@ pub fn routing_png(summary: &RoutingSummary, path: &Path, title: &str) -> Result
             } else {
                 0.0
             };
-            let (x, y) = (e as f64, l as f64);
             cells.push(Rectangle::new(
-                [(x, y), (x + 1.0, y + 1.0)],
+                [
+                    (SegmentValue::Exact(e), SegmentValue::Exact(l)),
+                    (SegmentValue::Exact(e + 1), SegmentValue::Exact(l + 1)),
+                ],
                 heat(share * 2.0).filled(),
             ));
             let ink = if share > 0.3 { WHITE } else { BLACK };
             labels.push(Text::new(
                 format!("{:.0}%", share * 100.0),
-                (x + 0.35, y + 0.3),
+                (SegmentValue::CenterOf(e), SegmentValue::CenterOf(l)),
                 ("sans-serif", 11).into_font().color(&ink),
             ));
         }
@@ -113,27 +123,24 @@ pub fn routing_png(summary: &RoutingSummary, path: &Path, title: &str) -> Result
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(40)
-        .build_cartesian_2d(0f64..1f64, 0f64..layers as f64)
+        .build_cartesian_2d(0f64..1f64, (0..layers - 1).into_segmented())
         .map_err(plot_err)?;
     chart
         .configure_mesh()
-        .y_labels(layers.min(30))
+        .y_labels(layers.min(40))
         .x_labels(5)
         .x_desc("MoE share (dense MLP = 1 - share)")
-        .y_label_formatter(&|y| {
-            summary
-                .layers
-                .get(y.floor() as usize)
-                .map_or(String::new(), |l| l.to_string())
-        })
+        .y_label_formatter(&layer_label)
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(plot_err)?;
     chart
         .draw_series(summary.mean_coefficients.iter().enumerate().map(|(l, c)| {
-            let y = l as f64;
             Rectangle::new(
-                [(0.0, y + 0.15), (c[0], y + 0.85)],
+                [
+                    (0.0, SegmentValue::Exact(l)),
+                    (c[0], SegmentValue::Exact(l + 1)),
+                ],
                 RGBColor(33, 113, 181).filled(),
             )
         }))
@@ -142,7 +149,7 @@ pub fn routing_png(summary: &RoutingSummary, path: &Path, title: &str) -> Result
         .draw_series(summary.mean_coefficients.iter().enumerate().map(|(l, c)| {
             Text::new(
                 format!("{:.2}", c[0]),
-                ((c[0] + 0.02).min(0.85), l as f64 + 0.3),
+                ((c[0] + 0.02).min(0.85), SegmentValue::CenterOf(l)),
                 ("sans-serif", 11).into_font(),
             )
         }))
