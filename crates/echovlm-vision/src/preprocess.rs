@@ -42,6 +42,13 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI-CLIP per-channel standard deviation (RGB), used by Qwen2-VL's processor.
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
+/// Largest accepted `patch_size` (the bound `VisionConfig` puts on the vision tower's).
+const MAX_PATCH_SIZE: usize = 1024;
+
+/// Largest accepted `merge_size` and `temporal_patch_size` (the bounds `VisionConfig` puts on
+/// the vision tower's).
+const MAX_MERGE_SIZE: usize = 16;
+
 /// transformers' `rescale_factor`, `1/255` as a Python float.
 const RESCALE_FACTOR: f64 = 1.0 / 255.0;
 
@@ -112,8 +119,10 @@ impl PreprocessConfig {
     /// Checks that the values describe a usable processor.
     ///
     /// # Errors
-    /// [`ImageError::Config`] naming the first problem: a zero size, `min_pixels > max_pixels`,
-    /// a non-finite mean or a standard deviation that is not positive.
+    /// [`ImageError::Config`] naming the first problem: a zero size, a patch, merge or temporal
+    /// size above what any vision tower accepts (1024, 16, 16: larger values would make one
+    /// small image into gigabytes of pixel values), `min_pixels > max_pixels`, a non-finite
+    /// mean or a standard deviation that is not positive.
     pub fn validate(&self) -> Result<(), ImageError> {
         for (name, v) in [
             ("patch_size", self.patch_size),
@@ -124,6 +133,21 @@ impl PreprocessConfig {
             if v == 0 {
                 return Err(ImageError::config(format!(
                     "{name} must be positive, got 0"
+                )));
+            }
+        }
+        for (name, v, max) in [
+            ("patch_size", self.patch_size, MAX_PATCH_SIZE),
+            ("merge_size", self.merge_size, MAX_MERGE_SIZE),
+            (
+                "temporal_patch_size",
+                self.temporal_patch_size,
+                MAX_MERGE_SIZE,
+            ),
+        ] {
+            if v > max {
+                return Err(ImageError::config(format!(
+                    "{name} = {v} is above the supported maximum of {max}"
                 )));
             }
         }
