@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::plot::routing_png;
 use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
-    device_from_name, dtype_for,
+    EchoVlm, GenerationOptions, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt, Request,
+    Task, WeightFormat, device_from_name, dtype_for, probe_device,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -79,9 +79,13 @@ struct Cli {
     /// cpu, wgpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Float type of the weights: f32, f16 or bf16.
+    /// Float type of activations (and of the weights off the CPU): f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// On the CPU, how linear weights are kept: f32, bf16 or int8 (int8 fits the full
+    /// EchoVLM in 24 GB), or "portable" for Burn's own matmul.
+    #[arg(long, default_value = "f32")]
+    weights: String,
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
@@ -183,18 +187,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let device = device_from_name(&cli.device)?;
+    probe_device(&device)?;
     let (dtype, note) = dtype_for(&device, &cli.dtype)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
     let pb = spinner(interactive, &format!("loading {}", model_dir.display()));
     let started = std::time::Instant::now();
+    let linear = match cli.weights.as_str() {
+        "portable" => LinearOptions::portable(),
+        w => LinearOptions::cpu(w.parse::<WeightFormat>()?),
+    };
     let model = EchoVlm::load(
         &model_dir,
         &LoadOptions {
             device,
             dtype,
-            ..LoadOptions::default()
+            linear,
         },
     )?;
     let load_s = started.elapsed().as_secs_f64();
@@ -279,7 +288,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let t = &output.timings;
         eprintln!(
-            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s]",
+            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s; weights {:.2} GB, peak RSS {}]",
             t.generated_tokens,
             output.finish_reason,
             load_s,
@@ -287,7 +296,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             t.vision_ms,
             t.prefill_ms,
             t.prefill_tokens,
-            t.decode_tokens_per_s
+            t.decode_tokens_per_s,
+            model.weight_bytes() as f64 / 1e9,
+            peak_rss().map_or("unknown".to_string(), |b| format!(
+                "{:.2} GB",
+                b as f64 / 1e9
+            )),
         );
     }
     Ok(())
@@ -331,6 +345,14 @@ fn generate_streaming(
     Ok(out)
 }
 
+/// Peak resident set size of this process (Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn print_json(
     out: &Output,
     model: &EchoVlm,
@@ -352,6 +374,8 @@ fn print_json(
         "first_step_top_logits": top,
         "timings": out.timings,
         "load_s": load_s,
+        "weight_bytes": model.weight_bytes(),
+        "peak_rss_bytes": peak_rss(),
         "routing": out.routing,
     });
     println!("{}", serde_json::to_string(&v)?);

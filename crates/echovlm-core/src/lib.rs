@@ -19,7 +19,7 @@ pub use checkpoint::{Checkpoint, StorageDtype, TensorEntry};
 pub use cpu::{PackedWeight, WeightFormat};
 pub use error::{LoadError, TensorProblem, TensorProblems};
 pub use linear::{Linear, LinearOptions, LinearWeight};
-pub use loader::{WeightLoader, load};
+pub use loader::{WeightLoader, load, load_counted};
 pub use norm::RmsNorm;
 
 /// Re-export of the Burn version every EchoVLM crate is built on.

@@ -26,6 +26,7 @@ pub struct WeightLoader<'a> {
     ignored_prefixes: Vec<String>,
     ignored_suffixes: Vec<String>,
     problems: Vec<TensorProblem>,
+    held_bytes: usize,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -41,6 +42,7 @@ impl<'a> WeightLoader<'a> {
             ignored_prefixes: Vec::new(),
             ignored_suffixes: Vec::new(),
             problems: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -114,10 +116,16 @@ impl<'a> WeightLoader<'a> {
         match self.check(key, &shape) {
             true if !self.validate_only => {
                 let data = self.read(key, &shape);
+                self.held_bytes += shape.iter().product::<usize>() * self.dtype.size();
                 Tensor::from_data(data, (&self.device, self.dtype))
             }
             _ => Tensor::zeros([1; D], (&self.device, self.dtype)),
         }
+    }
+
+    /// Bytes of weights created so far (tensors and packed matrices).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Takes the float tensor `key`, stored with shape `stored`, viewed as `shape` (same number
@@ -136,6 +144,7 @@ impl<'a> WeightLoader<'a> {
         match self.check(key, &stored) {
             true if !self.validate_only => {
                 let data = self.read(key, &shape);
+                self.held_bytes += shape.iter().product::<usize>() * self.dtype.size();
                 Tensor::from_data(data, (&self.device, self.dtype))
             }
             _ => Tensor::zeros([1; D2], (&self.device, self.dtype)),
@@ -183,6 +192,7 @@ impl<'a> WeightLoader<'a> {
             format,
         );
         self.ckpt.release(entry);
+        self.held_bytes += packed.nbytes();
         Some(packed)
     }
 
@@ -213,6 +223,7 @@ impl<'a> WeightLoader<'a> {
             format,
         );
         self.ckpt.release(entry);
+        self.held_bytes += packed.nbytes();
         Some(packed)
     }
 
@@ -289,8 +300,19 @@ pub fn load<T>(
     device: &Device,
     dtype: DType,
     linear: LinearOptions,
-    mut build: impl FnMut(&mut WeightLoader<'_>) -> Result<T, LoadError>,
+    build: impl FnMut(&mut WeightLoader<'_>) -> Result<T, LoadError>,
 ) -> Result<T, LoadError> {
+    load_counted(ckpt, device, dtype, linear, build).map(|(m, _)| m)
+}
+
+/// [`load`], also returning the bytes the loaded weights occupy (tensors and packed matrices).
+pub fn load_counted<T>(
+    ckpt: &Checkpoint,
+    device: &Device,
+    dtype: DType,
+    linear: LinearOptions,
+    mut build: impl FnMut(&mut WeightLoader<'_>) -> Result<T, LoadError>,
+) -> Result<(T, usize), LoadError> {
     let mut check = WeightLoader::new(ckpt, device, dtype).with_linear_options(linear.clone());
     check.validate_only = true;
     let placeholder = build(&mut check)?;
@@ -298,6 +320,7 @@ pub fn load<T>(
     check.finish()?;
     let mut loader = WeightLoader::new(ckpt, device, dtype).with_linear_options(linear);
     let module = build(&mut loader)?;
+    let bytes = loader.held_bytes;
     loader.finish()?;
-    Ok(module)
+    Ok((module, bytes))
 }

@@ -59,6 +59,38 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
     }
 }
 
+/// Checks that `device` can run: creates and reads back a small tensor. A backend that finds no
+/// adapter or driver (a GPU device on a machine without one) panics inside Burn; that panic is
+/// caught, kept off the terminal, and returned as an error naming the device.
+pub fn probe_device(device: &Device) -> Result<(), EchoError> {
+    use burn::tensor::Tensor;
+    let d = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(move || {
+        let t = Tensor::<1>::from_floats([1.0f32, 2.0], &d);
+        t.sum().into_scalar::<f32>()
+    });
+    std::panic::set_hook(previous);
+    match result {
+        Ok(v) if v == 3.0 => Ok(()),
+        Ok(v) => Err(EchoError::InvalidRequest(format!(
+            "device {device:?} computed 1 + 2 = {v}"
+        ))),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            Err(EchoError::InvalidRequest(format!(
+                "device {device:?} is not available: {}",
+                msg.lines().next().unwrap_or(msg)
+            )))
+        }
+    }
+}
+
 /// The float type for a name (`f32`, `f16`, `bf16`), falling back to a supported one when the
 /// device lacks it. Returns the type used and, when it differs, a sentence saying so.
 pub fn dtype_for(device: &Device, name: &str) -> Result<(DType, Option<String>), EchoError> {

@@ -29,7 +29,8 @@ pub mod tasks;
 
 pub use burn::tensor::{DType, Device};
 pub use chat::{ChatTemplate, Content, Message, Role};
-pub use device::{available_devices, device_from_name, dtype_for};
+pub use device::{available_devices, device_from_name, dtype_for, probe_device};
+pub use echovlm_core::{LinearOptions, WeightFormat};
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};

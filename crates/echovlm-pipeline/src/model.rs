@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use echovlm_core::host::to_f32_vec;
-use echovlm_core::{Checkpoint, LinearOptions, LoadError, load};
+use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
 use echovlm_moe::RoutingTrace;
 use echovlm_text::config::read_json;
 use echovlm_text::{
@@ -78,6 +78,7 @@ pub struct EchoVlm {
     pad_id: u32,
     dir: PathBuf,
     parameters: usize,
+    weight_bytes: usize,
 }
 
 impl std::fmt::Debug for EchoVlm {
@@ -124,7 +125,7 @@ impl EchoVlm {
         } else {
             None
         };
-        let (text, vision) = load(
+        let ((text, vision), weight_bytes) = load_counted(
             &ckpt,
             &options.device,
             options.dtype,
@@ -213,6 +214,7 @@ impl EchoVlm {
             pad_id,
             dir: dir.to_path_buf(),
             parameters,
+            weight_bytes,
         })
     }
 
@@ -250,6 +252,11 @@ impl EchoVlm {
     /// Number of stored parameters.
     pub fn num_parameters(&self) -> usize {
         self.parameters
+    }
+
+    /// Bytes the loaded weights occupy in memory (after any packing or quantisation).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     /// The directory the model was loaded from.
@@ -507,7 +514,9 @@ impl EchoVlm {
             &self.vision_tokens,
             self.merge_size(),
         )?;
-        let mut cache = self.text.new_cache();
+        let mut cache = self
+            .text
+            .new_cache_with_capacity(max_len + opts.max_new_tokens);
         let has_moe = self.text.layers.iter().any(|l| l.is_moe());
         let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new(); b]);
         let out = self.text.forward(

@@ -4,20 +4,35 @@ use burn::tensor::Tensor;
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
+///
+/// Each layer keeps one buffer `[batch, kv_heads, capacity, head_dim]` for keys and one for
+/// values; a step writes its positions in place and attention reads a view of the first `len`.
+/// The capacity is set up front ([`with_capacity`](Self::with_capacity): prompt plus tokens to
+/// generate) or grows by half when exceeded, so decoding does not reallocate the cache.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     valid: Vec<Vec<bool>>,
     len: usize,
+    capacity: usize,
 }
+
+/// Smallest capacity a layer buffer is created with.
+const MIN_CAPACITY: usize = 64;
 
 impl KvCache {
     /// An empty cache for a decoder of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// An empty cache whose buffers are created for `capacity` positions.
+    pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
             valid: Vec::new(),
             len: 0,
+            capacity,
         }
     }
 
@@ -30,6 +45,7 @@ impl KvCache {
             layers: layers.into_iter().map(Some).collect(),
             valid: vec![vec![true; len]; b],
             len,
+            capacity: len,
         }
     }
 

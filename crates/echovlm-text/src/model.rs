@@ -313,6 +313,11 @@ impl TextModel {
         KvCache::new(self.layers.len())
     }
 
+    /// An empty KV cache sized for `positions` tokens per row (prompt plus generation).
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), positions)
+    }
+
     /// The rotary tables of this model.
     pub fn rope(&self) -> &MRope {
         &self.rope

@@ -1,0 +1,109 @@
+//! The reference fixtures on the wgpu backend (a real GPU, or Mesa's lavapipe Vulkan driver
+//! in CI): text only, one image and two images, in f32 and f16.
+//!
+//! Run with: `cargo test --release --features wgpu --test gpu_parity`
+
+#![cfg(feature = "wgpu")]
+
+mod support;
+
+use burn::tensor::{DType, Device, DeviceKind};
+use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions, Request};
+use support::{Golden, image, max_abs_diff, model_dir};
+
+/// Largest last-position logit difference allowed per float type (logits of magnitude ~10).
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-3,
+        _ => 0.05,
+    }
+}
+
+fn load(dtype: DType) -> Option<EchoVlm> {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    if !device.supports_dtype(dtype) {
+        eprintln!("the wgpu adapter lacks {dtype:?}; skipped");
+        return None;
+    }
+    Some(
+        EchoVlm::load(
+            model_dir("tiny-echovlm"),
+            &LoadOptions {
+                device,
+                dtype,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn greedy(n: usize) -> GenerationOptions {
+    GenerationOptions {
+        ignore_eos: true,
+        trace_routing: false,
+        ..GenerationOptions::greedy(n)
+    }
+}
+
+fn check(model: &EchoVlm, dtype: DType) {
+    let g = Golden::load("tiny-echovlm");
+    let mut cases: Vec<(String, Request, serde_json::Value)> = Vec::new();
+    let text = g.meta["text_en"].clone();
+    cases.push((
+        "text_en".into(),
+        Request::new(text["prompt"].as_str().unwrap()),
+        text,
+    ));
+    for name in ["one_image", "two_images"] {
+        let case = g.meta["e2e"][name].clone();
+        let mut r = Request::new(case["prompt"].as_str().unwrap());
+        for img in case["images"].as_array().unwrap() {
+            r = r.image(image(img.as_str().unwrap()));
+        }
+        cases.push((name.into(), r, case));
+    }
+    for (name, request, case) in cases {
+        let prepared = model.prepare(&request).unwrap();
+        let logits = model.next_token_logits(&prepared).unwrap();
+        let key = if name == "text_en" {
+            "text_en.last_logits".to_string()
+        } else {
+            format!("e2e.{name}.last_logits")
+        };
+        let d = max_abs_diff(&logits, &g.f32(&key));
+        eprintln!("wgpu {dtype:?} {name}: last-position logits max abs diff {d:.2e}");
+        assert!(d <= tolerance(dtype), "{name}: {d}");
+        let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
+        let out = model.generate(&request, &greedy(want.len())).unwrap();
+        let same = out
+            .generated_token_ids
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "wgpu {dtype:?} {name}: {same}/{} greedy tokens identical",
+            want.len()
+        );
+        if dtype == DType::F32 {
+            assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
+        } else {
+            assert!(same >= 32, "{name}: only {same} tokens agree");
+        }
+    }
+}
+
+#[test]
+fn reference_fixtures_in_f32() {
+    if let Some(model) = load(DType::F32) {
+        check(&model, DType::F32);
+    }
+}
+
+#[test]
+fn reference_fixtures_in_f16() {
+    if let Some(model) = load(DType::F16) {
+        check(&model, DType::F16);
+    }
+}
