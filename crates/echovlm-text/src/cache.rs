@@ -76,20 +76,40 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and returns the
-    /// whole cached keys and values.
+    /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and returns
+    /// views of all cached keys and values.
     pub(crate) fn append(
         &mut self,
         layer: usize,
         k: Tensor<4>,
         v: Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.layers[layer].take() {
-            None => (k, v),
-            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+        let [b, h, s, d] = k.dims();
+        let start = self.len;
+        let end = start + s;
+        let (ck, cv) = match self.layers[layer].take() {
+            Some((ck, cv)) if ck.dims()[2] >= end => (ck, cv),
+            old => {
+                let mut cap = end.max(self.capacity).max(MIN_CAPACITY);
+                if let Some((ck, _)) = &old {
+                    // grow by half at least, so appends stay amortised
+                    cap = cap.max(ck.dims()[2] + ck.dims()[2] / 2);
+                }
+                self.capacity = self.capacity.max(cap);
+                let fresh = || Tensor::<4>::zeros([b, h, cap, d], (&k.device(), k.dtype()));
+                let (mut nk, mut nv) = (fresh(), fresh());
+                if let Some((ok, ov)) = old {
+                    nk = nk.slice_assign([0..b, 0..h, 0..start, 0..d], ok.narrow(2, 0, start));
+                    nv = nv.slice_assign([0..b, 0..h, 0..start, 0..d], ov.narrow(2, 0, start));
+                }
+                (nk, nv)
+            }
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+        let ck = ck.slice_assign([0..b, 0..h, start..end, 0..d], k);
+        let cv = cv.slice_assign([0..b, 0..h, start..end, 0..d], v);
+        let views = (ck.clone().narrow(2, 0, end), cv.clone().narrow(2, 0, end));
+        self.layers[layer] = Some((ck, cv));
+        views
     }
 
     /// Records that a step of `valid[b].len()` tokens was appended.
