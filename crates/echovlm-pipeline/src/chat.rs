@@ -4,8 +4,11 @@
 //! (`trim_blocks`, `lstrip_blocks`, no trailing newline kept) and Python string methods
 //! available, so a conversation renders to exactly the text `apply_chat_template` produces.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use minijinja::value::{ValueKind, ValueOrKwargs};
 use minijinja::{Environment, Value};
 use serde::Serialize;
 
@@ -114,6 +117,15 @@ impl ChatTemplate {
                 ))
             },
         );
+        env.add_function("namespace", |defaults: Option<ValueOrKwargs>| {
+            let ns = minijinja::functions::namespace(defaults)?;
+            NAMESPACES.with(|n| {
+                if let Some(list) = n.borrow_mut().as_mut() {
+                    list.push(ns.clone());
+                }
+            });
+            Ok(ns)
+        });
         env.add_template_owned("chat", source.clone())
             .map_err(|e| EchoError::Template(e.to_string()))?;
         Ok(Self { env, source })
@@ -205,11 +217,92 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| EchoError::Template(e.to_string()))?;
+        let _sweep = NamespaceSweep::start();
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             add_vision_id => add_vision_id,
         })
         .map_err(|e| EchoError::Template(e.to_string()))
+    }
+}
+
+thread_local! {
+    /// The namespaces created by the render running on this thread, while a
+    /// [`NamespaceSweep`] is alive.
+    static NAMESPACES: RefCell<Option<Vec<Value>>> = const { RefCell::new(None) };
+}
+
+/// Breaks the reference cycles a template can build out of `namespace()` objects.
+///
+/// `{% set ns.me = ns %}` (or `a.b = b` with `b` holding `a`) makes minijinja's reference-counted
+/// namespaces own each other, so they and everything they hold (strings of up to 100 MB) would
+/// never be freed: a hostile chat template could leak memory on every request. Assigning a
+/// namespace attribute is the only way a template mutates a value, so every cycle passes through
+/// one; once the render is over, every namespace attribute that holds a container is reset to
+/// `none`.
+struct NamespaceSweep;
+
+impl NamespaceSweep {
+    fn start() -> Self {
+        NAMESPACES.with(|n| *n.borrow_mut() = Some(Vec::new()));
+        NamespaceSweep
+    }
+}
+
+impl Drop for NamespaceSweep {
+    fn drop(&mut self) {
+        let namespaces = NAMESPACES
+            .with(|n| n.borrow_mut().take())
+            .unwrap_or_default();
+        let mut by_key: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for ns in &namespaces {
+            let Ok(keys) = ns.try_iter() else { continue };
+            for key in keys {
+                let Some(k) = key.as_str() else { continue };
+                let container = ns.get_attr(k).is_ok_and(|v| {
+                    !matches!(
+                        v.kind(),
+                        ValueKind::Undefined
+                            | ValueKind::None
+                            | ValueKind::Bool
+                            | ValueKind::Number
+                            | ValueKind::String
+                            | ValueKind::Bytes
+                    )
+                });
+                // only identifiers can be assignment targets, so only they can close a cycle
+                let mut chars = k.chars();
+                let identifier = chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && chars.all(|c| c.is_alphanumeric() || c == '_');
+                if container && identifier {
+                    by_key.entry(k.to_owned()).or_default().push(ns.clone());
+                }
+            }
+        }
+        if by_key.is_empty() {
+            return;
+        }
+        // The sweep is our own template: no fuel, and its work is bounded by what the
+        // (fuelled) render created.
+        let env = Environment::new();
+        let sweep = |entries: &[(&String, &Vec<Value>)]| {
+            let mut source = String::new();
+            let mut ctx = BTreeMap::new();
+            for (i, (key, list)) in entries.iter().enumerate() {
+                source.push_str(&format!(
+                    "{{% for n in l{i} %}}{{% set n.{key} = none %}}{{% endfor %}}"
+                ));
+                ctx.insert(format!("l{i}"), Value::from((*list).clone()));
+            }
+            env.render_str(&source, ctx).is_ok()
+        };
+        let entries: Vec<(&String, &Vec<Value>)> = by_key.iter().collect();
+        if !sweep(&entries) {
+            // a key the template syntax does not accept: sweep the others one by one
+            for entry in &entries {
+                sweep(std::slice::from_ref(entry));
+            }
+        }
     }
 }
