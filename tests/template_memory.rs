@@ -1,0 +1,71 @@
+//! A chat template that ties `namespace()` objects into a reference cycle must not leak what
+//! they hold: found by the `chat_template` fuzz target (LeakSanitizer), where a mutated Qwen2-VL
+//! template did `{% set video_count.value = video_count %}`.
+//!
+//! Linux only (reads `/proc/self/status`). This file holds one test so that no other test
+//! allocates in the process while it measures.
+
+mod support;
+
+use echovlm_pipeline::{EchoVlm, LoadOptions, Request};
+use support::copy_model;
+
+/// Bytes held by each cycle: above glibc's largest mmap threshold (32 MiB), so a freed string
+/// goes back to the system at once and only a leak stays resident.
+const BIG: usize = 40_000_000;
+/// Renders per template.
+const RENDERS: usize = 6;
+
+fn rss_kb() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn namespace_cycles_in_a_chat_template_do_not_leak() {
+    let text = "{% for m in messages %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}\
+                {% endfor %}<|im_start|>assistant\n";
+    let templates = [
+        // a namespace holding itself
+        format!("{{% set ns = namespace(big='x' * {BIG}) %}}{{% set ns.me = ns %}}{text}"),
+        // two namespaces holding each other through a list
+        format!(
+            "{{% set a = namespace() %}}{{% set b = namespace(x=[a], big='y' * {BIG}) %}}\
+             {{% set a.b = b %}}{text}"
+        ),
+        // the fuzzer's shape: a counter namespace assigned to its own attribute
+        format!(
+            "{{% set video_count = namespace(value=0, pad='z' * {BIG}) %}}\
+             {{% set video_count.value = video_count %}}{text}"
+        ),
+    ];
+    for (i, source) in templates.iter().enumerate() {
+        let dir = copy_model("tiny-echovlm", "cycle");
+        std::fs::write(
+            dir.path().join("chat_template.json"),
+            serde_json::json!({ "chat_template": source }).to_string(),
+        )
+        .unwrap();
+        let m = EchoVlm::load(dir.path(), &LoadOptions::default()).unwrap();
+        let request = Request::new("Describe the liver.");
+        // warm-up, then measure
+        let prepared = m.prepare(&request).unwrap();
+        assert!(prepared.rendered.starts_with("Describe the liver."));
+        let before = rss_kb();
+        for _ in 0..RENDERS {
+            m.prepare(&request).unwrap();
+        }
+        let (Some(before), Some(after)) = (before, rss_kb()) else {
+            eprintln!("no /proc/self/status: memory not measured");
+            return;
+        };
+        let growth = after - before;
+        println!("template {i}: RSS {before} → {after} KiB over {RENDERS} renders");
+        // a leak keeps RENDERS × 40 MB = 240 MB
+        assert!(
+            growth < 40_000,
+            "template {i}: RSS grew by {growth} KiB over {RENDERS} renders"
+        );
+    }
+}
