@@ -44,7 +44,11 @@ msgs='[{"role":"system","content":"S"},{"role":"user","content":[{"type":"image"
 printf '\0%s' "$msgs" > $C/chat_template/qwen2vl_messages
 printf '\0%s' '[{"role":"user","content":"hi"}]' > $C/chat_template/qwen2vl_string
 printf '\0%s' '[{"role":"tool","content":[{"image_url":"x"},{"video":1},{"text":null}]}]' > $C/chat_template/qwen2vl_odd
+# (not the runaway ones: each run of those burns the whole fuel budget, about 0.5 s under the
+# sanitizer, and the fuzzer would spend its time on their mutations; nor the known crash
+# namespace_cycle_print; tests/hostile_prompts.rs covers them)
 for f in tests/corpus/templates/*; do
+    case "$(basename "$f")" in endless_loop.*|huge_output.*|doubling_string.*|namespace_cycle_print.*) continue;; esac
     cp "$f" "$C/chat_template/$(basename "$f")"
     { cat "$f"; printf '\0%s' "$msgs"; } > "$C/chat_template/$(basename "$f").msgs"
 done

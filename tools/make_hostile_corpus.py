@@ -375,6 +375,12 @@ def templates():
         "templates/recursion.jinja",
         "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     )
+    # a namespace holding itself (a reference cycle), then printed: minijinja formats it
+    # recursively until the stack overflows (found by the chat_template fuzz target)
+    write(
+        "templates/namespace_cycle_print.jinja",
+        "{% set ns = namespace(value=0) %}{% set ns.value = ns %}{{ ns }}",
+    )
     write("templates/syntax_error.jinja", "{% for m in messages %}{{ m['role'] }")
     write("templates/raises.jinja", "{{ raise_exception('this template refuses every conversation') }}")
 
