@@ -654,50 +654,36 @@ fn absurd_temporal_patch_size_is_refused_at_load() {
     }
 }
 
-/// Preprocessing that disagrees with the vision tower (16-pixel patches for a 14-pixel ViT)
-/// is a typed error, not a shape panic inside the ViT.
+/// Preprocessing that disagrees with the vision tower is refused when the model loads: 16-pixel
+/// patches for a 14-pixel ViT would fail inside the ViT, and 1024-pixel patches merged 16x16
+/// (within what a vision tower may use) would first resize every image to 16384x16384 (about
+/// 7 GB of pixel values).
 #[test]
-fn preprocessor_disagreeing_with_the_vision_tower_is_a_typed_error() {
-    let dir = copy_model("tiny-echovlm", "patch16");
-    std::fs::write(
-        dir.path().join("preprocessor_config.json"),
-        r#"{"patch_size": 16}"#,
-    )
-    .unwrap();
-    let err = match EchoVlm::load(dir.path(), &LoadOptions::default()) {
-        Err(e) => e,
-        Ok(m) => {
-            let request =
-                echovlm_pipeline::Request::new("x").image(support::image("liver_crop_64x48.png"));
-            m.generate(&request, &echovlm_pipeline::GenerationOptions::greedy(1))
-                .unwrap_err()
+fn preprocessor_disagreeing_with_the_vision_tower_is_inconsistent() {
+    let cases = [
+        (
+            r#"{"patch_size": 16}"#,
+            "preprocessor_config.json says patch_size = 16 but the vision tower's is 14",
+        ),
+        (
+            r#"{"patch_size": 1024, "merge_size": 16}"#,
+            "preprocessor_config.json says patch_size = 1024 but the vision tower's is 14",
+        ),
+        (
+            r#"{"merge_size": 4}"#,
+            "preprocessor_config.json says merge_size = 4 but the vision tower's is 2",
+        ),
+        (
+            r#"{"temporal_patch_size": 1}"#,
+            "preprocessor_config.json says temporal_patch_size = 1 but the vision tower's is 2",
+        ),
+    ];
+    for (text, want) in cases {
+        let dir = copy_model("tiny-echovlm", "preproc-vit");
+        std::fs::write(dir.path().join("preprocessor_config.json"), text).unwrap();
+        match refuse(dir.path()) {
+            EchoError::Inconsistent(msg) => assert_eq!(msg, want),
+            other => panic!("{text}: expected EchoError::Inconsistent, got {other:?}"),
         }
-    };
-    match err {
-        EchoError::Inconsistent(msg) => assert!(msg.contains("patch_size"), "{msg}"),
-        EchoError::Vision(echovlm_vision::VisionError::PixelShape {
-            cols, patch_dim, ..
-        }) => assert_eq!((cols, patch_dim), (1536, 1176)),
-        other => panic!("expected Inconsistent or VisionError::PixelShape, got {other:?}"),
-    }
-}
-
-/// 1024-pixel patches merged 16x16 are within what a vision tower may use, but not this one's:
-/// every image would be resized to 16384x16384 (6 GB of pixel values) before the ViT refuses
-/// the shape. `EchoVlm::load` has to compare `preprocessor_config.json` with `vision_config`
-/// (patch, merge and temporal sizes) and refuse the mismatch as `EchoError::Inconsistent`.
-#[test]
-#[ignore = "needs a preprocessor/vision_config consistency check in EchoVlm::load \
-            (crates/echovlm-pipeline/src/model.rs); today it allocates ~7 GB"]
-fn preprocessor_patch_sizes_must_match_the_vision_tower() {
-    let dir = copy_model("tiny-echovlm", "patch1024");
-    std::fs::write(
-        dir.path().join("preprocessor_config.json"),
-        r#"{"patch_size": 1024, "merge_size": 16}"#,
-    )
-    .unwrap();
-    match refuse(dir.path()) {
-        EchoError::Inconsistent(msg) => assert!(msg.contains("patch_size"), "{msg}"),
-        other => panic!("expected EchoError::Inconsistent, got {other:?}"),
     }
 }

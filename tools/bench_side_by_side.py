@@ -52,10 +52,10 @@ def stream_copy_gbs(torch, size_bytes: int = 2 << 30) -> float:
 
 def rust_medians(crit: Path) -> dict:
     out = {}
-    for est in crit.glob("*/*/*/new/estimates.json"):
-        group, case, fmt = est.parts[-5], est.parts[-4], est.parts[-3]
-        data = json.loads(est.read_text())
-        out[f"{group}/{case}/{fmt}"] = data["median"]["point_estimate"] / 1e9
+    for bench in crit.glob("*/*/new/benchmark.json"):
+        full_id = json.loads(bench.read_text())["full_id"]
+        est = json.loads((bench.parent / "estimates.json").read_text())
+        out[full_id] = est["median"]["point_estimate"] / 1e9
     return out
 
 

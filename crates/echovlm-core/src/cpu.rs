@@ -383,41 +383,52 @@ impl PackedWeight {
         }
     }
 
-    /// Widens tiles of weight rows to f32 and multiplies each with the `gemm` crate.
+    /// Splits the weight rows into tiles, one per task on the thread pool; each tile is
+    /// multiplied single-threaded by the `gemm` crate (f32 rows in place, bf16/int8 rows widened
+    /// into a per-thread scratch first). Tiling beats handing `gemm` the whole matrix: its
+    /// packing of a column-major right-hand side is the costly part, and per-tile calls keep
+    /// that packing in cache.
     fn tiled_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        if let Data::F32(w) = &self.data {
-            // SAFETY: pointers and strides describe x [m, cols], w [rows, cols] (used as
-            // wᵀ [cols, rows]) and y [m, rows], all in bounds.
+        const TILE: usize = 128;
+        let rows = self.rows;
+        let cols = self.cols;
+        let tiles = rows.div_ceil(TILE);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        let run = |w: &[f32], r0: usize, n: usize| {
+            // SAFETY: `w` holds n rows of `cols` f32 (used as wᵀ [cols, n]); x is [m, cols]; the
+            // tile writes the disjoint columns r0..r0+n of y [m, rows].
             unsafe {
                 gemm::gemm(
                     m,
-                    self.rows,
-                    self.cols,
-                    y.as_mut_ptr(),
+                    n,
+                    cols,
+                    y_ptr.get().add(r0),
                     1,
-                    self.rows as isize,
+                    rows as isize,
                     false,
                     x.as_ptr(),
                     1,
-                    self.cols as isize,
+                    cols as isize,
                     w.as_ptr(),
-                    self.cols as isize,
+                    cols as isize,
                     1,
                     0.0,
                     1.0,
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    gemm::Parallelism::None,
                 );
             }
+        };
+        if let Data::F32(w) = &self.data {
+            (0..tiles).into_par_iter().for_each(|t| {
+                let r0 = t * TILE;
+                let n = TILE.min(rows - r0);
+                run(&w[r0 * cols..(r0 + n) * cols], r0, n);
+            });
             return;
         }
-        const TILE: usize = 64;
-        let rows = self.rows;
-        let cols = self.cols;
-        let tiles = rows.div_ceil(TILE);
-        let y_ptr = SendPtr(y.as_mut_ptr());
         (0..tiles).into_par_iter().for_each_init(
             || vec![0f32; TILE * cols],
             |scratch, t| {
@@ -426,30 +437,7 @@ impl PackedWeight {
                 for i in 0..n {
                     self.widen_row(r0 + i, &mut scratch[i * cols..(i + 1) * cols]);
                 }
-                // SAFETY: each tile writes the disjoint columns r0..r0+n of y [m, rows].
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        cols,
-                        y_ptr.get().add(r0),
-                        1,
-                        rows as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        cols as isize,
-                        scratch.as_ptr(),
-                        cols as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                run(&scratch[..n * cols], r0, n);
             },
         );
     }

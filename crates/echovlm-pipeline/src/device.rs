@@ -73,7 +73,7 @@ pub fn probe_device(device: &Device) -> Result<(), EchoError> {
     });
     std::panic::set_hook(previous);
     match result {
-        Ok(v) if v == 3.0 => Ok(()),
+        Ok(3.0) => Ok(()),
         Ok(v) => Err(EchoError::InvalidRequest(format!(
             "device {device:?} computed 1 + 2 = {v}"
         ))),

@@ -14,7 +14,7 @@ use echovlm_text::{
     rope_index,
 };
 use echovlm_vision::preprocess::{
-    PixelValues, PreprocessConfig, load_image, preprocess_image, preprocess_video,
+    PixelValues, PreprocessConfig, load_image, preprocess_image, preprocess_video, resized_size,
 };
 use echovlm_vision::{VisionConfig, VisionModel};
 use image::RgbImage;
@@ -150,6 +150,24 @@ impl EchoVlm {
         } else {
             PreprocessConfig::default()
         };
+        if let Some(v) = &vision {
+            let c = &v.config;
+            for (name, pre, tower) in [
+                ("patch_size", preprocess.patch_size, c.patch_size),
+                ("merge_size", preprocess.merge_size, c.spatial_merge_size),
+                (
+                    "temporal_patch_size",
+                    preprocess.temporal_patch_size,
+                    c.temporal_patch_size,
+                ),
+            ] {
+                if pre != tower {
+                    return Err(inconsistent(format!(
+                        "preprocessor_config.json says {name} = {pre} but the vision tower's is {tower}"
+                    )));
+                }
+            }
+        }
         let special = *tokenizer.special();
         if tokenizer.vocab_size() > text_cfg.vocab_size {
             return Err(inconsistent(format!(
@@ -289,23 +307,35 @@ impl EchoVlm {
         cfg.validate()?;
         let mut images = Vec::with_capacity(request.images.len());
         let mut videos = Vec::with_capacity(request.videos.len());
+        let mut visual_tokens = 0;
+        let mut count =
+            |frames: &[RgbImage]| self.count_visual_tokens(frames, &cfg, &mut visual_tokens);
         for src in &request.images {
             match src {
                 #[cfg(feature = "dicom")]
                 ImageSource::Path(p) if echovlm_vision::dicom::is_dicom(p) => {
                     let d = echovlm_vision::dicom::load_dicom(p, &request.dicom_frames)?;
+                    count(&d.frames)?;
                     if let [frame] = d.frames.as_slice() {
                         images.push(preprocess_image(frame, &cfg)?);
                     } else {
                         videos.push(preprocess_video(&d.frames, &cfg)?);
                     }
                 }
-                ImageSource::Path(p) => images.push(preprocess_image(&load_image(p)?, &cfg)?),
-                ImageSource::Image(img) => images.push(preprocess_image(img, &cfg)?),
+                ImageSource::Path(p) => {
+                    let img = load_image(p)?;
+                    count(std::slice::from_ref(&img))?;
+                    images.push(preprocess_image(&img, &cfg)?);
+                }
+                ImageSource::Image(img) => {
+                    count(std::slice::from_ref(&**img))?;
+                    images.push(preprocess_image(img, &cfg)?);
+                }
             }
         }
         for frames in &request.videos {
             let frames = frames.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            count(&frames)?;
             videos.push(preprocess_video(&frames, &cfg)?);
         }
         let messages = request.messages_with(images.len(), videos.len());
@@ -319,6 +349,35 @@ impl EchoVlm {
             videos,
             preprocess_ms: start.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// Adds the visual tokens an image (one frame) or a video (several) becomes under `cfg` to
+    /// `total`, from the frame size alone, and refuses the request once `total` exceeds the
+    /// context: a pixel budget far beyond it would otherwise resize and patchify gigabytes for
+    /// a prompt that cannot run.
+    fn count_visual_tokens(
+        &self,
+        frames: &[RgbImage],
+        cfg: &PreprocessConfig,
+        total: &mut usize,
+    ) -> Result<(), EchoError> {
+        let Some(first) = frames.first() else {
+            return Ok(());
+        };
+        let (h, w) = resized_size(first.height() as usize, first.width() as usize, cfg)?;
+        let per_frame = (h / cfg.patch_size).saturating_mul(w / cfg.patch_size)
+            / cfg.merge_size.saturating_mul(cfg.merge_size);
+        let steps = frames.len().div_ceil(cfg.temporal_patch_size);
+        *total = total.saturating_add(per_frame.saturating_mul(steps));
+        let max = self.text.config.max_position_embeddings;
+        if *total > max {
+            return Err(PromptError::ContextTooLong {
+                tokens: *total,
+                max,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Replaces each image (video) placeholder token by `t·h·w / merge²` copies.
