@@ -1,7 +1,8 @@
 //! The reference fixtures on the wgpu backend (a real GPU, or Mesa's lavapipe Vulkan driver
 //! in CI): text only, one image and two images, in f32 and f16.
 //!
-//! Run with: `cargo test --release --features wgpu --test gpu_parity`
+//! Run with: `cargo test --release --features wgpu --test gpu_parity` (with `ECHOVLM_GPU_STRICT=1`
+//! a dtype the adapter lacks fails instead of being skipped).
 
 #![cfg(feature = "wgpu")]
 
@@ -22,6 +23,11 @@ fn tolerance(dtype: DType) -> f32 {
 fn load(dtype: DType) -> Option<EchoVlm> {
     let device = Device::wgpu(DeviceKind::DefaultDevice);
     if !device.supports_dtype(dtype) {
+        // CI sets ECHOVLM_GPU_STRICT: there the adapter (lavapipe) must run every dtype tested
+        assert!(
+            std::env::var_os("ECHOVLM_GPU_STRICT").is_none(),
+            "the wgpu adapter lacks {dtype:?}"
+        );
         eprintln!("the wgpu adapter lacks {dtype:?}; skipped");
         return None;
     }

@@ -300,6 +300,13 @@ impl PackedWeight {
         out
     }
 
+    /// Row `r` widened to f32 into `out` (`cols` long): an embedding lookup.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        assert_eq!(out.len(), self.cols, "row length");
+        self.widen_row(r, out);
+    }
+
     fn widen_row(&self, r: usize, out: &mut [f32]) {
         let c = self.cols;
         match &self.data {

@@ -89,6 +89,18 @@ impl Linear {
         }
     }
 
+    /// A layer over packed host weights that something else shares (a tied LM head using the
+    /// embedding table).
+    pub fn shared(weight: Arc<PackedWeight>, bias: Option<Tensor<1>>) -> Self {
+        let (d_out, d_in) = (weight.rows(), weight.cols());
+        Self {
+            weight: LinearWeight::Packed(weight),
+            bias,
+            d_in,
+            d_out,
+        }
+    }
+
     /// Loads `prefix.weight` and, if `bias`, `prefix.bias`, packing the weight for the CPU
     /// kernels when the loader's options and device call for it.
     pub fn load(

@@ -1,8 +1,10 @@
 //! The Qwen2 decoder with M-RoPE and, where the checkpoint has MoE weights, EchoVLM's dynamic
 //! feed-forward.
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use echovlm_core::{Linear, LoadError, RmsNorm, WeightLoader, backend};
+use std::sync::Arc;
+
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader, backend};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
 use crate::cache::KvCache;
@@ -261,8 +263,9 @@ pub struct TextOutput {
 /// The decoder: token embeddings, layers, final norm and LM head.
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    /// `[vocab, hidden]`.
-    pub embed_tokens: Tensor<2>,
+    /// `[vocab, hidden]`: a Burn tensor, or (with packed CPU weights) packed rows in the
+    /// linear layers' format, which a tied LM head shares.
+    pub embed_tokens: LinearWeight,
     /// Decoder layers.
     pub layers: Vec<DecoderLayer>,
     /// Final RMSNorm.
@@ -272,22 +275,33 @@ pub struct TextModel {
     /// Configuration.
     pub config: TextConfig,
     rope: MRope,
+    device: Device,
+    dtype: DType,
 }
 
 impl TextModel {
     /// Loads `model.embed_tokens`, `model.layers.*`, `model.norm` and `lm_head` (absent and
     /// tied to the embeddings when `tie_word_embeddings`).
     pub fn load(loader: &mut WeightLoader<'_>, cfg: &TextConfig) -> Result<Self, LoadError> {
-        let embed_tokens = loader.tensor(
-            "model.embed_tokens.weight",
-            [cfg.vocab_size, cfg.hidden_size],
-        );
+        let key = "model.embed_tokens.weight";
+        let device = loader.device().clone();
+        let dtype = loader.dtype();
+        let embed_tokens = match loader.packed_format() {
+            Some(format) => match loader.packed(key, cfg.vocab_size, cfg.hidden_size, format) {
+                Some(p) => LinearWeight::Packed(Arc::new(p)),
+                None => LinearWeight::Tensor(Tensor::zeros([1, 1], &device)),
+            },
+            None => LinearWeight::Tensor(loader.tensor(key, [cfg.vocab_size, cfg.hidden_size])),
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(loader, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = RmsNorm::load(loader, "model.norm", cfg.hidden_size, cfg.rms_norm_eps);
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
+            match &embed_tokens {
+                LinearWeight::Tensor(t) => Linear::new(t.clone(), None),
+                LinearWeight::Packed(p) => Linear::shared(p.clone(), None),
+            }
         } else {
             loader.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)
         };
@@ -298,6 +312,8 @@ impl TextModel {
             layers,
             norm,
             lm_head,
+            device,
+            dtype,
             rope: MRope::new(cfg.head_dim, cfg.rope_theta, cfg.mrope_section),
             config: cfg.clone(),
         })
@@ -305,7 +321,7 @@ impl TextModel {
 
     /// The device the weights live on.
     pub fn device(&self) -> Device {
-        self.embed_tokens.device()
+        self.device.clone()
     }
 
     /// An empty KV cache for this model.
@@ -341,11 +357,28 @@ impl TextModel {
             }
             flat.push(id as i64);
         }
-        let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device());
-        Ok(burn::tensor::module::embedding(
-            self.embed_tokens.clone(),
-            idx,
-        ))
+        match &self.embed_tokens {
+            LinearWeight::Tensor(table) => {
+                let idx = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device);
+                Ok(burn::tensor::module::embedding(table.clone(), idx))
+            }
+            LinearWeight::Packed(table) => {
+                let h = self.config.hidden_size;
+                let mut rows = vec![0f32; flat.len() * h];
+                for (&id, row) in flat.iter().zip(rows.chunks_exact_mut(h)) {
+                    table.row(id as usize, row);
+                }
+                let x = Tensor::<3>::from_data(
+                    TensorData::new(rows, [b, s, h]),
+                    (&self.device, DType::F32),
+                );
+                Ok(if self.dtype == DType::F32 {
+                    x
+                } else {
+                    x.cast(self.dtype)
+                })
+            }
+        }
     }
 
     /// Runs the decoder on `input`.
