@@ -4,7 +4,7 @@
   tools/.venv/bin/python tools/make_bench_checkpoint.py          # once: writes target/bench-ckpt
   tools/.venv/bin/python tools/bench_side_by_side.py [--skip-rust] [--threads N]
 
-1. runs the Rust criterion benchmarks (`cargo bench --bench layers`) unless --skip-rust, then
+1. runs the Rust criterion benchmarks (`cargo bench --bench layers --bench e2e`) unless --skip-rust, then
    reads their medians from target/criterion;
 2. loads the same safetensors into PyTorch (transformers 4.47 Qwen2-VL modules with EchoVLM's
    dynamic MoE layer, eager mode, sdpa attention) and times the same operations in f32 and bf16
@@ -180,7 +180,7 @@ def main():
 
     if not args.skip_rust:
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), ECHOVLM_BENCH_DIR=str(ckpt))
-        subprocess.run(["cargo", "bench", "--bench", "layers"], cwd=ROOT, env=env, check=True)
+        subprocess.run(["cargo", "bench", "--bench", "layers", "--bench", "e2e"], cwd=ROOT, env=env, check=True)
     rust = rust_medians(ROOT / "target/criterion")
 
     import torch
@@ -232,6 +232,13 @@ def main():
                 a = rust.get(f"moe_block/{ak}_{tokens}/{fmt}")
                 if s and a:
                     print(f"  {label:<6} {tokens:>4} tokens {fmt:<5} sparse {s * 1e3:7.2f} ms  all {a * 1e3:7.2f} ms  ratio {s / a:.2f}")
+    print("\nend to end on the benchmark checkpoint (target/bench-ckpt/e2e, Rust only):")
+    for fmt in ("f32", "bf16", "int8"):
+        v = rust.get(f"e2e/vision_encode/{fmt}")
+        p = rust.get(f"e2e/prefill/{fmt}")
+        d = rust.get(f"e2e/decode_step/{fmt}")
+        if v and p and d:
+            print(f"  {fmt:<5} image encode {v * 1e3:7.1f} ms  prefill {p * 1e3:7.1f} ms  decode {1 / d:6.1f} tokens/s")
     (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "torch_layer": t_layer, "torch_vision": t_vis}, indent=1))
 
 

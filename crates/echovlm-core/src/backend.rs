@@ -4,7 +4,14 @@
 //! one exists and otherwise falls back to plain tensor operations that every backend supports.
 
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::host::to_f32_vec;
+
+/// Queries per row up to which attention on the CPU runs in [`decode_attention`] (decode steps
+/// and small batches of them) instead of Burn's attention.
+pub const HOST_ATTENTION_MAX_QUERIES: usize = 8;
 
 /// Whether `device` is Burn's flex CPU backend.
 pub fn is_flex(device: &Device) -> bool {
@@ -54,6 +61,9 @@ pub fn attention(
 ) -> Tensor<4> {
     let heads = q.dims()[1];
     let kv_heads = k.dims()[1];
+    if is_flex(&q.device()) && q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
+        return decode_attention(q, k, v, mask, causal);
+    }
     let (k, v) = if heads != kv_heads && !native_grouped_attention(&q.device()) {
         let n_rep = heads / kv_heads;
         (repeat_kv(k, n_rep), repeat_kv(v, n_rep))
@@ -72,4 +82,150 @@ pub fn attention(
             is_causal: causal,
         },
     )
+}
+
+/// Keys or values held in host memory as `[batch, heads, capacity, dim]` f32, of which the first
+/// `len` positions of every head are filled (a CPU key/value cache).
+#[derive(Debug, Clone, Copy)]
+pub struct HostKv<'a> {
+    /// The buffer, `batch · heads · capacity · dim` values.
+    pub data: &'a [f32],
+    /// Batch rows.
+    pub batch: usize,
+    /// Key/value heads.
+    pub heads: usize,
+    /// Positions each head has room for.
+    pub capacity: usize,
+    /// Filled positions.
+    pub len: usize,
+    /// Head width.
+    pub dim: usize,
+}
+
+impl HostKv<'_> {
+    /// The filled `[len, dim]` rows of head `head` in batch row `row`.
+    fn head(&self, row: usize, head: usize) -> &[f32] {
+        let start = (row * self.heads + head) * self.capacity * self.dim;
+        &self.data[start..start + self.len * self.dim]
+    }
+}
+
+/// [`attention`] for a few queries against keys and values already on the host (flex CPU
+/// device only): each key and value row is read in place, once per group of query heads that
+/// share it, in f32, on all cores, with no copy of the cache and one small allocation per task.
+pub fn host_attention(
+    q: Tensor<4>,
+    k: HostKv<'_>,
+    v: HostKv<'_>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let [b, h, s_q, d] = q.dims();
+    let (h_kv, s_kv) = (k.heads, k.len);
+    assert!(
+        k.batch == b && v.batch == b && v.heads == h_kv && v.len == s_kv && k.dim == d,
+        "keys/values [{}, {}, {}, {}] do not fit queries [{b}, {h}, {s_q}, {d}]",
+        k.batch,
+        k.heads,
+        k.len,
+        k.dim
+    );
+    let (dtype, device) = (q.dtype(), q.device());
+    let n_rep = h / h_kv;
+    let qv = to_f32_vec(q);
+    let hidden: Option<Vec<bool>> = mask.map(|m| m.into_data().iter::<bool>().collect());
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * h * s_q * d];
+    // one task per (row, key/value head): its n_rep query heads × s_q queries
+    out.par_chunks_mut(n_rep * s_q * d)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let (bi, g) = (task / h_kv, task % h_kv);
+            let keys = k.head(bi, g);
+            let values = v.head(bi, g);
+            let queries = &qv[(bi * h + g * n_rep) * s_q * d..][..n_rep * s_q * d];
+            let mut scores = vec![0f32; n_rep * s_q * s_kv];
+            for (t, key) in keys.chunks_exact(d).enumerate() {
+                for (qi, query) in queries.chunks_exact(d).enumerate() {
+                    scores[qi * s_kv + t] = dot(query, key) * scale;
+                }
+            }
+            for (qi, row) in scores.chunks_exact_mut(s_kv).enumerate() {
+                let pos = qi % s_q;
+                let visible = |t: usize| {
+                    !(causal && t > pos + (s_kv - s_q))
+                        && hidden
+                            .as_ref()
+                            .is_none_or(|m| !m[(bi * s_q + pos) * s_kv + t])
+                };
+                let mut max = f32::NEG_INFINITY;
+                for (t, x) in row.iter_mut().enumerate() {
+                    if visible(t) {
+                        max = max.max(*x);
+                    } else {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                let mut sum = 0.0;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            for (t, value) in values.chunks_exact(d).enumerate() {
+                for (qi, o) in dst.chunks_exact_mut(d).enumerate() {
+                    let p = scores[qi * s_kv + t];
+                    if p != 0.0 {
+                        o.iter_mut().zip(value).for_each(|(o, v)| *o += p * v);
+                    }
+                }
+            }
+        });
+    let out = Tensor::<4>::from_data(TensorData::new(out, [b, h, s_q, d]), (&device, DType::F32));
+    if dtype == DType::F32 {
+        out
+    } else {
+        out.cast(dtype)
+    }
+}
+
+/// [`host_attention`] on key and value tensors (read back to the host first): what
+/// [`attention`] runs for up to [`HOST_ATTENTION_MAX_QUERIES`] queries on the flex device.
+/// Burn's attention builds the score matrix with general strided kernels, which for one query
+/// over thousands of cached keys costs more than the step's weights. Same contract as
+/// [`attention`]; a test pins it to Burn's.
+pub fn decode_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let [batch, heads, len, dim] = k.dims();
+    let (kd, vd) = (to_f32_vec(k), to_f32_vec(v));
+    let view = |data| HostKv {
+        data,
+        batch,
+        heads,
+        capacity: len,
+        len,
+        dim,
+    };
+    host_attention(q, view(&kd), view(&vd), mask, causal)
+}
+
+/// `a · b` with sixteen independent partial sums (vectorises without reassociation flags).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, ar) = a.split_at(a.len() / 16 * 16);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(16).zip(bc.chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }

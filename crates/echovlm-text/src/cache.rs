@@ -1,20 +1,110 @@
 //! The key/value cache that decode steps append to.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, DType, Tensor, TensorData};
+use echovlm_core::backend::{self, HOST_ATTENTION_MAX_QUERIES, HostKv};
+use echovlm_core::host::to_f32_vec;
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
 ///
 /// Each layer keeps one buffer `[batch, kv_heads, capacity, head_dim]` for keys and one for
 /// values; a step writes its positions in place and attention reads a view of the first `len`.
+/// On the flex CPU device (f32) the buffers are host memory that decode-step attention reads
+/// in place ([`backend::host_attention`]); elsewhere they are Burn tensors.
 /// The capacity is set up front ([`with_capacity`](Self::with_capacity): prompt plus tokens to
 /// generate) or grows by half when exceeded, so decoding does not reallocate the cache.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<Option<Layer>>,
     valid: Vec<Vec<bool>>,
     len: usize,
     capacity: usize,
+    force_tensors: bool,
+}
+
+/// One layer's keys and values.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per layer; boxing the tensor handles buys nothing
+enum Layer {
+    /// Burn tensors `[batch, kv_heads, capacity, head_dim]`.
+    Tensors(Tensor<4>, Tensor<4>),
+    /// Host buffers of the same layout (flex device, f32).
+    Host(HostBuffers),
+}
+
+#[derive(Debug, Clone)]
+struct HostBuffers {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    batch: usize,
+    heads: usize,
+    capacity: usize,
+    dim: usize,
+}
+
+impl HostBuffers {
+    fn new(batch: usize, heads: usize, capacity: usize, dim: usize) -> Self {
+        let n = batch * heads * capacity * dim;
+        Self {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            batch,
+            heads,
+            capacity,
+            dim,
+        }
+    }
+
+    /// A copy with room for `capacity` positions holding the first `len`.
+    fn regrown(&self, capacity: usize, len: usize) -> Self {
+        let mut out = Self::new(self.batch, self.heads, capacity, self.dim);
+        let d = self.dim;
+        for bh in 0..self.batch * self.heads {
+            let (src, dst) = (bh * self.capacity * d, bh * capacity * d);
+            out.k[dst..dst + len * d].copy_from_slice(&self.k[src..src + len * d]);
+            out.v[dst..dst + len * d].copy_from_slice(&self.v[src..src + len * d]);
+        }
+        out
+    }
+
+    /// Writes `[batch, heads, s, dim]` keys and values at positions `start..start + s`.
+    fn write(&mut self, start: usize, s: usize, k: &[f32], v: &[f32]) {
+        let d = self.dim;
+        for bh in 0..self.batch * self.heads {
+            let dst = (bh * self.capacity + start) * d;
+            let src = bh * s * d;
+            self.k[dst..dst + s * d].copy_from_slice(&k[src..src + s * d]);
+            self.v[dst..dst + s * d].copy_from_slice(&v[src..src + s * d]);
+        }
+    }
+
+    fn view<'a>(&self, data: &'a [f32], len: usize) -> HostKv<'a> {
+        HostKv {
+            data,
+            batch: self.batch,
+            heads: self.heads,
+            capacity: self.capacity,
+            len,
+            dim: self.dim,
+        }
+    }
+
+    /// The first `len` positions as tensors `[batch, heads, len, dim]` on `device`.
+    fn tensors(&self, len: usize, device: &burn::tensor::Device) -> (Tensor<4>, Tensor<4>) {
+        let d = self.dim;
+        let take = |buf: &[f32]| {
+            let mut out = Vec::with_capacity(self.batch * self.heads * len * d);
+            for bh in 0..self.batch * self.heads {
+                let start = bh * self.capacity * d;
+                out.extend_from_slice(&buf[start..start + len * d]);
+            }
+            Tensor::<4>::from_data(
+                TensorData::new(out, [self.batch, self.heads, len, d]),
+                (device, DType::F32),
+            )
+        };
+        (take(&self.k), take(&self.v))
+    }
 }
 
 /// Smallest capacity a layer buffer is created with.
@@ -33,7 +123,16 @@ impl KvCache {
             valid: Vec::new(),
             len: 0,
             capacity,
+            force_tensors: false,
         }
+    }
+
+    /// Keeps keys and values as Burn tensors even on the flex CPU device (the storage every
+    /// other backend uses; decode attention then reads them back each step). For tests and
+    /// comparisons; a new cache picks the fastest storage by itself.
+    pub fn tensor_storage(mut self) -> Self {
+        self.force_tensors = true;
+        self
     }
 
     /// A cache already holding keys and values (`[batch, kv_heads, len, head_dim]` per layer,
@@ -42,10 +141,58 @@ impl KvCache {
     pub fn from_tensors(layers: Vec<(Tensor<4>, Tensor<4>)>) -> Self {
         let [b, _, len, _] = layers.first().map_or([0; 4], |(k, _)| k.dims());
         Self {
-            layers: layers.into_iter().map(Some).collect(),
+            layers: layers
+                .into_iter()
+                .map(|(k, v)| {
+                    Some(
+                        if backend::is_flex(&k.device()) && k.dtype() == DType::F32 {
+                            let [b, h, len, d] = k.dims();
+                            let mut buf = HostBuffers::new(b, h, len, d);
+                            buf.write(0, len, &to_f32_vec(k), &to_f32_vec(v));
+                            Layer::Host(buf)
+                        } else {
+                            Layer::Tensors(k, v)
+                        },
+                    )
+                })
+                .collect(),
             valid: vec![vec![true; len]; b],
             len,
             capacity: len,
+            force_tensors: false,
+        }
+    }
+
+    /// Makes room for `positions` more positions per row now, so the next appends write in
+    /// place without growing the buffers.
+    pub fn reserve(&mut self, positions: usize) {
+        let want = self.len + positions;
+        self.capacity = self.capacity.max(want);
+        let len = self.len;
+        for slot in &mut self.layers {
+            match slot.take() {
+                Some(Layer::Tensors(k, v)) => {
+                    let [b, h, cap, d] = k.dims();
+                    *slot = Some(if cap >= want {
+                        Layer::Tensors(k, v)
+                    } else {
+                        let (device, dtype) = (k.device(), k.dtype());
+                        let fresh = || Tensor::<4>::zeros([b, h, want, d], (&device, dtype));
+                        Layer::Tensors(
+                            fresh().slice_assign([0..b, 0..h, 0..len, 0..d], k.narrow(2, 0, len)),
+                            fresh().slice_assign([0..b, 0..h, 0..len, 0..d], v.narrow(2, 0, len)),
+                        )
+                    });
+                }
+                Some(Layer::Host(buf)) => {
+                    *slot = Some(Layer::Host(if buf.capacity >= want {
+                        buf
+                    } else {
+                        buf.regrown(want, len)
+                    }));
+                }
+                None => {}
+            }
         }
     }
 
@@ -76,29 +223,65 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and returns
-    /// views of all cached keys and values.
-    pub(crate) fn append(
+    /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and runs
+    /// attention of `q` over everything cached (see [`backend::attention`] for `mask` and
+    /// `causal`).
+    pub(crate) fn attend(
         &mut self,
         layer: usize,
+        q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> (Tensor<4>, Tensor<4>) {
+        mask: Option<Tensor<4, Bool>>,
+        causal: bool,
+    ) -> Tensor<4> {
         let [b, h, s, d] = k.dims();
         let start = self.len;
         let end = start + s;
-        let (ck, cv) = match self.layers[layer].take() {
-            Some((ck, cv)) if ck.dims()[2] >= end => (ck, cv),
-            old => {
-                let mut cap = end.max(self.capacity).max(MIN_CAPACITY);
-                if let Some((ck, _)) = &old {
+        let device = k.device();
+        let host = match &self.layers[layer] {
+            Some(Layer::Host(_)) => true,
+            Some(Layer::Tensors(..)) => false,
+            None => !self.force_tensors && backend::is_flex(&device) && k.dtype() == DType::F32,
+        };
+        let mut cap = end.max(self.capacity).max(MIN_CAPACITY);
+        if host {
+            let mut buf = match self.layers[layer].take() {
+                Some(Layer::Host(buf)) if buf.capacity >= end => buf,
+                Some(Layer::Host(buf)) => {
                     // grow by half at least, so appends stay amortised
+                    cap = cap.max(buf.capacity + buf.capacity / 2);
+                    buf.regrown(cap, start)
+                }
+                _ => HostBuffers::new(b, h, cap, d),
+            };
+            self.capacity = self.capacity.max(buf.capacity);
+            buf.write(start, s, &to_f32_vec(k), &to_f32_vec(v));
+            let out = if q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
+                backend::host_attention(
+                    q,
+                    buf.view(&buf.k, end),
+                    buf.view(&buf.v, end),
+                    mask,
+                    causal,
+                )
+            } else {
+                let (k_all, v_all) = buf.tensors(end, &device);
+                backend::attention(q, k_all, v_all, mask, causal)
+            };
+            self.layers[layer] = Some(Layer::Host(buf));
+            return out;
+        }
+        let (ck, cv) = match self.layers[layer].take() {
+            Some(Layer::Tensors(ck, cv)) if ck.dims()[2] >= end => (ck, cv),
+            old => {
+                if let Some(Layer::Tensors(ck, _)) = &old {
                     cap = cap.max(ck.dims()[2] + ck.dims()[2] / 2);
                 }
                 self.capacity = self.capacity.max(cap);
-                let fresh = || Tensor::<4>::zeros([b, h, cap, d], (&k.device(), k.dtype()));
+                let fresh = || Tensor::<4>::zeros([b, h, cap, d], (&device, k.dtype()));
                 let (mut nk, mut nv) = (fresh(), fresh());
-                if let Some((ok, ov)) = old {
+                if let Some(Layer::Tensors(ok, ov)) = old {
                     nk = nk.slice_assign([0..b, 0..h, 0..start, 0..d], ok.narrow(2, 0, start));
                     nv = nv.slice_assign([0..b, 0..h, 0..start, 0..d], ov.narrow(2, 0, start));
                 }
@@ -107,9 +290,9 @@ impl KvCache {
         };
         let ck = ck.slice_assign([0..b, 0..h, start..end, 0..d], k);
         let cv = cv.slice_assign([0..b, 0..h, start..end, 0..d], v);
-        let views = (ck.clone().narrow(2, 0, end), cv.clone().narrow(2, 0, end));
-        self.layers[layer] = Some((ck, cv));
-        views
+        let (k_all, v_all) = (ck.clone().narrow(2, 0, end), cv.clone().narrow(2, 0, end));
+        self.layers[layer] = Some(Layer::Tensors(ck, cv));
+        backend::attention(q, k_all, v_all, mask, causal)
     }
 
     /// Records that a step of `valid[b].len()` tokens was appended.

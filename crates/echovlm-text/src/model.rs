@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
-use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader, backend};
+use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
 use crate::cache::KvCache;
@@ -63,8 +63,7 @@ impl Attention {
         let v = split(self.v_proj.forward(x), self.kv_heads);
         let q = MRope::apply(q, &rope.0, &rope.1);
         let k = MRope::apply(k, &rope.0, &rope.1);
-        let (k, v) = cache.append(layer, k, v);
-        let o = backend::attention(q, k, v, mask.mask.clone(), mask.causal);
+        let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
         let o = o
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);

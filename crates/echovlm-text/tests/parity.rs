@@ -45,8 +45,17 @@ fn step(
 /// Greedy decoding; with `use_cache` each step feeds one token, without it every step
 /// recomputes the whole sequence from scratch.
 fn greedy(model: &TextModel, prompt: &[u32], steps: usize, use_cache: bool) -> Vec<u32> {
+    greedy_with(model, prompt, steps, use_cache, model.new_cache())
+}
+
+fn greedy_with(
+    model: &TextModel,
+    prompt: &[u32],
+    steps: usize,
+    use_cache: bool,
+    mut cache: KvCache,
+) -> Vec<u32> {
     let mut out = Vec::new();
-    let mut cache = model.new_cache();
     let mut logits = step(model, prompt, &mut cache, None);
     for _ in 0..steps {
         let next = argmax(&logits) as u32;
@@ -162,6 +171,18 @@ fn greedy_decoding_matches_reference_with_and_without_cache() {
         assert!(want.len() >= 32);
         let cached = greedy(&model, &prompt, want.len(), true);
         assert_eq!(cached, want, "{lang}: greedy tokens with the KV cache");
+        // the cache as Burn tensors (the storage of the GPU backends)
+        let tensors = greedy_with(
+            &model,
+            &prompt,
+            want.len(),
+            true,
+            model.new_cache().tensor_storage(),
+        );
+        assert_eq!(
+            tensors, want,
+            "{lang}: greedy tokens with a tensor KV cache"
+        );
         let recomputed = greedy(&model, &prompt, want.len(), false);
         assert_eq!(
             recomputed, want,
