@@ -68,13 +68,23 @@ impl std::str::FromStr for WeightFormat {
 }
 
 /// A 64-byte aligned buffer: vector loads never straddle two cache lines, which costs a
-/// second load on every unaligned 512-bit access.
-#[derive(Clone)]
+/// second load on every unaligned 512-bit access. Buffers of [`HUGE_PAGE_MIN`] bytes or more
+/// are anonymous memory maps that Linux is asked to back with transparent huge pages: the
+/// kernels stream weights across hundreds of megabytes per token, and with 4 KiB pages every
+/// 4 KiB costs a TLB miss and stops the hardware prefetcher at the page boundary.
 struct Aligned<T: Copy> {
-    lines: Vec<Line>,
+    storage: Storage,
     len: usize,
     _t: std::marker::PhantomData<T>,
 }
+
+enum Storage {
+    Lines(Vec<Line>),
+    Map(memmap2::MmapMut),
+}
+
+/// Smallest buffer placed in its own memory map (and offered huge pages).
+const HUGE_PAGE_MIN: usize = 2 << 20;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -83,8 +93,21 @@ struct Line([u8; 64]);
 impl<T: Copy + Default> Aligned<T> {
     fn zeroed(len: usize) -> Self {
         let bytes = len * std::mem::size_of::<T>();
+        let storage = if bytes >= HUGE_PAGE_MIN {
+            match memmap2::MmapMut::map_anon(bytes) {
+                Ok(map) => {
+                    // Advisory: without transparent huge pages the map works as it is.
+                    #[cfg(target_os = "linux")]
+                    let _ = map.advise(memmap2::Advice::HugePage);
+                    Storage::Map(map)
+                }
+                Err(_) => Storage::Lines(vec![Line([0; 64]); bytes.div_ceil(64)]),
+            }
+        } else {
+            Storage::Lines(vec![Line([0; 64]); bytes.div_ceil(64)])
+        };
         Self {
-            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            storage,
             len,
             _t: std::marker::PhantomData,
         }
@@ -97,19 +120,33 @@ impl<T: Copy + Default> Aligned<T> {
     }
 }
 
+impl<T: Copy + Default> Clone for Aligned<T> {
+    fn clone(&self) -> Self {
+        Self::from_slice(self)
+    }
+}
+
 impl<T: Copy> std::ops::Deref for Aligned<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        // SAFETY: the lines hold at least `len` values of T (plain data, zero-initialised or
-        // written through `DerefMut`), with the 64-byte alignment every T needs.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+        let ptr = match &self.storage {
+            Storage::Lines(lines) => lines.as_ptr() as *const T,
+            Storage::Map(map) => map.as_ptr() as *const T,
+        };
+        // SAFETY: the storage holds at least `len` values of T (plain data, zero-initialised
+        // or written through `DerefMut`), 64-byte aligned (page-aligned for a map).
+        unsafe { std::slice::from_raw_parts(ptr, self.len) }
     }
 }
 
 impl<T: Copy> std::ops::DerefMut for Aligned<T> {
     fn deref_mut(&mut self) -> &mut [T] {
+        let ptr = match &mut self.storage {
+            Storage::Lines(lines) => lines.as_mut_ptr() as *mut T,
+            Storage::Map(map) => map.as_mut_ptr() as *mut T,
+        };
         // SAFETY: as in `deref`, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
     }
 }
 
