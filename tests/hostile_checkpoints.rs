@@ -535,17 +535,23 @@ fn missing_tokenizer_file_is_named() {
     }
 }
 
+/// `tokenizer_config.json` and `generation_config.json` that are not JSON are named.
 #[test]
-fn tokenizer_config_that_is_not_json_is_named() {
-    let dir = copy_model("tiny-echovlm", "tokcfg");
-    let path = dir.path().join("tokenizer_config.json");
-    std::fs::write(&path, "{\"chat_template\": ").unwrap();
-    match refuse(dir.path()) {
-        EchoError::Load(LoadError::Config { path: p, reason }) => {
-            assert_eq!(p, path);
-            assert!(reason.contains("not valid JSON"), "{reason}");
+fn side_configs_that_are_not_json_are_named() {
+    for (file, text) in [
+        ("tokenizer_config.json", "{\"chat_template\": "),
+        ("generation_config.json", "{\"do_sample\": tru"),
+    ] {
+        let dir = copy_model("tiny-echovlm", "sidecfg");
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        match refuse(dir.path()) {
+            EchoError::Load(LoadError::Config { path: p, reason }) => {
+                assert_eq!(p, path);
+                assert!(reason.contains("not valid JSON"), "{file}: {reason}");
+            }
+            other => panic!("{file}: expected LoadError::Config, got {other:?}"),
         }
-        other => panic!("expected LoadError::Config, got {other:?}"),
     }
 }
 
@@ -618,20 +624,6 @@ fn bad_preprocessor_configs_are_refused_with_the_file_named() {
             }
             other => panic!("{text}: expected ImageError::Config, got {other:?}"),
         }
-    }
-}
-
-#[test]
-fn generation_config_that_is_not_json_is_named() {
-    let dir = copy_model("tiny-echovlm", "gencfg");
-    let path = dir.path().join("generation_config.json");
-    std::fs::write(&path, "{\"do_sample\": tru").unwrap();
-    match refuse(dir.path()) {
-        EchoError::Load(LoadError::Config { path: p, reason }) => {
-            assert_eq!(p, path);
-            assert!(reason.contains("not valid JSON"), "{reason}");
-        }
-        other => panic!("expected LoadError::Config, got {other:?}"),
     }
 }
 

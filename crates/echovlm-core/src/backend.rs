@@ -4,10 +4,10 @@
 //! one exists and otherwise falls back to plain tensor operations that every backend supports.
 
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::host::to_f32_vec;
+use crate::host::{from_f32_vec, to_f32_vec};
 
 /// Queries per row up to which attention on the CPU runs in [`decode_attention`] (decode steps
 /// and small batches of them) instead of Burn's attention.
@@ -183,12 +183,7 @@ pub fn host_attention(
                 }
             }
         });
-    let out = Tensor::<4>::from_data(TensorData::new(out, [b, h, s_q, d]), (&device, DType::F32));
-    if dtype == DType::F32 {
-        out
-    } else {
-        out.cast(dtype)
-    }
+    from_f32_vec(out, [b, h, s_q, d], &device, dtype)
 }
 
 /// [`host_attention`] on key and value tensors (read back to the host first): what

@@ -93,18 +93,17 @@ struct Line([u8; 64]);
 impl<T: Copy + Default> Aligned<T> {
     fn zeroed(len: usize) -> Self {
         let bytes = len * std::mem::size_of::<T>();
-        let storage = if bytes >= HUGE_PAGE_MIN {
-            match memmap2::MmapMut::map_anon(bytes) {
-                Ok(map) => {
-                    // Advisory: without transparent huge pages the map works as it is.
-                    #[cfg(target_os = "linux")]
-                    let _ = map.advise(memmap2::Advice::HugePage);
-                    Storage::Map(map)
-                }
-                Err(_) => Storage::Lines(vec![Line([0; 64]); bytes.div_ceil(64)]),
+        let map = (bytes >= HUGE_PAGE_MIN)
+            .then(|| memmap2::MmapMut::map_anon(bytes).ok())
+            .flatten();
+        let storage = match map {
+            Some(map) => {
+                // Advisory: without transparent huge pages the map works as it is.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                Storage::Map(map)
             }
-        } else {
-            Storage::Lines(vec![Line([0; 64]); bytes.div_ceil(64)])
+            None => Storage::Lines(vec![Line([0; 64]); bytes.div_ceil(64)]),
         };
         Self {
             storage,

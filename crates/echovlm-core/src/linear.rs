@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::backend;
 use crate::cpu::{PackedWeight, WeightFormat};
-use crate::host::to_f32_vec;
+use crate::host::{from_f32_vec, to_f32_vec};
 use crate::loader::WeightLoader;
 
 /// How linear layers keep their weights.
@@ -176,12 +176,7 @@ impl Linear {
                 p.matmul(&xv, m, &mut y);
                 let mut shape = dims;
                 shape[D - 1] = self.d_out;
-                let out = Tensor::<D>::from_data(TensorData::new(y, shape), (&device, DType::F32));
-                let out = if dtype == DType::F32 {
-                    out
-                } else {
-                    out.cast(dtype)
-                };
+                let out = from_f32_vec(y, shape, &device, dtype);
                 match &self.bias {
                     Some(b) => out + b.clone().unsqueeze(),
                     None => out,

@@ -1,8 +1,8 @@
 //! The key/value cache that decode steps append to.
 
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor};
 use echovlm_core::backend::{self, HOST_ATTENTION_MAX_QUERIES, HostKv};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::{from_f32_vec, to_f32_vec};
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
@@ -98,13 +98,26 @@ impl HostBuffers {
                 let start = bh * self.capacity * d;
                 out.extend_from_slice(&buf[start..start + len * d]);
             }
-            Tensor::<4>::from_data(
-                TensorData::new(out, [self.batch, self.heads, len, d]),
-                (device, DType::F32),
-            )
+            from_f32_vec(out, [self.batch, self.heads, len, d], device, DType::F32)
         };
         (take(&self.k), take(&self.v))
     }
+}
+
+/// Copies of key and value buffers `[b, h, _, d]` with room for `capacity` positions, holding
+/// their first `len`.
+fn regrown_tensors(
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    capacity: usize,
+    len: usize,
+) -> (Tensor<4>, Tensor<4>) {
+    let [b, h, _, d] = k.dims();
+    let grow = |t: &Tensor<4>| {
+        Tensor::<4>::zeros([b, h, capacity, d], (&t.device(), t.dtype()))
+            .slice_assign([0..b, 0..h, 0..len, 0..d], t.clone().narrow(2, 0, len))
+    };
+    (grow(k), grow(v))
 }
 
 /// Smallest capacity a layer buffer is created with.
@@ -172,16 +185,11 @@ impl KvCache {
         for slot in &mut self.layers {
             match slot.take() {
                 Some(Layer::Tensors(k, v)) => {
-                    let [b, h, cap, d] = k.dims();
-                    *slot = Some(if cap >= want {
+                    *slot = Some(if k.dims()[2] >= want {
                         Layer::Tensors(k, v)
                     } else {
-                        let (device, dtype) = (k.device(), k.dtype());
-                        let fresh = || Tensor::<4>::zeros([b, h, want, d], (&device, dtype));
-                        Layer::Tensors(
-                            fresh().slice_assign([0..b, 0..h, 0..len, 0..d], k.narrow(2, 0, len)),
-                            fresh().slice_assign([0..b, 0..h, 0..len, 0..d], v.narrow(2, 0, len)),
-                        )
+                        let (k, v) = regrown_tensors(&k, &v, want, len);
+                        Layer::Tensors(k, v)
                     });
                 }
                 Some(Layer::Host(buf)) => {
@@ -274,18 +282,17 @@ impl KvCache {
         }
         let (ck, cv) = match self.layers[layer].take() {
             Some(Layer::Tensors(ck, cv)) if ck.dims()[2] >= end => (ck, cv),
-            old => {
-                if let Some(Layer::Tensors(ck, _)) = &old {
-                    cap = cap.max(ck.dims()[2] + ck.dims()[2] / 2);
-                }
+            Some(Layer::Tensors(ok, ov)) => {
+                // grow by half at least, so appends stay amortised
+                let held = ok.dims()[2];
+                cap = cap.max(held + held / 2);
+                self.capacity = self.capacity.max(cap);
+                regrown_tensors(&ok, &ov, cap, start)
+            }
+            _ => {
                 self.capacity = self.capacity.max(cap);
                 let fresh = || Tensor::<4>::zeros([b, h, cap, d], (&device, k.dtype()));
-                let (mut nk, mut nv) = (fresh(), fresh());
-                if let Some(Layer::Tensors(ok, ov)) = old {
-                    nk = nk.slice_assign([0..b, 0..h, 0..start, 0..d], ok.narrow(2, 0, start));
-                    nv = nv.slice_assign([0..b, 0..h, 0..start, 0..d], ov.narrow(2, 0, start));
-                }
-                (nk, nv)
+                (fresh(), fresh())
             }
         };
         let ck = ck.slice_assign([0..b, 0..h, start..end, 0..d], k);

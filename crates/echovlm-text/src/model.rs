@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use echovlm_core::host::from_f32_vec;
 use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
@@ -367,15 +368,7 @@ impl TextModel {
                 for (&id, row) in flat.iter().zip(rows.chunks_exact_mut(h)) {
                     table.row(id as usize, row);
                 }
-                let x = Tensor::<3>::from_data(
-                    TensorData::new(rows, [b, s, h]),
-                    (&self.device, DType::F32),
-                );
-                Ok(if self.dtype == DType::F32 {
-                    x
-                } else {
-                    x.cast(self.dtype)
-                })
+                Ok(from_f32_vec(rows, [b, s, h], &self.device, self.dtype))
             }
         }
     }
