@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference fixtures for the report metrics in crates/echovlm-pipeline/src/metrics.
+"""Reference fixtures for the report metrics in echovlm-pipeline/src/metrics.
 
 Regenerate (from the repository root, after tools/setup.sh made tools/.venv):
 

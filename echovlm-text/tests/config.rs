@@ -1,6 +1,6 @@
 //! config.json in its flat and nested forms, and configurations that cannot describe a model.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use echovlm_core::LoadError;

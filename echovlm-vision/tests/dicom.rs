@@ -25,7 +25,7 @@ const JPEG_MIN_EXACT: f64 = 0.93;
 const JPEG_MAX_MEAN: f64 = 0.09;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dicom")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/dicom")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -435,7 +435,7 @@ fn empty_and_non_dicom_files_are_refused() {
 
     // a PNG named .dcm: the extension alone does not make it DICOM
     let png = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/images/liver_182x238.png"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images/liver_182x238.png"),
     )
     .unwrap();
     let fake = write_temp(&tmp, "liver.dcm", &png);

@@ -1,7 +1,7 @@
 //! The sparse block against its dense reference, and the load-balancing loss against
 //! transformers' `load_balancing_loss_func`.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};

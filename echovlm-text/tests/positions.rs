@@ -1,6 +1,6 @@
 //! 3-D position ids and rope deltas against transformers' `get_rope_index`.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use echovlm_text::{PromptError, TextConfig, VisionKind, rope_index};

@@ -1,6 +1,6 @@
 //! Strict loading: every bad checkpoint gives one typed error that names the problem.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;

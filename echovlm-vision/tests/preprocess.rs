@@ -2,7 +2,7 @@
 //! `Qwen2VLImageProcessor` on Pillow 13): target sizes, decoding, Pillow bicubic resize,
 //! normalisation and patch order, and typed errors on bad input.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;

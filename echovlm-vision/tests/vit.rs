@@ -1,6 +1,6 @@
 //! The vision tower and merger against transformers (goldens from tools/make_fixtures.py).
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};

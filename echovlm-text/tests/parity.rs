@@ -1,7 +1,7 @@
 //! The decoder against transformers' Qwen2-VL with EchoVLM's dynamic MoE layer
 //! (goldens from tools/make_fixtures.py).
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use burn::tensor::{DType, Device};

@@ -18,7 +18,7 @@ use serde_json::Value;
 const TOL: f64 = 1e-6;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/metrics")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/metrics")
 }
 
 fn expected() -> &'static Value {

@@ -1,6 +1,6 @@
 //! End to end through the public API against the transformers reference.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::ops::ControlFlow;

@@ -1,6 +1,6 @@
 //! The tokenizer wrapper on the real Qwen2 BPE and on the fixtures' small vocabulary.
 
-#[path = "../../../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::Read;
