@@ -572,8 +572,9 @@ fn over_white(c: u8, a: u8) -> u8 {
 }
 
 /// Converts any decoded image to 8-bit RGB the way `qwen_vl_utils` + `tools/make_fixtures.py`
-/// do (see [`load_image`]).
-fn to_rgb(img: DynamicImage) -> RgbImage {
+/// do (see [`load_image`]): images with alpha are composited on white, 16-bit samples are
+/// rounded to 8 bits.
+pub fn to_rgb(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     let from_fn =
         |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
