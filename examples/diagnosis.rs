@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use echovlm_pipeline::metrics::extract_option_letter;
+use echovlm_eval::extract_option_letter;
 use echovlm_pipeline::{EchoVlm, Lang, LoadOptions, Request, Task};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

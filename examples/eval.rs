@@ -10,18 +10,15 @@
 //! to the JSONL file. Score-only lines: `{"reference": "...", "hypothesis": "...", "lang": "zh"}`.
 //! Without `--model` and `--data` it runs the demo checkpoint on `fixtures/eval/demo.jsonl`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
-use echovlm_pipeline::metrics::{
-    BleuOptions, Language, ReportAccumulator, ReportOptions, Smoothing, extract_option_letter,
-    normalize_answer, rouge_all, score_jsonl, sentence_bleu,
-};
-use echovlm_pipeline::{EchoVlm, GenerationOptions, Lang, LoadOptions, Request, Task};
+use echovlm_eval::runner::{evaluate, read_samples};
+use echovlm_eval::score_jsonl;
+use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 
 /// Scores EchoVLM outputs with the report metrics of the literature.
 #[derive(Parser, Debug)]
@@ -45,19 +42,6 @@ struct Cli {
     /// Stop after this many samples.
     #[arg(long)]
     limit: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct Sample {
-    #[serde(default)]
-    images: Vec<PathBuf>,
-    task: Option<String>,
-    prompt: Option<String>,
-    reference: String,
-    #[serde(default)]
-    lang: Option<String>,
-    #[serde(default)]
-    options: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -114,18 +98,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .data
         .clone()
         .unwrap_or_else(|| fixtures.join("eval/demo.jsonl"));
-    let base = data.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let text = std::fs::read_to_string(&data)
-        .map_err(|e| format!("cannot read {}: {e}", data.display()))?;
-    let mut samples = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let s: Sample = serde_json::from_str(line)
-            .map_err(|e| format!("{} line {}: {e}", data.display(), i + 1))?;
-        samples.push((i + 1, s));
-    }
+    let mut samples = read_samples(&data)?;
     if let Some(n) = cli.limit {
         samples.truncate(n);
     }
@@ -140,112 +113,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         );
         pb
     });
-    let mut acc = ReportAccumulator::new(Smoothing::Exp);
-    let (mut choice_total, mut choice_right) = (0usize, 0usize);
-    let mut rows = Vec::new();
-    for (line, s) in &samples {
-        let lang = match s.lang.as_deref().unwrap_or("zh") {
-            "en" => (Lang::En, Language::English),
-            _ => (Lang::Zh, Language::Chinese),
-        };
-        let mut request = match (&s.prompt, &s.task) {
-            (Some(p), _) => Request::new(p.clone()),
-            (None, Some(t)) if t == "diagnosis" || t == "choice" => Request::task(
-                Task::Diagnosis {
-                    options: s.options.clone(),
-                },
-                lang.0,
-            ),
-            (None, Some(t)) => Request::task(
-                Task::from_name(t).ok_or_else(|| format!("line {line}: unknown task {t:?}"))?,
-                lang.0,
-            ),
-            (None, None) => Request::task(Task::Report, lang.0),
-        };
-        for img in &s.images {
-            request = request.image(base.join(img));
-        }
-        let out = model
-            .generate(&request, &opts)
-            .map_err(|e| format!("line {line}: {e}"))?;
-        let hyp = out.text.trim().to_string();
-        let ropts = ReportOptions::for_language(lang.1);
-        acc.add(&s.reference, &hyp, &ropts);
-        let bleu1 = sentence_bleu(&hyp, &s.reference, &BleuOptions::sentence(lang.1, 1)).score;
-        let bleu4 = sentence_bleu(&hyp, &s.reference, &BleuOptions::sentence(lang.1, 4)).score;
-        let rouge = rouge_all(&hyp, &s.reference, lang.1);
-        let is_choice = !s.options.is_empty();
-        let correct = is_choice.then(|| {
-            let want = extract_option_letter(&s.reference);
-            let got = extract_option_letter(&hyp);
-            match (want, got) {
-                (Some(w), Some(g)) => w == g,
-                _ => normalize_answer(&hyp) == normalize_answer(&s.reference),
-            }
-        });
-        if let Some(c) = correct {
-            choice_total += 1;
-            choice_right += c as usize;
-        }
-        rows.push(serde_json::json!({
-            "line": line,
-            "lang": lang.1.code(),
-            "reference": s.reference,
-            "hypothesis": hyp,
-            "bleu1": bleu1,
-            "bleu4": bleu4,
-            "rouge1": rouge.rouge1.f1 * 100.0,
-            "rouge2": rouge.rouge2.f1 * 100.0,
-            "rougeL": rouge.rouge_l.f1 * 100.0,
-            "correct": correct,
-            "generated_tokens": out.generated_token_ids.len(),
-        }));
+    let report = evaluate(&model, &samples, &opts, |done| {
         if let Some(pb) = &pb {
-            pb.inc(1);
+            pb.set_position(done as u64);
         }
-    }
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let corpus = acc.scores();
-    let accuracy = (choice_total > 0).then(|| 100.0 * choice_right as f64 / choice_total as f64);
+    let (corpus, accuracy) = (report.corpus, report.accuracy);
     let summary = serde_json::json!({
         "model": model_dir,
         "data": data,
-        "corpus": corpus,
-        "accuracy": accuracy,
-        "choice_samples": choice_total,
-        "samples": rows,
+        "corpus": report.corpus,
+        "accuracy": report.accuracy,
+        "choice_samples": report.choice_samples,
+        "samples": report.samples,
     });
     let json_path = cli.out.with_extension("json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)
         .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     let csv_path = cli.out.with_extension("csv");
-    let mut csv = std::fs::File::create(&csv_path)
+    let csv = std::fs::File::create(&csv_path)
         .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
-    writeln!(
-        csv,
-        "line,lang,bleu1,bleu4,rouge1,rouge2,rougeL,correct,reference,hypothesis"
-    )?;
-    for r in &rows {
-        let q = |k: &str| format!("\"{}\"", r[k].as_str().unwrap_or("").replace('"', "\"\""));
-        writeln!(
-            csv,
-            "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{}",
-            r["line"],
-            r["lang"].as_str().unwrap_or(""),
-            r["bleu1"].as_f64().unwrap_or(0.0),
-            r["bleu4"].as_f64().unwrap_or(0.0),
-            r["rouge1"].as_f64().unwrap_or(0.0),
-            r["rouge2"].as_f64().unwrap_or(0.0),
-            r["rougeL"].as_f64().unwrap_or(0.0),
-            r["correct"]
-                .as_bool()
-                .map_or(String::new(), |c| c.to_string()),
-            q("reference"),
-            q("hypothesis"),
-        )?;
-    }
+    report
+        .write_csv(std::io::BufWriter::new(csv))
+        .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
     println!(
         "{}",
         serde_json::json!({"corpus": corpus, "accuracy": accuracy, "json": json_path, "csv": csv_path})

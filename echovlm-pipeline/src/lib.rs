@@ -19,7 +19,6 @@ pub mod chat;
 pub mod device;
 pub mod error;
 pub mod generate;
-pub mod metrics;
 pub mod model;
 pub mod output;
 #[cfg(feature = "plot")]

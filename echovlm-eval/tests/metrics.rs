@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use echovlm_pipeline::metrics::{
-    self, BleuOptions, BleuScore, BleuStats, BleuTokenizer, Language, MetricsError, ReportScores,
+use echovlm_eval as metrics;
+use echovlm_eval::{
+    BleuOptions, BleuScore, BleuStats, BleuTokenizer, Language, MetricsError, ReportScores,
     RougeScore, RougeTokenizer, Smoothing,
 };
 use serde_json::Value;
@@ -759,7 +760,7 @@ fn option_letters_are_extracted() {
 #[cfg(feature = "jieba")]
 mod jieba {
     use super::*;
-    use echovlm_pipeline::metrics::ReportOptions;
+    use echovlm_eval::ReportOptions;
 
     #[test]
     fn jieba_words_and_scores_match_python_jieba() {

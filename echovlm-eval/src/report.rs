@@ -3,9 +3,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::bleu::{BleuStats, BleuTokenizer, Smoothing};
-use super::rouge::{RougeTokenizer, rouge_l_tokens, rouge_n_tokens};
-use super::{Language, MetricsError};
+use crate::bleu::{BleuStats, BleuTokenizer, Smoothing};
+use crate::rouge::{RougeTokenizer, rouge_l_tokens, rouge_n_tokens};
+use crate::{Language, MetricsError};
 
 /// Corpus scores of generated reports, every value on a 0-100 scale.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]

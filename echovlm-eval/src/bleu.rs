@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::tokenize::{py_rstrip, py_split, tokenize_13a, tokenize_zh};
-use super::{Language, MetricsError};
+use crate::tokenize::{py_rstrip, py_split, tokenize_13a, tokenize_zh};
+use crate::{Language, MetricsError};
 
 /// The largest n-gram order accepted; larger requests are clamped to it.
 pub const MAX_BLEU_ORDER: usize = 16;
@@ -94,7 +94,7 @@ impl BleuTokenizer {
             BleuTokenizer::Zh => tokenize_zh(line),
             BleuTokenizer::Whitespace => line.to_owned(),
             #[cfg(feature = "jieba")]
-            BleuTokenizer::Jieba => super::tokenize::tokenize_jieba(line).join(" "),
+            BleuTokenizer::Jieba => crate::tokenize::tokenize_jieba(line).join(" "),
         }
     }
 

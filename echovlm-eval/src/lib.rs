@@ -1,4 +1,19 @@
-//! Report metrics: BLEU-1..4, ROUGE-1/2/L and answer accuracy.
+//! Evaluation of EchoVLM outputs: report metrics (BLEU-1..4, ROUGE-1/2/L, answer accuracy)
+//! and, with the `runner` feature (on by default), a runner that generates for a JSONL of
+//! samples and scores the outputs ([`runner`]). A program that only embeds inference depends on
+//! `echovlm-pipeline` alone and compiles none of this.
+//!
+//! ```
+//! use echovlm_eval::{BleuOptions, Language, corpus_bleu, rouge_all};
+//! let hyp = ["the liver is normal in size"];
+//! let refs = ["the liver is normal in size and echotexture"];
+//! let bleu = corpus_bleu(&hyp, &refs, &BleuOptions::corpus(Language::English, 4)).unwrap();
+//! assert!(bleu.score > 0.0 && bleu.score < 100.0);
+//! let rouge = rouge_all(hyp[0], refs[0], Language::English);
+//! assert!((rouge.rouge1.f1 - 0.857142857).abs() < 1e-6);
+//! ```
+//!
+//! ## Metrics
 //!
 //! The numbers are those of the Python tools the literature uses, ported
 //! and checked against them (`tools/make_metric_fixtures.py`,
@@ -51,6 +66,9 @@ mod bleu;
 mod report;
 mod rouge;
 mod tokenize;
+
+#[cfg(feature = "runner")]
+pub mod runner;
 
 pub use accuracy::{accuracy, choice_accuracy, extract_option_letter, normalize_answer};
 pub use bleu::{
@@ -125,6 +143,7 @@ impl Language {
 
 /// Errors of the metric functions.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MetricsError {
     /// Hypotheses (or predictions) and references differ in number.
     #[error("{hypotheses} hypotheses but {references} references")]

@@ -2,7 +2,7 @@
 //!
 //! The ports are character for character: every function here returns exactly
 //! what the Python function it names returns, including its quirks (see the
-//! module documentation of [`crate::metrics`]).
+//! crate documentation).
 
 /// Python's `str.isspace()`: Unicode `White_Space` plus the four information
 /// separators U+001C..U+001F, which Python also splits on.

@@ -6,8 +6,8 @@ use std::hash::Hash;
 
 use serde::Serialize;
 
-use super::Language;
-use super::tokenize::{tokenize_chars, tokenize_rouge_default};
+use crate::Language;
+use crate::tokenize::{tokenize_chars, tokenize_rouge_default};
 
 /// How ROUGE splits a text into tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl RougeTokenizer {
             RougeTokenizer::Default => tokenize_rouge_default(text),
             RougeTokenizer::Chars => tokenize_chars(text),
             #[cfg(feature = "jieba")]
-            RougeTokenizer::Jieba => super::tokenize::tokenize_jieba(text),
+            RougeTokenizer::Jieba => crate::tokenize::tokenize_jieba(text),
         }
     }
 }

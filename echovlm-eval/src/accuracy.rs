@@ -1,7 +1,7 @@
 //! Accuracy for choice and diagnosis questions.
 
-use super::MetricsError;
-use super::tokenize::{is_py_space, py_split};
+use crate::MetricsError;
+use crate::tokenize::{is_py_space, py_split};
 
 /// Lowercases `text`, trims it and collapses every whitespace run to one
 /// space: the comparison key of [`accuracy`].
