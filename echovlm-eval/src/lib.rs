@@ -10,7 +10,8 @@
 //! let bleu = corpus_bleu(&hyp, &refs, &BleuOptions::corpus(Language::English, 4)).unwrap();
 //! assert!(bleu.score > 0.0 && bleu.score < 100.0);
 //! let rouge = rouge_all(hyp[0], refs[0], Language::English);
-//! assert!((rouge.rouge1.f1 - 0.857142857).abs() < 1e-6);
+//! // precision 6/6, recall 6/8: F1 6/7, on the 0-100 scale
+//! assert!((rouge.rouge1.f1 - 85.714285714).abs() < 1e-6);
 //! ```
 //!
 //! ## Metrics
