@@ -365,8 +365,10 @@ impl TextModel {
             LinearWeight::Packed(table) => {
                 let h = self.config.hidden_size;
                 let mut rows = vec![0f32; flat.len() * h];
-                for (&id, row) in flat.iter().zip(rows.chunks_exact_mut(h)) {
-                    table.row(id as usize, row);
+                for (&id, row) in ids.iter().flatten().zip(rows.chunks_exact_mut(h)) {
+                    table
+                        .row(id as usize, row)
+                        .map_err(|_| PromptError::TokenOutOfRange { id, vocab })?;
                 }
                 Ok(from_f32_vec(rows, [b, s, h], &self.device, self.dtype))
             }
