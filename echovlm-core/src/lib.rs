@@ -6,7 +6,8 @@
 //!
 //! Every public item has one path: loading ([`Checkpoint`], [`load`], [`WeightLoader`], the
 //! errors) and the layers ([`Linear`], [`RmsNorm`]) at the crate root; the CPU kernels under
-//! [`cpu`], backend-specific choices under [`backend`], host transfers under [`host`].
+//! [`cpu`], backend-specific choices under [`backend`], host transfers under [`host`], the rotary
+//! embedding helpers under [`rope`].
 //!
 //! # Loading
 //!
@@ -28,6 +29,7 @@ pub mod host;
 mod linear;
 mod loader;
 mod norm;
+pub mod rope;
 
 pub use checkpoint::{
     Checkpoint, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorEntry, canonical_name,

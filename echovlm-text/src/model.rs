@@ -62,8 +62,8 @@ impl Attention {
         let q = split(self.q_proj.forward(x.clone()), self.heads);
         let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
         let v = split(self.v_proj.forward(x), self.kv_heads);
-        let q = MRope::apply(q, &rope.0, &rope.1);
-        let k = MRope::apply(k, &rope.0, &rope.1);
+        let q = echovlm_core::rope::apply(q, &rope.0, &rope.1);
+        let k = echovlm_core::rope::apply(k, &rope.0, &rope.1);
         let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
         let o = o
             .swap_dims(1, 2)
