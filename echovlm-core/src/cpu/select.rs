@@ -109,7 +109,7 @@ fn choose_kernel(
 }
 
 /// The kernel every product in this process runs: chosen on first use from the CPU and
-/// [`KERNEL_ENV`] (see the [module documentation](self)), then fixed.
+/// [`KERNEL_ENV`] (see the [module documentation](crate::cpu)), then fixed.
 pub fn active_kernel() -> Kernel {
     static ACTIVE: OnceLock<Kernel> = OnceLock::new();
     *ACTIVE.get_or_init(|| {
