@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use echovlm_core::{Checkpoint, LinearOptions, WeightFormat, load};
+use echovlm_core::cpu::WeightFormat;
+use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{DynamicFfn, MoeConfig};
 use echovlm_text::{DecoderInput, KvCache, Logits, Positions, TextConfig, TextModel};
 use echovlm_vision::{VisionConfig, VisionModel};

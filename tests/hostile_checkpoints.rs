@@ -307,7 +307,7 @@ fn index_forgetting_a_shard_reports_its_tensors_missing() {
         .unwrap()
         .iter()
         .filter(|(_, f)| f.as_str() == Some("model-00003-of-00003.safetensors"))
-        .map(|(k, _)| echovlm_core::checkpoint::canonical_name(k))
+        .map(|(k, _)| echovlm_core::canonical_name(k))
         .collect();
     forgotten.sort();
     assert!(!forgotten.is_empty());

@@ -4,7 +4,7 @@
 //! one exists and otherwise falls back to plain tensor operations that every backend supports.
 
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::host::{from_f32_vec, to_f32_vec};
@@ -23,6 +23,28 @@ pub fn is_flex(device: &Device) -> bool {
     {
         let _ = device;
         false
+    }
+}
+
+/// How a key/value cache keeps its keys and values on a device ([`kv_storage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KvStorage {
+    /// f32 buffers in host memory, `[batch, heads, capacity, dim]`, that [`host_attention`]
+    /// reads in place.
+    Host,
+    /// Tensors on the device, attended with [`attention`].
+    Tensors,
+}
+
+/// The key/value cache representation for keys and values of float type `dtype` on `device`:
+/// host buffers on the flex CPU device in f32 (decode attention then reads the cache in place
+/// instead of reading tensors back every step), device tensors everywhere else.
+pub fn kv_storage(device: &Device, dtype: DType) -> KvStorage {
+    if is_flex(device) && dtype == DType::F32 {
+        KvStorage::Host
+    } else {
+        KvStorage::Tensors
     }
 }
 
@@ -108,11 +130,29 @@ impl HostKv<'_> {
         let start = (row * self.heads + head) * self.capacity * self.dim;
         &self.data[start..start + self.len * self.dim]
     }
+
+    /// The filled positions as an f32 tensor `[batch, heads, len, dim]` on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Tensor<4> {
+        let mut out = Vec::with_capacity(self.batch * self.heads * self.len * self.dim);
+        for bh in 0..self.batch * self.heads {
+            out.extend_from_slice(self.head(bh / self.heads, bh % self.heads));
+        }
+        from_f32_vec(
+            out,
+            [self.batch, self.heads, self.len, self.dim],
+            device,
+            DType::F32,
+        )
+    }
 }
 
-/// [`attention`] for a few queries against keys and values already on the host (flex CPU
-/// device only): each key and value row is read in place, once per group of query heads that
-/// share it, in f32, on all cores, with no copy of the cache and one small allocation per task.
+/// [`attention`] against keys and values already on the host (a [`KvStorage::Host`] cache,
+/// flex CPU device only).
+///
+/// Up to [`HOST_ATTENTION_MAX_QUERIES`] queries per row (decode steps), each key and value row
+/// is read in place, once per group of query heads that share it, in f32, on all cores, with
+/// no copy of the cache and one small allocation per task. More queries (a prompt) copy the
+/// filled positions into tensors and take [`attention`].
 pub fn host_attention(
     q: Tensor<4>,
     k: HostKv<'_>,
@@ -120,6 +160,10 @@ pub fn host_attention(
     mask: Option<Tensor<4, Bool>>,
     causal: bool,
 ) -> Tensor<4> {
+    if q.dims()[2] > HOST_ATTENTION_MAX_QUERIES {
+        let device = q.device();
+        return attention(q, k.to_tensor(&device), v.to_tensor(&device), mask, causal);
+    }
     let [b, h, s_q, d] = q.dims();
     let (h_kv, s_kv) = (k.heads, k.len);
     assert!(

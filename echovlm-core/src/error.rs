@@ -102,6 +102,13 @@ pub enum TensorProblem {
         /// Storage type found.
         found: String,
     },
+    /// The tensor could not be packed for the CPU kernels.
+    Packing {
+        /// Tensor name.
+        key: String,
+        /// Why.
+        error: crate::cpu::CpuError,
+    },
 }
 
 impl TensorProblem {
@@ -111,7 +118,8 @@ impl TensorProblem {
             TensorProblem::Missing { key }
             | TensorProblem::Unexpected { key }
             | TensorProblem::Shape { key, .. }
-            | TensorProblem::Dtype { key, .. } => key,
+            | TensorProblem::Dtype { key, .. }
+            | TensorProblem::Packing { key, .. } => key,
         }
     }
 }
@@ -131,6 +139,9 @@ impl fmt::Display for TensorProblem {
                 expected,
                 found,
             } => write!(f, "tensor {key} is stored as {found}, expected {expected}"),
+            TensorProblem::Packing { key, error } => {
+                write!(f, "tensor {key} cannot be packed for the CPU: {error}")
+            }
         }
     }
 }

@@ -3,20 +3,37 @@
 //!
 //! It exists so that the vision, MoE and text crates load weights and run their projections in
 //! exactly one way.
+//!
+//! Every public item has one path: loading ([`Checkpoint`], [`load`], [`WeightLoader`], the
+//! errors) and the layers ([`Linear`], [`RmsNorm`]) at the crate root; the CPU kernels under
+//! [`cpu`], backend-specific choices under [`backend`], host transfers under [`host`], the rotary
+//! embedding helpers under [`rope`].
+//!
+//! # Loading
+//!
+//! Module constructors take a [`WeightLoader`] and ask it for tensors by canonical name and
+//! expected shape. [`load`] runs the constructor twice: first in a validation pass that reads
+//! only headers and collects every missing, unexpected, wrong-shape and wrong-dtype tensor, then
+//! (only if nothing is wrong) in the loading pass that converts one tensor at a time straight
+//! from the memory map into device memory. A bad checkpoint therefore fails before any large
+//! allocation, with one error that lists every problem, and a good one never exists twice in
+//! memory.
 
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod checkpoint;
+mod checkpoint;
 pub mod cpu;
-pub mod error;
+mod error;
 pub mod host;
-pub mod linear;
-pub mod loader;
-pub mod norm;
+mod linear;
+mod loader;
+mod norm;
+pub mod rope;
 
-pub use checkpoint::{Checkpoint, StorageDtype, TensorEntry};
-pub use cpu::{PackedWeight, WeightFormat};
+pub use checkpoint::{
+    Checkpoint, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorEntry, canonical_name,
+};
 pub use error::{LoadError, TensorProblem, TensorProblems};
 pub use linear::{Linear, LinearOptions, LinearWeight};
 pub use loader::{WeightLoader, load, load_counted};

@@ -157,6 +157,10 @@ impl Linear {
     }
 
     /// Applies the layer to the last dimension of `x`.
+    ///
+    /// # Panics
+    /// If the last dimension of `x` is not [`d_in`](Self::d_in) (as Burn's matmul does on
+    /// mismatched shapes).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
             LinearWeight::Tensor(w) => {
@@ -170,10 +174,18 @@ impl Linear {
                     backend::is_flex(&device),
                     "packed weights on a non-CPU device"
                 );
+                assert_eq!(
+                    dims[D - 1],
+                    self.d_in,
+                    "linear layer of input width {} applied to {dims:?}",
+                    self.d_in
+                );
                 let m = dims[..D - 1].iter().product::<usize>();
                 let xv = to_f32_vec(x);
                 let mut y = vec![0f32; m * self.d_out];
-                p.matmul(&xv, m, &mut y);
+                if let Err(e) = p.matmul(&xv, m, &mut y) {
+                    panic!("packed linear layer: {e}");
+                }
                 let mut shape = dims;
                 shape[D - 1] = self.d_out;
                 let out = from_f32_vec(y, shape, &device, dtype);

@@ -183,21 +183,12 @@ impl<'a> WeightLoader<'a> {
         if !self.check(key, &[rows, cols]) || self.validate_only {
             return None;
         }
-        let entry = self.ckpt.entry(key)?;
-        let packed = crate::cpu::PackedWeight::from_storage(
-            rows,
-            cols,
-            self.ckpt.bytes(entry),
-            entry.dtype,
-            format,
-        );
-        self.ckpt.release(entry);
-        self.held_bytes += packed.nbytes();
-        Some(packed)
+        self.pack(key, rows, cols, format)
     }
 
     /// Like [`packed`](Self::packed) for a tensor stored with another shape of the same size
-    /// (a convolution kernel used as a `[rows, cols]` matrix).
+    /// (a convolution kernel used as a `[rows, cols]` matrix). A `stored` shape of another size
+    /// is recorded as a problem.
     pub fn packed_as(
         &mut self,
         key: &str,
@@ -206,14 +197,29 @@ impl<'a> WeightLoader<'a> {
         cols: usize,
         format: crate::cpu::WeightFormat,
     ) -> Option<crate::cpu::PackedWeight> {
-        assert_eq!(
-            stored.iter().product::<usize>(),
-            rows * cols,
-            "packed_as: sizes differ"
-        );
         if !self.check(key, stored) || self.validate_only {
             return None;
         }
+        let stored_elems = stored.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if stored_elems.is_none() || stored_elems != rows.checked_mul(cols) {
+            self.problems.push(TensorProblem::Shape {
+                key: key.to_string(),
+                expected: vec![rows, cols],
+                found: stored.to_vec(),
+            });
+            return None;
+        }
+        self.pack(key, rows, cols, format)
+    }
+
+    /// Packs the checked tensor `key` as a `[rows, cols]` matrix, recording a failure.
+    fn pack(
+        &mut self,
+        key: &str,
+        rows: usize,
+        cols: usize,
+        format: crate::cpu::WeightFormat,
+    ) -> Option<crate::cpu::PackedWeight> {
         let entry = self.ckpt.entry(key)?;
         let packed = crate::cpu::PackedWeight::from_storage(
             rows,
@@ -223,8 +229,19 @@ impl<'a> WeightLoader<'a> {
             format,
         );
         self.ckpt.release(entry);
-        self.held_bytes += packed.nbytes();
-        Some(packed)
+        match packed {
+            Ok(packed) => {
+                self.held_bytes += packed.nbytes();
+                Some(packed)
+            }
+            Err(error) => {
+                self.problems.push(TensorProblem::Packing {
+                    key: key.to_string(),
+                    error,
+                });
+                None
+            }
+        }
     }
 
     /// Takes a linear layer `prefix.weight` (`[out, in]`) and, if `bias`, `prefix.bias`.

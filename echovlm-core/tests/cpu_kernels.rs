@@ -1,8 +1,14 @@
 //! The CPU kernels against a plain f64 reference, and the packed linear layer against Burn's
-//! portable matmul.
+//! portable matmul; shapes that overflow or do not match their buffers are refused.
+//!
+//! Every test runs with the kernel `ECHOVLM_CPU_KERNEL` selects (CI runs this file once per
+//! kernel); `every_kernel_matches_the_reference` also compares all kernels the CPU has within
+//! one run.
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use echovlm_core::cpu::{INT8_BLOCK, PackedWeight, SMALL_M, WeightFormat};
+use echovlm_core::cpu::{
+    CpuError, INT8_BLOCK, KERNEL_ENV, Kernel, PackedWeight, SMALL_M, WeightFormat, active_kernel,
+};
 use echovlm_core::host::to_f32_vec;
 use echovlm_core::{Linear, StorageDtype};
 
@@ -51,12 +57,12 @@ fn every_format_matches_the_reference_on_its_own_weights() {
         for m in [1, 2, 3, 4, 5, SMALL_M, SMALL_M + 1, 23] {
             let x = values(m * cols, m as u64 + 7);
             for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
-                let p = PackedWeight::from_f32(rows, cols, &w, format);
+                let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
                 // the reference uses exactly the weights the format stores
                 let stored = p.to_f32();
                 let want = reference(&stored, &x, rows, cols, m);
                 let mut got = vec![0f32; m * rows];
-                p.matmul(&x, m, &mut got);
+                p.matmul(&x, m, &mut got).unwrap();
                 let e = max_rel(&got, &want);
                 assert!(
                     e < 2e-6,
@@ -71,7 +77,9 @@ fn every_format_matches_the_reference_on_its_own_weights() {
 fn quantisation_error_is_bounded_by_half_a_step() {
     let (rows, cols) = (16, 3 * INT8_BLOCK + 5);
     let w: Vec<f32> = values(rows * cols, 3).iter().map(|v| v * 3.0).collect();
-    let q = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8).to_f32();
+    let q = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8)
+        .unwrap()
+        .to_f32();
     for r in 0..rows {
         for (b, chunk) in w[r * cols..(r + 1) * cols].chunks(INT8_BLOCK).enumerate() {
             let step = chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
@@ -81,7 +89,9 @@ fn quantisation_error_is_bounded_by_half_a_step() {
             }
         }
     }
-    let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16).to_f32();
+    let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16)
+        .unwrap()
+        .to_f32();
     for (x, y) in b.iter().zip(&w) {
         assert!((x - y).abs() <= y.abs() / 256.0, "bf16 rounding {x} vs {y}");
     }
@@ -101,8 +111,9 @@ fn storage_bytes_pack_like_f32_values() {
         &bf16_bytes,
         StorageDtype::BF16,
         WeightFormat::Bf16,
-    );
-    let from_values = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16);
+    )
+    .unwrap();
+    let from_values = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16).unwrap();
     assert_eq!(from_bytes.to_f32(), from_values.to_f32());
     let f32_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
     let a = PackedWeight::from_storage(
@@ -111,8 +122,9 @@ fn storage_bytes_pack_like_f32_values() {
         &f32_bytes,
         StorageDtype::F32,
         WeightFormat::Int8,
-    );
-    let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8);
+    )
+    .unwrap();
+    let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8).unwrap();
     assert_eq!(a.to_f32(), b.to_f32());
     assert_eq!(a.nbytes(), rows * cols + rows * 2 * 4);
 }
@@ -124,7 +136,7 @@ fn packed_linear_equals_portable_linear() {
     let w = values(d_out * d_in, 5);
     let bias = Tensor::<1>::random([d_out], Distribution::Normal(0.0, 1.0), &device);
     for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
-        let packed = PackedWeight::from_f32(d_out, d_in, &w, format);
+        let packed = PackedWeight::from_f32(d_out, d_in, &w, format).unwrap();
         let stored = packed.to_f32();
         let fast = Linear::packed(packed, Some(bias.clone()));
         let portable = Linear::new(
@@ -138,5 +150,216 @@ fn packed_linear_equals_portable_linear() {
             let e = max_rel(&a, &b);
             assert!(e < 1e-5, "{format:?}, {tokens} tokens: {e}");
         }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference() {
+    // the kernels this CPU has, each called by name in this one process
+    let (rows, cols) = (70, 3 * INT8_BLOCK);
+    let w = values(rows * cols, 21);
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+        let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
+        let stored = p.to_f32();
+        for m in [1, 4, SMALL_M] {
+            let x = values(m * cols, 31 + m as u64);
+            let want = reference(&stored, &x, rows, cols, m);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut got = vec![0f32; m * rows];
+                p.matmul_with(kernel, &x, m, &mut got).unwrap();
+                let e = max_rel(&got, &want);
+                assert!(e < 2e-6, "{kernel} {format:?} m={m}: relative error {e}");
+            }
+        }
+    }
+}
+
+/// Set by `the_kernel_switch_selects_the_kernel` in the copies of this test binary it starts.
+const CHILD_ENV: &str = "ECHOVLM_KERNEL_SWITCH_CHILD";
+
+#[test]
+fn active_kernel_reports_the_forced_path() {
+    // under `ECHOVLM_CPU_KERNEL=<kernel>` (CI runs this file once per kernel) the forced path
+    // must be the one that runs; unset or `auto`, the fastest one the CPU has
+    let active = active_kernel();
+    match std::env::var(KERNEL_ENV).ok().as_deref() {
+        None | Some("") | Some("auto") => assert_eq!(active, Kernel::best_supported()),
+        Some(name) => {
+            let wanted: Kernel = name.parse().expect("ECHOVLM_CPU_KERNEL names a kernel");
+            assert!(
+                wanted.is_supported(),
+                "{KERNEL_ENV}={name}, which this CPU cannot run"
+            );
+            assert_eq!(active, wanted);
+        }
+    }
+    if let Ok(expected) = std::env::var(CHILD_ENV) {
+        assert_eq!(active.name(), expected);
+    }
+}
+
+#[test]
+fn the_kernel_switch_selects_the_kernel() {
+    // runs `active_kernel_reports_the_forced_path` in a fresh process per kernel and value
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let best = Kernel::best_supported();
+    let mut cases: Vec<(&str, Kernel)> = Kernel::ALL
+        .into_iter()
+        .filter(|k| k.is_supported())
+        .map(|k| (k.name(), k))
+        .collect();
+    cases.push(("auto", best));
+    for (value, expected) in cases {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "active_kernel_reports_the_forced_path",
+                "--test-threads=1",
+            ])
+            .env(KERNEL_ENV, value)
+            .env(CHILD_ENV, expected.name())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{KERNEL_ENV}={value}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn kernel_names_parse_and_unknown_ones_are_refused() {
+    for k in Kernel::ALL {
+        assert_eq!(k.name().parse::<Kernel>(), Ok(k));
+        assert_eq!(k.to_string(), k.name());
+    }
+    assert!(Kernel::Portable.is_supported());
+    assert!(matches!(
+        "sse9".parse::<Kernel>(),
+        Err(CpuError::UnknownName { .. })
+    ));
+    assert!(matches!(
+        "int4".parse::<WeightFormat>(),
+        Err(CpuError::UnknownName { .. })
+    ));
+}
+
+/// Every constructor and entry point, fed sizes whose products overflow: an error each time.
+#[test]
+fn overflowing_shapes_are_refused() {
+    let overflow = |r: Result<PackedWeight, CpuError>| {
+        assert!(
+            matches!(r, Err(CpuError::Overflow { .. })),
+            "expected an overflow error, got {r:?}"
+        );
+    };
+    let shapes = [
+        (usize::MAX / 2, 3),
+        (3, usize::MAX / 2),
+        (usize::MAX, usize::MAX),
+        // fits as elements, but not as f32 bytes
+        (1 << 31, 1 << 31),
+        (usize::MAX / 4 + 1, 1),
+    ];
+    for (rows, cols) in shapes {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+            overflow(PackedWeight::from_f32(rows, cols, &[1.0; 6], format));
+            for storage in [StorageDtype::F32, StorageDtype::BF16, StorageDtype::F16] {
+                overflow(PackedWeight::from_storage(
+                    rows, cols, &[0; 12], storage, format,
+                ));
+            }
+        }
+        overflow(PackedWeight::from_bf16_bits(rows, cols, &[0; 6]));
+    }
+
+    // activations and outputs: m · cols and m · rows overflow
+    let p = PackedWeight::from_f32(2, 3, &[1.0; 6], WeightFormat::F32).unwrap();
+    for m in [usize::MAX / 2, usize::MAX / 3 + 1, usize::MAX] {
+        let (x, mut y) = (vec![1f32; 6], vec![0f32; 4]);
+        let r = p.matmul(&x, m, &mut y);
+        assert!(
+            matches!(r, Err(CpuError::Overflow { .. })),
+            "m = {m}: {r:?}"
+        );
+        for kernel in Kernel::ALL {
+            let r = p.matmul_with(kernel, &x, m, &mut y);
+            assert!(
+                matches!(r, Err(CpuError::Overflow { .. })),
+                "{kernel}: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn lengths_that_do_not_match_the_shape_are_refused() {
+    let length = |r: Result<(), CpuError>| {
+        assert!(
+            matches!(r, Err(CpuError::Length { .. })),
+            "expected a length error, got {r:?}"
+        );
+    };
+    let unit = |r: Result<PackedWeight, CpuError>| r.map(|_| ());
+    length(unit(PackedWeight::from_f32(
+        4,
+        3,
+        &[0.0; 11],
+        WeightFormat::Int8,
+    )));
+    length(unit(PackedWeight::from_bf16_bits(4, 3, &[0; 13])));
+    length(unit(PackedWeight::from_storage(
+        4,
+        3,
+        &[0; 23],
+        StorageDtype::BF16,
+        WeightFormat::F32,
+    )));
+    assert_eq!(
+        PackedWeight::from_storage(4, 3, &[0; 12], StorageDtype::Other("I8"), WeightFormat::F32)
+            .unwrap_err(),
+        CpuError::Storage("I8")
+    );
+
+    let w = values(12, 1);
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+        let p = PackedWeight::from_f32(4, 3, &w, format).unwrap();
+        // x must be m · 3, y must be m · 4
+        for (m, xl, yl) in [(2, 5, 8), (2, 6, 7), (9, 27, 35), (9, 28, 36), (1, 0, 4)] {
+            let (x, mut y) = (vec![1f32; xl], vec![0f32; yl]);
+            length(p.matmul(&x, m, &mut y));
+            for kernel in Kernel::ALL {
+                length(p.matmul_with(kernel, &x, m, &mut y));
+            }
+        }
+        let mut row = vec![0f32; 3];
+        assert_eq!(p.row(4, &mut row), Err(CpuError::Row { row: 4, rows: 4 }));
+        length(p.row(0, &mut [0f32; 4]));
+        p.row(3, &mut row).unwrap();
+        assert_eq!(row, p.to_f32()[9..12]);
+    }
+}
+
+#[test]
+fn empty_matrices_multiply_to_zeros() {
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+        // no inputs: every output is an empty sum
+        let p = PackedWeight::from_f32(5, 0, &[], format).unwrap();
+        assert!(p.to_f32().is_empty());
+        for m in [1, SMALL_M + 3] {
+            let mut y = vec![7f32; m * 5];
+            p.matmul(&[], m, &mut y).unwrap();
+            assert_eq!(y, vec![0f32; m * 5]);
+        }
+        // no outputs
+        let p = PackedWeight::from_f32(0, 4, &[], format).unwrap();
+        p.matmul(&[1.0; 8], 2, &mut []).unwrap();
+        let p = PackedWeight::from_storage(0, 4, &[], StorageDtype::F32, format).unwrap();
+        assert_eq!(p.rows(), 0);
     }
 }

@@ -1,16 +1,16 @@
 //! The key/value cache that decode steps append to.
 
-use burn::tensor::{Bool, DType, Tensor};
-use echovlm_core::backend::{self, HOST_ATTENTION_MAX_QUERIES, HostKv};
-use echovlm_core::host::{from_f32_vec, to_f32_vec};
+use burn::tensor::{Bool, Tensor};
+use echovlm_core::backend::{self, HostKv, KvStorage};
+use echovlm_core::host::to_f32_vec;
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
 ///
 /// Each layer keeps one buffer `[batch, kv_heads, capacity, head_dim]` for keys and one for
 /// values; a step writes its positions in place and attention reads a view of the first `len`.
-/// On the flex CPU device (f32) the buffers are host memory that decode-step attention reads
-/// in place ([`backend::host_attention`]); elsewhere they are Burn tensors.
+/// The device decides whether the buffers are host memory that attention reads in place
+/// ([`KvStorage::Host`], [`backend::host_attention`]) or Burn tensors ([`backend::kv_storage`]).
 /// The capacity is set up front ([`with_capacity`](Self::with_capacity): prompt plus tokens to
 /// generate) or grows by half when exceeded, so decoding does not reallocate the cache.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct KvCache {
 enum Layer {
     /// Burn tensors `[batch, kv_heads, capacity, head_dim]`.
     Tensors(Tensor<4>, Tensor<4>),
-    /// Host buffers of the same layout (flex device, f32).
+    /// Host buffers of the same layout ([`KvStorage::Host`]).
     Host(HostBuffers),
 }
 
@@ -88,20 +88,6 @@ impl HostBuffers {
             dim: self.dim,
         }
     }
-
-    /// The first `len` positions as tensors `[batch, heads, len, dim]` on `device`.
-    fn tensors(&self, len: usize, device: &burn::tensor::Device) -> (Tensor<4>, Tensor<4>) {
-        let d = self.dim;
-        let take = |buf: &[f32]| {
-            let mut out = Vec::with_capacity(self.batch * self.heads * len * d);
-            for bh in 0..self.batch * self.heads {
-                let start = bh * self.capacity * d;
-                out.extend_from_slice(&buf[start..start + len * d]);
-            }
-            from_f32_vec(out, [self.batch, self.heads, len, d], device, DType::F32)
-        };
-        (take(&self.k), take(&self.v))
-    }
 }
 
 /// Copies of key and value buffers `[b, h, _, d]` with room for `capacity` positions, holding
@@ -140,9 +126,9 @@ impl KvCache {
         }
     }
 
-    /// Keeps keys and values as Burn tensors even on the flex CPU device (the storage every
-    /// other backend uses; decode attention then reads them back each step). For tests and
-    /// comparisons; a new cache picks the fastest storage by itself.
+    /// Keeps keys and values as Burn tensors even where the device would hold them on the host
+    /// ([`KvStorage::Tensors`], the storage most backends use). For tests and comparisons; a new
+    /// cache takes the device's storage by itself.
     pub fn tensor_storage(mut self) -> Self {
         self.force_tensors = true;
         self
@@ -157,16 +143,15 @@ impl KvCache {
             layers: layers
                 .into_iter()
                 .map(|(k, v)| {
-                    Some(
-                        if backend::is_flex(&k.device()) && k.dtype() == DType::F32 {
+                    Some(match backend::kv_storage(&k.device(), k.dtype()) {
+                        KvStorage::Host => {
                             let [b, h, len, d] = k.dims();
                             let mut buf = HostBuffers::new(b, h, len, d);
                             buf.write(0, len, &to_f32_vec(k), &to_f32_vec(v));
                             Layer::Host(buf)
-                        } else {
-                            Layer::Tensors(k, v)
-                        },
-                    )
+                        }
+                        _ => Layer::Tensors(k, v),
+                    })
                 })
                 .collect(),
             valid: vec![vec![true; len]; b],
@@ -250,7 +235,9 @@ impl KvCache {
         let host = match &self.layers[layer] {
             Some(Layer::Host(_)) => true,
             Some(Layer::Tensors(..)) => false,
-            None => !self.force_tensors && backend::is_flex(&device) && k.dtype() == DType::F32,
+            None => {
+                !self.force_tensors && backend::kv_storage(&device, k.dtype()) == KvStorage::Host
+            }
         };
         let mut cap = end.max(self.capacity).max(MIN_CAPACITY);
         if host {
@@ -265,18 +252,13 @@ impl KvCache {
             };
             self.capacity = self.capacity.max(buf.capacity);
             buf.write(start, s, &to_f32_vec(k), &to_f32_vec(v));
-            let out = if q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
-                backend::host_attention(
-                    q,
-                    buf.view(&buf.k, end),
-                    buf.view(&buf.v, end),
-                    mask,
-                    causal,
-                )
-            } else {
-                let (k_all, v_all) = buf.tensors(end, &device);
-                backend::attention(q, k_all, v_all, mask, causal)
-            };
+            let out = backend::host_attention(
+                q,
+                buf.view(&buf.k, end),
+                buf.view(&buf.v, end),
+                mask,
+                causal,
+            );
             self.layers[layer] = Some(Layer::Host(buf));
             return out;
         }

@@ -3,7 +3,7 @@
 //! either the dense SwiGLU MLP (stock Qwen2-VL) or EchoVLM's dynamic mix of that MLP with a
 //! sparse Mixture-of-Experts block; plus the Qwen2 tokenizer.
 //!
-//! Weights load strictly from HF checkpoints (see [`echovlm_core::loader`]); field names mirror
+//! Weights load strictly from HF checkpoints (see [`echovlm_core::load`]); field names mirror
 //! the HF keys (`model.layers.{i}.self_attn.q_proj`, …).
 
 #![warn(missing_docs)]

@@ -62,8 +62,8 @@ impl Attention {
         let q = split(self.q_proj.forward(x.clone()), self.heads);
         let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
         let v = split(self.v_proj.forward(x), self.kv_heads);
-        let q = MRope::apply(q, &rope.0, &rope.1);
-        let k = MRope::apply(k, &rope.0, &rope.1);
+        let q = echovlm_core::rope::apply(q, &rope.0, &rope.1);
+        let k = echovlm_core::rope::apply(k, &rope.0, &rope.1);
         let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
         let o = o
             .swap_dims(1, 2)
@@ -365,8 +365,10 @@ impl TextModel {
             LinearWeight::Packed(table) => {
                 let h = self.config.hidden_size;
                 let mut rows = vec![0f32; flat.len() * h];
-                for (&id, row) in flat.iter().zip(rows.chunks_exact_mut(h)) {
-                    table.row(id as usize, row);
+                for (&id, row) in ids.iter().flatten().zip(rows.chunks_exact_mut(h)) {
+                    table
+                        .row(id as usize, row)
+                        .map_err(|_| PromptError::TokenOutOfRange { id, vocab })?;
                 }
                 Ok(from_f32_vec(rows, [b, s, h], &self.device, self.dtype))
             }

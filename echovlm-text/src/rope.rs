@@ -5,9 +5,11 @@
 //! `j < s₀`, from the height position when `s₀ ≤ j < s₀+s₁`, and from the width position
 //! otherwise, `[s₀, s₁, s₂]` being `mrope_section`. Angles, cosines and sines are computed in
 //! f32 on the host exactly as transformers does, then applied with the NeoX `rotate_half`
-//! convention. For text, whose three components are equal, this is ordinary RoPE.
+//! convention ([`echovlm_core::rope`], shared with the vision tower). For text, whose three
+//! components are equal, this is ordinary RoPE.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use echovlm_core::rope;
 
 /// Position ids of a batch: three components per token, `[batch, seq]` row-major each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,18 +89,11 @@ pub struct MRope {
 }
 
 impl MRope {
-    /// `inv_freq[j] = 1 / theta^(2j / head_dim)` in f32, as transformers computes it.
+    /// `inv_freq[j] = 1 / theta^(2j / head_dim)` in f32, as transformers computes it
+    /// ([`rope::inv_freq`]).
     pub fn new(head_dim: usize, theta: f64, section: [usize; 3]) -> Self {
-        let half = head_dim / 2;
-        let base = theta as f32;
-        let inv_freq = (0..half)
-            .map(|j| {
-                let exponent = (2 * j) as f32 / head_dim as f32;
-                1.0f32 / base.powf(exponent)
-            })
-            .collect();
         Self {
-            inv_freq,
+            inv_freq: rope::inv_freq(head_dim, theta as f32),
             section,
             head_dim,
         }
@@ -122,23 +117,22 @@ impl MRope {
         let mut cos = vec![0f32; n * self.head_dim];
         let mut sin = vec![0f32; n * self.head_dim];
         let axes: Vec<usize> = (0..half).map(|j| self.axis(j)).collect();
-        for i in 0..n {
+        let mut angles = vec![0f32; half];
+        let rows = cos
+            .chunks_exact_mut(self.head_dim)
+            .zip(sin.chunks_exact_mut(self.head_dim));
+        for (i, (cos, sin)) in rows.enumerate() {
             let p = [pos.t[i] as f32, pos.h[i] as f32, pos.w[i] as f32];
-            let row = i * self.head_dim;
-            for j in 0..half {
-                let angle = p[axes[j]] * self.inv_freq[j];
-                let (s, c) = angle.sin_cos();
-                cos[row + j] = c;
-                cos[row + half + j] = c;
-                sin[row + j] = s;
-                sin[row + half + j] = s;
+            for (j, a) in angles.iter_mut().enumerate() {
+                *a = p[axes[j]] * self.inv_freq[j];
             }
+            rope::write_row(&angles, cos, sin);
         }
         (cos, sin)
     }
 
-    /// Device tables shaped `[batch, 1, seq, head_dim]` for [`apply`](Self::apply), cast to
-    /// `dtype` (transformers casts cos/sin to the activation type).
+    /// Device tables shaped `[batch, 1, seq, head_dim]` for [`rope::apply`], cast to `dtype`
+    /// (transformers casts cos/sin to the activation type).
     pub fn device_tables(
         &self,
         pos: &Positions,
@@ -151,15 +145,5 @@ impl MRope {
             Tensor::<4>::from_data(TensorData::new(cos, shape), (device, DType::F32)).cast(dtype),
             Tensor::<4>::from_data(TensorData::new(sin, shape), (device, DType::F32)).cast(dtype),
         )
-    }
-
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`): `x·cos + rotate_half(x)·sin`.
-    pub fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-        let d = x.dims()[3];
-        let half = d / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos.clone() + rotated * sin.clone()
     }
 }

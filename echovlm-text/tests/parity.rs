@@ -5,8 +5,9 @@
 mod support;
 
 use burn::tensor::{DType, Device};
+use echovlm_core::cpu::WeightFormat;
 use echovlm_core::host::to_f32_vec;
-use echovlm_core::{Checkpoint, LinearOptions, WeightFormat, load};
+use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{RoutingTrace, load_balancing_loss_host};
 use echovlm_text::{DecoderInput, KvCache, Positions, TextConfig, TextModel};
 use support::{Golden, argmax, max_abs_diff, model_dir};

@@ -8,7 +8,7 @@
 //! ```
 
 use burn::tensor::{DType, Device, Tensor, TensorData, activation};
-use echovlm_core::{Linear, LoadError, WeightLoader, backend};
+use echovlm_core::{Linear, LoadError, WeightLoader, backend, rope};
 
 use crate::config::VisionConfig;
 
@@ -179,9 +179,7 @@ impl VisionModel {
         };
         // 2-D rotary table: head_dim/2 rotary dims, half of them for rows, half for columns
         let dim = cfg.head_dim() / 2;
-        let inv_freq = (0..dim / 2)
-            .map(|j| 1.0f32 / 10000f32.powf((2 * j) as f32 / dim as f32))
-            .collect();
+        let inv_freq = rope::inv_freq(dim, 10000.0);
         Ok(Self {
             patch_embed,
             blocks,
@@ -285,21 +283,19 @@ impl VisionModel {
         let pos = self.patch_positions(grids);
         let quarter = self.inv_freq.len();
         let head_dim = self.config.head_dim();
-        let half = head_dim / 2;
         let mut cos = vec![0f32; pos.len() * head_dim];
         let mut sin = vec![0f32; pos.len() * head_dim];
-        for (i, &(r, c)) in pos.iter().enumerate() {
-            let row = i * head_dim;
-            for j in 0..quarter {
-                for (offset, p) in [(0, r), (quarter, c)] {
-                    let angle = p as f32 * self.inv_freq[j];
-                    let (s, co) = angle.sin_cos();
-                    for base in [0, half] {
-                        cos[row + base + offset + j] = co;
-                        sin[row + base + offset + j] = s;
-                    }
-                }
+        // rotary pairs [0, quarter) take the row, [quarter, 2·quarter) the column
+        let mut angles = vec![0f32; 2 * quarter];
+        let rows = cos
+            .chunks_exact_mut(head_dim)
+            .zip(sin.chunks_exact_mut(head_dim));
+        for (&(r, c), (cos, sin)) in pos.iter().zip(rows) {
+            for (j, &f) in self.inv_freq.iter().enumerate() {
+                angles[j] = r as f32 * f;
+                angles[quarter + j] = c as f32 * f;
             }
+            rope::write_row(&angles, cos, sin);
         }
         let shape = [pos.len(), head_dim];
         let make = |v: Vec<f32>| {
@@ -320,15 +316,6 @@ fn segments(grids: &[[usize; 3]]) -> Vec<(usize, usize)> {
         }
     }
     out
-}
-
-fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let half = d / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
 }
 
 impl VisionAttention {
@@ -362,8 +349,8 @@ impl VisionAttention {
             .cast(DType::F32)
             .unsqueeze_dim::<3>(0)
             .unsqueeze_dim(0);
-        let q = rotate(part(0).cast(DType::F32), &cos4, &sin4).cast(dtype);
-        let k = rotate(part(1).cast(DType::F32), &cos4, &sin4).cast(dtype);
+        let q = rope::apply(part(0).cast(DType::F32), &cos4, &sin4).cast(dtype);
+        let k = rope::apply(part(1).cast(DType::F32), &cos4, &sin4).cast(dtype);
         let v = part(2);
         let outs: Vec<Tensor<4>> = segments
             .iter()

@@ -1,0 +1,201 @@
+//! The products: one pass of matrix-vector kernels over the weights for a few activation rows,
+//! tiled `gemm` calls beyond.
+
+use rayon::prelude::*;
+
+use super::aligned::Aligned;
+use super::error::{check_len, checked_bytes};
+use super::kernels::Dots;
+use super::packed::{Data, PackedWeight};
+use super::select::{Kernel, active_kernel, resolve_kernel};
+use super::{CpuError, INT8_BLOCK};
+
+/// Activation rows up to which the matrix-vector kernels run (beyond: tiled gemm).
+pub const SMALL_M: usize = 8;
+
+/// Multiply-accumulates below which a matrix-vector product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+impl PackedWeight {
+    /// `y[m, rows] = x[m, cols] · Wᵀ`, both row-major, with the [`active_kernel`].
+    ///
+    /// Fails when `x` is not `m · cols` long or `y` not `m · rows` long (or those overflow),
+    /// or when the scratch memory cannot be allocated.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        self.matmul_with(active_kernel(), x, m, y)
+    }
+
+    /// [`matmul`](Self::matmul) with `kernel` (or, if the CPU cannot run it, the fastest
+    /// supported kernel below it): to compare kernels within one process.
+    pub fn matmul_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), CpuError> {
+        check_len(
+            "activations",
+            checked_bytes("activations", m, self.cols, 4)? / 4,
+            x.len(),
+        )?;
+        check_len(
+            "output",
+            checked_bytes("output", m, self.rows, 4)? / 4,
+            y.len(),
+        )?;
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        if m <= SMALL_M {
+            let dots = Dots::new(resolve_kernel(kernel, Kernel::is_supported), self.cols);
+            self.matvec(dots, x, m, y)
+        } else {
+            self.tiled_gemm(x, m, y)
+        }
+    }
+
+    /// One pass over the weights; every weight row is dotted with all `m` activation rows.
+    /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
+    fn matvec(&self, dots: Dots, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        let x_aligned = Aligned::from_slice(x)?;
+        let x: &[f32] = &x_aligned;
+        let threads = rayon::current_num_threads().max(1);
+        // enough chunks to balance, each large enough to stream well
+        let chunk = (self.rows.div_ceil(threads * 8)).clamp(8, 1024);
+        let mut out = vec![0f32; y.len()];
+        let work = |(ci, dst): (usize, &mut [f32])| {
+            let r0 = ci * chunk;
+            for (i, d) in dst.chunks_exact_mut(m).enumerate() {
+                self.dot_row(dots, r0 + i, x, m, d);
+            }
+        };
+        // waking the thread pool costs tens of microseconds: small products stay on this thread
+        let macs = self.rows.saturating_mul(self.cols).saturating_mul(m);
+        if threads == 1 || macs < PARALLEL_MIN_MACS {
+            out.chunks_mut(chunk * m).enumerate().for_each(work);
+        } else {
+            out.par_chunks_mut(chunk * m).enumerate().for_each(work);
+        }
+        // [rows, m] -> [m, rows]
+        for (r, vals) in out.chunks_exact(m).enumerate() {
+            for (mi, &v) in vals.iter().enumerate() {
+                y[mi * self.rows + r] = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `r` dotted with the `m` rows of `x` (`m · cols` long) into `out` (`m` long).
+    fn dot_row(&self, dots: Dots, r: usize, x: &[f32], m: usize, out: &mut [f32]) {
+        let c = self.cols;
+        assert!(x.len() >= m * c && out.len() >= m, "dot_row lengths");
+        // SAFETY: `dots` holds kernels the CPU supports (`Dots::new` after `resolve_kernel`),
+        // int8 vector kernels only for `c` a multiple of INT8_BLOCK; each weight slice is one
+        // row of `c` values (with `c / INT8_BLOCK` scales for int8); `x` and `out` are at least
+        // `m · c` and `m` long (asserted above).
+        unsafe {
+            match &self.data {
+                Data::F32(w) => (dots.f32)(&w[r * c..(r + 1) * c], x, m, c, out),
+                Data::Bf16(w) => (dots.bf16)(&w[r * c..(r + 1) * c], x, m, c, out),
+                Data::Int8 { q, scales } => {
+                    let blocks = c.div_ceil(INT8_BLOCK);
+                    (dots.int8)(
+                        &q[r * c..(r + 1) * c],
+                        &scales[r * blocks..(r + 1) * blocks],
+                        x,
+                        m,
+                        c,
+                        out,
+                    )
+                }
+            }
+        }
+    }
+
+    /// Splits the weight rows into tiles, one per task on the thread pool; each tile is
+    /// multiplied single-threaded by the `gemm` crate (f32 rows in place, bf16/int8 rows widened
+    /// into a per-thread scratch first). Tiling beats handing `gemm` the whole matrix: its
+    /// packing of a column-major right-hand side is the costly part, and per-tile calls keep
+    /// that packing in cache.
+    /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
+    fn tiled_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        const TILE: usize = 128;
+        let rows = self.rows;
+        let cols = self.cols;
+        assert!(
+            x.len() == m * cols && y.len() == m * rows,
+            "tiled_gemm lengths"
+        );
+        let tiles = rows.div_ceil(TILE);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        let run = |w: &[f32], r0: usize, n: usize| {
+            assert!(w.len() >= n * cols && r0 + n <= rows, "gemm tile");
+            // SAFETY: `w` holds n rows of `cols` f32 (used as wᵀ [cols, n]); x is [m, cols]; the
+            // tile writes the disjoint columns r0..r0+n of y [m, rows] (lengths asserted above;
+            // `rows` and `cols` are below isize::MAX since the matrix fits in memory).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    cols,
+                    y_ptr.get().add(r0),
+                    1,
+                    rows as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    cols as isize,
+                    w.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        if let Data::F32(w) = &self.data {
+            (0..tiles).into_par_iter().for_each(|t| {
+                let r0 = t * TILE;
+                let n = TILE.min(rows - r0);
+                run(&w[r0 * cols..(r0 + n) * cols], r0, n);
+            });
+            return Ok(());
+        }
+        // at most `rows · cols` f32: fits, as checked when the matrix was packed
+        let scratch_len = TILE.min(rows) * cols;
+        (0..tiles).into_par_iter().for_each_init(
+            || vec![0f32; scratch_len],
+            |scratch, t| {
+                let r0 = t * TILE;
+                let n = TILE.min(rows - r0);
+                for i in 0..n {
+                    self.widen_row(r0 + i, &mut scratch[i * cols..(i + 1) * cols]);
+                }
+                run(&scratch[..n * cols], r0, n);
+            },
+        );
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: used only to write disjoint regions from parallel tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,185 @@
+//! The AVX2 with FMA kernels (x86-64).
+#![allow(clippy::needless_range_loop)] // kernel loops index several arrays in lockstep
+
+use std::arch::x86_64::*;
+
+use super::{INT8_BLOCK, PREFETCH, check_int8};
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let hi = _mm256_extractf128_ps(v, 1);
+    let lo = _mm256_castps256_ps128(v);
+    let s = _mm_add_ps(hi, lo);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+macro_rules! avx2_kernel {
+    ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $inner<const M: usize>(
+            m0: usize,
+            $w: &[$wty],
+            x: &[f32],
+            c: usize,
+            out: &mut [f32],
+        ) {
+            let full = c / 32 * 32;
+            let mut acc = [[_mm256_setzero_ps(); 4]; M];
+            let xp = unsafe { x.as_ptr().add(m0 * c) };
+            let mut $i = 0;
+            let line_elems = 64 / std::mem::size_of::<$wty>();
+            while $i < full {
+                let mut l = 0;
+                while l < 32 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        ($w.as_ptr().wrapping_add($i + l) as *const i8).wrapping_add(PREFETCH),
+                    );
+                    l += line_elems;
+                }
+                let wv: [__m256; 4] = unsafe {
+                    [
+                        {
+                            let $i = $i;
+                            $load
+                        },
+                        {
+                            let $i = $i + 8;
+                            $load
+                        },
+                        {
+                            let $i = $i + 16;
+                            $load
+                        },
+                        {
+                            let $i = $i + 24;
+                            $load
+                        },
+                    ]
+                };
+                for k in 0..M {
+                    let xr = unsafe { xp.add(k * c + $i) };
+                    for u in 0..4 {
+                        let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
+                        acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
+                    }
+                }
+                $i += 32;
+            }
+            for k in 0..M {
+                let a = _mm256_add_ps(
+                    _mm256_add_ps(acc[k][0], acc[k][1]),
+                    _mm256_add_ps(acc[k][2], acc[k][3]),
+                );
+                let mut s = unsafe { hsum256(a) };
+                for $j in full..c {
+                    let $wt = $w;
+                    s += $tail * x[(m0 + k) * c + $j];
+                }
+                out[m0 + k] = s;
+            }
+        }
+
+        /// Dots one weight row (`c` values) with `m` activation rows.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA. (Lengths are checked: `w` at least `c`
+        /// long, `x` at least `m · c`, `out` at least `m`, or this panics.)
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
+            assert!(
+                $w.len() >= c && m.checked_mul(c).is_some_and(|n| x.len() >= n) && out.len() >= m,
+                "kernel lengths"
+            );
+            unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
+        }
+    };
+}
+
+avx2_kernel!(
+    dot_f32,
+    f32_avx2,
+    f32,
+    |w, i| _mm256_loadu_ps(w.as_ptr().add(i)),
+    |w, j| w[j]
+);
+avx2_kernel!(
+    dot_bf16,
+    bf16_avx2,
+    u16,
+    |w, i| _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)),
+        16
+    )),
+    |w, j| f32::from_bits((w[j] as u32) << 16)
+);
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int8_avx2<const M: usize>(
+    m0: usize,
+    q: &[i8],
+    scales: &[f32],
+    x: &[f32],
+    c: usize,
+    out: &mut [f32],
+) {
+    let xp = unsafe { x.as_ptr().add(m0 * c) };
+    let mut acc = [[_mm256_setzero_ps(); 4]; M];
+    for (b, &s) in scales.iter().enumerate() {
+        let sv = _mm256_set1_ps(s);
+        _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(b * INT8_BLOCK + PREFETCH));
+        for half in 0..2 {
+            let i = b * INT8_BLOCK + half * 32;
+            let wv: [__m256; 4] = unsafe {
+                let p = q.as_ptr().add(i) as *const __m128i;
+                let lo = _mm_loadu_si128(p);
+                let hi = _mm_loadu_si128(p.add(1));
+                [
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), sv),
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
+                        sv,
+                    ),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), sv),
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
+                        sv,
+                    ),
+                ]
+            };
+            for k in 0..M {
+                let xr = unsafe { xp.add(k * c + i) };
+                for u in 0..4 {
+                    let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
+                    acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
+                }
+            }
+        }
+    }
+    for k in 0..M {
+        let a = _mm256_add_ps(
+            _mm256_add_ps(acc[k][0], acc[k][1]),
+            _mm256_add_ps(acc[k][2], acc[k][3]),
+        );
+        out[m0 + k] = unsafe { hsum256(a) };
+    }
+}
+
+/// Dots one int8 weight row (`c` values, `c / 64` scales) with `m` activation rows.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. (Lengths are checked as in
+/// the AVX-512 `dot_int8`.)
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_int8(
+    q: &[i8],
+    scales: &[f32],
+    x: &[f32],
+    m: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    check_int8(q, scales, x, m, c, out);
+    unsafe { dispatch_rows!(int8_avx2, m, q, scales, x, c, out) }
+}

@@ -1,0 +1,179 @@
+//! The AVX-512F kernels (x86-64).
+#![allow(clippy::needless_range_loop)] // kernel loops index several arrays in lockstep
+
+use std::arch::x86_64::*;
+
+use super::{INT8_BLOCK, PREFETCH, check_int8};
+
+macro_rules! avx512_kernel {
+    ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $inner<const M: usize>(
+            m0: usize,
+            $w: &[$wty],
+            x: &[f32],
+            c: usize,
+            out: &mut [f32],
+        ) {
+            let full = c / 64 * 64;
+            let mut acc = [[_mm512_setzero_ps(); 4]; M];
+            let xp = unsafe { x.as_ptr().add(m0 * c) };
+            let mut $i = 0;
+            let line_elems = 64 / std::mem::size_of::<$wty>();
+            while $i < full {
+                let mut l = 0;
+                while l < 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        ($w.as_ptr().wrapping_add($i + l) as *const i8).wrapping_add(PREFETCH),
+                    );
+                    l += line_elems;
+                }
+                let wv: [__m512; 4] = unsafe {
+                    [
+                        {
+                            let $i = $i;
+                            $load
+                        },
+                        {
+                            let $i = $i + 16;
+                            $load
+                        },
+                        {
+                            let $i = $i + 32;
+                            $load
+                        },
+                        {
+                            let $i = $i + 48;
+                            $load
+                        },
+                    ]
+                };
+                for k in 0..M {
+                    let xr = unsafe { xp.add(k * c + $i) };
+                    for u in 0..4 {
+                        let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
+                        acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+                    }
+                }
+                $i += 64;
+            }
+            for k in 0..M {
+                let a = _mm512_add_ps(
+                    _mm512_add_ps(acc[k][0], acc[k][1]),
+                    _mm512_add_ps(acc[k][2], acc[k][3]),
+                );
+                let mut s = _mm512_reduce_add_ps(a);
+                for $j in full..c {
+                    let $wt = $w;
+                    s += $tail * x[(m0 + k) * c + $j];
+                }
+                out[m0 + k] = s;
+            }
+        }
+
+        /// Dots one weight row (`c` values) with `m` activation rows.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F. (Lengths are checked: `w` at least `c`
+        /// long, `x` at least `m · c`, `out` at least `m`, or this panics.)
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
+            assert!(
+                $w.len() >= c && m.checked_mul(c).is_some_and(|n| x.len() >= n) && out.len() >= m,
+                "kernel lengths"
+            );
+            unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
+        }
+    };
+}
+
+avx512_kernel!(
+    dot_f32,
+    f32_avx512,
+    f32,
+    |w, i| _mm512_loadu_ps(w.as_ptr().add(i)),
+    |w, j| w[j]
+);
+avx512_kernel!(
+    dot_bf16,
+    bf16_avx512,
+    u16,
+    |w, i| _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i)),
+        16
+    )),
+    |w, j| f32::from_bits((w[j] as u32) << 16)
+);
+
+/// int8 with one scale per 64 weights: each block is widened, scaled and accumulated.
+#[target_feature(enable = "avx512f")]
+unsafe fn int8_avx512<const M: usize>(
+    m0: usize,
+    q: &[i8],
+    scales: &[f32],
+    x: &[f32],
+    c: usize,
+    out: &mut [f32],
+) {
+    let xp = unsafe { x.as_ptr().add(m0 * c) };
+    let mut acc = [[_mm512_setzero_ps(); 4]; M];
+    for (b, &s) in scales.iter().enumerate() {
+        let i = b * INT8_BLOCK;
+        let sv = _mm512_set1_ps(s);
+        _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(i + PREFETCH));
+        let wv: [__m512; 4] = unsafe {
+            let p = q.as_ptr().add(i) as *const __m128i;
+            [
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
+                    sv,
+                ),
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(1)))),
+                    sv,
+                ),
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2)))),
+                    sv,
+                ),
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(3)))),
+                    sv,
+                ),
+            ]
+        };
+        for k in 0..M {
+            let xr = unsafe { xp.add(k * c + i) };
+            for u in 0..4 {
+                let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
+                acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+            }
+        }
+    }
+    for k in 0..M {
+        let a = _mm512_add_ps(
+            _mm512_add_ps(acc[k][0], acc[k][1]),
+            _mm512_add_ps(acc[k][2], acc[k][3]),
+        );
+        out[m0 + k] = _mm512_reduce_add_ps(a);
+    }
+}
+
+/// Dots one int8 weight row (`c` values, `c / 64` scales) with `m` activation rows.
+///
+/// # Safety
+/// The CPU must support AVX-512F. (Lengths are checked: `c` a multiple of 64, `q` at
+/// least `c` long, `scales` exactly `c / 64`, `x` at least `m · c`, `out` at least `m`,
+/// or this panics.)
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot_int8(
+    q: &[i8],
+    scales: &[f32],
+    x: &[f32],
+    m: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    check_int8(q, scales, x, m, c, out);
+    unsafe { dispatch_rows!(int8_avx512, m, q, scales, x, c, out) }
+}

@@ -1,0 +1,114 @@
+//! Dot products of one weight row with `m` activation rows: one file per instruction set,
+//! and [`Dots`], the set of them one product runs with.
+//!
+//! The x86-64 kernels are one per (instruction set, weight type), monomorphised over the
+//! number `M` of activation rows handled per pass (1 to 4) so that every accumulator stays in
+//! a register; 4 independent accumulators per row hide the FMA latency. Everything is inlined
+//! into `#[target_feature]` functions (closures would not inherit the features). Their only
+//! `unsafe` contract is that the CPU supports their instruction set: they assert the lengths
+//! they read within.
+
+use super::{INT8_BLOCK, Kernel};
+
+/// Bytes ahead of the current position that are prefetched.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 2048;
+
+/// The lengths the int8 vector kernels read within, asserted.
+#[cfg(target_arch = "x86_64")]
+fn check_int8(q: &[i8], scales: &[f32], x: &[f32], m: usize, c: usize, out: &[f32]) {
+    assert!(
+        INT8_BLOCK == 64
+            && c.is_multiple_of(INT8_BLOCK)
+            && q.len() >= c
+            && scales.len() == c / INT8_BLOCK
+            && m.checked_mul(c).is_some_and(|n| x.len() >= n)
+            && out.len() >= m,
+        "int8 kernel lengths"
+    );
+}
+
+/// Runs `kernel::<M>` over the activation rows in passes of at most 4.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_rows {
+    ($kernel:ident, $m:expr, $($arg:expr),*) => {{
+        let mut m0 = 0;
+        while m0 < $m {
+            let mm = ($m - m0).min(4);
+            match mm {
+                1 => $kernel::<1>(m0, $($arg),*),
+                2 => $kernel::<2>(m0, $($arg),*),
+                3 => $kernel::<3>(m0, $($arg),*),
+                _ => $kernel::<4>(m0, $($arg),*),
+            }
+            m0 += mm;
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+
+/// A dot product of one f32 weight row (`w`, `c` values) with `m` activation rows (`x`,
+/// `m · c` values) into `out` (`m` values).
+pub(super) type DotF32 = unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]);
+/// [`DotF32`] for a bf16 row (raw bits).
+pub(super) type DotBf16 = unsafe fn(&[u16], &[f32], usize, usize, &mut [f32]);
+/// [`DotF32`] for an int8 row with its `c / INT8_BLOCK` (rounded up) scales.
+pub(super) type DotInt8 = unsafe fn(&[i8], &[f32], &[f32], usize, usize, &mut [f32]);
+
+/// The row kernels of one [`Kernel`], chosen once per product.
+///
+/// Every function is `unsafe` to call: the slices must be as long as described on [`DotF32`]
+/// (the vector kernels read them through raw pointers), and the CPU must support the kernel
+/// the functions were taken from, which [`Dots::new`] ensures for a kernel it is given after
+/// `select::resolve_kernel`.
+#[derive(Clone, Copy)]
+pub(super) struct Dots {
+    pub(super) f32: DotF32,
+    pub(super) bf16: DotBf16,
+    pub(super) int8: DotInt8,
+}
+
+impl Dots {
+    /// The row kernels of `kernel`, which the CPU must support, for rows of `cols` weights
+    /// (int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop).
+    pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
+        let portable = Dots {
+            f32: portable::dot_f32,
+            bf16: portable::dot_bf16,
+            int8: portable::dot_int8,
+        };
+        let int8_vector = cols.is_multiple_of(INT8_BLOCK);
+        debug_assert!(kernel.is_supported());
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => Dots {
+                f32: avx512::dot_f32,
+                bf16: avx512::dot_bf16,
+                int8: if int8_vector {
+                    avx512::dot_int8
+                } else {
+                    portable.int8
+                },
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => Dots {
+                f32: avx2::dot_f32,
+                bf16: avx2::dot_bf16,
+                int8: if int8_vector {
+                    avx2::dot_int8
+                } else {
+                    portable.int8
+                },
+            },
+            _ => {
+                let _ = int8_vector;
+                portable
+            }
+        }
+    }
+}

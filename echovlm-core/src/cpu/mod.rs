@@ -1,0 +1,45 @@
+//! The CPU fast path: linear-layer weights packed in host memory (f32, bf16 or int8 with
+//! per-block scales) and the kernels that multiply them.
+//!
+//! Decoding one token multiplies a vector by every weight matrix once, so its speed is set by
+//! how fast weights stream from memory. Burn's flex backend runs matrix-vector products far
+//! below that and has no bf16 or int8 kernels that do not dequantize the whole matrix first.
+//! The kernels here read each weight once, convert it in registers and accumulate in f32, on
+//! every core:
+//!
+//! * `m ≤ SMALL_M` rows of activations (decode, small batches): one pass over the weights,
+//!   each weight row dotted with every activation row (AVX-512 or AVX2+FMA when the CPU has
+//!   them, a portable loop otherwise);
+//! * larger `m` (prefill): the weights are widened tile by tile into an f32 scratch buffer and
+//!   multiplied with the `gemm` crate, so prefill runs at matrix-multiply speed.
+//!
+//! Only [`crate::Linear`] uses this module, and only on the flex device; every other
+//! backend takes Burn's own matmul. `tests/cpu_kernels.rs` pins the kernels to a plain
+//! reference.
+//!
+//! One concept per file: `error` (the error type and size checks), `aligned` (aligned and
+//! huge-page buffers), `format` (storage formats and int8 quantisation), `packed` (the packed
+//! matrix), `select` (which kernel runs), `gemm` (the products, dispatching to `kernels`: one
+//! file per instruction set).
+//!
+//! # Choosing the kernel
+//!
+//! The kernel is chosen once per process ([`active_kernel`]): the fastest one the CPU runs,
+//! unless the environment variable [`KERNEL_ENV`] (`ECHOVLM_CPU_KERNEL`) names one of
+//! `portable`, `avx2`, `avx512` or `auto`. A kernel the CPU lacks is never run: asking for one
+//! falls back to the fastest supported kernel below it (AVX-512 → AVX2 → portable) and says so
+//! once on standard error; an unknown value falls back to `auto` the same way.
+
+mod aligned;
+mod error;
+mod format;
+mod gemm;
+mod kernels;
+mod packed;
+mod select;
+
+pub use error::CpuError;
+pub use format::{INT8_BLOCK, WeightFormat};
+pub use gemm::SMALL_M;
+pub use packed::PackedWeight;
+pub use select::{KERNEL_ENV, Kernel, active_kernel};

@@ -1,0 +1,277 @@
+//! The packed weight matrix: construction from f32 values or checkpoint bytes, and reading
+//! rows back as f32.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::CpuError;
+use super::aligned::Aligned;
+use super::error::{check_len, checked_bytes, matrix_elements};
+use super::format::{INT8_BLOCK, WeightFormat, quantize_row};
+
+#[derive(Clone)]
+pub(super) enum Data {
+    F32(Aligned<f32>),
+    Bf16(Aligned<u16>),
+    Int8 { q: Aligned<i8>, scales: Box<[f32]> },
+}
+
+/// A `[rows, cols]` weight matrix (rows = outputs, the HF `[out, in]` layout) in host memory.
+///
+/// Every constructor checks that `rows · cols` f32 values fit in memory addresses, so no size
+/// derived from the shape afterwards can overflow.
+#[derive(Clone)]
+pub struct PackedWeight {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) data: Data,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWeight")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("format", &self.format())
+            .finish()
+    }
+}
+
+impl PackedWeight {
+    /// Packs row-major f32 weights in `format` (int8: symmetric, scale = max|w| / 127 per
+    /// block, rounded to nearest).
+    ///
+    /// Fails when `w` does not hold `rows · cols` values or that size overflows.
+    pub fn from_f32(
+        rows: usize,
+        cols: usize,
+        w: &[f32],
+        format: WeightFormat,
+    ) -> Result<Self, CpuError> {
+        let n = matrix_elements(rows, cols)?;
+        check_len("weights", n, w.len())?;
+        let data = match format {
+            WeightFormat::F32 => Data::F32(Aligned::from_slice(w)?),
+            WeightFormat::Bf16 => {
+                let mut bits = Aligned::<u16>::zeroed(n)?;
+                bits.par_iter_mut()
+                    .zip(w.par_iter())
+                    .for_each(|(b, &x)| *b = bf16::from_f32(x).to_bits());
+                Data::Bf16(bits)
+            }
+            WeightFormat::Int8 => {
+                let (mut q, mut scales) = int8_buffers(rows, cols)?;
+                if n > 0 {
+                    let blocks = cols.div_ceil(INT8_BLOCK);
+                    q.par_chunks_mut(cols)
+                        .zip(scales.par_chunks_mut(blocks))
+                        .zip(w.par_chunks(cols))
+                        .for_each(|((qr, sr), wr)| quantize_row(wr, qr, sr));
+                }
+                Data::Int8 {
+                    q,
+                    scales: scales.into(),
+                }
+            }
+        };
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Packs a tensor straight from its little-endian storage bytes (`F32`, `F16` or `BF16`,
+    /// row-major `[rows, cols]`), row by row, never holding an f32 copy of the whole matrix.
+    /// bf16 storage packed as bf16 is copied bit for bit.
+    ///
+    /// Fails on non-float storage, when `bytes` does not hold `rows · cols` values or when that
+    /// size overflows.
+    pub fn from_storage(
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        storage: crate::StorageDtype,
+        format: WeightFormat,
+    ) -> Result<Self, CpuError> {
+        use crate::StorageDtype as S;
+        let size = storage.size();
+        if size == 0 {
+            return Err(CpuError::Storage(storage.name()));
+        }
+        let n = matrix_elements(rows, cols)?;
+        check_len(
+            "storage bytes",
+            checked_bytes("storage", rows, cols, size)?,
+            bytes.len(),
+        )?;
+        if n == 0 {
+            return Self::from_f32(rows, cols, &[], format);
+        }
+        let widen = |raw: &[u8], out: &mut [f32]| match storage {
+            S::F32 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            S::BF16 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                }
+            }
+            S::F16 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            S::Other(_) => unreachable!("checked above"),
+        };
+        let row_bytes = cols * size;
+        let data = match format {
+            WeightFormat::F32 => {
+                let mut w = Aligned::<f32>::zeroed(n)?;
+                w.par_chunks_mut(cols)
+                    .zip(bytes.par_chunks(row_bytes))
+                    .for_each(|(o, raw)| widen(raw, o));
+                Data::F32(w)
+            }
+            WeightFormat::Bf16 => {
+                let mut w = Aligned::<u16>::zeroed(n)?;
+                w.par_chunks_mut(cols)
+                    .zip(bytes.par_chunks(row_bytes))
+                    .for_each_init(
+                        || vec![0f32; cols],
+                        |tmp, (o, raw)| {
+                            if storage == S::BF16 {
+                                for (o, c) in o.iter_mut().zip(raw.chunks_exact(2)) {
+                                    *o = u16::from_le_bytes([c[0], c[1]]);
+                                }
+                            } else {
+                                widen(raw, tmp);
+                                for (o, &x) in o.iter_mut().zip(tmp.iter()) {
+                                    *o = bf16::from_f32(x).to_bits();
+                                }
+                            }
+                        },
+                    );
+                Data::Bf16(w)
+            }
+            WeightFormat::Int8 => {
+                let blocks = cols.div_ceil(INT8_BLOCK);
+                let (mut q, mut scales) = int8_buffers(rows, cols)?;
+                q.par_chunks_mut(cols)
+                    .zip(scales.par_chunks_mut(blocks))
+                    .zip(bytes.par_chunks(row_bytes))
+                    .for_each_init(
+                        || vec![0f32; cols],
+                        |tmp, ((qr, sr), raw)| {
+                            widen(raw, tmp);
+                            quantize_row(tmp, qr, sr);
+                        },
+                    );
+                Data::Int8 {
+                    q,
+                    scales: scales.into(),
+                }
+            }
+        };
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Packs bf16 weights (raw bits) without rounding.
+    ///
+    /// Fails when `w` does not hold `rows · cols` values or that size overflows.
+    pub fn from_bf16_bits(rows: usize, cols: usize, w: &[u16]) -> Result<Self, CpuError> {
+        check_len("weights", matrix_elements(rows, cols)?, w.len())?;
+        Ok(Self {
+            rows,
+            cols,
+            data: Data::Bf16(Aligned::from_slice(w)?),
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Storage format.
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            Data::F32(_) => WeightFormat::F32,
+            Data::Bf16(_) => WeightFormat::Bf16,
+            Data::Int8 { .. } => WeightFormat::Int8,
+        }
+    }
+
+    /// Bytes of host memory the weights occupy.
+    pub fn nbytes(&self) -> usize {
+        match &self.data {
+            Data::F32(w) => w.len() * 4,
+            Data::Bf16(w) => w.len() * 2,
+            Data::Int8 { q, scales } => q.len() + scales.len() * 4,
+        }
+    }
+
+    /// The weights as f32 (dequantised), row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols == 0 {
+            return out;
+        }
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| self.widen_row(r, row));
+        out
+    }
+
+    /// Row `r` widened to f32 into `out` (`cols` long): an embedding lookup.
+    ///
+    /// Fails when `r` is not a row or `out` is not `cols` long.
+    pub fn row(&self, r: usize, out: &mut [f32]) -> Result<(), CpuError> {
+        if r >= self.rows {
+            return Err(CpuError::Row {
+                row: r,
+                rows: self.rows,
+            });
+        }
+        check_len("row output", self.cols, out.len())?;
+        self.widen_row(r, out);
+        Ok(())
+    }
+
+    pub(super) fn widen_row(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        match &self.data {
+            Data::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Data::Bf16(w) => {
+                for (o, &b) in out.iter_mut().zip(&w[r * c..(r + 1) * c]) {
+                    *o = f32::from_bits((b as u32) << 16);
+                }
+            }
+            Data::Int8 { q, scales } => {
+                let blocks = c.div_ceil(INT8_BLOCK);
+                let row = &q[r * c..(r + 1) * c];
+                for (b, chunk) in out.chunks_mut(INT8_BLOCK).enumerate() {
+                    let s = scales[r * blocks + b];
+                    for (o, &qi) in chunk.iter_mut().zip(&row[b * INT8_BLOCK..]) {
+                        *o = qi as f32 * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Zeroed int8 values and scales for a `[rows, cols]` matrix whose size was checked.
+fn int8_buffers(rows: usize, cols: usize) -> Result<(Aligned<i8>, Vec<f32>), CpuError> {
+    let q = Aligned::<i8>::zeroed(rows * cols)?;
+    let n = rows * cols.div_ceil(INT8_BLOCK);
+    let mut scales = Vec::new();
+    scales
+        .try_reserve_exact(n)
+        .map_err(|_| CpuError::Alloc { bytes: n * 4 })?;
+    scales.resize(n, 0f32);
+    Ok((q, scales))
+}

@@ -1,0 +1,50 @@
+//! The shared rotary helpers against hand-computed values.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use echovlm_core::host::to_f32_vec;
+use echovlm_core::rope;
+
+#[test]
+fn inverse_frequencies_follow_the_theta_power_law() {
+    let f = rope::inv_freq(8, 10000.0);
+    assert_eq!(f.len(), 4);
+    for (j, v) in f.iter().enumerate() {
+        let want = 1.0 / 10000f64.powf(2.0 * j as f64 / 8.0);
+        assert!((*v as f64 - want).abs() < 1e-7 * want.max(1e-3), "{j}: {v}");
+    }
+    assert_eq!(f[0], 1.0);
+}
+
+#[test]
+fn table_rows_repeat_each_angle_in_both_halves() {
+    let angles = [0.0f32, 0.5, 2.0];
+    let (mut cos, mut sin) = ([9f32; 7], [9f32; 7]);
+    rope::write_row(&angles, &mut cos, &mut sin);
+    for (j, a) in angles.iter().enumerate() {
+        assert_eq!((cos[j], cos[3 + j]), (a.cos(), a.cos()));
+        assert_eq!((sin[j], sin[3 + j]), (a.sin(), a.sin()));
+    }
+    assert_eq!((cos[6], sin[6]), (9.0, 9.0));
+}
+
+#[test]
+fn apply_rotates_each_pair_by_its_angle() {
+    // pairs (x_j, x_{j+2}) of a 4-wide head rotate by angle_j: (a, b) -> (a·c − b·s, b·c + a·s)
+    let device = Device::default();
+    let angles = [0.3f32, -1.2];
+    let (mut cos, mut sin) = (vec![0f32; 4], vec![0f32; 4]);
+    rope::write_row(&angles, &mut cos, &mut sin);
+    let x = [1.0f32, 2.0, 3.0, -4.0];
+    let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [1, 4]), &device);
+    let y = to_f32_vec(rope::apply(t(x.to_vec()), &t(cos), &t(sin)));
+    for (j, a) in angles.iter().enumerate() {
+        let (p, q) = (x[j], x[j + 2]);
+        let (s, c) = a.sin_cos();
+        assert!((y[j] - (p * c - q * s)).abs() < 1e-6, "{y:?}");
+        assert!((y[j + 2] - (q * c + p * s)).abs() < 1e-6, "{y:?}");
+    }
+    assert_eq!(
+        to_f32_vec(rope::rotate_half(t(x.to_vec()))),
+        vec![-3.0, 4.0, 1.0, 2.0]
+    );
+}
