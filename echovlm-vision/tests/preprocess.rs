@@ -11,6 +11,7 @@ use echovlm_vision::error::ImageError;
 use echovlm_vision::preprocess::{
     MAX_IMAGE_PIXELS, PixelValues, PreprocessConfig, decode_image, load_image, preprocess_image,
     preprocess_path, preprocess_video, preprocess_video_paths, resize, resized_size, smart_resize,
+    to_rgb,
 };
 use image::{ImageEncoder, RgbImage};
 use support::Golden;
@@ -427,21 +428,62 @@ fn formats_decode_identically() {
     assert_eq!(decode_image(&bytes).unwrap(), png);
 }
 
+/// Every image under `fixtures/images/alpha/` against `<name>.rgb`, the RGB bytes the
+/// reference loading (`qwen_vl_utils.to_rgb` on Pillow 13) produces from it
+/// (`tools/make_alpha_fixtures.py`): RGBA composited on white with Pillow's integer blend,
+/// LA / palette + tRNS / colour-key tRNS converted without their transparency, 16-bit colour
+/// samples truncated to their high byte.
 #[test]
-fn gray_alpha_and_16bit_conversions() {
-    // gray + alpha composited onto white like Pillow's paste with an alpha mask
+fn transparency_matches_pillow_goldens() {
+    let dir = support::image("alpha");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e != "rgb"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 12, "{names:?}");
+    for path in names {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+        let got = load_image(&path).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let bad = got.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(bad, 0, "{name}: {bad} of {} bytes differ from Pillow", want.len());
+    }
+}
+
+/// `to_rgb` on images the `image` crate decodes: RGBA is composited (every alpha value
+/// 0..=255 occurs in the fixture), LA drops its alpha.
+#[test]
+fn to_rgb_of_decoded_images() {
+    let dir = support::image("alpha");
+    for name in ["rgba8_32x32.png", "rgba16_16x16.png", "la8_16x16.png", "la16_16x16.png"] {
+        let img = image::open(dir.join(name)).unwrap();
+        let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+        assert_eq!(to_rgb(img).into_raw(), want, "{name}");
+    }
+    // gray + alpha: the gray value, whatever the alpha
     let la = image::GrayAlphaImage::from_fn(4, 1, |x, _| {
         image::LumaA([[0, 100, 200, 77][x as usize], [0, 128, 255, 1][x as usize]])
     });
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(la.as_raw(), 4, 1, image::ExtendedColorType::La8)
-        .unwrap();
-    let rgb = decode_image(&bytes).unwrap();
-    let want: [u8; 4] = [255, 177, 200, 254];
-    for x in 0..4 {
-        assert_eq!(rgb.get_pixel(x, 0).0, [want[x as usize]; 3], "x={x}");
+    let rgb = to_rgb(image::DynamicImage::ImageLumaA8(la));
+    for (x, v) in [0u8, 100, 200, 77].into_iter().enumerate() {
+        assert_eq!(rgb.get_pixel(x as u32, 0).0, [v; 3], "x={x}");
     }
+    // RGBA: DIV255(255 (255 - a) + c a)
+    let rgba = image::RgbaImage::from_fn(4, 1, |x, _| {
+        image::Rgba([[0, 100, 200, 77][x as usize], 0, 255, [0, 128, 255, 1][x as usize]])
+    });
+    let rgb = to_rgb(image::DynamicImage::ImageRgba8(rgba));
+    let want = [[255, 255, 255], [177, 127, 255], [200, 0, 255], [254, 254, 255]];
+    for (x, w) in want.into_iter().enumerate() {
+        assert_eq!(rgb.get_pixel(x as u32, 0).0, w, "x={x}");
+    }
+}
+
+#[test]
+fn sixteen_bit_gray_is_rounded() {
     // 16-bit gray: (v + 128) / 257
     let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(4, 1, |x, _| {
         image::Luma([[0u16, 129, 643, 65535][x as usize]])
