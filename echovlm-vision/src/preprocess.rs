@@ -8,7 +8,7 @@
 //! 1. [`load_image`] / [`decode_image`]: PNG, JPEG, BMP or TIFF → 8-bit RGB;
 //! 2. [`smart_resize`] with the configured `(min_pixels, max_pixels)` → target size, multiple of
 //!    `patch_size · merge_size` (28) on both sides;
-//! 3. [`resize`]: a bit-exact port of Pillow's `Image.resize(size, BICUBIC)` for 8-bit RGB;
+//! 3. [`resize`]: a bit-exact port of Pillow 13's `Image.resize(size, BICUBIC)` for 8-bit RGB;
 //! 4. `x = (u8 · (1/255) − mean[c]) / std[c]` in `f32`, exactly as transformers computes it;
 //! 5. the still is repeated to `temporal_patch_size` frames and cut into `[rows, 1176]` patch
 //!    rows in the `(t, hb, wb, hm, wm)` × `(c, tp, py, px)` order the vision tower expects.
@@ -794,14 +794,22 @@ fn clip8(ss: i64) -> u8 {
 
 const HALF: i64 = 1 << (PRECISION_BITS - 1);
 
-/// Resizes to `height × width` exactly like Pillow's `Image.resize((width, height),
+/// Resizes to `height × width` exactly like Pillow 13's `Image.resize((width, height),
 /// Image.BICUBIC)` on an 8-bit RGB image, which is what transformers' processor calls.
 ///
 /// This is a port of Pillow's `Resample.c`: Catmull-Rom kernel (`a = -0.5`) whose support is
 /// widened by the scale factor when downsampling (antialiasing), weights normalised per output
-/// pixel and rounded to 22-bit fixed point, a horizontal pass into an 8-bit intermediate
-/// followed by a vertical pass; a pass whose size is unchanged is skipped, and a same-size
-/// resize is a copy. The output is bit-identical to Pillow's.
+/// pixel and rounded to 22-bit fixed point, and two separable passes through an 8-bit
+/// intermediate. A pass whose size is unchanged is skipped, and a same-size resize is a copy.
+/// The order of the passes is Pillow 13's (`ImagingResampleInner`): horizontal then
+/// vertical, except when the height shrinks by more than twice as many pixels as the width
+/// does (`in_h − out_h > 0` and `in_h − out_h > 2 · (in_w − out_w)`, e.g. 1000×120 →
+/// 1008×112 or 23×300 → 6×75), where the vertical pass runs first. The rounding of the 8-bit
+/// intermediate makes the order visible: the other order differs from Pillow by up to 16
+/// levels there. (Pillow 12 and older always run the horizontal pass first; the reference is
+/// Pillow 13.) In the horizontal-first order only the source rows the vertical pass reads are
+/// resampled, as in Pillow. The output is
+/// bit-identical to Pillow 13's.
 ///
 /// (`fast_image_resize` 6.1's `Convolution(CatmullRom)` is not bit-identical: on the test
 /// fixtures 13–22 % of its output values differ from Pillow's, by up to 8 levels, with or
@@ -825,50 +833,77 @@ pub fn resize(img: &RgbImage, height: usize, width: usize) -> RgbImage {
     }
     let src = img.as_raw();
     let vert = Taps::new(in_h, height);
-    // Rows of the source the vertical pass reads (Pillow resamples only those horizontally).
-    let first = vert.start[0];
-    let last = vert.start[height - 1] + vert.len[height - 1];
-
-    // Horizontal pass into an 8-bit intermediate holding source rows first..last.
-    let (mid, mid_w, row0): (std::borrow::Cow<'_, [u8]>, usize, usize) = if width != in_w {
-        let horiz = Taps::new(in_w, width);
-        let rows = last - first;
-        let mut mid = vec![0u8; rows * width * 3];
-        for (r, out_row) in mid.chunks_exact_mut(width * 3).enumerate() {
-            let in_row = &src[(first + r) * in_w * 3..(first + r + 1) * in_w * 3];
-            for (xx, out_px) in out_row.chunks_exact_mut(3).enumerate() {
-                let (xmin, k) = horiz.of(xx);
-                let mut ss = [HALF; 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &in_row[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    for c in 0..3 {
-                        ss[c] += i64::from(p[c]) * i64::from(kx);
-                    }
-                }
-                for c in 0..3 {
-                    out_px[c] = clip8(ss[c]);
-                }
+    // Pillow 13: "if height is being scaled down more than twice the amount the width is, run
+    // the vertical pass first" (amounts in pixels).
+    let shrink_h = in_h as i64 - height as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > (in_w as i64 - width as i64) * 2;
+    let out = if !vertical_first {
+        // Horizontal first, over the source rows first..last the vertical pass reads.
+        let first = vert.start[0];
+        let last = vert.start[height - 1] + vert.len[height - 1];
+        if width == in_w {
+            vertical_pass(src, in_w, &vert, 0)
+        } else {
+            let rows = &src[first * in_w * 3..last * in_w * 3];
+            let mid = horizontal_pass(rows, in_w, &Taps::new(in_w, width));
+            if height == in_h {
+                // `first..last` covers every row
+                mid
+            } else {
+                vertical_pass(&mid, width, &vert, first)
             }
         }
-        (mid.into(), width, first)
     } else {
-        (src.as_slice().into(), in_w, 0)
+        // Vertical first.
+        let mid = vertical_pass(src, in_w, &vert, 0);
+        if width == in_w {
+            mid
+        } else {
+            horizontal_pass(&mid, in_w, &Taps::new(in_w, width))
+        }
     };
+    RgbImage::from_raw(out_w, out_h, out).expect("buffer of the requested size")
+}
 
-    if height == in_h {
-        // Only the horizontal pass was needed (and `first..last` covers every row).
-        return RgbImage::from_raw(out_w, out_h, mid.into_owned())
-            .expect("buffer of the requested size");
+/// Pillow's `ImagingResampleHorizontal_8bpc` on RGB rows of `in_w` pixels.
+fn horizontal_pass(src: &[u8], in_w: usize, taps: &Taps) -> Vec<u8> {
+    let width = taps.start.len();
+    let rows = src.len() / (in_w * 3);
+    let mut out = vec![0u8; rows * width * 3];
+    for (in_row, out_row) in src
+        .chunks_exact(in_w * 3)
+        .zip(out.chunks_exact_mut(width * 3))
+    {
+        for (xx, out_px) in out_row.chunks_exact_mut(3).enumerate() {
+            let (xmin, k) = taps.of(xx);
+            let mut ss = [HALF; 3];
+            for (x, &kx) in k.iter().enumerate() {
+                let p = &in_row[(xmin + x) * 3..(xmin + x) * 3 + 3];
+                for c in 0..3 {
+                    ss[c] += i64::from(p[c]) * i64::from(kx);
+                }
+            }
+            for c in 0..3 {
+                out_px[c] = clip8(ss[c]);
+            }
+        }
     }
-    let stride = mid_w * 3;
+    out
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc` on RGB rows of `width` pixels; `src` starts at
+/// source row `row0`.
+fn vertical_pass(src: &[u8], width: usize, taps: &Taps, row0: usize) -> Vec<u8> {
+    let stride = width * 3;
+    let height = taps.start.len();
     let mut out = vec![0u8; height * stride];
     let mut ss = vec![0i64; stride];
     for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let (ymin, k) = vert.of(yy);
+        let (ymin, k) = taps.of(yy);
         ss.fill(HALF);
         for (y, &ky) in k.iter().enumerate() {
             let r = ymin + y - row0;
-            let in_row = &mid[r * stride..(r + 1) * stride];
+            let in_row = &src[r * stride..(r + 1) * stride];
             for (s, &v) in ss.iter_mut().zip(in_row) {
                 *s += i64::from(v) * i64::from(ky);
             }
@@ -877,7 +912,7 @@ pub fn resize(img: &RgbImage, height: usize, width: usize) -> RgbImage {
             *o = clip8(s);
         }
     }
-    RgbImage::from_raw(out_w, out_h, out).expect("buffer of the requested size")
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

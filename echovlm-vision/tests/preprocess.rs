@@ -448,8 +448,18 @@ fn transparency_matches_pillow_goldens() {
         let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
         let got = load_image(&path).unwrap();
         assert_eq!(got.len(), want.len(), "{name}");
-        let bad = got.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
-        assert_eq!(bad, 0, "{name}: {bad} of {} bytes differ from Pillow", want.len());
+        let bad = got
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            bad,
+            0,
+            "{name}: {bad} of {} bytes differ from Pillow",
+            want.len()
+        );
     }
 }
 
@@ -458,10 +468,18 @@ fn transparency_matches_pillow_goldens() {
 #[test]
 fn to_rgb_of_decoded_images() {
     let dir = support::image("alpha");
-    for name in ["rgba8_32x32.png", "rgba16_16x16.png", "la8_16x16.png", "la16_16x16.png"] {
+    for name in [
+        "rgba8_32x32.png",
+        "rgba16_16x16.png",
+        "la8_16x16.png",
+        "la16_16x16.png",
+    ] {
         let img = image::open(dir.join(name)).unwrap();
         let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
-        assert_eq!(to_rgb(img).into_raw(), want, "{name}");
+        let got = to_rgb(img).into_raw();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let bad = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(bad, 0, "{name}: {bad} bytes differ from Pillow");
     }
     // gray + alpha: the gray value, whatever the alpha
     let la = image::GrayAlphaImage::from_fn(4, 1, |x, _| {
@@ -473,10 +491,20 @@ fn to_rgb_of_decoded_images() {
     }
     // RGBA: DIV255(255 (255 - a) + c a)
     let rgba = image::RgbaImage::from_fn(4, 1, |x, _| {
-        image::Rgba([[0, 100, 200, 77][x as usize], 0, 255, [0, 128, 255, 1][x as usize]])
+        image::Rgba([
+            [0, 100, 200, 77][x as usize],
+            0,
+            255,
+            [0, 128, 255, 1][x as usize],
+        ])
     });
     let rgb = to_rgb(image::DynamicImage::ImageRgba8(rgba));
-    let want = [[255, 255, 255], [177, 127, 255], [200, 0, 255], [254, 254, 255]];
+    let want = [
+        [255, 255, 255],
+        [177, 127, 255],
+        [200, 0, 255],
+        [254, 254, 255],
+    ];
     for (x, w) in want.into_iter().enumerate() {
         assert_eq!(rgb.get_pixel(x as u32, 0).0, w, "x={x}");
     }
@@ -671,4 +699,91 @@ fn extreme_aspect_ratio_image_is_refused() {
         preprocess_image(&RgbImage::new(0, 0), &PreprocessConfig::default()),
         Err(ImageError::ZeroSize { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow bicubic resize grid
+// ---------------------------------------------------------------------------------------------
+
+/// The source image of `tools/make_resize_fixtures.py`: the low byte of successive splitmix64
+/// outputs, every 7th column alternately black and white.
+fn resize_source(w: u32, h: u32, seed: u64) -> RgbImage {
+    let mut state = seed;
+    let mut raw = Vec::with_capacity((w * h * 3) as usize);
+    for _ in 0..w * h * 3 {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        raw.push((z ^ (z >> 31)) as u8);
+    }
+    let mut img = RgbImage::from_raw(w, h, raw).unwrap();
+    for x in (0..w).step_by(7) {
+        let v = if (x / 7) % 2 == 0 { 0 } else { 255 };
+        for y in 0..h {
+            img.put_pixel(x, y, image::Rgb([v; 3]));
+        }
+    }
+    img
+}
+
+fn fnv1a64(data: &[u8]) -> String {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for &b in data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    format!("{h:016x}")
+}
+
+/// `resize` against Pillow 13's `Image.resize((w, h), Image.BICUBIC)` on 160 cases
+/// (`tools/make_resize_fixtures.py`): sources 37×23, 101×77, 23×300, 1000×120 and 257×193,
+/// targets from ¼ to 4× on each axis independently (up on one, down on the other, unchanged on
+/// one), including the `smart_resize` sizes 1008×112 and 252×196 and both sides of Pillow 13's
+/// pass-order rule. Every output byte is compared
+/// (hash of the whole output; the full image for the cases stored as PNG).
+#[test]
+fn resize_grid_matches_pillow() {
+    let dir = support::image("resize");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert_eq!(
+        fnv1a64(resize_source(37, 23, 1).as_raw()),
+        spec["source_37x23_seed1_fnv1a64"].as_str().unwrap(),
+        "the source generator differs from the Python one"
+    );
+    let cases = spec["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 160);
+    let mut failed = Vec::new();
+    let mut full = 0;
+    for case in cases {
+        let n = |v: &serde_json::Value| u32::try_from(v.as_u64().unwrap()).unwrap();
+        let (w, h, seed) = (
+            n(&case["src"][0]),
+            n(&case["src"][1]),
+            case["src"][2].as_u64().unwrap(),
+        );
+        let (ow, oh) = (n(&case["out"][0]), n(&case["out"][1]));
+        let got = resize(&resize_source(w, h, seed), oh as usize, ow as usize);
+        assert_eq!((got.width(), got.height()), (ow, oh));
+        if fnv1a64(got.as_raw()) != case["fnv1a64"].as_str().unwrap() {
+            failed.push(format!("{w}x{h} -> {ow}x{oh}"));
+        }
+        if let Some(png) = case.get("png").and_then(|p| p.as_str()) {
+            let want = image::open(dir.join(png)).unwrap().to_rgb8();
+            let bad = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(bad, 0, "{png}: {bad} bytes differ from Pillow");
+            full += 1;
+        }
+    }
+    assert_eq!(full, 4);
+    assert!(
+        failed.is_empty(),
+        "{} cases differ from Pillow: {failed:?}",
+        failed.len()
+    );
 }
