@@ -787,3 +787,98 @@ fn resize_grid_matches_pillow() {
         failed.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// PixelValues consistency
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pixel_values_validate_rejects_inconsistent_shapes() {
+    let img = resize_source(60, 45, 9);
+    let pv = preprocess_image(&img, &PreprocessConfig::default()).unwrap();
+    assert_eq!(pv.grid_thw, [1, 4, 4]);
+    pv.validate(ROW, 2).unwrap();
+    let video = preprocess_video(
+        &[img.clone(), img.clone(), img],
+        &PreprocessConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(video.grid_thw, [2, 4, 4]);
+    video.validate(ROW, 2).unwrap();
+
+    let broken = |f: &dyn Fn(&mut PixelValues)| {
+        let mut p = pv.clone();
+        f(&mut p);
+        p
+    };
+    let cases: Vec<(&str, PixelValues, usize, usize)> = vec![
+        (
+            "one value short",
+            broken(&|p| p.data.truncate(p.data.len() - 1)),
+            ROW,
+            2,
+        ),
+        (
+            "one row more than the grid",
+            broken(&|p| {
+                p.rows += 1;
+                p.data.extend(vec![0.0; ROW]);
+            }),
+            ROW,
+            2,
+        ),
+        (
+            "grid of another image",
+            broken(&|p| p.grid_thw = [1, 4, 6]),
+            ROW,
+            2,
+        ),
+        (
+            "grid side not a multiple of merge",
+            broken(&|p| {
+                p.grid_thw = [1, 2, 8];
+            }),
+            ROW,
+            4,
+        ),
+        (
+            "zero grid",
+            broken(&|p| {
+                p.grid_thw = [0, 4, 4];
+                p.rows = 0;
+                p.data.clear();
+            }),
+            ROW,
+            2,
+        ),
+        ("other row length", pv.clone(), 3 * 2 * 16 * 16, 2),
+        ("zero merge", pv.clone(), ROW, 0),
+        (
+            "grid product overflows",
+            broken(&|p| p.grid_thw = [usize::MAX, 2, 2]),
+            ROW,
+            2,
+        ),
+    ];
+    for (what, p, row_len, merge) in cases {
+        let Err(err) = p.validate(row_len, merge) else {
+            panic!("{what}: accepted");
+        };
+        let ImageError::PixelShape {
+            data_len,
+            rows,
+            grid_thw,
+            row_len: r,
+            merge_size,
+        } = err
+        else {
+            panic!("{what}: {err}");
+        };
+        assert_eq!(
+            (data_len, rows, grid_thw, r, merge_size),
+            (p.data.len(), p.rows, p.grid_thw, row_len, merge),
+            "{what}"
+        );
+        assert!(err.to_string().contains("inconsistent"), "{what}: {err}");
+    }
+}

@@ -32,6 +32,37 @@ impl PixelValues {
         self.data.len().checked_div(self.rows).unwrap_or(0)
     }
 
+    /// Checks that the parts agree with each other and with a consumer that expects rows of
+    /// `row_len` values (`3 · temporal_patch_size · patch_size²`, 1176 for Qwen2-VL) and merges
+    /// `merge_size × merge_size` patches: `grid_t`, `grid_h`, `grid_w` positive, `grid_h` and
+    /// `grid_w` multiples of `merge_size`, `rows = grid_t · grid_h · grid_w` and
+    /// `data.len() = rows · row_len`. What [`preprocess_image`] and [`preprocess_video`] return
+    /// always passes with their configuration's values; a hand-built or modified value may
+    /// not.
+    ///
+    /// # Errors
+    /// [`ImageError::PixelShape`] naming the sizes, when any of these fails (or overflows).
+    pub fn validate(&self, row_len: usize, merge_size: usize) -> Result<(), ImageError> {
+        let [t, h, w] = self.grid_thw;
+        let grid_ok = t > 0
+            && h > 0
+            && w > 0
+            && merge_size > 0
+            && h % merge_size == 0
+            && w % merge_size == 0
+            && t.checked_mul(h).and_then(|n| n.checked_mul(w)) == Some(self.rows);
+        if grid_ok && self.rows.checked_mul(row_len) == Some(self.data.len()) {
+            return Ok(());
+        }
+        Err(ImageError::PixelShape {
+            data_len: self.data.len(),
+            rows: self.rows,
+            grid_thw: self.grid_thw,
+            row_len,
+            merge_size,
+        })
+    }
+
     /// Visual tokens after the `merge_size × merge_size` patch merger:
     /// `rows / merge_size²`.
     pub fn merged_tokens(&self, merge_size: usize) -> usize {
