@@ -84,6 +84,24 @@ pub enum ImageError {
     /// A video was given without any frame.
     #[error("a video needs at least one frame, got none")]
     NoFrames,
+    /// Pixel values whose parts disagree (see `PixelValues::validate`): the data is not
+    /// `rows × row_len` values, `rows` is not `grid_t · grid_h · grid_w`, a grid side is zero,
+    /// or `grid_h` / `grid_w` is not a multiple of the merge size.
+    #[error(
+        "pixel values are inconsistent: {data_len} values in {rows} rows, grid (t, h, w) =          {grid_thw:?}, but rows of {row_len} values and a merge size of {merge_size} are expected"
+    )]
+    PixelShape {
+        /// Length of the data.
+        data_len: usize,
+        /// The declared number of patch rows.
+        rows: usize,
+        /// The declared `(grid_t, grid_h, grid_w)`.
+        grid_thw: [usize; 3],
+        /// Values per row the consumer expects (`3 · temporal_patch_size · patch_size²`).
+        row_len: usize,
+        /// The consumer's merge size (`grid_h` and `grid_w` must be multiples of it).
+        merge_size: usize,
+    },
     /// A preprocessing configuration (e.g. `preprocessor_config.json`) is malformed or holds
     /// values that cannot be used.
     #[error("invalid preprocessor config{}: {reason}", at(.path))]

@@ -11,6 +11,7 @@ use echovlm_vision::error::ImageError;
 use echovlm_vision::preprocess::{
     MAX_IMAGE_PIXELS, PixelValues, PreprocessConfig, decode_image, load_image, preprocess_image,
     preprocess_path, preprocess_video, preprocess_video_paths, resize, resized_size, smart_resize,
+    to_rgb,
 };
 use image::{ImageEncoder, RgbImage};
 use support::Golden;
@@ -427,21 +428,90 @@ fn formats_decode_identically() {
     assert_eq!(decode_image(&bytes).unwrap(), png);
 }
 
+/// Every image under `fixtures/images/alpha/` against `<name>.rgb`, the RGB bytes the
+/// reference loading (`qwen_vl_utils.to_rgb` on Pillow 13) produces from it
+/// (`tools/make_alpha_fixtures.py`): RGBA composited on white with Pillow's integer blend,
+/// LA / palette + tRNS / colour-key tRNS converted without their transparency, 16-bit colour
+/// samples truncated to their high byte.
 #[test]
-fn gray_alpha_and_16bit_conversions() {
-    // gray + alpha composited onto white like Pillow's paste with an alpha mask
+fn transparency_matches_pillow_goldens() {
+    let dir = support::image("alpha");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e != "rgb"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 12, "{names:?}");
+    for path in names {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+        let got = load_image(&path).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let bad = got
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            bad,
+            0,
+            "{name}: {bad} of {} bytes differ from Pillow",
+            want.len()
+        );
+    }
+}
+
+/// `to_rgb` on images the `image` crate decodes: RGBA is composited (every alpha value
+/// 0..=255 occurs in the fixture), LA drops its alpha.
+#[test]
+fn to_rgb_of_decoded_images() {
+    let dir = support::image("alpha");
+    for name in [
+        "rgba8_32x32.png",
+        "rgba16_16x16.png",
+        "la8_16x16.png",
+        "la16_16x16.png",
+    ] {
+        let img = image::open(dir.join(name)).unwrap();
+        let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+        let got = to_rgb(img).into_raw();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let bad = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(bad, 0, "{name}: {bad} bytes differ from Pillow");
+    }
+    // gray + alpha: the gray value, whatever the alpha
     let la = image::GrayAlphaImage::from_fn(4, 1, |x, _| {
         image::LumaA([[0, 100, 200, 77][x as usize], [0, 128, 255, 1][x as usize]])
     });
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(la.as_raw(), 4, 1, image::ExtendedColorType::La8)
-        .unwrap();
-    let rgb = decode_image(&bytes).unwrap();
-    let want: [u8; 4] = [255, 177, 200, 254];
-    for x in 0..4 {
-        assert_eq!(rgb.get_pixel(x, 0).0, [want[x as usize]; 3], "x={x}");
+    let rgb = to_rgb(image::DynamicImage::ImageLumaA8(la));
+    for (x, v) in [0u8, 100, 200, 77].into_iter().enumerate() {
+        assert_eq!(rgb.get_pixel(x as u32, 0).0, [v; 3], "x={x}");
     }
+    // RGBA: DIV255(255 (255 - a) + c a)
+    let rgba = image::RgbaImage::from_fn(4, 1, |x, _| {
+        image::Rgba([
+            [0, 100, 200, 77][x as usize],
+            0,
+            255,
+            [0, 128, 255, 1][x as usize],
+        ])
+    });
+    let rgb = to_rgb(image::DynamicImage::ImageRgba8(rgba));
+    let want = [
+        [255, 255, 255],
+        [177, 127, 255],
+        [200, 0, 255],
+        [254, 254, 255],
+    ];
+    for (x, w) in want.into_iter().enumerate() {
+        assert_eq!(rgb.get_pixel(x as u32, 0).0, w, "x={x}");
+    }
+}
+
+#[test]
+fn sixteen_bit_gray_is_rounded() {
     // 16-bit gray: (v + 128) / 257
     let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(4, 1, |x, _| {
         image::Luma([[0u16, 129, 643, 65535][x as usize]])
@@ -629,4 +699,186 @@ fn extreme_aspect_ratio_image_is_refused() {
         preprocess_image(&RgbImage::new(0, 0), &PreprocessConfig::default()),
         Err(ImageError::ZeroSize { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow bicubic resize grid
+// ---------------------------------------------------------------------------------------------
+
+/// The source image of `tools/make_resize_fixtures.py`: the low byte of successive splitmix64
+/// outputs, every 7th column alternately black and white.
+fn resize_source(w: u32, h: u32, seed: u64) -> RgbImage {
+    let mut state = seed;
+    let mut raw = Vec::with_capacity((w * h * 3) as usize);
+    for _ in 0..w * h * 3 {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        raw.push((z ^ (z >> 31)) as u8);
+    }
+    let mut img = RgbImage::from_raw(w, h, raw).unwrap();
+    for x in (0..w).step_by(7) {
+        let v = if (x / 7) % 2 == 0 { 0 } else { 255 };
+        for y in 0..h {
+            img.put_pixel(x, y, image::Rgb([v; 3]));
+        }
+    }
+    img
+}
+
+fn fnv1a64(data: &[u8]) -> String {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for &b in data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    format!("{h:016x}")
+}
+
+/// `resize` against Pillow 13's `Image.resize((w, h), Image.BICUBIC)` on 160 cases
+/// (`tools/make_resize_fixtures.py`): sources 37×23, 101×77, 23×300, 1000×120 and 257×193,
+/// targets from ¼ to 4× on each axis independently (up on one, down on the other, unchanged on
+/// one), including the `smart_resize` sizes 1008×112 and 252×196 and both sides of Pillow 13's
+/// pass-order rule. Every output byte is compared
+/// (hash of the whole output; the full image for the cases stored as PNG).
+#[test]
+fn resize_grid_matches_pillow() {
+    let dir = support::image("resize");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert_eq!(
+        fnv1a64(resize_source(37, 23, 1).as_raw()),
+        spec["source_37x23_seed1_fnv1a64"].as_str().unwrap(),
+        "the source generator differs from the Python one"
+    );
+    let cases = spec["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 160);
+    let mut failed = Vec::new();
+    let mut full = 0;
+    for case in cases {
+        let n = |v: &serde_json::Value| u32::try_from(v.as_u64().unwrap()).unwrap();
+        let (w, h, seed) = (
+            n(&case["src"][0]),
+            n(&case["src"][1]),
+            case["src"][2].as_u64().unwrap(),
+        );
+        let (ow, oh) = (n(&case["out"][0]), n(&case["out"][1]));
+        let got = resize(&resize_source(w, h, seed), oh as usize, ow as usize);
+        assert_eq!((got.width(), got.height()), (ow, oh));
+        if fnv1a64(got.as_raw()) != case["fnv1a64"].as_str().unwrap() {
+            failed.push(format!("{w}x{h} -> {ow}x{oh}"));
+        }
+        if let Some(png) = case.get("png").and_then(|p| p.as_str()) {
+            let want = image::open(dir.join(png)).unwrap().to_rgb8();
+            let bad = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(bad, 0, "{png}: {bad} bytes differ from Pillow");
+            full += 1;
+        }
+    }
+    assert_eq!(full, 4);
+    assert!(
+        failed.is_empty(),
+        "{} cases differ from Pillow: {failed:?}",
+        failed.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// PixelValues consistency
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pixel_values_validate_rejects_inconsistent_shapes() {
+    let img = resize_source(60, 45, 9);
+    let pv = preprocess_image(&img, &PreprocessConfig::default()).unwrap();
+    assert_eq!(pv.grid_thw, [1, 4, 4]);
+    pv.validate(ROW, 2).unwrap();
+    let video = preprocess_video(
+        &[img.clone(), img.clone(), img],
+        &PreprocessConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(video.grid_thw, [2, 4, 4]);
+    video.validate(ROW, 2).unwrap();
+
+    let broken = |f: &dyn Fn(&mut PixelValues)| {
+        let mut p = pv.clone();
+        f(&mut p);
+        p
+    };
+    let cases: Vec<(&str, PixelValues, usize, usize)> = vec![
+        (
+            "one value short",
+            broken(&|p| p.data.truncate(p.data.len() - 1)),
+            ROW,
+            2,
+        ),
+        (
+            "one row more than the grid",
+            broken(&|p| {
+                p.rows += 1;
+                p.data.extend(vec![0.0; ROW]);
+            }),
+            ROW,
+            2,
+        ),
+        (
+            "grid of another image",
+            broken(&|p| p.grid_thw = [1, 4, 6]),
+            ROW,
+            2,
+        ),
+        (
+            "grid side not a multiple of merge",
+            broken(&|p| {
+                p.grid_thw = [1, 2, 8];
+            }),
+            ROW,
+            4,
+        ),
+        (
+            "zero grid",
+            broken(&|p| {
+                p.grid_thw = [0, 4, 4];
+                p.rows = 0;
+                p.data.clear();
+            }),
+            ROW,
+            2,
+        ),
+        ("other row length", pv.clone(), 3 * 2 * 16 * 16, 2),
+        ("zero merge", pv.clone(), ROW, 0),
+        (
+            "grid product overflows",
+            broken(&|p| p.grid_thw = [usize::MAX, 2, 2]),
+            ROW,
+            2,
+        ),
+    ];
+    for (what, p, row_len, merge) in cases {
+        let Err(err) = p.validate(row_len, merge) else {
+            panic!("{what}: accepted");
+        };
+        let ImageError::PixelShape {
+            data_len,
+            rows,
+            grid_thw,
+            row_len: r,
+            merge_size,
+        } = err
+        else {
+            panic!("{what}: {err}");
+        };
+        assert_eq!(
+            (data_len, rows, grid_thw, r, merge_size),
+            (p.data.len(), p.rows, p.grid_thw, row_len, merge),
+            "{what}"
+        );
+        assert!(err.to_string().contains("inconsistent"), "{what}: {err}");
+    }
 }
