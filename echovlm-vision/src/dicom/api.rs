@@ -25,15 +25,16 @@ pub enum FrameSelection {
 }
 
 impl FrameSelection {
-    /// The frame indices this selection takes from an object of `number_of_frames` frames.
+    /// How many frames this selection takes from an object of `number_of_frames` frames,
+    /// without listing them (a corrupt Number of Frames may be huge).
     ///
     /// # Errors
     /// A message for a stride of 0, an empty list or an index `≥ number_of_frames`.
-    pub(super) fn indices(&self, number_of_frames: usize) -> Result<Vec<usize>, String> {
+    pub(super) fn count(&self, number_of_frames: usize) -> Result<usize, String> {
         match self {
-            FrameSelection::All => Ok((0..number_of_frames).collect()),
+            FrameSelection::All => Ok(number_of_frames),
             FrameSelection::Stride(0) => Err("frame stride must be at least 1, got 0".into()),
-            FrameSelection::Stride(n) => Ok((0..number_of_frames).step_by(*n).collect()),
+            FrameSelection::Stride(n) => Ok(number_of_frames.div_ceil(*n)),
             FrameSelection::List(list) if list.is_empty() => {
                 Err("the frame list is empty; select at least one frame".into())
             }
@@ -44,8 +45,18 @@ impl FrameSelection {
                     if number_of_frames == 1 { "" } else { "s" },
                     number_of_frames - 1
                 )),
-                None => Ok(list.clone()),
+                None => Ok(list.len()),
             },
+        }
+    }
+
+    /// The frame indices this selection takes from an object of `number_of_frames` frames, once
+    /// [`count`](Self::count) has accepted it.
+    pub(super) fn indices(&self, number_of_frames: usize) -> Vec<usize> {
+        match self {
+            FrameSelection::All => (0..number_of_frames).collect(),
+            FrameSelection::Stride(n) => (0..number_of_frames).step_by((*n).max(1)).collect(),
+            FrameSelection::List(list) => list.clone(),
         }
     }
 }

@@ -228,15 +228,14 @@ pub(super) fn decode(
         )));
     }
 
-    let indices = selection
-        .indices(number_of_frames)
+    let selected = selection
+        .count(number_of_frames)
         .map_err(|r| cx.invalid(r))?;
-    let total = frame_pixels.saturating_mul(indices.len() as u64);
+    let total = frame_pixels.saturating_mul(selected as u64);
     if total > MAX_DICOM_TOTAL_PIXELS {
         return Err(cx.invalid(format!(
-            "{} frames of {rows}x{columns} pixels (rows x columns) are {total} pixels, more \
-             than the limit of {MAX_DICOM_TOTAL_PIXELS} pixels per call; select fewer frames",
-            indices.len()
+            "{selected} frames of {rows}x{columns} pixels (rows x columns) are {total} pixels, \
+             more than the limit of {MAX_DICOM_TOTAL_PIXELS} pixels per call; select fewer frames",
         )));
     }
 
@@ -254,31 +253,21 @@ pub(super) fn decode(
     let (h, w) = (u32::from(rows), u32::from(columns));
     let n_px = frame_pixels as usize;
 
-    let mut frames = Vec::with_capacity(indices.len());
-    if jpeg {
+    // The pixel data must hold the declared frames (one fragment at least per JPEG frame)
+    // before a list of frame indices is built, so that a huge Number of Frames allocates nothing.
+    let (fragments, native) = if jpeg {
         let fragments = pixel_data.fragments().ok_or_else(|| {
             cx.invalid("JPEG Baseline transfer syntax but the Pixel Data is not encapsulated")
         })?;
-        let offsets = pixel_data.offset_table().unwrap_or(&[]);
-        for &i in &indices {
-            let data = frame_fragment_data(fragments, offsets, number_of_frames, i)
-                .map_err(|r| cx.invalid(r))?;
-            check_jpeg_header(&data, i, rows, columns, samples_per_pixel, &cx)?;
-            let index = u32::try_from(i)
-                .map_err(|_| cx.unsupported(format!("frame index {i} is beyond u32")))?;
-            let decoded = obj.decode_pixel_data_frame(index).map_err(|e| {
-                cx.invalid(format!("cannot decode JPEG frame {i}: {}", error_chain(&e)))
-            })?;
-            let data = decoded.data();
-            let want = n_px * usize::from(samples_per_pixel);
-            if data.len() != want {
-                return Err(cx.invalid(format!(
-                    "JPEG frame {i} decoded to {} bytes, {want} expected",
-                    data.len()
-                )));
-            }
-            frames.push(to_rgb(data, layout, sample, voi, h, w));
+        if fragments.len() < number_of_frames {
+            return Err(cx.invalid(format!(
+                "Number of Frames (0028,0008) is {number_of_frames}, but the Pixel Data holds \
+                 {} fragment{} (each frame needs at least one)",
+                fragments.len(),
+                if fragments.len() == 1 { "" } else { "s" },
+            )));
         }
+        (fragments, None)
     } else {
         if pixel_data.fragments().is_some() {
             return Err(cx.invalid(
@@ -301,9 +290,36 @@ pub(super) fn decode(
                 if samples_per_pixel == 1 { "" } else { "s" },
             )));
         }
+        (&[][..], Some((data, frame_bytes)))
+    };
+
+    let indices = selection.indices(number_of_frames);
+    let mut frames = Vec::with_capacity(indices.len());
+    if let Some((data, frame_bytes)) = native {
         for &i in &indices {
             let frame = &data[i * frame_bytes..(i + 1) * frame_bytes];
             frames.push(to_rgb(frame, layout, sample, voi, h, w));
+        }
+    } else {
+        let offsets = pixel_data.offset_table().unwrap_or(&[]);
+        for &i in &indices {
+            let data = frame_fragment_data(fragments, offsets, number_of_frames, i)
+                .map_err(|r| cx.invalid(r))?;
+            check_jpeg_header(&data, i, rows, columns, samples_per_pixel, &cx)?;
+            let index = u32::try_from(i)
+                .map_err(|_| cx.unsupported(format!("frame index {i} is beyond u32")))?;
+            let decoded = obj.decode_pixel_data_frame(index).map_err(|e| {
+                cx.invalid(format!("cannot decode JPEG frame {i}: {}", error_chain(&e)))
+            })?;
+            let data = decoded.data();
+            let want = n_px * usize::from(samples_per_pixel);
+            if data.len() != want {
+                return Err(cx.invalid(format!(
+                    "JPEG frame {i} decoded to {} bytes, {want} expected",
+                    data.len()
+                )));
+            }
+            frames.push(to_rgb(data, layout, sample, voi, h, w));
         }
     }
 

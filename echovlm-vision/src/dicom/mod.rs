@@ -44,10 +44,14 @@
 //!
 //! # Guards
 //!
-//! Before dicom-rs parses a file, the element headers are walked and any value that declares
-//! more bytes than the file holds is refused as truncated (so a corrupt length never turns into
-//! a huge allocation); frame geometry is checked against [`MAX_IMAGE_PIXELS`](crate::preprocess::MAX_IMAGE_PIXELS) per frame and
-//! [`MAX_DICOM_TOTAL_PIXELS`] over the selected frames before any frame buffer is allocated.
+//! Before dicom-rs parses a file, the element headers are walked (the file meta group as
+//! dicom-object reads it, the data set by dicom-rs' own token reader) and any value that declares
+//! more bytes than the file holds is refused as truncated, so a corrupt length never turns into
+//! a huge allocation. Frame geometry is checked against
+//! [`MAX_IMAGE_PIXELS`](crate::preprocess::MAX_IMAGE_PIXELS) per frame and
+//! [`MAX_DICOM_TOTAL_PIXELS`] over the selected frames, and Number of Frames against what the
+//! pixel data holds (bytes, or one fragment at least per JPEG frame), before any frame buffer or
+//! frame list is allocated.
 //!
 //! # Layout of the module
 //!
