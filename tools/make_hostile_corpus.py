@@ -10,6 +10,7 @@ to `EchoVlm::load` / `EchoVlm::generate`, and a seed for the fuzz targets in fuz
   tokenizers/   tokenizer.json files that cannot be parsed
   images/       empty, corrupt, truncated, tiny, extreme-aspect, oversized and unusual images
   templates/    hostile chat templates (dropping or doubling images, endless loops, ...)
+  dicom/        DICOM files from fixtures/dicom with corrupt lengths, VRs and frame counts
 
 Run from anywhere with /work/pyenv/bin/python (numpy, pillow): the output is deterministic.
 """
@@ -385,6 +386,52 @@ def templates():
     write("templates/raises.jinja", "{{ raise_exception('this template refuses every conversation') }}")
 
 
+# ------------------------------------------------------------------------------------------
+# DICOM (fixtures/dicom with a few bytes changed; tests in echovlm-vision/tests/dicom.rs)
+# ------------------------------------------------------------------------------------------
+
+
+def dicom():
+    def fixture(name):
+        return (FIXTURES / "dicom" / name).read_bytes()
+
+    def replace_once(data, old, new):
+        assert data.count(old) == 1, old
+        return data.replace(old, new)
+
+    mono8 = fixture("us_mono8.dcm")
+    # Patient ID with a VR dicom-rs does not know ("lo"): it reads it as UN, 2 reserved bytes
+    # then a 4-byte length, here the value's first bytes "ECHO" = 1 330 135 877 (found by the
+    # dicom_read fuzz target; the pre-scan used to stop at the unknown VR)
+    write(
+        "dicom/unknown_vr_long_length.dcm",
+        replace_once(mono8, b"\x10\x00\x20\x00LO\x0a\x00ECHO", b"\x10\x00\x20\x00lo\x0a\x00ECHO"),
+    )
+    # the same in the file meta group: (0002,0002) as "ui" with a 4-byte length of 0xFFFFFFF0,
+    # the group length grown to cover it (dicom-object reads up to the group length)
+    meta_end = 132 + 12 + struct.unpack_from("<I", mono8, 140)[0]
+    extra = b"\x02\x00\x02\x00ui\x00\x00" + struct.pack("<I", 0xFFFF_FFF0)
+    grown = bytearray(mono8[:meta_end] + extra + mono8[meta_end:])
+    struct.pack_into("<I", grown, 140, meta_end - 144 + len(extra))
+    write("dicom/meta_unknown_vr_long_length.dcm", bytes(grown))
+    # 1x1 frames, Number of Frames 1 000 000 000 (the frame list used to be built, 8 GB,
+    # before the pixel data was measured)
+    one = replace_once(mono8, b"\x28\x00\x10\x00US\x02\x00\x48\x00", b"\x28\x00\x10\x00US\x02\x00\x01\x00")
+    one = replace_once(one, b"\x28\x00\x11\x00US\x02\x00\x60\x00", b"\x28\x00\x11\x00US\x02\x00\x01\x00")
+    one = replace_once(
+        one,
+        b"\x28\x00\x10\x00US",
+        b"\x28\x00\x08\x00IS\x0a\x001000000000\x28\x00\x10\x00US",
+    )
+    write("dicom/huge_number_of_frames.dcm", one)
+    # the JPEG cine loop (3 frames, 3 fragments) claiming 999 999 999 frames
+    jpeg = fixture("us_ybr422_jpeg.dcm")
+    write(
+        "dicom/jpeg_huge_number_of_frames.dcm",
+        replace_once(jpeg, b"\x28\x00\x08\x00IS\x02\x003 ", b"\x28\x00\x08\x00IS\x0a\x00999999999 "),
+    )
+
+
 def main():
     checkpoints()
     indexes()
@@ -392,6 +439,7 @@ def main():
     tokenizers()
     images()
     templates()
+    dicom()
     files = sorted(p for p in OUT.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     print(f"wrote {len(files)} files, {total} bytes, under {OUT.relative_to(ROOT)}")

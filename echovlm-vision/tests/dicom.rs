@@ -547,3 +547,45 @@ fn bytes_and_file_decode_the_same() {
     assert_eq!(a, b);
     assert_eq!(a.frame_indices, vec![0, 2]);
 }
+
+/// The committed hostile DICOM files (`tools/make_hostile_corpus.py`, `tests/corpus/dicom/`):
+/// each is refused with [`ImageError::Dicom`] naming what is wrong, without allocating what its
+/// lengths or frame count declare.
+#[test]
+fn hostile_corpus_is_refused() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/dicom");
+    let cases: [(&str, FrameSelection, &str); 4] = [
+        // a VR dicom-rs reads as UN with a 4-byte length (fuzz finding: the pre-scan stopped)
+        (
+            "unknown_vr_long_length.dcm",
+            FrameSelection::All,
+            "(0010,0020) declares 1330135877 bytes",
+        ),
+        (
+            "meta_unknown_vr_long_length.dcm",
+            FrameSelection::All,
+            "file meta element (0002,0002) declares 4294967280 bytes",
+        ),
+        (
+            "huge_number_of_frames.dcm",
+            FrameSelection::All,
+            "1000000000 frames of 1x1 pixels",
+        ),
+        (
+            "jpeg_huge_number_of_frames.dcm",
+            FrameSelection::List(vec![0]),
+            "Number of Frames (0028,0008) is 999999999, but the Pixel Data holds 3 fragments",
+        ),
+    ];
+    for (name, selection, want) in cases {
+        let path = corpus.join(name);
+        assert!(is_dicom(&path), "{name}");
+        let e = load_dicom(&path, &selection).unwrap_err();
+        assert!(dicom_reason(&e).contains(want), "{name}: {e}");
+        assert!(
+            dicom_reason(&e).contains("truncated") == want.contains("declares"),
+            "{e}"
+        );
+        assert_eq!(e.path(), Some(path.as_path()));
+    }
+}
