@@ -489,24 +489,60 @@ fn namespace_cycles_are_refused_on_every_path() {
     let cycle = "a namespace or loop object cannot be stored in a namespace attribute";
     let cases = [
         // the cycle, then each operator that walks it
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns ~ '' }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|string }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|tojson }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|pprint }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns == ns.v }}", cycle),
-        ("{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns in [ns] }}", cycle),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns ~ '' }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|string }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|tojson }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|pprint }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns == ns.v }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns in [ns] }}",
+            cycle,
+        ),
         // whitespace control, a namespace inside a list or a map, through another namespace
-        ("{%- set ns = namespace() -%}{%- set ns.v = [1, [ns]] -%}{{ ns }}", cycle),
-        ("{% set ns = namespace() %}{% set ns.v = {'k': ns} %}{{ ns }}", cycle),
+        (
+            "{%- set ns = namespace() -%}{%- set ns.v = [1, [ns]] -%}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v = {'k': ns} %}{{ ns }}",
+            cycle,
+        ),
         (
             "{% set a = namespace() %}{% set b = namespace() %}{% set a.b = b %}{% set b.a = a %}{{ a }}",
             cycle,
         ),
         // unpacking, a block assignment whose filter yields the namespace, a lazy iterable
-        ("{% set ns = namespace() %}{% set x, ns.v = 1, ns %}{{ ns }}", cycle),
-        ("{% set ns = namespace() %}{% set ns.v | default(ns, true) %}{% endset %}{{ ns }}", cycle),
-        ("{% set ns = namespace() %}{% set ns.v = [ns]|reverse %}{{ ns }}", cycle),
+        (
+            "{% set ns = namespace() %}{% set x, ns.v = 1, ns %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v | default(ns, true) %}{% endset %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v = [ns]|reverse %}{{ ns }}",
+            cycle,
+        ),
         // `loop` moves on after it is stored: `nextitem` would become the namespace
         (
             "{% set ns = namespace() %}{% for x in [1, 2, ns, 3] %}{% if loop.first %}{% set ns.l = loop %}{% endif %}{% endfor %}{{ ns|tojson }}",
@@ -517,7 +553,10 @@ fn namespace_cycles_are_refused_on_every_path() {
             cycle,
         ),
         // a namespace given to namespace()
-        ("{% set a = namespace() %}{% set b = namespace(a=a) %}{% set a.b = 1 %}{{ b }}", cycle),
+        (
+            "{% set a = namespace() %}{% set b = namespace(a=a) %}{% set a.b = 1 %}{{ b }}",
+            cycle,
+        ),
         // nesting that is not a cycle but would overflow the stack just the same
         (
             "{% set ns = namespace(v=0) %}{% for i in range(100000) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}",
@@ -545,17 +584,35 @@ fn ordinary_namespace_assignments_render() {
             "{% set n = namespace(l=[]) %}{% for m in messages %}{% set n.l = n.l + [m.role] %}{% endfor %}{{ n.l|tojson }}",
             r#"["user"]"#,
         ),
-        ("{% set n = namespace() %}{% set n.m = {'a': [1, {'b': 2}]} %}{{ n.m.a[1].b }}", "2"),
-        ("{% set n = namespace() %}{% set n.s | upper %}ab{% endset %}{{ n.s }}", "AB"),
-        ("{% set n = namespace() %}{% set n.s %}x{% endset %}{{ n.s }}", "x"),
-        ("{% set n = namespace() %}{% set a, n.b = 1, 2 %}{{ a }}{{ n.b }}", "12"),
-        ("{% set n = namespace() %}{% set n.b = 'a=b|c %}' %}{{ n.b }}", "a=b|c %}"),
+        (
+            "{% set n = namespace() %}{% set n.m = {'a': [1, {'b': 2}]} %}{{ n.m.a[1].b }}",
+            "2",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.s | upper %}ab{% endset %}{{ n.s }}",
+            "AB",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.s %}x{% endset %}{{ n.s }}",
+            "x",
+        ),
+        (
+            "{% set n = namespace() %}{% set a, n.b = 1, 2 %}{{ a }}{{ n.b }}",
+            "12",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.b = 'a=b|c %}' %}{{ n.b }}",
+            "a=b|c %}",
+        ),
         // lazy sequences are stored as lists: a view of `loop` no longer moves with it
         (
             "{% set n = namespace() %}{% for x in [1, 2, n, 3] %}{% if loop.first %}{% set n.l = loop.items() %}{% endif %}{% endfor %}{{ n.l|length }}",
             "11",
         ),
-        ("{% set n = namespace(r=[1, 2]|reverse) %}{{ n.r }}", "[2, 1]"),
+        (
+            "{% set n = namespace(r=[1, 2]|reverse) %}{{ n.r }}",
+            "[2, 1]",
+        ),
         (
             "{% set ns = namespace(v=0) %}{% for i in range(127) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v|length }}",
             "1",

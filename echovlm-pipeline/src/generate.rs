@@ -9,7 +9,9 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::error::EchoError;
+use echovlm_core::LoadError;
 use echovlm_text::Qwen2Tokenizer;
+use std::path::Path;
 
 /// Lets a caller stop a generation from another thread; the output then ends with
 /// [`FinishReason::Cancelled`].
@@ -103,8 +105,16 @@ impl GenerationOptions {
         }
     }
 
-    /// Reads the sampling fields of a `generation_config.json` over `self`.
-    pub fn with_generation_config(mut self, json: &serde_json::Value) -> Self {
+    /// Reads the sampling fields and the stop tokens (`eos_token_id`) of a
+    /// `generation_config.json` (its parsed content `json`, read from `path`) over `self`.
+    ///
+    /// A token id that is not an integer from 0 to `u32::MAX` is an error naming `path` and
+    /// the key.
+    pub fn with_generation_config(
+        mut self,
+        json: &serde_json::Value,
+        path: &Path,
+    ) -> Result<Self, EchoError> {
         if let Some(v) = json.get("do_sample").and_then(|v| v.as_bool()) {
             self.do_sample = v;
         }
@@ -112,7 +122,7 @@ impl GenerationOptions {
             self.temperature = v as f32;
         }
         if let Some(v) = json.get("top_k").and_then(|v| v.as_u64()) {
-            self.top_k = v as usize;
+            self.top_k = usize::try_from(v).unwrap_or(usize::MAX);
         }
         if let Some(v) = json.get("top_p").and_then(|v| v.as_f64()) {
             self.top_p = v as f32;
@@ -121,24 +131,14 @@ impl GenerationOptions {
             self.repetition_penalty = v as f32;
         }
         if let Some(v) = json.get("max_new_tokens").and_then(|v| v.as_u64()) {
-            self.max_new_tokens = v as usize;
+            self.max_new_tokens = usize::try_from(v).unwrap_or(usize::MAX);
         }
-        match json.get("eos_token_id") {
-            Some(serde_json::Value::Array(a)) => {
-                self.stop_token_ids = a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect();
-            }
-            Some(v) => {
-                if let Some(x) = v.as_u64() {
-                    self.stop_token_ids = vec![x as u32];
-                }
-            }
-            None => {}
+        if let Some(ids) = token_ids(json, "eos_token_id", path)? {
+            self.stop_token_ids = ids;
         }
-        self
+        // checked even though only the stop tokens are used, so that a broken file is reported
+        token_ids(json, "bos_token_id", path)?;
+        Ok(self)
     }
 
     /// Checks the settings.
@@ -160,6 +160,37 @@ impl GenerationOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// The token ids under `key` of a `generation_config.json` (`json`, read from `path`): one
+/// integer or a list of them; `None` when the key is absent or `null`. Anything else, and ids
+/// outside `0..=u32::MAX`, is an error naming the file and the key.
+pub(crate) fn token_ids(
+    json: &serde_json::Value,
+    key: &str,
+    path: &Path,
+) -> Result<Option<Vec<u32>>, EchoError> {
+    let bad = |v: &serde_json::Value| {
+        EchoError::Load(LoadError::config(
+            path,
+            format!(
+                "{key} holds {v}, not a token id (an integer from 0 to {})",
+                u32::MAX
+            ),
+        ))
+    };
+    let one = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad(v))
+    };
+    match json.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(one).collect::<Result<_, _>>().map(Some)
+        }
+        Some(v) => Ok(Some(vec![one(v)?])),
     }
 }
 
@@ -239,7 +270,8 @@ impl Sampler {
 fn top_p(logits: &mut [f32], top_p: f32) {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
-    let max = logits[*order.last().expect("non-empty vocabulary")];
+    let Some(&last) = order.last() else { return };
+    let max = logits[last];
     let exps: Vec<f32> = order.iter().map(|&i| (logits[i] - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     let mut cum = 0f32;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use echovlm_core::host::to_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
 use echovlm_moe::RoutingTrace;
 use echovlm_text::config::read_json;
@@ -14,14 +13,17 @@ use echovlm_text::{
     rope_index,
 };
 use echovlm_vision::preprocess::{
-    PixelValues, PreprocessConfig, load_image, preprocess_image, preprocess_video, resized_size,
+    PixelValues, PreprocessConfig, decode_image, load_image, preprocess_image, preprocess_video,
+    resized_size,
 };
 use echovlm_vision::{VisionConfig, VisionModel};
 use image::RgbImage;
 
 use crate::chat::ChatTemplate;
 use crate::error::EchoError;
-use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
+use crate::generate::{
+    FinishReason, GenerationOptions, Sampler, TextStream, token_ids, top_logits,
+};
 use crate::output::{Output, Timings};
 use crate::request::{ImageSource, Request};
 
@@ -75,6 +77,10 @@ pub struct EchoVlm {
     preprocess: PreprocessConfig,
     generation: GenerationOptions,
     vision_tokens: VisionTokenIds,
+    /// The image placeholder token (`vision_tokens.image`).
+    image_id: u32,
+    /// The video placeholder token (`vision_tokens.video`).
+    video_id: u32,
     pad_id: u32,
     dir: PathBuf,
     parameters: usize,
@@ -199,6 +205,7 @@ impl EchoVlm {
             image: Some(check("image_token_id", vt.image, special.image_pad)?),
             video: Some(check("video_token_id", vt.video, special.video_pad)?),
         };
+        let (image_id, video_id) = (special.image_pad, special.video_pad);
 
         let gen_path = dir.join("generation_config.json");
         let gen_json = if gen_path.is_file() {
@@ -208,7 +215,7 @@ impl EchoVlm {
         };
         let mut generation = GenerationOptions::default();
         if let Some(g) = &gen_json {
-            generation = generation.with_generation_config(g);
+            generation = generation.with_generation_config(g, &gen_path)?;
         }
         if generation.stop_token_ids.is_empty() {
             generation.stop_token_ids = text_cfg.eos_token_ids.clone();
@@ -216,11 +223,13 @@ impl EchoVlm {
         if !generation.stop_token_ids.contains(&special.im_end) {
             generation.stop_token_ids.push(special.im_end);
         }
-        let pad_id = gen_json
-            .as_ref()
-            .and_then(|g| g.get("pad_token_id"))
-            .and_then(|v| v.as_u64())
-            .map_or(special.endoftext, |v| v as u32);
+        let pad_id = match &gen_json {
+            Some(g) => {
+                token_ids(g, "pad_token_id", &gen_path)?.and_then(|ids| ids.first().copied())
+            }
+            None => None,
+        }
+        .unwrap_or(special.endoftext);
         Ok(Self {
             text,
             vision,
@@ -229,6 +238,8 @@ impl EchoVlm {
             preprocess,
             generation,
             vision_tokens,
+            image_id,
+            video_id,
             pad_id,
             dir: dir.to_path_buf(),
             parameters,
@@ -311,30 +322,25 @@ impl EchoVlm {
         let mut count =
             |frames: &[RgbImage]| self.count_visual_tokens(frames, &cfg, &mut visual_tokens);
         for src in &request.images {
-            match src {
-                #[cfg(feature = "dicom")]
-                ImageSource::Path(p) if echovlm_vision::dicom::is_dicom(p) => {
-                    let d = echovlm_vision::dicom::load_dicom(p, &request.dicom_frames)?;
-                    count(&d.frames)?;
-                    if let [frame] = d.frames.as_slice() {
-                        images.push(preprocess_image(frame, &cfg)?);
-                    } else {
-                        videos.push(preprocess_video(&d.frames, &cfg)?);
-                    }
-                }
-                ImageSource::Path(p) => {
-                    let img = load_image(p)?;
-                    count(std::slice::from_ref(&img))?;
+            match decode_source(src, request)? {
+                Decoded::Still(img) => {
+                    count(std::slice::from_ref(&*img))?;
                     images.push(preprocess_image(&img, &cfg)?);
                 }
-                ImageSource::Image(img) => {
-                    count(std::slice::from_ref(&**img))?;
-                    images.push(preprocess_image(img, &cfg)?);
+                Decoded::Frames(frames) => {
+                    count(&frames)?;
+                    videos.push(preprocess_video(&frames, &cfg)?);
                 }
             }
         }
-        for frames in &request.videos {
-            let frames = frames.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        for sources in &request.videos {
+            let mut frames = Vec::with_capacity(sources.len());
+            for src in sources {
+                match decode_source(src, request)? {
+                    Decoded::Still(img) => frames.push(img.into_owned()),
+                    Decoded::Frames(f) => frames.extend(f),
+                }
+            }
             count(&frames)?;
             videos.push(preprocess_video(&frames, &cfg)?);
         }
@@ -387,8 +393,7 @@ impl EchoVlm {
         images: &[PixelValues],
         videos: &[PixelValues],
     ) -> Result<Vec<u32>, EchoError> {
-        let image_id = self.vision_tokens.image.expect("resolved at load");
-        let video_id = self.vision_tokens.video.expect("resolved at load");
+        let (image_id, video_id) = (self.image_id, self.video_id);
         let count = |id| ids.iter().filter(|&&t| t == id).count();
         let (n_img, n_vid) = (count(image_id), count(video_id));
         if n_img != images.len() {
@@ -422,6 +427,74 @@ impl EchoVlm {
         Ok(out)
     }
 
+    /// Checks that a prepared prompt fits together and fits the model, so that a hand-built
+    /// one is an error rather than a failed shape assertion inside Burn: token ids inside the
+    /// vocabulary; per image and video, `data.len() == rows · cols` with `cols` the vision
+    /// tower's patch size, `rows = t · h · w` of a non-empty grid whose `h` and `w` the merge
+    /// size divides; and as many placeholder tokens as the merged pixel rows.
+    fn check_prepared(&self, prompt: &PreparedPrompt) -> Result<(), EchoError> {
+        let bad = |m: String| Err(EchoError::InvalidPrompt(m));
+        if prompt.ids.is_empty() {
+            return bad("no token ids".into());
+        }
+        let vocab = self.text.config.vocab_size;
+        if let Some(&id) = prompt.ids.iter().find(|&&id| id as usize >= vocab) {
+            return bad(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            ));
+        }
+        let has_pixels = !prompt.images.is_empty() || !prompt.videos.is_empty();
+        let Some(vision) = self.vision.as_ref() else {
+            return if has_pixels {
+                Err(EchoError::NoVision)
+            } else {
+                Ok(())
+            };
+        };
+        let c = &vision.config;
+        let cols = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
+        let merge = c.spatial_merge_size;
+        for (kind, items, id) in [
+            ("image", &prompt.images, self.image_id),
+            ("video", &prompt.videos, self.video_id),
+        ] {
+            let mut merged = 0usize;
+            for (i, p) in items.iter().enumerate() {
+                let [t, h, w] = p.grid_thw;
+                let rows = t.checked_mul(h).and_then(|x| x.checked_mul(w));
+                if t == 0 || h == 0 || w == 0 || h % merge != 0 || w % merge != 0 {
+                    return bad(format!(
+                        "{kind} {i}: grid_thw {:?} must be positive with h and w multiples of the merge size {merge}",
+                        p.grid_thw
+                    ));
+                }
+                if rows != Some(p.rows) {
+                    return bad(format!(
+                        "{kind} {i}: rows = {} but grid_thw {:?} gives {}",
+                        p.rows,
+                        p.grid_thw,
+                        rows.map_or("an overflow".into(), |r| r.to_string())
+                    ));
+                }
+                if p.rows.checked_mul(cols) != Some(p.data.len()) {
+                    return bad(format!(
+                        "{kind} {i}: {} values are not rows x cols = {} x {cols}",
+                        p.data.len(),
+                        p.rows
+                    ));
+                }
+                merged += p.merged_tokens(merge);
+            }
+            let placeholders = prompt.ids.iter().filter(|&&t| t == id).count();
+            if placeholders != merged {
+                return bad(format!(
+                    "{placeholders} {kind} placeholder tokens but the {kind}s' pixel values make {merged} merged tokens"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn merge_size(&self) -> usize {
         self.vision
             .as_ref()
@@ -435,10 +508,7 @@ impl EchoVlm {
         opts: &GenerationOptions,
     ) -> Result<Output, EchoError> {
         let prepared = self.prepare(request)?;
-        Ok(self
-            .run(vec![prepared], opts, None)?
-            .pop()
-            .expect("one output per request"))
+        single(self.run(vec![prepared], opts, None)?)
     }
 
     /// Generates for one request, calling `on_text` with every new piece of text as soon as it
@@ -451,10 +521,7 @@ impl EchoVlm {
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Output, EchoError> {
         let prepared = self.prepare(request)?;
-        Ok(self
-            .run(vec![prepared], opts, Some(&mut on_text))?
-            .pop()
-            .expect("one output per request"))
+        single(self.run(vec![prepared], opts, Some(&mut on_text))?)
     }
 
     /// Generates for several requests at once (left-padded into one batch). Each output equals
@@ -477,6 +544,7 @@ impl EchoVlm {
     /// The logits of the position after the prompt (what the first generated token is chosen
     /// from), without generating: for scoring candidate answers or checking a port.
     pub fn next_token_logits(&self, prompt: &PreparedPrompt) -> Result<Vec<f32>, EchoError> {
+        self.check_prepared(prompt)?;
         let ids = vec![prompt.ids.clone()];
         let image_grids: Vec<[usize; 3]> = prompt.images.iter().map(|x| x.grid_thw).collect();
         let video_grids: Vec<[usize; 3]> = prompt.videos.iter().map(|x| x.grid_thw).collect();
@@ -496,7 +564,7 @@ impl EchoVlm {
             &mut self.text.new_cache(),
             None,
         )?;
-        Ok(to_f32_vec(out.logits.expect("asked for logits")))
+        read_logits(out.logits)
     }
 
     /// Runs prepared prompts as one batch.
@@ -510,6 +578,9 @@ impl EchoVlm {
         let b = prompts.len();
         if b == 0 {
             return Ok(Vec::new());
+        }
+        for p in &prompts {
+            self.check_prepared(p)?;
         }
         if on_text.is_some() && b != 1 {
             return Err(EchoError::InvalidRequest(
@@ -583,7 +654,7 @@ impl EchoVlm {
             &mut cache,
             traces.as_deref_mut(),
         )?;
-        let mut logits = to_f32_vec(out.logits.expect("asked for logits"));
+        let mut logits = read_logits(out.logits)?;
         let prefill_ms = ms(t_prefill);
 
         // decode
@@ -647,7 +718,7 @@ impl EchoVlm {
                 &mut cache,
                 traces.as_deref_mut(),
             )?;
-            logits = to_f32_vec(out.logits.expect("asked for logits"));
+            logits = read_logits(out.logits)?;
         }
         if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
             && let Some(rest) = stream.finish()?
@@ -723,8 +794,7 @@ impl EchoVlm {
             return Ok(text);
         }
         let [b, s, h] = text.dims();
-        let image_id = self.vision_tokens.image.expect("resolved at load");
-        let video_id = self.vision_tokens.video.expect("resolved at load");
+        let (image_id, video_id) = (self.image_id, self.video_id);
         let n_img = images.as_ref().map_or(0, |t| t.dims()[0]);
         let n_vid = videos.as_ref().map_or(0, |t| t.dims()[0]);
         let (mut i, mut v) = (0usize, 0usize);
@@ -763,11 +833,56 @@ impl EchoVlm {
     }
 }
 
-fn decode(src: &ImageSource) -> Result<RgbImage, EchoError> {
+/// An image source, decoded: one still image, or the frames of a multi-frame DICOM object.
+enum Decoded<'a> {
+    Still(std::borrow::Cow<'a, RgbImage>),
+    Frames(Vec<RgbImage>),
+}
+
+/// Decodes a source. Files and bytes are told apart by content: DICOM (the `DICM` magic; with
+/// the `dicom` feature) or PNG/JPEG/BMP/TIFF. A DICOM object with one selected frame is a still
+/// image, with several a cine loop.
+fn decode_source<'a>(src: &'a ImageSource, request: &Request) -> Result<Decoded<'a>, EchoError> {
+    use std::borrow::Cow;
+    #[cfg(feature = "dicom")]
+    let dicom = |d: echovlm_vision::dicom::DicomImage| match <[RgbImage; 1]>::try_from(d.frames) {
+        Ok([frame]) => Decoded::Still(Cow::Owned(frame)),
+        Err(frames) => Decoded::Frames(frames),
+    };
+    #[cfg(not(feature = "dicom"))]
+    let _ = request;
     Ok(match src {
-        ImageSource::Path(p) => load_image(p)?,
-        ImageSource::Image(img) => (**img).clone(),
+        #[cfg(feature = "dicom")]
+        ImageSource::Path(p) if echovlm_vision::dicom::is_dicom(p) => {
+            dicom(echovlm_vision::dicom::load_dicom(p, &request.dicom_frames)?)
+        }
+        ImageSource::Path(p) => Decoded::Still(Cow::Owned(load_image(p)?)),
+        #[cfg(feature = "dicom")]
+        ImageSource::Encoded(b) if echovlm_vision::dicom::has_dicom_magic(b) => dicom(
+            echovlm_vision::dicom::decode_dicom_bytes(b, &request.dicom_frames)?,
+        ),
+        ImageSource::Encoded(b) => Decoded::Still(Cow::Owned(decode_image(b)?)),
+        ImageSource::Image(img) => Decoded::Still(Cow::Borrowed(&**img)),
     })
+}
+
+/// The one output of a one-request run.
+fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
+    match (outputs.pop(), outputs.is_empty()) {
+        (Some(out), true) => Ok(out),
+        _ => Err(EchoError::Device(
+            "a run of one request did not return one output".into(),
+        )),
+    }
+}
+
+/// Reads the decoder's logits back to the host.
+fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
+    let logits =
+        logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
+    logits
+        .try_into_vec_as::<f32>()
+        .map_err(|e| EchoError::Device(format!("reading the logits back failed: {e:?}")))
 }
 
 fn ms(t: Instant) -> f64 {
