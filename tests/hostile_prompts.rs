@@ -19,10 +19,7 @@ fn model() -> EchoVlm {
 }
 
 fn greedy(n: usize) -> GenerationOptions {
-    GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(n)
-    }
+    GenerationOptions::greedy(n).ignore_eos(true)
 }
 
 /// The demo model with its chat template replaced by a corpus template.
@@ -374,52 +371,25 @@ fn unusual_text_runs() {
 fn out_of_range_generation_settings_are_refused() {
     let m = model();
     let request = Request::new("x");
-    let sampled = GenerationOptions {
-        do_sample: true,
-        ..greedy(2)
-    };
+    let sampled = greedy(2).do_sample(true);
     let cases = [
         (greedy(0), "max_new_tokens must be at least 1"),
         (
-            GenerationOptions {
-                temperature: 0.0,
-                ..sampled.clone()
-            },
+            sampled.clone().temperature(0.0),
             "temperature 0 must be positive",
         ),
         (
-            GenerationOptions {
-                temperature: f32::NAN,
-                ..sampled.clone()
-            },
+            sampled.clone().temperature(f32::NAN),
             "temperature NaN must be positive",
         ),
+        (sampled.clone().top_p(0.0), "top_p 0 must be in (0, 1]"),
+        (greedy(2).top_p(1.5), "top_p 1.5 must be in (0, 1]"),
         (
-            GenerationOptions {
-                top_p: 0.0,
-                ..sampled.clone()
-            },
-            "top_p 0 must be in (0, 1]",
-        ),
-        (
-            GenerationOptions {
-                top_p: 1.5,
-                ..greedy(2)
-            },
-            "top_p 1.5 must be in (0, 1]",
-        ),
-        (
-            GenerationOptions {
-                repetition_penalty: f32::INFINITY,
-                ..greedy(2)
-            },
+            greedy(2).repetition_penalty(f32::INFINITY),
             "repetition_penalty inf must be positive",
         ),
         (
-            GenerationOptions {
-                repetition_penalty: -1.0,
-                ..greedy(2)
-            },
+            greedy(2).repetition_penalty(-1.0),
             "repetition_penalty -1 must be positive",
         ),
     ];

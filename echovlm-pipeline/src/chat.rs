@@ -17,6 +17,7 @@ use crate::error::EchoError;
 /// Who speaks a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Role {
     /// Instructions to the model.
     System,
@@ -29,6 +30,7 @@ pub enum Role {
 /// One item of a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Content {
     /// Text.
     Text {
@@ -43,6 +45,7 @@ pub enum Content {
 
 /// A chat message: a role and a list of items.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Message {
     /// The speaker.
     pub role: Role,
@@ -51,6 +54,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message of these items.
+    pub fn new(role: Role, content: Vec<Content>) -> Self {
+        Self { role, content }
+    }
+
     /// A message holding one text item.
     pub fn text(role: Role, text: impl Into<String>) -> Self {
         Self {
@@ -350,8 +358,7 @@ fn mutable_type_names() -> &'static [&'static str] {
             "{{ probe(namespace()) }}{% for x in [1] %}{{ probe(loop) }}{% endfor %}",
             (),
         );
-        let found = names.lock().map(|n| n.clone()).unwrap_or_default();
-        found
+        names.lock().map(|n| n.clone()).unwrap_or_default()
     })
 }
 

@@ -38,6 +38,7 @@ impl CancelToken {
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// A stop token was generated.
     Stop,
@@ -50,7 +51,18 @@ pub enum FinishReason {
 /// Decoding settings. [`Default`] is greedy decoding with a repetition penalty of 1.05 and
 /// 1024 new tokens; a checkpoint's `generation_config.json` gives
 /// [`EchoVlm::default_generation`](crate::EchoVlm::default_generation).
+///
+/// Built from [`Default`], [`GenerationOptions::greedy`] or a model's defaults, then adjusted
+/// with one setter per field:
+///
+/// ```
+/// use echovlm_pipeline::GenerationOptions;
+/// let opts = GenerationOptions::greedy(64).do_sample(true).temperature(0.7).top_p(0.9).seed(7);
+/// assert_eq!((opts.max_new_tokens, opts.top_p, opts.seed), (64, 0.9, 7));
+/// assert!(opts.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerationOptions {
     /// Most tokens to generate.
     pub max_new_tokens: usize,
@@ -103,6 +115,72 @@ impl GenerationOptions {
             repetition_penalty: 1.0,
             ..Self::default()
         }
+    }
+
+    /// Sets [`max_new_tokens`](Self::max_new_tokens).
+    pub fn max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = n;
+        self
+    }
+
+    /// Sets [`do_sample`](Self::do_sample).
+    pub fn do_sample(mut self, yes: bool) -> Self {
+        self.do_sample = yes;
+        self
+    }
+
+    /// Sets [`temperature`](Self::temperature).
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Sets [`top_k`](Self::top_k).
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Sets [`top_p`](Self::top_p).
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = p;
+        self
+    }
+
+    /// Sets [`repetition_penalty`](Self::repetition_penalty).
+    pub fn repetition_penalty(mut self, p: f32) -> Self {
+        self.repetition_penalty = p;
+        self
+    }
+
+    /// Sets [`seed`](Self::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets [`stop_token_ids`](Self::stop_token_ids).
+    pub fn stop_token_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// Sets [`ignore_eos`](Self::ignore_eos).
+    pub fn ignore_eos(mut self, yes: bool) -> Self {
+        self.ignore_eos = yes;
+        self
+    }
+
+    /// Sets [`trace_routing`](Self::trace_routing).
+    pub fn trace_routing(mut self, yes: bool) -> Self {
+        self.trace_routing = yes;
+        self
+    }
+
+    /// Sets [`cancel`](Self::cancel).
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
     }
 
     /// Reads the sampling fields and the stop tokens (`eos_token_id`) of a
@@ -286,7 +364,7 @@ fn top_p(logits: &mut [f32], top_p: f32) {
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).
-pub fn argmax(v: &[f32]) -> u32 {
+pub(crate) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {
@@ -297,7 +375,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 }
 
 /// The `n` largest `(token, logit)` pairs, largest first.
-pub fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
     idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
     idx.into_iter().take(n).map(|i| (i as u32, v[i])).collect()

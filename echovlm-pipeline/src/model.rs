@@ -30,8 +30,17 @@ use crate::request::{ImageSource, Request};
 /// Receives streamed text; `ControlFlow::Break` stops the generation.
 pub type TextCallback<'a> = dyn FnMut(&str) -> ControlFlow<()> + 'a;
 
-/// Where and how to load a checkpoint.
+/// Where and how to load a checkpoint: [`Default`] (the default device, `F32`, default linear
+/// layers), adjusted with one setter per field.
+///
+/// ```
+/// use echovlm_pipeline::{DType, LoadOptions, device_from_name};
+/// let opts = LoadOptions::default().device(device_from_name("cpu")?).dtype(DType::F32);
+/// assert_eq!(opts.dtype, DType::F32);
+/// # Ok::<(), echovlm_pipeline::EchoError>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// The device (backend) the model runs on.
     pub device: Device,
@@ -53,7 +62,11 @@ impl Default for LoadOptions {
 }
 
 /// A prompt ready to run: token ids with placeholders expanded, and pixel values.
+///
+/// Made by [`EchoVlm::prepare`], or by hand with [`PreparedPrompt::new`]; running one whose ids
+/// and pixel values do not fit together is an [`EchoError::InvalidPrompt`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PreparedPrompt {
     /// The rendered chat template.
     pub rendered: String,
@@ -65,6 +78,40 @@ pub struct PreparedPrompt {
     pub videos: Vec<PixelValues>,
     /// Time spent preparing, in milliseconds.
     pub preprocess_ms: f64,
+}
+
+impl LoadOptions {
+    /// Sets the device (backend) the model runs on.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Sets the float type of weights and activations.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Sets how linear layers keep their weights.
+    pub fn linear(mut self, linear: LinearOptions) -> Self {
+        self.linear = linear;
+        self
+    }
+}
+
+impl PreparedPrompt {
+    /// A prompt of token ids (each image and video placeholder already expanded to its
+    /// merged-token count) and the pixel values of its images and videos, in prompt order.
+    pub fn new(ids: Vec<u32>, images: Vec<PixelValues>, videos: Vec<PixelValues>) -> Self {
+        Self {
+            rendered: String::new(),
+            ids,
+            images,
+            videos,
+            preprocess_ms: 0.0,
+        }
+    }
 }
 
 /// A loaded EchoVLM (or stock Qwen2-VL) checkpoint: decoder, vision tower, tokenizer, chat

@@ -137,6 +137,7 @@ impl From<Arc<RgbImage>> for ImageSource {
 /// assert_eq!(request.images.len(), 2);
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Request {
     /// System prompt; `None` keeps the template's default.
     pub system: Option<String>,
