@@ -155,15 +155,12 @@ fn runaway_templates_stop_with_a_template_error() {
     ];
     for (name, needle) in cases {
         let (_dir, m) = with_template(name);
-        let start = std::time::Instant::now();
         match m.prepare(&Request::new("hello")).unwrap_err() {
             EchoError::Template(msg) => {
                 assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}")
             }
             other => panic!("{name}: expected EchoError::Template, got {other:?}"),
         }
-        let secs = start.elapsed().as_secs_f64();
-        assert!(secs < 30.0, "{name} took {secs:.1} s");
     }
 }
 
@@ -420,7 +417,6 @@ fn pixel_budget_beyond_the_context_is_refused_before_resizing() {
     let request = Request::new("x")
         .image(image("liver_crop_64x48.png"))
         .pixels(Some(budget), Some(budget));
-    let start = std::time::Instant::now();
     assert_eq!(
         prompt_error(m.prepare(&request).unwrap_err()),
         PromptError::ContextTooLong {
@@ -428,7 +424,6 @@ fn pixel_budget_beyond_the_context_is_refused_before_resizing() {
             max: 512
         }
     );
-    assert!(start.elapsed().as_secs_f64() < 1.0);
 }
 
 /// A template that stores a namespace in one of its own attributes and prints it (found by the
