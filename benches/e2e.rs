@@ -51,11 +51,9 @@ fn e2e(c: &mut Criterion) {
     let image =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/images/demo_ultrasound.png");
     let request = Request::task(Task::Report, Lang::En).image(image);
-    let opts = GenerationOptions {
-        ignore_eos: true,
-        trace_routing: false,
-        ..GenerationOptions::greedy(NEW_TOKENS)
-    };
+    let opts = GenerationOptions::greedy(NEW_TOKENS)
+        .ignore_eos(true)
+        .trace_routing(false);
     let mut g = c.benchmark_group("e2e");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
@@ -68,10 +66,7 @@ fn e2e(c: &mut Criterion) {
         if !(only.is_empty() || only.split(',').any(|o| o == name)) {
             continue;
         }
-        let options = LoadOptions {
-            linear: LinearOptions::cpu(format),
-            ..LoadOptions::default()
-        };
+        let options = LoadOptions::default().linear(LinearOptions::cpu(format));
         let model = EchoVlm::load(&dir, &options).expect("benchmark checkpoint loads");
         let first = model.generate(&request, &opts).expect("generates");
         let prompt_tokens = first.timings.prefill_tokens as u64;

@@ -12,10 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
-use echovlm_pipeline::plot::routing_png;
 use echovlm_pipeline::{
     EchoVlm, GenerationOptions, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt, Request,
-    Task, WeightFormat, device_from_name, dtype_for, probe_device,
+    Task, WeightFormat, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -200,11 +199,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let model = EchoVlm::load(
         &model_dir,
-        &LoadOptions {
-            device,
-            dtype,
-            linear,
-        },
+        &LoadOptions::default()
+            .device(device)
+            .dtype(dtype)
+            .linear(linear),
     )?;
     let load_s = started.elapsed().as_secs_f64();
     if let Some(pb) = pb {
@@ -222,7 +220,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 (name, _) => Task::from_name(name).ok_or_else(|| {
                     format!(
                         "unknown task {name:?} (use one of: {})",
-                        echovlm_pipeline::tasks::TASK_NAMES.join(", ")
+                        echovlm_pipeline::TASK_NAMES.join(", ")
                     )
                 })?,
             };

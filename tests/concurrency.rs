@@ -29,18 +29,16 @@ const NEW_TOKENS: usize = 12;
 
 /// The workload: greedy and seeded sampling, text only, one image, two images, a cine loop.
 fn workload() -> Vec<(Request, GenerationOptions)> {
-    let greedy = GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(NEW_TOKENS)
-    };
-    let sampled = |seed| GenerationOptions {
-        do_sample: true,
-        temperature: 1.3,
-        top_k: 40,
-        top_p: 0.9,
-        repetition_penalty: 1.1,
-        seed,
-        ..greedy.clone()
+    let greedy = GenerationOptions::greedy(NEW_TOKENS).ignore_eos(true);
+    let sampled = |seed| {
+        greedy
+            .clone()
+            .do_sample(true)
+            .temperature(1.3)
+            .top_k(40)
+            .top_p(0.9)
+            .repetition_penalty(1.1)
+            .seed(seed)
     };
     vec![
         (Request::new("Describe the liver."), greedy.clone()),
@@ -122,10 +120,7 @@ fn batches_and_single_requests_interleave() {
     let model =
         Arc::new(EchoVlm::load(model_dir("tiny-echovlm"), &LoadOptions::default()).unwrap());
     let work = workload();
-    let opts = GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(NEW_TOKENS)
-    };
+    let opts = GenerationOptions::greedy(NEW_TOKENS).ignore_eos(true);
     let requests: Vec<Request> = work.iter().map(|(r, _)| r.clone()).collect();
     let reference: Vec<Vec<u32>> = requests
         .iter()

@@ -34,22 +34,16 @@ fn load(dtype: DType) -> Option<EchoVlm> {
     Some(
         EchoVlm::load(
             model_dir("tiny-echovlm"),
-            &LoadOptions {
-                device,
-                dtype,
-                ..LoadOptions::default()
-            },
+            &LoadOptions::default().device(device).dtype(dtype),
         )
         .unwrap(),
     )
 }
 
 fn greedy(n: usize) -> GenerationOptions {
-    GenerationOptions {
-        ignore_eos: true,
-        trace_routing: false,
-        ..GenerationOptions::greedy(n)
-    }
+    GenerationOptions::greedy(n)
+        .ignore_eos(true)
+        .trace_routing(false)
 }
 
 fn check(model: &EchoVlm, dtype: DType) {

@@ -26,10 +26,7 @@ fn model() -> EchoVlm {
 }
 
 fn greedy() -> GenerationOptions {
-    GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(3)
-    }
+    GenerationOptions::greedy(3).ignore_eos(true)
 }
 
 /// Generates for one corpus image; the image error must name the file.

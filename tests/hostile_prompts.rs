@@ -8,7 +8,9 @@ mod support;
 
 use std::path::Path;
 
-use echovlm_pipeline::{EchoError, EchoVlm, GenerationOptions, LoadOptions, Request};
+use echovlm_pipeline::{
+    ChatTemplate, EchoError, EchoVlm, GenerationOptions, LoadOptions, Message, Request, Role,
+};
 use echovlm_text::PromptError;
 use support::{copy_model, image, model_dir};
 
@@ -17,10 +19,7 @@ fn model() -> EchoVlm {
 }
 
 fn greedy(n: usize) -> GenerationOptions {
-    GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(n)
-    }
+    GenerationOptions::greedy(n).ignore_eos(true)
 }
 
 /// The demo model with its chat template replaced by a corpus template.
@@ -156,15 +155,12 @@ fn runaway_templates_stop_with_a_template_error() {
     ];
     for (name, needle) in cases {
         let (_dir, m) = with_template(name);
-        let start = std::time::Instant::now();
         match m.prepare(&Request::new("hello")).unwrap_err() {
             EchoError::Template(msg) => {
                 assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}")
             }
             other => panic!("{name}: expected EchoError::Template, got {other:?}"),
         }
-        let secs = start.elapsed().as_secs_f64();
-        assert!(secs < 30.0, "{name} took {secs:.1} s");
     }
 }
 
@@ -372,52 +368,25 @@ fn unusual_text_runs() {
 fn out_of_range_generation_settings_are_refused() {
     let m = model();
     let request = Request::new("x");
-    let sampled = GenerationOptions {
-        do_sample: true,
-        ..greedy(2)
-    };
+    let sampled = greedy(2).do_sample(true);
     let cases = [
         (greedy(0), "max_new_tokens must be at least 1"),
         (
-            GenerationOptions {
-                temperature: 0.0,
-                ..sampled.clone()
-            },
+            sampled.clone().temperature(0.0),
             "temperature 0 must be positive",
         ),
         (
-            GenerationOptions {
-                temperature: f32::NAN,
-                ..sampled.clone()
-            },
+            sampled.clone().temperature(f32::NAN),
             "temperature NaN must be positive",
         ),
+        (sampled.clone().top_p(0.0), "top_p 0 must be in (0, 1]"),
+        (greedy(2).top_p(1.5), "top_p 1.5 must be in (0, 1]"),
         (
-            GenerationOptions {
-                top_p: 0.0,
-                ..sampled.clone()
-            },
-            "top_p 0 must be in (0, 1]",
-        ),
-        (
-            GenerationOptions {
-                top_p: 1.5,
-                ..greedy(2)
-            },
-            "top_p 1.5 must be in (0, 1]",
-        ),
-        (
-            GenerationOptions {
-                repetition_penalty: f32::INFINITY,
-                ..greedy(2)
-            },
+            greedy(2).repetition_penalty(f32::INFINITY),
             "repetition_penalty inf must be positive",
         ),
         (
-            GenerationOptions {
-                repetition_penalty: -1.0,
-                ..greedy(2)
-            },
+            greedy(2).repetition_penalty(-1.0),
             "repetition_penalty -1 must be positive",
         ),
     ];
@@ -448,7 +417,6 @@ fn pixel_budget_beyond_the_context_is_refused_before_resizing() {
     let request = Request::new("x")
         .image(image("liver_crop_64x48.png"))
         .pixels(Some(budget), Some(budget));
-    let start = std::time::Instant::now();
     assert_eq!(
         prompt_error(m.prepare(&request).unwrap_err()),
         PromptError::ContextTooLong {
@@ -456,24 +424,166 @@ fn pixel_budget_beyond_the_context_is_refused_before_resizing() {
             max: 512
         }
     );
-    assert!(start.elapsed().as_secs_f64() < 1.0);
 }
 
 /// A template that stores a namespace in one of its own attributes and prints it (found by the
-/// `chat_template` fuzz target): minijinja 3.1 formats the self-containing value recursively
-/// until the stack overflows, which aborts the whole process. The same happens with `tojson`,
-/// `pprint`, `~` and comparisons of such a value. `ChatTemplate` cannot intercept namespace
-/// assignment, so this needs minijinja to refuse the cycle (or to format cycles safely); then
-/// the render must end with `EchoError::Template`. (`ChatTemplate` already breaks the cycles
-/// left after a render, so templates that build one without printing it do not leak:
-/// `tests/template_memory.rs`.)
+/// `chat_template` fuzz target): minijinja 3.1 formats a self-containing value recursively until
+/// the stack overflows, which aborts the whole process; `~`, `|string`, `|tojson`, `|pprint` and
+/// `==` do the same. `ChatTemplate` refuses the assignment that would close the cycle, so the
+/// render ends with `EchoError::Template` (and this test binary keeps running).
 #[test]
-#[ignore = "aborts the process: stack overflow formatting a self-containing minijinja \
-            namespace; needs a fix in minijinja"]
 fn printing_a_self_containing_namespace_is_a_template_error() {
     let (_dir, m) = with_template("namespace_cycle_print.jinja");
-    assert!(matches!(
-        m.prepare(&Request::new("hello")).unwrap_err(),
-        EchoError::Template(_)
-    ));
+    match m.prepare(&Request::new("hello")).unwrap_err() {
+        EchoError::Template(msg) => assert!(
+            msg.contains("cannot be stored in a namespace attribute"),
+            "{msg}"
+        ),
+        other => panic!("expected EchoError::Template, got {other:?}"),
+    }
+}
+
+fn render(source: &str) -> Result<String, EchoError> {
+    ChatTemplate::new(source)?.render(&[Message::text(Role::User, "hi")], true, false)
+}
+
+/// Every way of tying namespaces into a cycle, and every operator that would then recurse
+/// without end, ends in `EchoError::Template`.
+#[test]
+fn namespace_cycles_are_refused_on_every_path() {
+    let cycle = "a namespace or loop object cannot be stored in a namespace attribute";
+    let cases = [
+        // the cycle, then each operator that walks it
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns ~ '' }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|string }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|tojson }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns|pprint }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns == ns.v }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% set ns.v = ns %}{{ ns in [ns] }}",
+            cycle,
+        ),
+        // whitespace control, a namespace inside a list or a map, through another namespace
+        (
+            "{%- set ns = namespace() -%}{%- set ns.v = [1, [ns]] -%}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v = {'k': ns} %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set a = namespace() %}{% set b = namespace() %}{% set a.b = b %}{% set b.a = a %}{{ a }}",
+            cycle,
+        ),
+        // unpacking, a block assignment whose filter yields the namespace, a lazy iterable
+        (
+            "{% set ns = namespace() %}{% set x, ns.v = 1, ns %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v | default(ns, true) %}{% endset %}{{ ns }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% set ns.v = [ns]|reverse %}{{ ns }}",
+            cycle,
+        ),
+        // `loop` moves on after it is stored: `nextitem` would become the namespace
+        (
+            "{% set ns = namespace() %}{% for x in [1, 2, ns, 3] %}{% if loop.first %}{% set ns.l = loop %}{% endif %}{% endfor %}{{ ns|tojson }}",
+            cycle,
+        ),
+        (
+            "{% set ns = namespace() %}{% for x in [1, ns] %}{% if loop.first %}{% set ns.l = loop.items() %}{% endif %}{% endfor %}{{ ns|tojson }}",
+            cycle,
+        ),
+        // a namespace given to namespace()
+        (
+            "{% set a = namespace() %}{% set b = namespace(a=a) %}{% set a.b = 1 %}{{ b }}",
+            cycle,
+        ),
+        // nesting that is not a cycle but would overflow the stack just the same
+        (
+            "{% set ns = namespace(v=0) %}{% for i in range(100000) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}",
+            "nested deeper than 128 levels",
+        ),
+    ];
+    for (source, needle) in cases {
+        match render(source) {
+            Err(EchoError::Template(msg)) => assert!(msg.contains(needle), "{source}: {msg}"),
+            other => panic!("{source}: expected EchoError::Template, got {other:?}"),
+        }
+    }
+}
+
+/// The check leaves ordinary namespace use alone: counters, flags, lists of messages, maps,
+/// block assignments, unpacking, and nesting up to the limit.
+#[test]
+fn ordinary_namespace_assignments_render() {
+    let cases = [
+        (
+            "{% set n = namespace(c=0) %}{% for i in range(3) %}{% set n.c = n.c + 1 %}{% endfor %}{{ n.c }}",
+            "3",
+        ),
+        (
+            "{% set n = namespace(l=[]) %}{% for m in messages %}{% set n.l = n.l + [m.role] %}{% endfor %}{{ n.l|tojson }}",
+            r#"["user"]"#,
+        ),
+        (
+            "{% set n = namespace() %}{% set n.m = {'a': [1, {'b': 2}]} %}{{ n.m.a[1].b }}",
+            "2",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.s | upper %}ab{% endset %}{{ n.s }}",
+            "AB",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.s %}x{% endset %}{{ n.s }}",
+            "x",
+        ),
+        (
+            "{% set n = namespace() %}{% set a, n.b = 1, 2 %}{{ a }}{{ n.b }}",
+            "12",
+        ),
+        (
+            "{% set n = namespace() %}{% set n.b = 'a=b|c %}' %}{{ n.b }}",
+            "a=b|c %}",
+        ),
+        // lazy sequences are stored as lists: a view of `loop` no longer moves with it
+        (
+            "{% set n = namespace() %}{% for x in [1, 2, n, 3] %}{% if loop.first %}{% set n.l = loop.items() %}{% endif %}{% endfor %}{{ n.l|length }}",
+            "11",
+        ),
+        (
+            "{% set n = namespace(r=[1, 2]|reverse) %}{{ n.r }}",
+            "[2, 1]",
+        ),
+        (
+            "{% set ns = namespace(v=0) %}{% for i in range(127) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v|length }}",
+            "1",
+        ),
+    ];
+    for (source, want) in cases {
+        assert_eq!(render(source).unwrap(), want, "{source}");
+    }
 }

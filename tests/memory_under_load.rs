@@ -31,16 +31,8 @@ fn rss_kb() -> Option<(i64, i64)> {
 #[test]
 fn a_thousand_generations_do_not_grow_the_resident_set() {
     let model = EchoVlm::load(model_dir("tiny-echovlm"), &LoadOptions::default()).unwrap();
-    let greedy = GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(6)
-    };
-    let sampled = GenerationOptions {
-        do_sample: true,
-        temperature: 1.2,
-        top_k: 50,
-        ..greedy.clone()
-    };
+    let greedy = GenerationOptions::greedy(6).ignore_eos(true);
+    let sampled = greedy.clone().do_sample(true).temperature(1.2).top_k(50);
     let liver = image("liver_crop_64x48.png");
     let requests = [
         Request::new("Describe the liver."),
@@ -53,10 +45,7 @@ fn a_thousand_generations_do_not_grow_the_resident_set() {
         let opts = if i.is_multiple_of(2) {
             &greedy
         } else {
-            &GenerationOptions {
-                seed: i as u64,
-                ..sampled.clone()
-            }
+            &sampled.clone().seed(i as u64)
         };
         let out = model.generate(&requests[i % requests.len()], opts).unwrap();
         assert_eq!(out.generated_token_ids.len(), 6);

@@ -1,13 +1,15 @@
 //! A chat template that ties `namespace()` objects into a reference cycle must not leak what
 //! they hold: found by the `chat_template` fuzz target (LeakSanitizer), where a mutated Qwen2-VL
-//! template did `{% set video_count.value = video_count %}`.
+//! template did `{% set video_count.value = video_count %}`. Such assignments are now refused
+//! (`EchoError::Template`), and the refused render must free what it built; a macro stored in
+//! a namespace still closes a cycle (the macro holds the namespace), which must not leak either.
 //!
 //! Linux only (reads `/proc/self/status`). This file holds one test so that no other test
 //! allocates in the process while it measures.
 
 mod support;
 
-use echovlm_pipeline::{EchoVlm, LoadOptions, Request};
+use echovlm_pipeline::{EchoError, EchoVlm, LoadOptions, Request};
 use support::copy_model;
 
 /// Bytes held by each cycle: above glibc's largest mmap threshold (32 MiB), so a freed string
@@ -39,6 +41,11 @@ fn namespace_cycles_in_a_chat_template_do_not_leak() {
             "{{% set video_count = namespace(value=0, pad='z' * {BIG}) %}}\
              {{% set video_count.value = video_count %}}{text}"
         ),
+        // a macro closing over the namespace it is stored in (allowed)
+        format!(
+            "{{% set ns = namespace(big='w' * {BIG}) %}}{{% macro m() %}}{{{{ ns.big|length }}}}\
+             {{% endmacro %}}{{% set ns.m = m %}}{text}"
+        ),
     ];
     for (i, source) in templates.iter().enumerate() {
         let dir = copy_model("tiny-echovlm", "cycle");
@@ -49,12 +56,22 @@ fn namespace_cycles_in_a_chat_template_do_not_leak() {
         .unwrap();
         let m = EchoVlm::load(dir.path(), &LoadOptions::default()).unwrap();
         let request = Request::new("Describe the liver.");
+        // the namespace cycles are refused, the macro one renders
+        let refused = i < 3;
+        let render = || match m.prepare(&request) {
+            Ok(prepared) if !refused => {
+                assert!(prepared.rendered.starts_with("Describe the liver."))
+            }
+            Err(EchoError::Template(msg)) if refused => {
+                assert!(msg.contains("cannot be stored in a namespace"), "{msg}")
+            }
+            other => panic!("template {i}: unexpected {other:?}"),
+        };
         // warm-up, then measure
-        let prepared = m.prepare(&request).unwrap();
-        assert!(prepared.rendered.starts_with("Describe the liver."));
+        render();
         let before = rss_kb();
         for _ in 0..RENDERS {
-            m.prepare(&request).unwrap();
+            render();
         }
         let (Some(before), Some(after)) = (before, rss_kb()) else {
             eprintln!("no /proc/self/status: memory not measured");

@@ -59,36 +59,78 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
     }
 }
 
-/// Checks that `device` can run: creates and reads back a small tensor. A backend that finds no
-/// adapter or driver (a GPU device on a machine without one) panics inside Burn; that panic is
-/// caught, kept off the terminal, and returned as an error naming the device.
+/// Checks that `device` can run: creates a small tensor and reads back its sum.
+///
+/// A GPU device is first looked up among the devices Burn enumerates on this machine (a
+/// backend without its driver or adapter lists none, without panicking), so a machine without
+/// the GPU gets an error naming the device and nothing is printed. Only a device that is
+/// listed and still fails while starting (a broken driver) panics inside Burn; that panic is
+/// caught and returned as an error too, but Rust's panic hook, which this function leaves
+/// alone, prints its message to standard error.
 pub fn probe_device(device: &Device) -> Result<(), EchoError> {
     use burn::tensor::Tensor;
+    let unavailable =
+        |why: &str| EchoError::InvalidRequest(format!("device {device:?} is not available: {why}"));
+    if !is_listed(device) {
+        return Err(unavailable("this machine has no such device"));
+    }
     let d = device.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(move || {
         let t = Tensor::<1>::from_floats([1.0f32, 2.0], &d);
-        t.sum().into_scalar::<f32>()
+        t.sum().try_into_scalar::<f32>()
     });
-    std::panic::set_hook(previous);
     match result {
-        Ok(3.0) => Ok(()),
-        Ok(v) => Err(EchoError::InvalidRequest(format!(
+        Ok(Ok(3.0)) => Ok(()),
+        Ok(Ok(v)) => Err(EchoError::InvalidRequest(format!(
             "device {device:?} computed 1 + 2 = {v}"
         ))),
+        Ok(Err(e)) => Err(unavailable(&format!("reading back a result failed: {e:?}"))),
         Err(e) => {
             let msg = e
                 .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| e.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown failure");
-            Err(EchoError::InvalidRequest(format!(
-                "device {device:?} is not available: {}",
-                msg.lines().next().unwrap_or(msg)
-            )))
+            Err(unavailable(msg.lines().next().unwrap_or(msg)))
         }
     }
+}
+
+/// Whether `device` is among the devices Burn finds on this machine (the flex CPU device
+/// always is; a backend's default device is when the backend lists any).
+fn is_listed(device: &Device) -> bool {
+    #[allow(unused_imports)]
+    use burn::tensor::DeviceType;
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[allow(unused_mut)]
+    let mut types: Vec<DeviceType> = Vec::new();
+    #[cfg(feature = "wgpu")]
+    types.push(DeviceType::Wgpu);
+    #[cfg(feature = "cuda")]
+    types.push(DeviceType::Cuda);
+    if types.is_empty() {
+        return false;
+    }
+    let found = Device::enumerate(types);
+    if found.contains(device) {
+        return true;
+    }
+    #[cfg(feature = "wgpu")]
+    if *device == Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
+        && !Device::enumerate(DeviceType::Wgpu).is_empty()
+    {
+        return true;
+    }
+    #[cfg(feature = "cuda")]
+    if *device == Device::cuda(burn::tensor::DeviceIndex::Default)
+        && !Device::enumerate(DeviceType::Cuda).is_empty()
+    {
+        return true;
+    }
+    false
 }
 
 /// The float type for a name (`f32`, `f16`, `bf16`), falling back to a supported one when the
@@ -120,4 +162,38 @@ pub fn dtype_for(device: &Device, name: &str) -> Result<(DType, Option<String>),
     Err(EchoError::InvalidRequest(format!(
         "the device supports none of {name}, f16, f32"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Probing runs the device and leaves the process's panic hook as it found it.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn probing_keeps_the_panic_hook() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        std::panic::set_hook(Box::new(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }));
+        probe_device(&device_from_name("cpu").unwrap()).unwrap();
+        // a panic after the probe still reaches the hook installed before it
+        let _ = std::panic::catch_unwind(|| panic!("after the probe"));
+        let _ = std::panic::take_hook();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A device this build cannot run is an error naming it, not a panic.
+    #[test]
+    fn unavailable_devices_are_errors() {
+        for name in ["tpu", "cuda:x"] {
+            assert!(matches!(
+                device_from_name(name),
+                Err(EchoError::InvalidRequest(_))
+            ));
+        }
+    }
 }

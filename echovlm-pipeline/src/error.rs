@@ -34,6 +34,13 @@ pub enum EchoError {
     /// A request or generation setting is out of range.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The device failed to run the model or to return a result to the host.
+    #[error("device failure: {0}")]
+    Device(String),
+    /// A prompt prepared by hand (a [`PreparedPrompt`](crate::PreparedPrompt) not made by
+    /// `EchoVlm::prepare`) whose token ids and pixel values do not fit together or the model.
+    #[error("inconsistent prepared prompt: {0}")]
+    InvalidPrompt(String),
     /// The model has no vision tower but the request has images.
     #[error("this checkpoint has no vision tower; it cannot take images")]
     NoVision,

@@ -9,7 +9,9 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::error::EchoError;
+use echovlm_core::LoadError;
 use echovlm_text::Qwen2Tokenizer;
+use std::path::Path;
 
 /// Lets a caller stop a generation from another thread; the output then ends with
 /// [`FinishReason::Cancelled`].
@@ -36,6 +38,7 @@ impl CancelToken {
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// A stop token was generated.
     Stop,
@@ -48,7 +51,18 @@ pub enum FinishReason {
 /// Decoding settings. [`Default`] is greedy decoding with a repetition penalty of 1.05 and
 /// 1024 new tokens; a checkpoint's `generation_config.json` gives
 /// [`EchoVlm::default_generation`](crate::EchoVlm::default_generation).
+///
+/// Built from [`Default`], [`GenerationOptions::greedy`] or a model's defaults, then adjusted
+/// with one setter per field:
+///
+/// ```
+/// use echovlm_pipeline::GenerationOptions;
+/// let opts = GenerationOptions::greedy(64).do_sample(true).temperature(0.7).top_p(0.9).seed(7);
+/// assert_eq!((opts.max_new_tokens, opts.top_p, opts.seed), (64, 0.9, 7));
+/// assert!(opts.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerationOptions {
     /// Most tokens to generate.
     pub max_new_tokens: usize,
@@ -103,8 +117,82 @@ impl GenerationOptions {
         }
     }
 
-    /// Reads the sampling fields of a `generation_config.json` over `self`.
-    pub fn with_generation_config(mut self, json: &serde_json::Value) -> Self {
+    /// Sets [`max_new_tokens`](Self::max_new_tokens).
+    pub fn max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = n;
+        self
+    }
+
+    /// Sets [`do_sample`](Self::do_sample).
+    pub fn do_sample(mut self, yes: bool) -> Self {
+        self.do_sample = yes;
+        self
+    }
+
+    /// Sets [`temperature`](Self::temperature).
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Sets [`top_k`](Self::top_k).
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Sets [`top_p`](Self::top_p).
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = p;
+        self
+    }
+
+    /// Sets [`repetition_penalty`](Self::repetition_penalty).
+    pub fn repetition_penalty(mut self, p: f32) -> Self {
+        self.repetition_penalty = p;
+        self
+    }
+
+    /// Sets [`seed`](Self::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets [`stop_token_ids`](Self::stop_token_ids).
+    pub fn stop_token_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// Sets [`ignore_eos`](Self::ignore_eos).
+    pub fn ignore_eos(mut self, yes: bool) -> Self {
+        self.ignore_eos = yes;
+        self
+    }
+
+    /// Sets [`trace_routing`](Self::trace_routing).
+    pub fn trace_routing(mut self, yes: bool) -> Self {
+        self.trace_routing = yes;
+        self
+    }
+
+    /// Sets [`cancel`](Self::cancel).
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Reads the sampling fields and the stop tokens (`eos_token_id`) of a
+    /// `generation_config.json` (its parsed content `json`, read from `path`) over `self`.
+    ///
+    /// A token id that is not an integer from 0 to `u32::MAX` is an error naming `path` and
+    /// the key.
+    pub fn with_generation_config(
+        mut self,
+        json: &serde_json::Value,
+        path: &Path,
+    ) -> Result<Self, EchoError> {
         if let Some(v) = json.get("do_sample").and_then(|v| v.as_bool()) {
             self.do_sample = v;
         }
@@ -112,7 +200,7 @@ impl GenerationOptions {
             self.temperature = v as f32;
         }
         if let Some(v) = json.get("top_k").and_then(|v| v.as_u64()) {
-            self.top_k = v as usize;
+            self.top_k = usize::try_from(v).unwrap_or(usize::MAX);
         }
         if let Some(v) = json.get("top_p").and_then(|v| v.as_f64()) {
             self.top_p = v as f32;
@@ -121,24 +209,14 @@ impl GenerationOptions {
             self.repetition_penalty = v as f32;
         }
         if let Some(v) = json.get("max_new_tokens").and_then(|v| v.as_u64()) {
-            self.max_new_tokens = v as usize;
+            self.max_new_tokens = usize::try_from(v).unwrap_or(usize::MAX);
         }
-        match json.get("eos_token_id") {
-            Some(serde_json::Value::Array(a)) => {
-                self.stop_token_ids = a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect();
-            }
-            Some(v) => {
-                if let Some(x) = v.as_u64() {
-                    self.stop_token_ids = vec![x as u32];
-                }
-            }
-            None => {}
+        if let Some(ids) = token_ids(json, "eos_token_id", path)? {
+            self.stop_token_ids = ids;
         }
-        self
+        // checked even though only the stop tokens are used, so that a broken file is reported
+        token_ids(json, "bos_token_id", path)?;
+        Ok(self)
     }
 
     /// Checks the settings.
@@ -160,6 +238,37 @@ impl GenerationOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// The token ids under `key` of a `generation_config.json` (`json`, read from `path`): one
+/// integer or a list of them; `None` when the key is absent or `null`. Anything else, and ids
+/// outside `0..=u32::MAX`, is an error naming the file and the key.
+pub(crate) fn token_ids(
+    json: &serde_json::Value,
+    key: &str,
+    path: &Path,
+) -> Result<Option<Vec<u32>>, EchoError> {
+    let bad = |v: &serde_json::Value| {
+        EchoError::Load(LoadError::config(
+            path,
+            format!(
+                "{key} holds {v}, not a token id (an integer from 0 to {})",
+                u32::MAX
+            ),
+        ))
+    };
+    let one = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad(v))
+    };
+    match json.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(one).collect::<Result<_, _>>().map(Some)
+        }
+        Some(v) => Ok(Some(vec![one(v)?])),
     }
 }
 
@@ -239,7 +348,8 @@ impl Sampler {
 fn top_p(logits: &mut [f32], top_p: f32) {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
-    let max = logits[*order.last().expect("non-empty vocabulary")];
+    let Some(&last) = order.last() else { return };
+    let max = logits[last];
     let exps: Vec<f32> = order.iter().map(|&i| (logits[i] - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     let mut cum = 0f32;
@@ -254,7 +364,7 @@ fn top_p(logits: &mut [f32], top_p: f32) {
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).
-pub fn argmax(v: &[f32]) -> u32 {
+pub(crate) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {
@@ -265,7 +375,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 }
 
 /// The `n` largest `(token, logit)` pairs, largest first.
-pub fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
     idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
     idx.into_iter().take(n).map(|i| (i as u32, v[i])).collect()

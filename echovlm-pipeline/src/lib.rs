@@ -15,16 +15,16 @@
 
 #![warn(missing_docs)]
 
-pub mod chat;
-pub mod device;
-pub mod error;
-pub mod generate;
-pub mod model;
-pub mod output;
+mod chat;
+mod device;
+mod error;
+mod generate;
+mod model;
+mod output;
 #[cfg(feature = "plot")]
-pub mod plot;
-pub mod request;
-pub mod tasks;
+mod plot;
+mod request;
+mod tasks;
 
 pub use burn::tensor::{DType, Device};
 pub use chat::{ChatTemplate, Content, Message, Role};
@@ -36,5 +36,7 @@ pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
 pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback};
 pub use output::{Output, Timings};
+#[cfg(feature = "plot")]
+pub use plot::routing_png;
 pub use request::{ImageSource, Request};
-pub use tasks::{Lang, Task};
+pub use tasks::{Lang, TASK_NAMES, Task};

@@ -7,6 +7,7 @@ use crate::generate::FinishReason;
 
 /// Wall-clock time spent in each stage, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Timings {
     /// Decoding, resizing and normalising images, rendering and tokenising the prompt.
     pub preprocess_ms: f64,
@@ -26,6 +27,7 @@ pub struct Timings {
 
 /// The result of one request.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Output {
     /// The generated text (special tokens removed).
     pub text: String,

@@ -141,7 +141,7 @@ fn diagnosis(options: &[String], lang: Lang) -> String {
 }
 
 /// `A. first\nB. second…`.
-pub fn lettered(options: &[String]) -> String {
+pub(crate) fn lettered(options: &[String]) -> String {
     options
         .iter()
         .enumerate()
@@ -151,7 +151,7 @@ pub fn lettered(options: &[String]) -> String {
 }
 
 /// `A` for 0, `B` for 1, … (`Z` and beyond fall back to the index).
-pub fn option_letter(i: usize) -> String {
+pub(crate) fn option_letter(i: usize) -> String {
     if i < 26 {
         ((b'A' + i as u8) as char).to_string()
     } else {

@@ -17,10 +17,7 @@ fn model() -> EchoVlm {
 }
 
 fn greedy(n: usize) -> GenerationOptions {
-    GenerationOptions {
-        ignore_eos: true,
-        ..GenerationOptions::greedy(n)
-    }
+    GenerationOptions::greedy(n).ignore_eos(true)
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -147,10 +144,7 @@ fn repetition_penalty_matches_reference() {
     for rp in ["1.05", "1.3"] {
         let case = &g.meta[format!("repetition_penalty_{rp}")];
         let want = ids(&case["greedy"]);
-        let opts = GenerationOptions {
-            repetition_penalty: rp.parse().unwrap(),
-            ..greedy(want.len())
-        };
+        let opts = greedy(want.len()).repetition_penalty(rp.parse().unwrap());
         let out = m.generate(&request, &opts).unwrap();
         assert_eq!(out.generated_token_ids, want, "penalty {rp}");
     }
@@ -190,13 +184,13 @@ fn batch_of_different_lengths_equals_single_runs() {
 fn seeded_sampling_is_reproducible() {
     let m = model();
     let request = Request::new("Describe the liver.");
-    let opts = |seed| GenerationOptions {
-        do_sample: true,
-        temperature: 1.5,
-        top_k: 50,
-        top_p: 0.95,
-        seed,
-        ..greedy(32)
+    let opts = |seed| {
+        greedy(32)
+            .do_sample(true)
+            .temperature(1.5)
+            .top_k(50)
+            .top_p(0.95)
+            .seed(seed)
     };
     let a = m.generate(&request, &opts(7)).unwrap();
     let b = m.generate(&request, &opts(7)).unwrap();
@@ -239,10 +233,7 @@ fn cancel_token_stops_generation() {
     let m = model();
     let cancel = echovlm_pipeline::CancelToken::new();
     cancel.cancel();
-    let opts = GenerationOptions {
-        cancel: Some(cancel),
-        ..greedy(50)
-    };
+    let opts = greedy(50).cancel(cancel);
     let out = m.generate(&Request::new("hello"), &opts).unwrap();
     assert_eq!(out.finish_reason, FinishReason::Cancelled);
     assert_eq!(out.generated_token_ids.len(), 1);

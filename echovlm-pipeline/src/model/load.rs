@@ -1,0 +1,216 @@
+//! Loading a checkpoint directory into an [`EchoVlm`].
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device};
+use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
+use echovlm_text::config::read_json;
+use echovlm_text::{Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds};
+use echovlm_vision::preprocess::PreprocessConfig;
+use echovlm_vision::{VisionConfig, VisionModel};
+
+use super::EchoVlm;
+use crate::chat::ChatTemplate;
+use crate::error::EchoError;
+use crate::generate::{GenerationOptions, token_ids};
+
+/// Where and how to load a checkpoint: [`Default`] (the default device, `F32`, default linear
+/// layers), adjusted with one setter per field.
+///
+/// ```
+/// use echovlm_pipeline::{DType, LoadOptions, device_from_name};
+/// let opts = LoadOptions::default().device(device_from_name("cpu")?).dtype(DType::F32);
+/// assert_eq!(opts.dtype, DType::F32);
+/// # Ok::<(), echovlm_pipeline::EchoError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// The device (backend) the model runs on.
+    pub device: Device,
+    /// Float type of weights and activations (`F32` on CPU; `F16`/`BF16` where the device
+    /// supports them).
+    pub dtype: DType,
+    /// How linear layers keep their weights.
+    pub linear: LinearOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::default(),
+            dtype: DType::F32,
+            linear: LinearOptions::default(),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Sets the device (backend) the model runs on.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Sets the float type of weights and activations.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Sets how linear layers keep their weights.
+    pub fn linear(mut self, linear: LinearOptions) -> Self {
+        self.linear = linear;
+        self
+    }
+}
+
+fn inconsistent(msg: String) -> EchoError {
+    EchoError::Inconsistent(msg)
+}
+
+impl EchoVlm {
+    /// Loads a model directory: `config.json`, safetensors weights (single or sharded),
+    /// `tokenizer.json`, the chat template (`chat_template.json` or `tokenizer_config.json`),
+    /// and, if present, `preprocessor_config.json` and `generation_config.json`.
+    pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, EchoError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(LoadError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such model directory",
+                ),
+            }
+            .into());
+        }
+        let config_path = dir.join("config.json");
+        let json = read_json(&config_path)?;
+        let text_cfg = TextConfig::from_json(&json, &config_path)?;
+        let ckpt = Checkpoint::open_dir(dir)?;
+        let vision_cfg = if ckpt.keys_with_prefix("visual.").next().is_some() {
+            Some(VisionConfig::from_json(
+                &json,
+                text_cfg.hidden_size,
+                &config_path,
+            )?)
+        } else {
+            None
+        };
+        let ((text, vision), weight_bytes) = load_counted(
+            &ckpt,
+            &options.device,
+            options.dtype,
+            options.linear.clone(),
+            |l| {
+                let text = TextModel::load(l, &text_cfg)?;
+                let vision = match &vision_cfg {
+                    Some(c) => Some(VisionModel::load(l, c)?),
+                    None => None,
+                };
+                Ok((text, vision))
+            },
+        )?;
+        let parameters = ckpt.num_elements();
+        drop(ckpt);
+
+        let tokenizer = Qwen2Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        let preprocess_path = dir.join("preprocessor_config.json");
+        let preprocess = if preprocess_path.is_file() {
+            PreprocessConfig::from_file(&preprocess_path)?
+        } else {
+            PreprocessConfig::default()
+        };
+        if let Some(v) = &vision {
+            let c = &v.config;
+            for (name, pre, tower) in [
+                ("patch_size", preprocess.patch_size, c.patch_size),
+                ("merge_size", preprocess.merge_size, c.spatial_merge_size),
+                (
+                    "temporal_patch_size",
+                    preprocess.temporal_patch_size,
+                    c.temporal_patch_size,
+                ),
+            ] {
+                if pre != tower {
+                    return Err(inconsistent(format!(
+                        "preprocessor_config.json says {name} = {pre} but the vision tower's is {tower}"
+                    )));
+                }
+            }
+        }
+        let special = *tokenizer.special();
+        if tokenizer.vocab_size() > text_cfg.vocab_size {
+            return Err(inconsistent(format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tokenizer.vocab_size(),
+                text_cfg.vocab_size
+            )));
+        }
+        let check = |name: &str, config: Option<u32>, tok: u32| -> Result<u32, EchoError> {
+            match config {
+                Some(c) if c != tok => Err(inconsistent(format!(
+                    "config.json says {name} = {c} but the tokenizer gives {tok}"
+                ))),
+                _ => Ok(tok),
+            }
+        };
+        let vt = &text_cfg.vision_tokens;
+        let vision_tokens = VisionTokenIds {
+            vision_start: Some(check(
+                "vision_start_token_id",
+                vt.vision_start,
+                special.vision_start,
+            )?),
+            vision_end: Some(check(
+                "vision_end_token_id",
+                vt.vision_end,
+                special.vision_end,
+            )?),
+            image: Some(check("image_token_id", vt.image, special.image_pad)?),
+            video: Some(check("video_token_id", vt.video, special.video_pad)?),
+        };
+        let (image_id, video_id) = (special.image_pad, special.video_pad);
+
+        let gen_path = dir.join("generation_config.json");
+        let gen_json = if gen_path.is_file() {
+            Some(read_json(&gen_path)?)
+        } else {
+            None
+        };
+        let mut generation = GenerationOptions::default();
+        if let Some(g) = &gen_json {
+            generation = generation.with_generation_config(g, &gen_path)?;
+        }
+        if generation.stop_token_ids.is_empty() {
+            generation.stop_token_ids = text_cfg.eos_token_ids.clone();
+        }
+        if !generation.stop_token_ids.contains(&special.im_end) {
+            generation.stop_token_ids.push(special.im_end);
+        }
+        let pad_id = match &gen_json {
+            Some(g) => {
+                token_ids(g, "pad_token_id", &gen_path)?.and_then(|ids| ids.first().copied())
+            }
+            None => None,
+        }
+        .unwrap_or(special.endoftext);
+        Ok(Self {
+            text,
+            vision,
+            tokenizer,
+            template,
+            preprocess,
+            generation,
+            vision_tokens,
+            image_id,
+            video_id,
+            pad_id,
+            dir: dir.to_path_buf(),
+            parameters,
+            weight_bytes,
+        })
+    }
+}

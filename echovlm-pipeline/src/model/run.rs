@@ -1,0 +1,375 @@
+//! The generation loop: vision tower, prefill, token-by-token decoding with sampling and
+//! streaming, and the outputs.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use echovlm_moe::RoutingTrace;
+use echovlm_text::{DecoderInput, Positions, PromptError, rope_index};
+use echovlm_vision::preprocess::PixelValues;
+
+use super::{EchoVlm, PreparedPrompt};
+use crate::error::EchoError;
+use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
+use crate::output::{Output, Timings};
+use crate::request::Request;
+
+/// Receives streamed text; `ControlFlow::Break` stops the generation.
+pub type TextCallback<'a> = dyn FnMut(&str) -> ControlFlow<()> + 'a;
+
+impl EchoVlm {
+    /// Generates for one request.
+    pub fn generate(
+        &self,
+        request: &Request,
+        opts: &GenerationOptions,
+    ) -> Result<Output, EchoError> {
+        let prepared = self.prepare(request)?;
+        single(self.run(vec![prepared], opts, None)?)
+    }
+
+    /// Generates for one request, calling `on_text` with every new piece of text as soon as it
+    /// forms whole UTF-8 characters; returning `ControlFlow::Break` stops the generation
+    /// ([`FinishReason::Cancelled`]).
+    pub fn generate_stream(
+        &self,
+        request: &Request,
+        opts: &GenerationOptions,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Output, EchoError> {
+        let prepared = self.prepare(request)?;
+        single(self.run(vec![prepared], opts, Some(&mut on_text))?)
+    }
+
+    /// Generates for several requests at once (left-padded into one batch). Each output equals
+    /// what the request gives alone.
+    pub fn generate_batch(
+        &self,
+        requests: &[Request],
+        opts: &GenerationOptions,
+    ) -> Result<Vec<Output>, EchoError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = requests
+            .iter()
+            .map(|r| self.prepare(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run(prepared, opts, None)
+    }
+
+    /// The logits of the position after the prompt (what the first generated token is chosen
+    /// from), without generating: for scoring candidate answers or checking a port.
+    pub fn next_token_logits(&self, prompt: &PreparedPrompt) -> Result<Vec<f32>, EchoError> {
+        self.check_prepared(prompt)?;
+        let ids = vec![prompt.ids.clone()];
+        let image_grids: Vec<[usize; 3]> = prompt.images.iter().map(|x| x.grid_thw).collect();
+        let video_grids: Vec<[usize; 3]> = prompt.videos.iter().map(|x| x.grid_thw).collect();
+        let image_embeds = self.encode(prompt.images.iter())?;
+        let video_embeds = self.encode(prompt.videos.iter())?;
+        let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
+        let (positions, _) = rope_index(
+            &ids,
+            None,
+            &image_grids,
+            &video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+        )?;
+        let out = self.text.forward(
+            DecoderInput::new(embeds, &positions),
+            &mut self.text.new_cache(),
+            None,
+        )?;
+        read_logits(out.logits)
+    }
+
+    /// Runs prepared prompts as one batch.
+    pub fn run(
+        &self,
+        prompts: Vec<PreparedPrompt>,
+        opts: &GenerationOptions,
+        mut on_text: Option<&mut TextCallback<'_>>,
+    ) -> Result<Vec<Output>, EchoError> {
+        opts.validate()?;
+        let b = prompts.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        for p in &prompts {
+            self.check_prepared(p)?;
+        }
+        if on_text.is_some() && b != 1 {
+            return Err(EchoError::InvalidRequest(
+                "streaming takes exactly one request".into(),
+            ));
+        }
+        let max_len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let limit = self.text.config.max_position_embeddings;
+        if max_len + opts.max_new_tokens > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: max_len + opts.max_new_tokens,
+                max: limit,
+            }
+            .into());
+        }
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![self.pad_id; max_len - p.ids.len()];
+                row.extend(&p.ids);
+                row
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![false; max_len - p.ids.len()];
+                row.extend(std::iter::repeat_n(true, p.ids.len()));
+                row
+            })
+            .collect();
+        let any_padding = prompts.iter().any(|p| p.ids.len() != max_len);
+        let mask = any_padding.then_some(valid.as_slice());
+
+        // vision
+        let t_vision = Instant::now();
+        let image_grids: Vec<[usize; 3]> = prompts
+            .iter()
+            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
+            .collect();
+        let video_grids: Vec<[usize; 3]> = prompts
+            .iter()
+            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
+            .collect();
+        let image_embeds = self.encode(prompts.iter().flat_map(|p| p.images.iter()))?;
+        let video_embeds = self.encode(prompts.iter().flat_map(|p| p.videos.iter()))?;
+        let embeds = self.merge_embeddings(&padded, image_embeds, video_embeds)?;
+        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
+            0.0
+        } else {
+            ms(t_vision)
+        };
+
+        // prefill
+        let t_prefill = Instant::now();
+        let (positions, deltas) = rope_index(
+            &padded,
+            mask,
+            &image_grids,
+            &video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+        )?;
+        let mut cache = self
+            .text
+            .new_cache_with_capacity(max_len + opts.max_new_tokens);
+        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
+        let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new(); b]);
+        let out = self.text.forward(
+            DecoderInput::new(embeds, &positions).valid(mask),
+            &mut cache,
+            traces.as_deref_mut(),
+        )?;
+        let mut logits = read_logits(out.logits)?;
+        let prefill_ms = ms(t_prefill);
+
+        // decode
+        let t_decode = Instant::now();
+        let vocab = self.text.config.vocab_size;
+        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(opts)).collect();
+        let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
+        let mut first_top: Vec<Vec<(u32, f32)>> = vec![Vec::new(); b];
+        let mut stream = on_text.as_ref().map(|_| TextStream::new(&self.tokenizer));
+        let mut step = 0;
+        loop {
+            for r in 0..b {
+                if finished[r].is_some() {
+                    continue;
+                }
+                let row = &mut logits[r * vocab..(r + 1) * vocab];
+                if step == 0 {
+                    first_top[r] = top_logits(row, 20);
+                }
+                let tok = samplers[r].next(row, &history[r]);
+                history[r].push(tok);
+                generated[r].push(tok);
+                if !opts.ignore_eos && opts.stop_token_ids.contains(&tok) {
+                    finished[r] = Some(FinishReason::Stop);
+                } else if generated[r].len() >= opts.max_new_tokens {
+                    finished[r] = Some(FinishReason::Length);
+                }
+                if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
+                    && let Some(delta) = stream.push(tok)?
+                    && cb(&delta).is_break()
+                {
+                    finished[r] = Some(FinishReason::Cancelled);
+                }
+            }
+            if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                for f in finished.iter_mut().filter(|f| f.is_none()) {
+                    *f = Some(FinishReason::Cancelled);
+                }
+            }
+            if finished.iter().all(Option::is_some) {
+                break;
+            }
+            step += 1;
+            let next: Vec<Vec<u32>> = (0..b)
+                .map(|r| {
+                    vec![if finished[r].is_some() {
+                        self.pad_id
+                    } else {
+                        generated[r][generated[r].len() - 1]
+                    }]
+                })
+                .collect();
+            let live: Vec<Vec<bool>> = finished.iter().map(|f| vec![f.is_none()]).collect();
+            let all_live = finished.iter().all(Option::is_none);
+            let emb = self.text.embed(&next)?;
+            let pos = Positions::decode(&deltas, cache.len(), 1);
+            let out = self.text.forward(
+                DecoderInput::new(emb, &pos).valid((!all_live).then_some(live.as_slice())),
+                &mut cache,
+                traces.as_deref_mut(),
+            )?;
+            logits = read_logits(out.logits)?;
+        }
+        if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
+            && let Some(rest) = stream.finish()?
+        {
+            let _ = cb(&rest);
+        }
+        let decode_ms = ms(t_decode);
+
+        let mut outputs = Vec::with_capacity(b);
+        for (r, p) in prompts.into_iter().enumerate() {
+            let n = generated[r].len();
+            let timings = Timings {
+                preprocess_ms: p.preprocess_ms,
+                vision_ms,
+                prefill_ms,
+                prefill_tokens: p.ids.len(),
+                decode_ms,
+                generated_tokens: n,
+                decode_tokens_per_s: if n > 1 && decode_ms > 0.0 {
+                    (n - 1) as f64 / (decode_ms / 1e3)
+                } else {
+                    0.0
+                },
+            };
+            outputs.push(Output {
+                text: self.tokenizer.decode(&generated[r], true)?,
+                image_grid_thw: p.images.iter().map(|x| x.grid_thw).collect(),
+                video_grid_thw: p.videos.iter().map(|x| x.grid_thw).collect(),
+                prompt_token_ids: p.ids,
+                generated_token_ids: std::mem::take(&mut generated[r]),
+                finish_reason: finished[r].unwrap_or(FinishReason::Length),
+                first_step_top_logits: std::mem::take(&mut first_top[r]),
+                timings,
+                routing: traces.as_ref().map(|t| t[r].summary()),
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// Encodes images (or videos) with the vision tower, all in one forward pass.
+    fn encode<'a>(
+        &self,
+        items: impl Iterator<Item = &'a PixelValues>,
+    ) -> Result<Option<Tensor<2>>, EchoError> {
+        let items: Vec<&PixelValues> = items.collect();
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let vision = self.vision.as_ref().ok_or(EchoError::NoVision)?;
+        let rows: usize = items.iter().map(|p| p.rows).sum();
+        let cols = items[0].cols();
+        let mut data = Vec::with_capacity(rows * cols);
+        for p in &items {
+            data.extend_from_slice(&p.data);
+        }
+        let grids: Vec<[usize; 3]> = items.iter().map(|p| p.grid_thw).collect();
+        let pixels = Tensor::<2>::from_data(
+            TensorData::new(data, [rows, cols]),
+            (&self.device(), DType::F32),
+        );
+        Ok(Some(vision.forward(pixels, &grids)?))
+    }
+
+    /// Token embeddings with every placeholder row replaced by the next visual feature row.
+    fn merge_embeddings(
+        &self,
+        ids: &[Vec<u32>],
+        images: Option<Tensor<2>>,
+        videos: Option<Tensor<2>>,
+    ) -> Result<Tensor<3>, EchoError> {
+        let text = self.text.embed(ids)?;
+        if images.is_none() && videos.is_none() {
+            return Ok(text);
+        }
+        let [b, s, h] = text.dims();
+        let (image_id, video_id) = (self.image_id, self.video_id);
+        let n_img = images.as_ref().map_or(0, |t| t.dims()[0]);
+        let n_vid = videos.as_ref().map_or(0, |t| t.dims()[0]);
+        let (mut i, mut v) = (0usize, 0usize);
+        let mut index = Vec::with_capacity(b * s);
+        for (p, &t) in ids.iter().flatten().enumerate() {
+            if t == image_id {
+                index.push((b * s + i) as i64);
+                i += 1;
+            } else if t == video_id {
+                index.push((b * s + n_img + v) as i64);
+                v += 1;
+            } else {
+                index.push(p as i64);
+            }
+        }
+        if i != n_img {
+            return Err(PromptError::FeatureCountMismatch {
+                placeholders: i,
+                features: n_img,
+            }
+            .into());
+        }
+        if v != n_vid {
+            return Err(PromptError::FeatureCountMismatch {
+                placeholders: v,
+                features: n_vid,
+            }
+            .into());
+        }
+        let mut parts = vec![text.reshape([b * s, h])];
+        parts.extend(images);
+        parts.extend(videos);
+        let source = Tensor::cat(parts, 0);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [b * s]), &self.device());
+        Ok(source.select(0, idx).reshape([b, s, h]))
+    }
+}
+
+/// The one output of a one-request run.
+fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
+    match (outputs.pop(), outputs.is_empty()) {
+        (Some(out), true) => Ok(out),
+        _ => Err(EchoError::Device(
+            "a run of one request did not return one output".into(),
+        )),
+    }
+}
+
+/// Reads the decoder's logits back to the host.
+fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
+    let logits =
+        logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
+    logits
+        .try_into_vec_as::<f32>()
+        .map_err(|e| EchoError::Device(format!("reading the logits back failed: {e:?}")))
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
