@@ -15,8 +15,9 @@ use support::{Golden, image, max_abs_diff, model_dir};
 /// Largest last-position logit difference allowed per float type (logits of magnitude ~10).
 fn tolerance(dtype: DType) -> f32 {
     match dtype {
-        DType::F32 => 1e-3,
-        _ => 0.05,
+        // measured on lavapipe: f32 5e-6, f16 1.3e-2; tolerances add a stated margin
+        DType::F32 => 5e-5,
+        _ => 0.03,
     }
 }
 
@@ -89,7 +90,8 @@ fn check(model: &EchoVlm, dtype: DType) {
         if dtype == DType::F32 {
             assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
         } else {
-            assert!(same >= 32, "{name}: only {same} tokens agree");
+            // measured 40/40 on lavapipe; 2 tokens of margin
+            assert!(same + 2 >= want.len(), "{name}: only {same} tokens agree");
         }
     }
 }

@@ -67,7 +67,10 @@ fn a_thousand_generations_do_not_grow_the_resident_set() {
     let after = rss_kb();
     assert_eq!(tokens, (WARM_UP + GENERATIONS) * 6);
     let (Some((rss0, _)), Some((rss_mid, _)), Some((rss1, hwm))) = (before, middle, after) else {
-        eprintln!("no /proc/self/status: {GENERATIONS} generations ran, memory not measured");
+        eprintln!(
+            "WARNING: SKIPPED the memory check: no /proc/self/status on this platform \
+             ({GENERATIONS} generations ran and were checked)"
+        );
         return;
     };
     let growth = rss1 - rss0;

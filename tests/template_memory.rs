@@ -74,8 +74,9 @@ fn namespace_cycles_in_a_chat_template_do_not_leak() {
             render();
         }
         let (Some(before), Some(after)) = (before, rss_kb()) else {
-            eprintln!("no /proc/self/status: memory not measured");
-            return;
+            // the renders above still ran and were checked; only the measurement is skipped
+            eprintln!("WARNING: SKIPPED the memory check of template {i}: no /proc/self/status");
+            continue;
         };
         let growth = after - before;
         println!("template {i}: RSS {before} → {after} KiB over {RENDERS} renders");

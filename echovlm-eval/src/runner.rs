@@ -232,12 +232,13 @@ pub fn score_sample(sample: &Sample, hypothesis: &str, generated_tokens: usize) 
     let rouge = rouge_all(hyp, reference, lang);
     let is_choice = !sample.options.is_empty()
         || matches!(sample.task.as_deref(), Some("diagnosis" | "choice"));
-    let correct = is_choice.then(|| {
-        match (extract_option_letter(reference), extract_option_letter(hyp)) {
-            (Some(w), Some(g)) => w == g,
-            _ => normalize_answer(hyp) == normalize_answer(reference),
-        }
-    });
+    let correct =
+        is_choice.then(
+            || match (extract_option_letter(reference), extract_option_letter(hyp)) {
+                (Some(w), Some(g)) => w == g,
+                _ => normalize_answer(hyp) == normalize_answer(reference),
+            },
+        );
     SampleScores {
         line: sample.line,
         lang: lang.code(),
@@ -259,7 +260,11 @@ pub fn summarize(samples: Vec<SampleScores>) -> EvalReport {
     let (mut total, mut right) = (0usize, 0usize);
     for s in &samples {
         let lang = Language::from_code(s.lang).unwrap_or(Language::Chinese);
-        acc.add(&s.reference, &s.hypothesis, &ReportOptions::for_language(lang));
+        acc.add(
+            &s.reference,
+            &s.hypothesis,
+            &ReportOptions::for_language(lang),
+        );
         if let Some(c) = s.correct {
             total += 1;
             right += usize::from(c);

@@ -65,7 +65,11 @@ fn per_sample_scores_are_the_metric_functions_on_a_0_100_scale() {
     assert_eq!(got.rouge2, rouge.rouge2.f1);
     assert_eq!(got.rouge_l, rouge.rouge_l.f1);
     assert!(got.rouge1 > 1.0 && got.rouge1 <= 100.0, "{}", got.rouge1);
-    let b4 = sentence_bleu(hyp, &s.reference, &BleuOptions::sentence(Language::English, 4));
+    let b4 = sentence_bleu(
+        hyp,
+        &s.reference,
+        &BleuOptions::sentence(Language::English, 4),
+    );
     assert_eq!(got.bleu4, b4.score);
     assert_eq!(got.correct, None);
     assert_eq!(got.generated_tokens, 7);

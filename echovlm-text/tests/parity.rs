@@ -263,8 +263,9 @@ fn check_variant(name: &str) -> f32 {
 }
 
 /// Tolerance of our f32 computation on a bf16/f16 checkpoint against PyTorch computing natively
-/// in that type (rounding after every op), for logits of magnitude ~10.
-const NATIVE_HALF_TOL: f32 = 0.25;
+/// in that type (rounding after every op), for logits of magnitude ~10: the measured 0.108 plus
+/// a margin of half of it.
+const NATIVE_HALF_TOL: f32 = 0.16;
 
 #[test]
 fn bf16_checkpoint_with_nested_config() {
@@ -324,7 +325,8 @@ fn portable_path_and_packed_cpu_formats() {
         assert_eq!(greedy(&portable, &prompt, want.len(), true), want);
     }
     // compact formats: report how far logits move and how often greedy tokens agree
-    for (format, logit_tol) in [(WeightFormat::Bf16, 0.5f32), (WeightFormat::Int8, 0.5)] {
+    // tolerances: the measured error (bf16 0.04, int8 0.17) plus a margin of half of it
+    for (format, logit_tol) in [(WeightFormat::Bf16, 0.06f32), (WeightFormat::Int8, 0.26)] {
         let model = load_text_with("tiny-echovlm", LinearOptions::cpu(format));
         let (mut same, mut total, mut worst) = (0usize, 0usize, 0f32);
         for lang in ["en", "zh"] {
@@ -346,7 +348,8 @@ fn portable_path_and_packed_cpu_formats() {
         );
         assert!(worst <= logit_tol, "{format:?}: logits moved by {worst}");
         assert!(
-            rate >= 0.5,
+            // measured: 80/80 identical; allowed: 4 tokens of margin
+            rate >= 0.95,
             "{format:?}: only {same}/{total} greedy tokens agree"
         );
     }
