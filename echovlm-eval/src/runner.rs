@@ -145,7 +145,8 @@ impl Sample {
 fn lang_code(lang: Lang) -> &'static str {
     match lang {
         Lang::En => "en",
-        Lang::Zh => "zh",
+        // Chinese, and any language added later until it has its own code here
+        _ => "zh",
     }
 }
 

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// Prompt language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Lang {
     /// Chinese, the language of most EchoVLM training data.
     #[default]
