@@ -109,7 +109,7 @@ fn decoder_layer(c: &mut Criterion) {
                         let input = DecoderInput::new(x.clone(), &pos).logits(Logits::None);
                         let out = model.forward(input, &mut cache, None).unwrap();
                         // make the backend finish the step
-                        std::hint::black_box(echovlm_core::host::to_f32_vec(
+                        std::hint::black_box(echovlm_core::host::flex_f32_vec(
                             out.hidden_states
                                 .first()
                                 .cloned()
@@ -156,7 +156,7 @@ fn vision_block(c: &mut Criterion) {
             g.bench_function(format!("patches_{patches}/{name}"), |b| {
                 b.iter(|| {
                     let y = model.blocks_forward(x.clone(), &[[1, side, side]]);
-                    std::hint::black_box(echovlm_core::host::to_f32_vec(y.narrow(0, 0, 1)));
+                    std::hint::black_box(echovlm_core::host::flex_f32_vec(y.narrow(0, 0, 1)));
                 })
             });
         }
@@ -187,30 +187,30 @@ fn moe_block(c: &mut Criterion) {
             g.measurement_time(Duration::from_secs(8));
             g.bench_function(format!("sparse_{tokens}/{name}"), |b| {
                 b.iter(|| {
-                    std::hint::black_box(echovlm_core::host::to_f32_vec(
-                        ffn.moe.forward(h.clone()).0,
+                    std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                        ffn.moe.forward(h.clone()).unwrap().0,
                     ))
                 })
             });
             g.bench_function(format!("all_experts_{tokens}/{name}"), |b| {
                 b.iter(|| {
-                    std::hint::black_box(echovlm_core::host::to_f32_vec(
-                        ffn.moe.forward_all_experts(h.clone()),
+                    std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                        ffn.moe.forward_all_experts(h.clone()).unwrap(),
                     ))
                 })
             });
             // the routed experts alone: what sparse dispatch saves (top-2 of 4)
             g.bench_function(format!("routed_sparse_{tokens}/{name}"), |b| {
                 b.iter(|| {
-                    std::hint::black_box(echovlm_core::host::to_f32_vec(
-                        ffn.moe.forward_routed(h.clone()).0,
+                    std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                        ffn.moe.forward_routed(h.clone()).unwrap().0,
                     ))
                 })
             });
             g.bench_function(format!("routed_all_{tokens}/{name}"), |b| {
                 b.iter(|| {
-                    std::hint::black_box(echovlm_core::host::to_f32_vec(
-                        ffn.moe.forward_routed_all_experts(h.clone()),
+                    std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                        ffn.moe.forward_routed_all_experts(h.clone()).unwrap(),
                     ))
                 })
             });

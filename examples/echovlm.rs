@@ -88,6 +88,12 @@ struct Cli {
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Frames per second of the cine loop (--frames, or a multi-frame DICOM image). Qwen2.5-VL
+    /// checkpoints (EchoVLM V2) place frames on an absolute time axis; Qwen2-VL ones (V1)
+    /// ignore it. Default: a DICOM object's own rate (Cine Rate, else Frame Time; divided by N
+    /// for --dicom-frames stride:N) when it records one, else 2.0.
+    #[arg(long, value_name = "F")]
+    fps: Option<f64>,
     /// Frames of multi-frame DICOM images: all, stride:N or list:0,4,8.
     #[arg(long, default_value = "all")]
     dicom_frames: String,
@@ -239,6 +245,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     request = request
         .pixels(cli.min_pixels, cli.max_pixels)
         .dicom_frames(frame_selection(&cli.dicom_frames)?);
+    if let Some(fps) = cli.fps {
+        request = request.fps(fps);
+    }
 
     let pb = spinner(interactive, "preprocessing");
     let prepared = model.prepare(&request)?;
@@ -363,6 +372,7 @@ fn print_json(
         .collect();
     let v = serde_json::json!({
         "model": model.dir(),
+        "architecture": out.architecture,
         "prompt_token_ids": out.prompt_token_ids,
         "generated_token_ids": out.generated_token_ids,
         "text": out.text,

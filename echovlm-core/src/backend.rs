@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::host::{from_f32_vec, to_f32_vec};
+use crate::host::{flex_f32_vec, from_f32_vec};
 
 /// Queries per row up to which attention on the CPU runs in [`decode_attention`] (decode steps
 /// and small batches of them) instead of Burn's attention.
@@ -176,7 +176,7 @@ pub fn host_attention(
     );
     let (dtype, device) = (q.dtype(), q.device());
     let n_rep = h / h_kv;
-    let qv = to_f32_vec(q);
+    let qv = flex_f32_vec(q);
     let hidden: Option<Vec<bool>> = mask.map(|m| m.into_data().iter::<bool>().collect());
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; b * h * s_q * d];
@@ -243,7 +243,7 @@ pub fn decode_attention(
     causal: bool,
 ) -> Tensor<4> {
     let [batch, heads, len, dim] = k.dims();
-    let (kd, vd) = (to_f32_vec(k), to_f32_vec(v));
+    let (kd, vd) = (flex_f32_vec(k), flex_f32_vec(v));
     let view = |data| HostKv {
         data,
         batch,

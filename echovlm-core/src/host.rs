@@ -2,13 +2,37 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-/// Reads a float tensor back as f32 values in row-major order.
+/// A tensor could not be read back from its device to the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+#[error("reading a tensor back from the device failed: {reason}")]
+pub struct ReadBackError {
+    /// What the backend reported.
+    pub reason: String,
+}
+
+/// Reads a float tensor back as f32 values in row-major order, on any device.
+pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ReadBackError> {
+    t.try_into_vec_as::<f32>().map_err(|e| ReadBackError {
+        reason: format!("{e:?}"),
+    })
+}
+
+/// Reads a float tensor that lives on the flex CPU device back as f32 values.
+///
+/// For the CPU fast paths (packed linear layers, host attention, host KV caches), which only
+/// ever see flex tensors: their data already is host memory, so the read is a copy and cannot
+/// fail. Use [`to_f32_vec`] for tensors on any other device.
 ///
 /// # Panics
-/// If the backend cannot read tensors back synchronously (a device failure).
-pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.try_into_vec_as::<f32>()
-        .expect("reading a tensor back from the device")
+/// If `t` is on another device and that device fails to read it back; check with
+/// [`backend::is_flex`](crate::backend::is_flex) first.
+pub fn flex_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    debug_assert!(crate::backend::is_flex(&t.device()), "not a flex tensor");
+    match to_f32_vec(t) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Builds a tensor of float type `dtype` on `device` from f32 values computed on the host.

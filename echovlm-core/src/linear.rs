@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::backend;
 use crate::cpu::{PackedWeight, WeightFormat};
-use crate::host::{from_f32_vec, to_f32_vec};
+use crate::host::{flex_f32_vec, from_f32_vec};
 use crate::loader::WeightLoader;
 
 /// How linear layers keep their weights.
@@ -181,7 +181,7 @@ impl Linear {
                     self.d_in
                 );
                 let m = dims[..D - 1].iter().product::<usize>();
-                let xv = to_f32_vec(x);
+                let xv = flex_f32_vec(x);
                 let mut y = vec![0f32; m * self.d_out];
                 if let Err(e) = p.matmul(&xv, m, &mut y) {
                     panic!("packed linear layer: {e}");

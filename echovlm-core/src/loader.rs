@@ -129,18 +129,28 @@ impl<'a> WeightLoader<'a> {
     }
 
     /// Takes the float tensor `key`, stored with shape `stored`, viewed as `shape` (same number
-    /// of elements, row-major), e.g. a convolution kernel used as a matrix.
+    /// of elements, row-major), e.g. a convolution kernel used as a matrix. A view whose element
+    /// count differs from the stored shape's is recorded as a shape problem.
     pub fn tensor_as<const D: usize, const D2: usize>(
         &mut self,
         key: &str,
         stored: [usize; D],
         shape: [usize; D2],
     ) -> Tensor<D2> {
-        assert_eq!(
-            stored.iter().product::<usize>(),
-            shape.iter().product::<usize>(),
-            "tensor_as: element counts differ"
+        let (n_stored, n_view) = (
+            stored.iter().try_fold(1usize, |a, &d| a.checked_mul(d)),
+            shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)),
         );
+        if n_stored.is_none() || n_stored != n_view {
+            // a view that cannot hold the stored elements: report it as a shape problem
+            self.used.insert(key.to_string());
+            self.problems.push(TensorProblem::Shape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: stored.to_vec(),
+            });
+            return Tensor::zeros([1; D2], (&self.device, self.dtype));
+        }
         match self.check(key, &stored) {
             true if !self.validate_only => {
                 let data = self.read(key, &shape);

@@ -5,7 +5,7 @@
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use echovlm_core::backend::{decode_attention, repeat_kv};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 
 fn burn_attention(
     q: Tensor<4>,
@@ -15,7 +15,7 @@ fn burn_attention(
     causal: bool,
 ) -> Vec<f32> {
     let n_rep = q.dims()[1] / k.dims()[1];
-    to_f32_vec(burn::tensor::module::attention(
+    flex_f32_vec(burn::tensor::module::attention(
         q,
         repeat_kv(k, n_rep),
         repeat_kv(v, n_rep),
@@ -58,7 +58,7 @@ fn decode_attention_matches_burn() {
         for (masked, causal) in [(false, false), (false, true), (true, true), (true, false)] {
             let m = masked.then(mask);
             let want = burn_attention(q.clone(), k.clone(), v.clone(), m.clone(), causal);
-            let got = to_f32_vec(decode_attention(q.clone(), k.clone(), v.clone(), m, causal));
+            let got = flex_f32_vec(decode_attention(q.clone(), k.clone(), v.clone(), m, causal));
             let diff = got
                 .iter()
                 .zip(&want)

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use echovlm_core::cpu::{
     CpuError, INT8_BLOCK, KERNEL_ENV, Kernel, PackedWeight, SMALL_M, WeightFormat, active_kernel,
 };
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Linear, StorageDtype};
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -145,8 +145,8 @@ fn packed_linear_equals_portable_linear() {
         );
         for tokens in [1, 3, 40] {
             let x = Tensor::<3>::random([2, tokens, d_in], Distribution::Normal(0.0, 1.0), &device);
-            let a = to_f32_vec(fast.forward(x.clone()));
-            let b = to_f32_vec(portable.forward(x));
+            let a = flex_f32_vec(fast.forward(x.clone()));
+            let b = flex_f32_vec(portable.forward(x));
             let e = max_rel(&a, &b);
             assert!(e < 1e-5, "{format:?}, {tokens} tokens: {e}");
         }

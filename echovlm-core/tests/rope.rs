@@ -1,7 +1,7 @@
 //! The shared rotary helpers against hand-computed values.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 use echovlm_core::rope;
 
 #[test]
@@ -36,7 +36,7 @@ fn apply_rotates_each_pair_by_its_angle() {
     rope::write_row(&angles, &mut cos, &mut sin);
     let x = [1.0f32, 2.0, 3.0, -4.0];
     let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [1, 4]), &device);
-    let y = to_f32_vec(rope::apply(t(x.to_vec()), &t(cos), &t(sin)));
+    let y = flex_f32_vec(rope::apply(t(x.to_vec()), &t(cos), &t(sin)));
     for (j, a) in angles.iter().enumerate() {
         let (p, q) = (x[j], x[j + 2]);
         let (s, c) = a.sin_cos();
@@ -44,7 +44,7 @@ fn apply_rotates_each_pair_by_its_angle() {
         assert!((y[j + 2] - (q * c + p * s)).abs() < 1e-6, "{y:?}");
     }
     assert_eq!(
-        to_f32_vec(rope::rotate_half(t(x.to_vec()))),
+        flex_f32_vec(rope::rotate_half(t(x.to_vec()))),
         vec![-3.0, 4.0, 1.0, 2.0]
     );
 }

@@ -24,5 +24,5 @@ mod trace;
 
 pub use loss::{load_balancing_loss, load_balancing_loss_host};
 pub use mlp::Mlp;
-pub use sparse::{DynamicFfn, MoeConfig, Routing, SparseMoeBlock};
+pub use sparse::{DynamicFfn, MixOutput, MoeConfig, Routing, SparseMoeBlock};
 pub use trace::{LayerRouting, RoutingSummary, RoutingTrace};

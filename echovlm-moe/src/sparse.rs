@@ -1,5 +1,5 @@
 use burn::tensor::{IndexingUpdateOp, Tensor, TensorData, activation};
-use echovlm_core::host::{int_tensor, to_f32_vec};
+use echovlm_core::host::{ReadBackError, int_tensor, to_f32_vec};
 use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader};
 
 use crate::mlp::Mlp;
@@ -188,42 +188,43 @@ impl SparseMoeBlock {
         self.experts.len()
     }
 
-    /// Routes `h` (`[tokens, hidden]`) without running any expert.
-    pub fn route(&self, h: Tensor<2>) -> Routing {
-        let logits = self.gate.forward(h);
-        let logits = to_f32_vec(logits);
-        Routing::from_logits(
+    /// Routes `h` (`[tokens, hidden]`) without running any expert. The router logits are read
+    /// back to the host (the routing decides which experts run); that read is the only way this
+    /// fails.
+    pub fn route(&self, h: Tensor<2>) -> Result<Routing, ReadBackError> {
+        let logits = to_f32_vec(self.gate.forward(h))?;
+        Ok(Routing::from_logits(
             logits,
             self.num_experts(),
             self.config.num_experts_per_tok,
             self.config.norm_topk_prob,
-        )
+        ))
     }
 
     /// Runs the block on `h` (`[tokens, hidden]`): each expert runs only on the tokens routed to
     /// it, its output is weighted and added into place, then the gated shared expert is added.
-    pub fn forward(&self, h: Tensor<2>) -> (Tensor<2>, Routing) {
-        let routing = self.route(h.clone());
+    pub fn forward(&self, h: Tensor<2>) -> Result<(Tensor<2>, Routing), ReadBackError> {
+        let routing = self.route(h.clone())?;
         let out = self.routed(h.clone(), &routing);
         let shared = self.shared(h);
-        (out + shared, routing)
+        Ok((out + shared, routing))
     }
 
     /// The routed experts only (no shared expert), dispatched sparsely.
-    pub fn forward_routed(&self, h: Tensor<2>) -> (Tensor<2>, Routing) {
-        let routing = self.route(h.clone());
-        (self.routed(h, &routing), routing)
+    pub fn forward_routed(&self, h: Tensor<2>) -> Result<(Tensor<2>, Routing), ReadBackError> {
+        let routing = self.route(h.clone())?;
+        Ok((self.routed(h, &routing), routing))
     }
 
     /// Like [`forward`](Self::forward) but runs every expert on every token and masks the
     /// result: the dense reference the sparse dispatch is measured against.
-    pub fn forward_all_experts(&self, h: Tensor<2>) -> Tensor<2> {
-        self.forward_routed_all_experts(h.clone()) + self.shared(h)
+    pub fn forward_all_experts(&self, h: Tensor<2>) -> Result<Tensor<2>, ReadBackError> {
+        Ok(self.forward_routed_all_experts(h.clone())? + self.shared(h))
     }
 
     /// The routed experts only, every expert on every token (weights zero where not routed).
-    pub fn forward_routed_all_experts(&self, h: Tensor<2>) -> Tensor<2> {
-        let routing = self.route(h.clone());
+    pub fn forward_routed_all_experts(&self, h: Tensor<2>) -> Result<Tensor<2>, ReadBackError> {
+        let routing = self.route(h.clone())?;
         let [tokens, _] = h.dims();
         let device = h.device();
         let dtype = h.dtype();
@@ -243,7 +244,7 @@ impl SparseMoeBlock {
             let we = w.clone().narrow(1, e, 1);
             out = out + expert.forward(h.clone()) * we;
         }
-        out
+        Ok(out)
     }
 
     fn shared(&self, h: Tensor<2>) -> Tensor<2> {
@@ -283,6 +284,10 @@ impl SparseMoeBlock {
     }
 }
 
+/// What [`DynamicFfn::forward`] returns: the mixed output (`[tokens, hidden]`) and, when asked
+/// for, the routing of these tokens with their mix coefficients (`[tokens, 2]`, row-major).
+pub type MixOutput = (Tensor<2>, Option<(Routing, Vec<f32>)>);
+
 /// EchoVLM's dynamic feed-forward: `softmax(coefficient(h))` mixes the MoE block (weight 0) and
 /// the dense MLP (weight 1).
 #[derive(Debug, Clone)]
@@ -318,13 +323,16 @@ impl DynamicFfn {
 
     /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns
     /// the routing of these tokens and their mix coefficients (`[tokens, 2]`).
-    pub fn forward(&self, h: Tensor<2>, record: bool) -> (Tensor<2>, Option<(Routing, Vec<f32>)>) {
-        let (m, routing) = self.moe.forward(h.clone());
+    pub fn forward(&self, h: Tensor<2>, record: bool) -> Result<MixOutput, ReadBackError> {
+        let (m, routing) = self.moe.forward(h.clone())?;
         let c = self.coefficients(h.clone());
         let d = self.mlp.forward(h);
-        let recorded = record.then(|| (routing, to_f32_vec(c.clone())));
+        let recorded = match record {
+            true => Some((routing, to_f32_vec(c.clone())?)),
+            false => None,
+        };
         let c0 = c.clone().narrow(1, 0, 1);
         let c1 = c.narrow(1, 1, 1);
-        (c0 * m + c1 * d, recorded)
+        Ok((c0 * m + c1 * d, recorded))
     }
 }

@@ -1,7 +1,7 @@
 //! The one error type of the pipeline.
 
 use echovlm_core::LoadError;
-use echovlm_text::{PromptError, TokenizerError};
+use echovlm_text::{ForwardError, PromptError, TokenizerError};
 use echovlm_vision::VisionError;
 use echovlm_vision::error::ImageError;
 
@@ -44,4 +44,13 @@ pub enum EchoError {
     /// The model has no vision tower but the request has images.
     #[error("this checkpoint has no vision tower; it cannot take images")]
     NoVision,
+}
+
+impl From<ForwardError> for EchoError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Prompt(p) => EchoError::Prompt(p),
+            other => EchoError::Device(other.to_string()),
+        }
+    }
 }

@@ -35,8 +35,8 @@ pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
 pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback};
-pub use output::{Output, Timings};
+pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]
 pub use plot::routing_png;
-pub use request::{ImageSource, Request};
+pub use request::{DEFAULT_FPS, ImageSource, Request};
 pub use tasks::{Lang, TASK_NAMES, Task};

@@ -25,12 +25,44 @@ pub struct Timings {
     pub decode_tokens_per_s: f64,
 }
 
+/// The model family a checkpoint belongs to, read from `config.json` (`model_type`,
+/// `architectures`) when it is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Architecture {
+    /// Qwen2-VL: EchoVLM V1 (with the dynamic MoE) and stock Qwen2-VL checkpoints.
+    #[serde(rename = "qwen2_vl")]
+    Qwen2Vl,
+    /// Qwen2.5-VL: EchoVLM V2 (a Lingshu-7B fine-tune) and stock Qwen2.5-VL checkpoints.
+    #[serde(rename = "qwen2_5_vl")]
+    Qwen25Vl,
+}
+
+impl Architecture {
+    /// The `model_type` string of `config.json`: `"qwen2_vl"` or `"qwen2_5_vl"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Qwen2Vl => "qwen2_vl",
+            Architecture::Qwen25Vl => "qwen2_5_vl",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The result of one request.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Output {
     /// The generated text (special tokens removed).
     pub text: String,
+    /// The architecture that ran.
+    pub architecture: Architecture,
     /// The prompt as token ids (placeholders expanded).
     pub prompt_token_ids: Vec<u32>,
     /// The generated ids, a final stop token included.

@@ -8,6 +8,10 @@ use image::{DynamicImage, ImageBuffer, Pixel, RgbImage};
 use crate::chat::{Content, Message, Role};
 use crate::tasks::{Lang, Task};
 
+/// The frame rate a cine loop is taken to have when neither the request nor the DICOM object
+/// gives one: transformers' default for Qwen2.5-VL video inputs.
+pub const DEFAULT_FPS: f64 = 2.0;
+
 /// An image (or a DICOM object) as the caller holds it: a file path, decoded pixels, or the
 /// encoded bytes of a file received in memory.
 ///
@@ -153,6 +157,10 @@ pub struct Request {
     pub min_pixels: Option<usize>,
     /// Overrides the checkpoint's `max_pixels` for this request.
     pub max_pixels: Option<usize>,
+    /// Frames per second of the cine loops. `None`: a multi-frame DICOM object's own rate
+    /// (Cine Rate, else Frame Time) when it records one, else [`DEFAULT_FPS`]. Qwen2.5-VL
+    /// checkpoints place video frames on an absolute time axis; Qwen2-VL checkpoints ignore it.
+    pub fps: Option<f64>,
     /// Frames taken from multi-frame DICOM objects (all by default).
     #[cfg(feature = "dicom")]
     pub dicom_frames: echovlm_vision::dicom::FrameSelection,
@@ -213,6 +221,13 @@ impl Request {
     pub fn cine<I: Into<ImageSource>>(mut self, frames: impl IntoIterator<Item = I>) -> Self {
         self.videos
             .push(frames.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the frames per second of this request's cine loops (see [`Request::fps`]); a value
+    /// that is not a positive number is refused when the request is prepared.
+    pub fn fps(mut self, fps: f64) -> Self {
+        self.fps = Some(fps);
         self
     }
 

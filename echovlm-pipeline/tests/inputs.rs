@@ -230,8 +230,22 @@ fn inconsistent_prepared_prompts_are_typed_errors() {
             "5 image placeholder tokens but the images' pixel values make 4 merged tokens",
         ),
         (
-            Box::new(|p| p.videos.push(p.images[0].clone())),
+            Box::new(|p| {
+                p.videos.push(p.images[0].clone());
+                p.video_fps.push(2.0);
+            }),
             "0 video placeholder tokens but the videos' pixel values make 4",
+        ),
+        (
+            Box::new(|p| p.videos.push(p.images[0].clone())),
+            "0 frame rates for 1 videos",
+        ),
+        (
+            Box::new(|p| {
+                p.videos.push(p.images[0].clone());
+                p.video_fps.push(f64::NAN);
+            }),
+            "video fps = NaN is not a positive number",
         ),
     ];
     for (edit, needle) in cases {
@@ -309,4 +323,54 @@ fn generation_config_ids_in_range_are_read() {
     assert_eq!(stops[0], 642);
     // the tiny model's default file: a list
     assert_eq!(model().default_generation().stop_token_ids[..2], [642, 640]);
+}
+
+#[test]
+fn cine_loops_carry_their_frame_rate() {
+    let m = model();
+    let frames = [image("heart_cine_0.png"), image("heart_cine_1.png")];
+    let fps = |r: Request| m.prepare(&r).unwrap().video_fps;
+    assert_eq!(fps(Request::new("x").cine(frames.clone())), vec![2.0]);
+    assert_eq!(
+        fps(Request::new("x").cine(frames.clone()).fps(4.5)),
+        vec![4.5]
+    );
+    assert_eq!(
+        PreparedPrompt::new(
+            vec![1],
+            Vec::new(),
+            vec![prepare(&m, image("thyroid_300x220.png")).images[0].clone()]
+        )
+        .video_fps,
+        vec![echovlm_pipeline::DEFAULT_FPS]
+    );
+    for bad in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+        match m.prepare(&Request::new("x").cine(frames.clone()).fps(bad)) {
+            Err(EchoError::InvalidRequest(msg)) => assert!(msg.contains("fps"), "{msg}"),
+            other => panic!("fps {bad}: expected InvalidRequest, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "dicom")]
+#[test]
+fn multi_frame_dicom_plays_at_its_recorded_rate() {
+    let m = model();
+    let dcm = fixtures().join("dicom/us_rgb_cine.dcm");
+    let p = m.prepare(&Request::new("x").image(&dcm)).unwrap();
+    assert_eq!(p.videos.len(), 1);
+    // Frame Time 33.3 ms
+    assert!(
+        (p.video_fps[0] - 1000.0 / 33.3).abs() < 1e-9,
+        "{:?}",
+        p.video_fps
+    );
+    let strided = Request::new("x")
+        .image(&dcm)
+        .dicom_frames(echovlm_vision::dicom::FrameSelection::Stride(2));
+    let p = m.prepare(&strided).unwrap();
+    assert!((p.video_fps[0] - 1000.0 / 33.3 / 2.0).abs() < 1e-9);
+    // the request's rate wins
+    let p = m.prepare(&Request::new("x").image(&dcm).fps(10.0)).unwrap();
+    assert_eq!(p.video_fps, vec![10.0]);
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Bool, Tensor};
 use echovlm_core::backend::{self, HostKv, KvStorage};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
@@ -147,7 +147,7 @@ impl KvCache {
                         KvStorage::Host => {
                             let [b, h, len, d] = k.dims();
                             let mut buf = HostBuffers::new(b, h, len, d);
-                            buf.write(0, len, &to_f32_vec(k), &to_f32_vec(v));
+                            buf.write(0, len, &flex_f32_vec(k), &flex_f32_vec(v));
                             Layer::Host(buf)
                         }
                         _ => Layer::Tensors(k, v),
@@ -251,7 +251,7 @@ impl KvCache {
                 _ => HostBuffers::new(b, h, cap, d),
             };
             self.capacity = self.capacity.max(buf.capacity);
-            buf.write(start, s, &to_f32_vec(k), &to_f32_vec(v));
+            buf.write(start, s, &flex_f32_vec(k), &flex_f32_vec(v));
             let out = backend::host_attention(
                 q,
                 buf.view(&buf.k, end),

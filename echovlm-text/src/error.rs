@@ -65,4 +65,20 @@ pub enum PromptError {
     /// The prompt has no tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The time axis of a video cannot be computed (a frame rate that is not a positive
+    /// number, or one missing).
+    #[error("video time positions: {0}")]
+    InvalidVideoTime(String),
+}
+
+/// A decoder forward pass that could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// The input does not fit the model (ragged batch, context too long, …).
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// A tensor the forward pass needs on the host (the MoE routing) could not be read back.
+    #[error(transparent)]
+    Device(#[from] echovlm_core::host::ReadBackError),
 }

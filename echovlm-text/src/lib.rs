@@ -5,23 +5,25 @@
 //!
 //! Weights load strictly from HF checkpoints (see [`echovlm_core::load`]); field names mirror
 //! the HF keys (`model.layers.{i}.self_attn.q_proj`, …).
+//!
+//! Every public item has one path: the crate root.
 
 #![warn(missing_docs)]
 
-pub mod cache;
-pub mod config;
-pub mod error;
-pub mod model;
-pub mod positions;
-pub mod rope;
-pub mod tokenizer;
+mod cache;
+mod config;
+mod error;
+mod model;
+mod positions;
+mod rope;
+mod tokenizer;
 
 pub use cache::KvCache;
-pub use config::{TextConfig, VisionTokenIds};
-pub use error::PromptError;
+pub use config::{TextConfig, VisionTokenIds, read_json};
+pub use error::{ForwardError, PromptError};
 pub use model::{
     Attention, DecoderInput, DecoderLayer, FeedForward, Logits, TextModel, TextOutput,
 };
-pub use positions::{VisionKind, rope_index};
+pub use positions::{VideoTime, VisionKind, rope_index, rope_index_timed};
 pub use rope::{MRope, Positions};
 pub use tokenizer::{Qwen2Tokenizer, SpecialTokens, TokenizerError};

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
-use echovlm_core::host::from_f32_vec;
+use echovlm_core::host::{ReadBackError, from_f32_vec};
 use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
 use crate::cache::KvCache;
 use crate::config::TextConfig;
-use crate::error::PromptError;
+use crate::error::{ForwardError, PromptError};
 use crate::rope::{MRope, Positions};
 
 /// Grouped-query self-attention with q/k/v biases.
@@ -145,7 +145,7 @@ impl DecoderLayer {
         layer: usize,
         mask: &AttentionMask,
         trace: Option<&mut [RoutingTrace]>,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>, ReadBackError> {
         let [b, s, hidden] = x.dims();
         let a = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
@@ -162,7 +162,7 @@ impl DecoderLayer {
         let y = match &self.ffn {
             FeedForward::Dense(mlp) => mlp.forward(h),
             FeedForward::Dynamic(ffn) => {
-                let (y, recorded) = ffn.forward(h, trace.is_some());
+                let (y, recorded) = ffn.forward(h, trace.is_some())?;
                 if let (Some(traces), Some((routing, coef))) = (trace, recorded) {
                     // one trace per batch row; padding is not recorded
                     for (row, trace) in traces.iter_mut().enumerate() {
@@ -177,7 +177,7 @@ impl DecoderLayer {
                 y
             }
         };
-        x + y.reshape([b, s, hidden])
+        Ok(x + y.reshape([b, s, hidden]))
     }
 
     /// Whether this layer has the dynamic MoE feed-forward.
@@ -385,7 +385,7 @@ impl TextModel {
         input: DecoderInput<'_>,
         cache: &mut KvCache,
         mut trace: Option<&mut [RoutingTrace]>,
-    ) -> Result<TextOutput, PromptError> {
+    ) -> Result<TextOutput, ForwardError> {
         let DecoderInput {
             embeds,
             positions,
@@ -395,15 +395,15 @@ impl TextModel {
         } = input;
         let [b, s, _] = embeds.dims();
         if trace.as_ref().is_some_and(|t| t.len() != b) {
-            return Err(PromptError::RaggedBatch);
+            return Err(PromptError::RaggedBatch.into());
         }
         if positions.batch != b || positions.seq != s {
-            return Err(PromptError::RaggedBatch);
+            return Err(PromptError::RaggedBatch.into());
         }
         if let Some(cb) = cache.batch()
             && cb != b
         {
-            return Err(PromptError::RaggedBatch);
+            return Err(PromptError::RaggedBatch.into());
         }
         let needed = cache.len() + s;
         let max_pos = positions.max().unwrap_or(0).max(0) as usize + 1;
@@ -412,14 +412,15 @@ impl TextModel {
             return Err(PromptError::ContextTooLong {
                 tokens: needed.max(max_pos),
                 max: limit,
-            });
+            }
+            .into());
         }
         let device = self.device();
         let dtype = embeds.dtype();
         let step_valid: Vec<Vec<bool>> = match valid {
             Some(v) => {
                 if v.len() != b || v.iter().any(|r| r.len() != s) {
-                    return Err(PromptError::RaggedBatch);
+                    return Err(PromptError::RaggedBatch.into());
                 }
                 v.to_vec()
             }
@@ -434,7 +435,7 @@ impl TextModel {
             if hidden_states {
                 states.push(x.clone());
             }
-            x = layer.forward(x, &rope, cache, i, &mask, trace.as_deref_mut());
+            x = layer.forward(x, &rope, cache, i, &mask, trace.as_deref_mut())?;
         }
         cache.commit(step_valid);
         let out_logits = match logits {

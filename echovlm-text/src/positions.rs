@@ -10,6 +10,24 @@ use crate::config::VisionTokenIds;
 use crate::error::PromptError;
 use crate::rope::Positions;
 
+/// How the temporal grid steps of a video map to M-RoPE time positions.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum VideoTime<'a> {
+    /// Qwen2-VL: temporal step `τ` is time position `τ` (frame rate ignored).
+    #[default]
+    Steps,
+    /// Qwen2.5-VL: temporal step `τ` of video `v` is time position
+    /// `floor(τ · seconds_per_grid[v] · tokens_per_second)`, computed in f32 as transformers does,
+    /// where `seconds_per_grid[v] = temporal_patch_size / fps` of that video.
+    Seconds {
+        /// Seconds one temporal grid step spans, one entry per video in prompt order.
+        seconds_per_grid: &'a [f32],
+        /// `vision_config.tokens_per_second`.
+        tokens_per_second: f32,
+    },
+}
+
 /// Kind of a vision placeholder run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VisionKind {
@@ -26,6 +44,9 @@ pub enum VisionKind {
 /// * `image_grid_thw`, `video_grid_thw`: patch grids `(t, h, w)` of the images and videos in
 ///   prompt order over the whole batch.
 /// * `merge`: spatial merge size (2).
+///
+/// Videos advance time one position per temporal grid step (Qwen2-VL); see
+/// [`rope_index_timed`] for Qwen2.5-VL's absolute time.
 pub fn rope_index(
     input_ids: &[Vec<u32>],
     attention_mask: Option<&[Vec<bool>]>,
@@ -34,6 +55,56 @@ pub fn rope_index(
     ids: &VisionTokenIds,
     merge: usize,
 ) -> Result<(Positions, Vec<i64>), PromptError> {
+    rope_index_timed(
+        input_ids,
+        attention_mask,
+        image_grid_thw,
+        video_grid_thw,
+        ids,
+        merge,
+        VideoTime::Steps,
+    )
+}
+
+/// [`rope_index`] with the video time axis given by `time` (transformers 4.51
+/// `Qwen2_5_VLForConditionalGeneration.get_rope_index` for [`VideoTime::Seconds`]).
+///
+/// `VideoTime::Seconds` needs one `seconds_per_grid` entry per video, each finite and
+/// positive, and a finite positive `tokens_per_second`; otherwise
+/// [`PromptError::InvalidVideoTime`].
+pub fn rope_index_timed(
+    input_ids: &[Vec<u32>],
+    attention_mask: Option<&[Vec<bool>]>,
+    image_grid_thw: &[[usize; 3]],
+    video_grid_thw: &[[usize; 3]],
+    ids: &VisionTokenIds,
+    merge: usize,
+    time: VideoTime<'_>,
+) -> Result<(Positions, Vec<i64>), PromptError> {
+    if let VideoTime::Seconds {
+        seconds_per_grid,
+        tokens_per_second,
+    } = time
+    {
+        let bad = |x: f32| !x.is_finite() || x <= 0.0;
+        if seconds_per_grid.len() != video_grid_thw.len() {
+            return Err(PromptError::InvalidVideoTime(format!(
+                "{} seconds-per-grid values for {} videos",
+                seconds_per_grid.len(),
+                video_grid_thw.len()
+            )));
+        }
+        if let Some(s) = seconds_per_grid.iter().find(|&&s| bad(s)) {
+            return Err(PromptError::InvalidVideoTime(format!(
+                "seconds per grid step {s} is not a positive number"
+            )));
+        }
+        if bad(tokens_per_second) {
+            return Err(PromptError::InvalidVideoTime(format!(
+                "tokens_per_second {tokens_per_second} is not a positive number"
+            )));
+        }
+    }
     let batch = input_ids.len();
     let seq = input_ids.first().map_or(0, Vec::len);
     if input_ids.iter().any(|r| r.len() != seq) {
@@ -67,6 +138,7 @@ pub fn rope_index(
                 video_grid_thw,
                 ids,
                 merge,
+                time,
                 &mut image_index,
                 &mut video_index,
                 &mut pos,
@@ -145,6 +217,7 @@ fn walk_row(
     video_grid_thw: &[[usize; 3]],
     ids: &VisionTokenIds,
     merge: usize,
+    time: VideoTime<'_>,
     image_index: &mut usize,
     video_index: &mut usize,
     pos: &mut Vec<[i64; 3]>,
@@ -188,7 +261,7 @@ fn walk_row(
         } else {
             usize::MAX
         };
-        let (grid, kind, ed) = if ed_image < ed_video {
+        let (grid, kind, ed, video) = if ed_image < ed_video {
             let g = image_grid_thw
                 .get(*image_index)
                 .ok_or(PromptError::ImageCountMismatch {
@@ -197,7 +270,7 @@ fn walk_row(
                 })?;
             *image_index += 1;
             remain_images -= 1;
-            (*g, VisionKind::Image, ed_image)
+            (*g, VisionKind::Image, ed_image, None)
         } else if ed_video != usize::MAX {
             let g = video_grid_thw
                 .get(*video_index)
@@ -207,7 +280,7 @@ fn walk_row(
                 })?;
             *video_index += 1;
             remain_videos -= 1;
-            (*g, VisionKind::Video, ed_video)
+            (*g, VisionKind::Video, ed_video, Some(*video_index - 1))
         } else {
             break;
         };
@@ -230,9 +303,19 @@ fn walk_row(
         pos.extend((0..text_len).map(|i| [st_idx + i, st_idx + i, st_idx + i]));
         let base = st_idx + text_len;
         for tau in 0..t as i64 {
+            let time_pos = match (time, video) {
+                (
+                    VideoTime::Seconds {
+                        seconds_per_grid,
+                        tokens_per_second,
+                    },
+                    Some(v),
+                ) => (tau as f32 * seconds_per_grid[v] * tokens_per_second) as i64,
+                _ => tau,
+            };
             for r in 0..h as i64 {
                 for c in 0..w as i64 {
-                    pos.push([base + tau, base + r, base + c]);
+                    pos.push([base + time_pos, base + r, base + c]);
                 }
             }
         }

@@ -6,7 +6,7 @@ mod support;
 
 use burn::tensor::{DType, Device};
 use echovlm_core::cpu::WeightFormat;
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{RoutingTrace, load_balancing_loss_host};
 use echovlm_text::{DecoderInput, KvCache, Positions, TextConfig, TextModel};
@@ -40,7 +40,7 @@ fn step(
     let out = model
         .forward(DecoderInput::new(emb, &pos), cache, trace)
         .unwrap();
-    to_f32_vec(out.logits.unwrap())
+    flex_f32_vec(out.logits.unwrap())
 }
 
 /// Greedy decoding; with `use_cache` each step feeds one token, without it every step
@@ -93,7 +93,7 @@ fn text_prompts_match_reference_layer_by_layer() {
             )
             .unwrap();
 
-        let logits = to_f32_vec(out.logits.unwrap());
+        let logits = flex_f32_vec(out.logits.unwrap());
         let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
         eprintln!("tiny-echovlm {lang}: last-logit max abs diff {diff:.2e}");
         assert!(diff <= LOGIT_TOL, "{lang}: last logits differ by {diff}");
@@ -101,7 +101,10 @@ fn text_prompts_match_reference_layer_by_layer() {
         let gold_hidden = g.f32(&format!("{key}.hidden_states"));
         let per = gold_hidden.len() / out.hidden_states.len();
         for (i, h) in out.hidden_states.iter().enumerate() {
-            let d = max_abs_diff(&to_f32_vec(h.clone()), &gold_hidden[i * per..(i + 1) * per]);
+            let d = max_abs_diff(
+                &flex_f32_vec(h.clone()),
+                &gold_hidden[i * per..(i + 1) * per],
+            );
             assert!(d <= LOGIT_TOL, "{lang}: hidden state {i} differs by {d}");
         }
 
@@ -224,7 +227,7 @@ fn decoder_applies_three_dimensional_positions() {
         )
         .unwrap();
     let diff = max_abs_diff(
-        &to_f32_vec(out.logits.unwrap()),
+        &flex_f32_vec(out.logits.unwrap()),
         &g.f32("mrope.last_logits"),
     );
     assert!(diff <= LOGIT_TOL, "last logits differ by {diff}");

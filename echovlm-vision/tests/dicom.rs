@@ -589,3 +589,21 @@ fn hostile_corpus_is_refused() {
         assert_eq!(e.path(), Some(path.as_path()));
     }
 }
+
+#[test]
+fn cine_frame_rate_follows_frame_time_and_the_selection() {
+    let all = load("us_rgb_cine", &FrameSelection::All);
+    assert_eq!(all.cine_rate, None);
+    let fps = all.frames_per_second().unwrap();
+    assert!((fps - 1000.0 / 33.3).abs() < 1e-9, "{fps}");
+    // every second frame plays at half the rate
+    let strided = load("us_rgb_cine", &FrameSelection::Stride(2));
+    let half = strided.frames_per_second().unwrap();
+    assert!((half - 1000.0 / 33.3 / 2.0).abs() < 1e-9, "{half}");
+    // frames picked out of order have no rate
+    let picked = load("us_rgb_cine", &FrameSelection::List(vec![3, 0, 1]));
+    assert_eq!(picked.frames_per_second(), None);
+    // an object without Frame Time or Cine Rate records none
+    let still = check_exact("us_mono8");
+    assert_eq!(still.frames_per_second(), None);
+}

@@ -4,7 +4,7 @@
 mod support;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_vision::{VisionConfig, VisionError, VisionModel};
 use support::{Golden, max_abs_diff, model_dir};
@@ -54,7 +54,7 @@ fn grid(g: &Golden, name: &str) -> [usize; 3] {
 
 fn encode(model: &VisionModel, pv: Vec<f32>, rows: usize, grids: &[[usize; 3]]) -> Vec<f32> {
     let t = Tensor::<2>::from_data(TensorData::new(pv, [rows, 1176]), &model.device());
-    to_f32_vec(model.forward(t, grids).unwrap())
+    flex_f32_vec(model.forward(t, grids).unwrap())
 }
 
 #[test]

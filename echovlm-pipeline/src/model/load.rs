@@ -4,7 +4,7 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device};
 use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
-use echovlm_text::config::read_json;
+use echovlm_text::read_json;
 use echovlm_text::{Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds};
 use echovlm_vision::preprocess::PreprocessConfig;
 use echovlm_vision::{VisionConfig, VisionModel};
@@ -13,6 +13,7 @@ use super::EchoVlm;
 use crate::chat::ChatTemplate;
 use crate::error::EchoError;
 use crate::generate::{GenerationOptions, token_ids};
+use crate::output::Architecture;
 
 /// Where and how to load a checkpoint: [`Default`] (the default device, `F32`, default linear
 /// layers), adjusted with one setter per field.
@@ -65,6 +66,73 @@ impl LoadOptions {
     }
 }
 
+/// The model family `config.json` describes: `model_type` (top level, else `text_config`'s)
+/// and `architectures` must agree, and at least one of them must name Qwen2-VL or Qwen2.5-VL.
+/// A config that names neither (an old export) is Qwen2.5-VL when its `vision_config` has
+/// Qwen2.5-VL's window attention, else Qwen2-VL.
+pub(crate) fn detect_architecture(
+    json: &serde_json::Value,
+    path: &Path,
+) -> Result<Architecture, LoadError> {
+    let err = |reason: String| LoadError::config(path, reason);
+    let from_type = |t: &str| match t {
+        "qwen2_vl" => Some(Architecture::Qwen2Vl),
+        "qwen2_5_vl" => Some(Architecture::Qwen25Vl),
+        _ => None,
+    };
+    let from_class = |c: &str| {
+        let c = c.to_ascii_lowercase();
+        if c.starts_with("qwen2_5_vl") {
+            Some(Architecture::Qwen25Vl)
+        } else if c.starts_with("qwen2vl") {
+            Some(Architecture::Qwen2Vl)
+        } else {
+            None
+        }
+    };
+    let model_type = json
+        .get("model_type")
+        .or_else(|| json.get("text_config").and_then(|t| t.get("model_type")))
+        .and_then(serde_json::Value::as_str);
+    let by_type = match model_type {
+        Some(t) => match from_type(t) {
+            Some(a) => Some(a),
+            // a text_config's own model_type ("qwen2_5_vl_text") is not the model's
+            None if t.ends_with("_text") => None,
+            None => {
+                return Err(err(format!(
+                    "model_type = {t:?}: only qwen2_vl (EchoVLM V1, Qwen2-VL) and qwen2_5_vl \
+                     (EchoVLM V2, Qwen2.5-VL) checkpoints are supported"
+                )));
+            }
+        },
+        None => None,
+    };
+    let classes: Vec<&str> = json
+        .get("architectures")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let by_class = classes.iter().find_map(|c| from_class(c));
+    match (by_type, by_class) {
+        (Some(t), Some(c)) if t != c => Err(err(format!(
+            "model_type says {t} but architectures {classes:?} say {c}"
+        ))),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) => {
+            let v = json.get("vision_config");
+            let windowed = v.is_some_and(|v| {
+                v.get("window_size").is_some() || v.get("fullatt_block_indexes").is_some()
+            });
+            Ok(if windowed {
+                Architecture::Qwen25Vl
+            } else {
+                Architecture::Qwen2Vl
+            })
+        }
+    }
+}
+
 fn inconsistent(msg: String) -> EchoError {
     EchoError::Inconsistent(msg)
 }
@@ -87,6 +155,7 @@ impl EchoVlm {
         }
         let config_path = dir.join("config.json");
         let json = read_json(&config_path)?;
+        let architecture = detect_architecture(&json, &config_path)?;
         let text_cfg = TextConfig::from_json(&json, &config_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let vision_cfg = if ckpt.keys_with_prefix("visual.").next().is_some() {
@@ -198,6 +267,7 @@ impl EchoVlm {
         }
         .unwrap_or(special.endoftext);
         Ok(Self {
+            architecture,
             text,
             vision,
             tokenizer,
@@ -212,5 +282,59 @@ impl EchoVlm {
             parameters,
             weight_bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn detect(v: serde_json::Value) -> Result<Architecture, LoadError> {
+        detect_architecture(&v, Path::new("config.json"))
+    }
+
+    #[test]
+    fn architectures_are_read_from_model_type_and_classes() {
+        use Architecture::*;
+        assert_eq!(detect(json!({"model_type": "qwen2_vl"})).unwrap(), Qwen2Vl);
+        assert_eq!(
+            detect(json!({"model_type": "qwen2_5_vl"})).unwrap(),
+            Qwen25Vl
+        );
+        assert_eq!(
+            detect(json!({"architectures": ["Qwen2VLMOEForConditionalGeneration"]})).unwrap(),
+            Qwen2Vl
+        );
+        assert_eq!(
+            detect(json!({"architectures": ["Qwen2_5_VLForConditionalGeneration"]})).unwrap(),
+            Qwen25Vl
+        );
+        // a nested text_config's own model_type does not decide
+        assert_eq!(
+            detect(json!({"text_config": {"model_type": "qwen2_5_vl_text"},
+                          "architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+            .unwrap(),
+            Qwen25Vl
+        );
+        // neither given: the vision config tells
+        assert_eq!(
+            detect(json!({"vision_config": {"window_size": 112}})).unwrap(),
+            Qwen25Vl
+        );
+        assert_eq!(detect(json!({"vision_config": {}})).unwrap(), Qwen2Vl);
+    }
+
+    #[test]
+    fn unknown_or_contradictory_architectures_are_refused() {
+        let e = detect(json!({"model_type": "llava"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model_type") && e.contains("llava"), "{e}");
+        let e = detect(json!({"model_type": "qwen2_vl",
+                              "architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("qwen2_vl") && e.contains("qwen2_5_vl"), "{e}");
     }
 }

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use echovlm_text::{Qwen2Tokenizer, TextModel, VisionTokenIds};
+use echovlm_text::{Qwen2Tokenizer, TextModel, VideoTime, VisionTokenIds};
 use echovlm_vision::VisionModel;
 use echovlm_vision::preprocess::PreprocessConfig;
 
 use crate::chat::ChatTemplate;
 use crate::generate::GenerationOptions;
+use crate::output::Architecture;
 
 mod load;
 mod prepare;
@@ -19,9 +20,10 @@ pub use load::LoadOptions;
 pub use prepare::PreparedPrompt;
 pub use run::TextCallback;
 
-/// A loaded EchoVLM (or stock Qwen2-VL) checkpoint: decoder, vision tower, tokenizer, chat
-/// template, preprocessing settings and generation defaults.
+/// A loaded EchoVLM V1 or V2 (or stock Qwen2-VL / Qwen2.5-VL) checkpoint: decoder, vision
+/// tower, tokenizer, chat template, preprocessing settings and generation defaults.
 pub struct EchoVlm {
+    architecture: Architecture,
     text: TextModel,
     vision: Option<VisionModel>,
     tokenizer: Qwen2Tokenizer,
@@ -42,6 +44,7 @@ pub struct EchoVlm {
 impl std::fmt::Debug for EchoVlm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EchoVlm")
+            .field("architecture", &self.architecture)
             .field("dir", &self.dir)
             .field("parameters", &self.parameters)
             .field("layers", &self.text.layers.len())
@@ -51,6 +54,11 @@ impl std::fmt::Debug for EchoVlm {
 }
 
 impl EchoVlm {
+    /// The model family of the checkpoint (Qwen2-VL or Qwen2.5-VL).
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
+    }
+
     /// The decoder.
     pub fn text_model(&self) -> &TextModel {
         &self.text
@@ -101,4 +109,26 @@ impl EchoVlm {
     pub fn device(&self) -> Device {
         self.text.device()
     }
+
+    /// Seconds one temporal grid step of each video spans: `temporal_patch_size / fps`,
+    /// computed in f64 and stored as f32, as transformers' processor does.
+    pub(crate) fn seconds_per_grid(&self, fps: &[f64]) -> Vec<f32> {
+        let temporal = self.preprocess.temporal_patch_size as f64;
+        fps.iter().map(|&f| (temporal / f) as f32).collect()
+    }
+
+    /// How video frames map to M-RoPE time positions for this architecture.
+    pub(crate) fn video_time<'a>(&self, seconds_per_grid: &'a [f32]) -> VideoTime<'a> {
+        match (self.architecture, self.vision.as_ref()) {
+            (Architecture::Qwen25Vl, Some(v)) => VideoTime::Seconds {
+                seconds_per_grid,
+                tokens_per_second: pending_tokens_per_second(v),
+            },
+            _ => VideoTime::Steps,
+        }
+    }
+}
+
+fn pending_tokens_per_second(_v: &VisionModel) -> f32 {
+    2.0
 }

@@ -13,7 +13,7 @@ use image::RgbImage;
 
 use super::EchoVlm;
 use crate::error::EchoError;
-use crate::request::{ImageSource, Request};
+use crate::request::{DEFAULT_FPS, ImageSource, Request};
 
 /// A prompt ready to run: token ids with placeholders expanded, and pixel values.
 ///
@@ -30,6 +30,9 @@ pub struct PreparedPrompt {
     pub images: Vec<PixelValues>,
     /// Preprocessed cine loops, in prompt order.
     pub videos: Vec<PixelValues>,
+    /// Frames per second of each cine loop (one entry per video): Qwen2.5-VL checkpoints place
+    /// video frames on an absolute time axis; Qwen2-VL checkpoints ignore it.
+    pub video_fps: Vec<f64>,
     /// Time spent preparing, in milliseconds.
     pub preprocess_ms: f64,
 }
@@ -37,14 +40,22 @@ pub struct PreparedPrompt {
 impl PreparedPrompt {
     /// A prompt of token ids (each image and video placeholder already expanded to its
     /// merged-token count) and the pixel values of its images and videos, in prompt order.
+    /// Videos play at [`DEFAULT_FPS`]; set their rates with [`with_video_fps`](Self::with_video_fps).
     pub fn new(ids: Vec<u32>, images: Vec<PixelValues>, videos: Vec<PixelValues>) -> Self {
         Self {
             rendered: String::new(),
             ids,
+            video_fps: vec![DEFAULT_FPS; videos.len()],
             images,
             videos,
             preprocess_ms: 0.0,
         }
+    }
+
+    /// Sets the frames per second of each video (one entry per video, in prompt order).
+    pub fn with_video_fps(mut self, fps: Vec<f64>) -> Self {
+        self.video_fps = fps;
+        self
     }
 }
 
@@ -67,8 +78,12 @@ impl EchoVlm {
             cfg.max_pixels = v;
         }
         cfg.validate()?;
+        if let Some(fps) = request.fps {
+            check_fps(fps)?;
+        }
         let mut images = Vec::with_capacity(request.images.len());
         let mut videos = Vec::with_capacity(request.videos.len());
+        let mut video_fps = Vec::with_capacity(request.videos.len());
         let mut visual_tokens = 0;
         let mut count =
             |frames: &[RgbImage]| self.count_visual_tokens(frames, &cfg, &mut visual_tokens);
@@ -78,22 +93,29 @@ impl EchoVlm {
                     count(std::slice::from_ref(&*img))?;
                     images.push(preprocess_image(&img, &cfg)?);
                 }
-                Decoded::Frames(frames) => {
+                Decoded::Frames(frames, rate) => {
                     count(&frames)?;
                     videos.push(preprocess_video(&frames, &cfg)?);
+                    video_fps.push(request.fps.or(rate).unwrap_or(DEFAULT_FPS));
                 }
             }
         }
         for sources in &request.videos {
             let mut frames = Vec::with_capacity(sources.len());
+            let mut rate = None;
             for src in sources {
                 match decode_source(src, request)? {
                     Decoded::Still(img) => frames.push(img.into_owned()),
-                    Decoded::Frames(f) => frames.extend(f),
+                    Decoded::Frames(f, r) => {
+                        // one multi-frame object as the whole loop plays at its own rate
+                        rate = r.filter(|_| sources.len() == 1);
+                        frames.extend(f);
+                    }
                 }
             }
             count(&frames)?;
             videos.push(preprocess_video(&frames, &cfg)?);
+            video_fps.push(request.fps.or(rate).unwrap_or(DEFAULT_FPS));
         }
         let messages = request.messages_with(images.len(), videos.len());
         let rendered = self.template.render(&messages, true, false)?;
@@ -104,6 +126,7 @@ impl EchoVlm {
             ids,
             images,
             videos,
+            video_fps,
             preprocess_ms: start.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -194,6 +217,20 @@ impl EchoVlm {
                 "token id {id} is outside the vocabulary of {vocab}"
             ));
         }
+        if prompt.video_fps.len() != prompt.videos.len() {
+            return bad(format!(
+                "{} frame rates for {} videos",
+                prompt.video_fps.len(),
+                prompt.videos.len()
+            ));
+        }
+        if let Some(&fps) = prompt
+            .video_fps
+            .iter()
+            .find(|f| !(f.is_finite() && **f > 0.0))
+        {
+            return bad(format!("video fps = {fps} is not a positive number"));
+        }
         let has_pixels = !prompt.images.is_empty() || !prompt.videos.is_empty();
         let Some(vision) = self.vision.as_ref() else {
             return if has_pixels {
@@ -253,10 +290,22 @@ impl EchoVlm {
     }
 }
 
-/// An image source, decoded: one still image, or the frames of a multi-frame DICOM object.
+/// An image source, decoded: one still image, or the frames of a multi-frame DICOM object
+/// with its frame rate when the object records one.
 enum Decoded<'a> {
     Still(std::borrow::Cow<'a, RgbImage>),
-    Frames(Vec<RgbImage>),
+    Frames(Vec<RgbImage>, Option<f64>),
+}
+
+/// Refuses a frame rate that is not a positive finite number.
+fn check_fps(fps: f64) -> Result<(), EchoError> {
+    if fps.is_finite() && fps > 0.0 {
+        Ok(())
+    } else {
+        Err(EchoError::InvalidRequest(format!(
+            "fps = {fps}: the frame rate must be a positive number"
+        )))
+    }
 }
 
 /// Decodes a source. Files and bytes are told apart by content: DICOM (the `DICM` magic; with
@@ -265,9 +314,12 @@ enum Decoded<'a> {
 fn decode_source<'a>(src: &'a ImageSource, request: &Request) -> Result<Decoded<'a>, EchoError> {
     use std::borrow::Cow;
     #[cfg(feature = "dicom")]
-    let dicom = |d: echovlm_vision::dicom::DicomImage| match <[RgbImage; 1]>::try_from(d.frames) {
-        Ok([frame]) => Decoded::Still(Cow::Owned(frame)),
-        Err(frames) => Decoded::Frames(frames),
+    let dicom = |d: echovlm_vision::dicom::DicomImage| {
+        let rate = d.frames_per_second();
+        match <[RgbImage; 1]>::try_from(d.frames) {
+            Ok([frame]) => Decoded::Still(Cow::Owned(frame)),
+            Err(frames) => Decoded::Frames(frames, rate),
+        }
     };
     #[cfg(not(feature = "dicom"))]
     let _ = request;

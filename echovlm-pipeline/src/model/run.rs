@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use echovlm_moe::RoutingTrace;
-use echovlm_text::{DecoderInput, Positions, PromptError, rope_index};
+use echovlm_text::{DecoderInput, Positions, PromptError, rope_index_timed};
 use echovlm_vision::preprocess::PixelValues;
 
 use super::{EchoVlm, PreparedPrompt};
@@ -69,13 +69,15 @@ impl EchoVlm {
         let image_embeds = self.encode(prompt.images.iter())?;
         let video_embeds = self.encode(prompt.videos.iter())?;
         let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
-        let (positions, _) = rope_index(
+        let seconds = self.seconds_per_grid(&prompt.video_fps);
+        let (positions, _) = rope_index_timed(
             &ids,
             None,
             &image_grids,
             &video_grids,
             &self.vision_tokens,
             self.merge_size(),
+            self.video_time(&seconds),
         )?;
         let out = self.text.forward(
             DecoderInput::new(embeds, &positions),
@@ -154,13 +156,19 @@ impl EchoVlm {
 
         // prefill
         let t_prefill = Instant::now();
-        let (positions, deltas) = rope_index(
+        let fps: Vec<f64> = prompts
+            .iter()
+            .flat_map(|p| p.video_fps.iter().copied())
+            .collect();
+        let seconds = self.seconds_per_grid(&fps);
+        let (positions, deltas) = rope_index_timed(
             &padded,
             mask,
             &image_grids,
             &video_grids,
             &self.vision_tokens,
             self.merge_size(),
+            self.video_time(&seconds),
         )?;
         let mut cache = self
             .text
@@ -263,6 +271,7 @@ impl EchoVlm {
             };
             outputs.push(Output {
                 text: self.tokenizer.decode(&generated[r], true)?,
+                architecture: self.architecture,
                 image_grid_thw: p.images.iter().map(|x| x.grid_thw).collect(),
                 video_grid_thw: p.videos.iter().map(|x| x.grid_thw).collect(),
                 prompt_token_ids: p.ids,

@@ -92,6 +92,8 @@ pub struct DicomImage {
     pub bits_stored: u16,
     /// Frame Time (0018,1063) in milliseconds, the cine frame interval, when present.
     pub frame_time_ms: Option<f64>,
+    /// Cine Rate (0018,0040): the recorded frames per second, when present.
+    pub cine_rate: Option<f64>,
     /// The `(center, width)` window applied to map monochrome samples of more than 8 bits to
     /// 8 bits, or `None` when none was (8-bit or colour data, or min-max scaling).
     pub window: Option<(f64, f64)>,
@@ -102,6 +104,37 @@ impl DicomImage {
     /// selection decoded.
     pub fn is_multiframe(&self) -> bool {
         self.number_of_frames > 1
+    }
+
+    /// Frames per second of the decoded frames as a cine loop: the object's rate (Cine Rate,
+    /// else 1000 / Frame Time), divided by the step between the selected frames when they are
+    /// evenly spaced and ascending (`FrameSelection::Stride(n)` plays at a rate `n` times
+    /// lower). `None` when the object records no positive finite rate, or the selection is
+    /// not evenly spaced.
+    pub fn frames_per_second(&self) -> Option<f64> {
+        let base = self
+            .cine_rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .or_else(|| {
+                self.frame_time_ms
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .map(|t| 1000.0 / t)
+            })?;
+        let step = match self.frame_indices.as_slice() {
+            [] | [_] => 1,
+            [a, b, rest @ ..] => {
+                let step = b.checked_sub(*a).filter(|&s| s > 0)?;
+                let mut prev = *b;
+                for &i in rest {
+                    if i.checked_sub(prev) != Some(step) {
+                        return None;
+                    }
+                    prev = i;
+                }
+                step
+            }
+        };
+        Some(base / step as f64).filter(|r| r.is_finite() && *r > 0.0)
     }
 }
 
@@ -147,4 +180,64 @@ pub fn load_dicom(path: &Path, frames: &FrameSelection) -> Result<DicomImage, Im
 /// As [`load_dicom`], without a path in the error.
 pub fn decode_dicom_bytes(bytes: &[u8], frames: &FrameSelection) -> Result<DicomImage, ImageError> {
     decode(bytes, frames, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cine(cine_rate: Option<f64>, frame_time_ms: Option<f64>, indices: Vec<usize>) -> DicomImage {
+        DicomImage {
+            frames: Vec::new(),
+            frame_indices: indices,
+            number_of_frames: 8,
+            sop_class_uid: String::new(),
+            modality: None,
+            photometric_interpretation: String::new(),
+            transfer_syntax_uid: String::new(),
+            rows: 1,
+            columns: 1,
+            samples_per_pixel: 1,
+            bits_allocated: 8,
+            bits_stored: 8,
+            frame_time_ms,
+            cine_rate,
+            window: None,
+        }
+    }
+
+    #[test]
+    fn cine_rate_takes_precedence_over_frame_time() {
+        let all: Vec<usize> = (0..8).collect();
+        assert_eq!(
+            cine(Some(25.0), Some(100.0), all.clone()).frames_per_second(),
+            Some(25.0)
+        );
+        assert_eq!(
+            cine(None, Some(100.0), all.clone()).frames_per_second(),
+            Some(10.0)
+        );
+        assert_eq!(
+            cine(Some(0.0), Some(50.0), all.clone()).frames_per_second(),
+            Some(20.0)
+        );
+        assert_eq!(
+            cine(Some(f64::NAN), None, all.clone()).frames_per_second(),
+            None
+        );
+        assert_eq!(cine(None, None, all).frames_per_second(), None);
+        assert_eq!(
+            cine(Some(30.0), None, vec![1, 4, 7]).frames_per_second(),
+            Some(10.0)
+        );
+        assert_eq!(
+            cine(Some(30.0), None, vec![1, 4, 6]).frames_per_second(),
+            None
+        );
+        assert_eq!(cine(Some(30.0), None, vec![2, 2]).frames_per_second(), None);
+        assert_eq!(
+            cine(Some(30.0), None, vec![5]).frames_per_second(),
+            Some(30.0)
+        );
+    }
 }

@@ -20,6 +20,7 @@ use crate::preprocess::MAX_IMAGE_PIXELS;
 
 const SOP_CLASS_UID: Tag = Tag(0x0008, 0x0016);
 const MODALITY: Tag = Tag(0x0008, 0x0060);
+const CINE_RATE: Tag = Tag(0x0018, 0x0040);
 const FRAME_TIME: Tag = Tag(0x0018, 0x1063);
 const SAMPLES_PER_PIXEL: Tag = Tag(0x0028, 0x0002);
 const PHOTOMETRIC_INTERPRETATION: Tag = Tag(0x0028, 0x0004);
@@ -338,6 +339,12 @@ pub(super) fn decode(
         bits_stored,
         frame_time_ms: obj
             .element_opt(FRAME_TIME)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_float64().ok())
+            .filter(|t| t.is_finite()),
+        cine_rate: obj
+            .element_opt(CINE_RATE)
             .ok()
             .flatten()
             .and_then(|e| e.to_float64().ok())
