@@ -218,6 +218,11 @@ def load_model(mdir: Path, reference) -> Qwen2_5_VLForConditionalGeneration:
         assert torch.equal(a[k], b[k]), k
     assert type(m.visual.blocks[0].attn).__name__ == "Qwen2_5_VLVisionAttention"
     assert type(m.model.layers[0].self_attn).__name__ == "Qwen2_5_VLAttention"
+    # generate() would merge the shipped sampling defaults (repetition penalty 1.05, top-k 1, ...)
+    # into the plain greedy settings of the goldens
+    m.generation_config = GenerationConfig(
+        bos_token_id=reference.config.bos_token_id, pad_token_id=reference.config.pad_token_id
+    )
     return m
 
 
@@ -418,8 +423,18 @@ def rope_index(model, enc: dict):
 
 
 def generate(model, enc: dict, ids: dict):
+    """32 greedy tokens with the KV cache; checked against argmax decoding without a cache."""
     model.rope_deltas = None
     seqs, logits, margin = mf.generate(model, dict(enc), STEPS, ids)
+    assert math.isfinite(margin) and margin > 0, margin
+    full = dict(enc)
+    tokens = []
+    for _ in range(STEPS):
+        nxt = int(forward(model, full).logits[0, -1].argmax())
+        tokens.append(nxt)
+        full["input_ids"] = torch.cat([full["input_ids"], torch.tensor([[nxt]])], dim=1)
+        full["attention_mask"] = torch.cat([full["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
+    assert tokens == seqs[0].tolist(), (tokens, seqs[0].tolist())
     model.rope_deltas = None
     return seqs, logits, margin
 
