@@ -16,6 +16,37 @@ Writes
 
 Images, the chat template and the tiny BPE come from tools/make_fixtures.py, so preprocessing is
 the same as for the Qwen2-VL fixtures. Everything is seeded; rerunning rewrites identical files.
+The arguments `vision`, `model` and `tokenizer` rewrite only those goldens (default: all).
+
+Golden schema (json = meta, safetensors = tensors; pixel levels are u8 rows that decode to the
+processor's float32 values as (level / 255 - CLIP_MEAN[c]) / CLIP_STD[c], c = (i % 1176) // 392):
+
+tiny-qwen25vl-vision
+    json: model_dir, vision_config, vit_merger_window_size, patch_dim, pixel_levels,
+          cases.{odd_window,even_window,two_images,cine}: images | frames, [max_pixels], grid_thw,
+              merged_thw, rows, out_rows, window_index, cu_window_seqlens_raw (as get_window_index
+              returns it), cu_window_seqlens (after unique_consecutive), cu_seqlens
+          full_attention: case, max_abs_out, max_abs_diff, ratio
+    tensors: {case}.pixel_levels u8 [rows, 1176], {case}.out f32 [rows/4, out_hidden] (after the
+          merger and the inverse permutation), {case}.window_index, {case}.cu_window_seqlens,
+          {case}.cu_seqlens (i64), odd_window.hidden_states f32 [depth + 1, rows, hidden] (block
+          inputs/outputs in window order), odd_window.out_full_attention
+tiny-qwen25vl
+    json: model_dir, steps, tokens_per_second, min_greedy_margin,
+          text_{en,zh}: prompt, rendered, input_ids, greedy, first_step_top_logits, greedy_text,
+              min_margin
+          e2e.{odd_window,even_window,two_images,cine_fps2,cine_fps1}: images | frames + fps, prompt,
+              rendered, input_ids, image_grid_thw | video_grid_thw + second_per_grid_ts, rope_delta,
+              greedy, greedy_text, first_step_top_logits, min_margin
+          rope.{text, e2e cases, cine_fps3_8_frames, padded_batch}: input_ids [B][S],
+              attention_mask, [image_grid_thw], [video_grid_thw, second_per_grid_ts],
+              position_ids [3][B][S], deltas [B]
+          full_attention.{odd_window,even_window,cine_fps2}: max_abs_logit, max_abs_diff, ratio
+          tokenizer: added_tokens [{id, content, special}], samples [{text, ids, tokens, decoded,
+              decoded_skip_special}]
+    tensors: text_{en,zh}.last_logits [V], text_{en,zh}.hidden_states [layers + 1, S, hidden],
+          e2e.{case}.last_logits [V], e2e.{case}.position_ids i64 [3, S],
+          e2e.{odd_window,even_window,cine_fps2}.last_logits_full_attention [V]
 """
 
 from __future__ import annotations
@@ -242,8 +273,7 @@ def load_processor(mdir: Path) -> Qwen2_5_VLProcessor:
 
 
 def cine_frames(names):
-    frames = [mf.load_rgb(IMAGES / n) for n in names]
-    return frames
+    return [mf.load_rgb(IMAGES / n) for n in names]
 
 
 CINE = ["heart_cine_0.png", "heart_cine_1.png", "heart_cine_2.png", "heart_cine_2.png"]
