@@ -101,3 +101,43 @@ fn broken_tokenizer_files_are_typed_errors() {
         TokenizerError::Load { .. }
     ));
 }
+
+/// Qwen2.5's 22 added tokens, the last 8 not special: ids from the file, and decoding (with and
+/// without skipping special tokens) as transformers 4.51 does.
+#[test]
+fn qwen25_added_tokens_encode_and_decode_like_transformers() {
+    let t = Qwen2Tokenizer::from_file(model_dir("tiny-qwen25vl").join("tokenizer.json")).unwrap();
+    let g = Golden::load("tiny-qwen25vl");
+    let tok = &g.meta["tokenizer"];
+    let added = tok["added_tokens"].as_array().unwrap();
+    assert_eq!(added.len(), 22);
+    let mut not_special = 0;
+    for a in added {
+        let id = a["id"].as_u64().unwrap() as u32;
+        let content = a["content"].as_str().unwrap();
+        assert_eq!(t.token_to_id(content), Some(id), "{content}");
+        assert_eq!(
+            t.is_special(id),
+            a["special"].as_bool().unwrap(),
+            "{content}"
+        );
+        not_special += usize::from(!t.is_special(id));
+    }
+    assert_eq!(not_special, 8);
+    let samples = tok["samples"].as_array().unwrap();
+    assert!(!samples.is_empty());
+    for s in samples {
+        let text = s["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(s["ids"].clone()).unwrap();
+        assert_eq!(t.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(
+            t.decode(&ids, false).unwrap(),
+            s["decoded"].as_str().unwrap()
+        );
+        assert_eq!(
+            t.decode(&ids, true).unwrap(),
+            s["decoded_skip_special"].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+}
