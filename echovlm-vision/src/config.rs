@@ -196,7 +196,9 @@ impl VisionConfig {
         let act_name = match field("hidden_act") {
             None => defaults.act,
             Some(x) => x.as_str().ok_or_else(|| {
-                err(format!("vision_config.hidden_act must be a string, got {x}"))
+                err(format!(
+                    "vision_config.hidden_act must be a string, got {x}"
+                ))
             })?,
         };
         let hidden_act = VisionAct::from_name(act_name).ok_or_else(|| {

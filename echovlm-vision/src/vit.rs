@@ -397,11 +397,7 @@ impl VisionModel {
     /// order), moving each merged token's patches together.
     fn permute_patches(&self, x: Tensor<2>, order: Option<&[usize]>, back: bool) -> Tensor<2> {
         let Some(order) = order else { return x };
-        let order = if back {
-            inverse(order)
-        } else {
-            order.to_vec()
-        };
+        let order = if back { inverse(order) } else { order.to_vec() };
         x.select(0, self.index(expand(&order, self.tokens_per_merge())))
     }
 

@@ -1,8 +1,14 @@
 //! The Qwen2.5-VL vision tower: window order, configuration, and parity with transformers.
 
-use echovlm_core::LoadError;
-use echovlm_vision::{VisionAct, VisionArch, VisionConfig, VisionError, window_index};
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use echovlm_core::host::to_f32_vec;
+use echovlm_core::{Checkpoint, LinearOptions, LoadError, load};
+use echovlm_vision::{VisionAct, VisionArch, VisionConfig, VisionError, VisionModel, window_index};
 use serde_json::{Value, json};
+use support::{Golden, max_abs_diff, model_dir};
 
 /// Qwen2.5-VL-7B-Instruct's `config.json`, vision part (and the decoder width).
 fn qwen25_7b() -> Value {
@@ -143,8 +149,14 @@ fn window_index_refuses_bad_windows_and_grids() {
 fn qwen25_7b_config_reads_the_renamed_widths() {
     let c = VisionConfig::from_json(&qwen25_7b(), 3584, "config.json").unwrap();
     assert_eq!(c.arch, VisionArch::Qwen25Vl);
-    assert_eq!(c.embed_dim, 1280, "vision_config.hidden_size is the ViT width");
-    assert_eq!(c.out_hidden_size, 3584, "out_hidden_size is the merger output");
+    assert_eq!(
+        c.embed_dim, 1280,
+        "vision_config.hidden_size is the ViT width"
+    );
+    assert_eq!(
+        c.out_hidden_size, 3584,
+        "out_hidden_size is the merger output"
+    );
     assert_eq!(c.intermediate_size, 3420);
     assert_eq!(c.hidden_act, VisionAct::Silu);
     assert_eq!(c.head_dim(), 80);
@@ -267,4 +279,196 @@ fn malformed_qwen25_configs_name_the_field() {
     )
     .unwrap();
     assert!(c.full_attention(3) && !c.full_attention(4));
+}
+
+// ---------------------------------------------------------------- parity with transformers
+
+const CASES: [&str; 4] = ["odd_window", "even_window", "two_images", "cine"];
+const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+fn golden() -> Golden {
+    Golden::load("tiny-qwen25vl-vision")
+}
+
+fn load_tiny() -> VisionModel {
+    let dir = model_dir("tiny-qwen25vl");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = VisionConfig::from_json(&json, 32, "config.json").unwrap();
+    assert_eq!(cfg.arch, VisionArch::Qwen25Vl);
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    load(
+        &ckpt,
+        &Device::default(),
+        DType::F32,
+        LinearOptions::default(),
+        |l| {
+            l.ignore_prefix("model.");
+            l.ignore_prefix("lm_head.");
+            VisionModel::load(l, &cfg)
+        },
+    )
+    .unwrap()
+}
+
+fn grids(g: &Golden, case: &str) -> Vec<[usize; 3]> {
+    serde_json::from_value(g.meta["cases"][case]["grid_thw"].clone()).unwrap()
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn as_usize(v: Vec<i64>) -> Vec<usize> {
+    v.into_iter().map(|x| x as usize).collect()
+}
+
+/// The processor's rows, rebuilt from their 8-bit levels.
+fn pixels(g: &Golden, model: &VisionModel, case: &str) -> Tensor<2> {
+    let key = format!("{case}.pixel_levels");
+    let rows = g.shape(&key)[0];
+    let v: Vec<f32> = g
+        .u8(&key)
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            let c = (i % 1176) / 392;
+            (((l as f64 / 255.0) - CLIP_MEAN[c]) / CLIP_STD[c]) as f32
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [rows, 1176]), &model.device())
+}
+
+/// Largest difference relative to the largest reference value.
+fn relative_diff(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    (max_abs_diff(got, want), max)
+}
+
+/// window_index and cu_window_seqlens equal transformers' for every case, including the
+/// exact-multiple grid whose raw boundaries repeat, two images, and a two-slice video.
+#[test]
+fn window_index_matches_transformers() {
+    let g = golden();
+    let vc = &g.meta["vision_config"];
+    let (ws, patch, merge) = (
+        vc["window_size"].as_u64().unwrap() as usize,
+        vc["patch_size"].as_u64().unwrap() as usize,
+        vc["spatial_merge_size"].as_u64().unwrap() as usize,
+    );
+    for case in CASES {
+        let meta = &g.meta["cases"][case];
+        let (index, cu) = window_index(&grids(&g, case), ws, patch, merge).unwrap();
+        assert_eq!(index, usizes(&meta["window_index"]), "{case}");
+        assert_eq!(
+            index,
+            as_usize(g.i64(&format!("{case}.window_index"))),
+            "{case}"
+        );
+        assert_eq!(cu, usizes(&meta["cu_window_seqlens"]), "{case}");
+        assert_eq!(
+            cu,
+            as_usize(g.i64(&format!("{case}.cu_window_seqlens"))),
+            "{case}"
+        );
+        let mut raw = usizes(&meta["cu_window_seqlens_raw"]);
+        raw.dedup();
+        assert_eq!(cu, raw, "{case}: unique_consecutive of the raw boundaries");
+    }
+    let raw = usizes(&g.meta["cases"]["even_window"]["cu_window_seqlens_raw"]);
+    assert!(
+        raw.windows(2).any(|w| w[0] == w[1]),
+        "the quirk is exercised"
+    );
+}
+
+/// The tower's merged output (after the inverse permutation) equals transformers' for odd and
+/// exact-multiple window grids, two images in one call, and a two-slice video.
+#[test]
+fn tower_output_matches_transformers() {
+    let model = load_tiny();
+    let g = golden();
+    for case in CASES {
+        let out = model
+            .forward(pixels(&g, &model, case), &grids(&g, case))
+            .unwrap();
+        let want = g.f32(&format!("{case}.out"));
+        assert_eq!(
+            out.dims()[0],
+            g.meta["cases"][case]["out_rows"].as_u64().unwrap() as usize
+        );
+        let (d, max) = relative_diff(&to_f32_vec(out), &want);
+        eprintln!(
+            "{case}: max abs diff {d:.2e} (max |out| {max:.3}, ratio {:.2e})",
+            d / max
+        );
+        assert!(d <= 1e-4 * max, "{case}: {d} vs max {max}");
+    }
+}
+
+/// The blocks alone, on transformers' block-0 input in window order, reproduce its last block
+/// output (blocks_forward takes and returns processor order).
+#[test]
+fn blocks_match_transformers_hidden_states() {
+    let model = load_tiny();
+    let g = golden();
+    let grid = grids(&g, "odd_window");
+    let hs = g.f32("odd_window.hidden_states");
+    let [layers, n, e] = <[usize; 3]>::try_from(g.shape("odd_window.hidden_states")).unwrap();
+    let order = usizes(&g.meta["cases"]["odd_window"]["window_index"]);
+    // window order -> processor order, merged token by merged token
+    let to_raster = |h: &[f32]| {
+        let mut out = vec![0f32; n * e];
+        for (j, &i) in order.iter().enumerate() {
+            out[i * 4 * e..(i + 1) * 4 * e].copy_from_slice(&h[j * 4 * e..(j + 1) * 4 * e]);
+        }
+        out
+    };
+    let input = to_raster(&hs[..n * e]);
+    let want = to_raster(&hs[(layers - 1) * n * e..]);
+    let x = Tensor::<2>::from_data(TensorData::new(input, [n, e]), &model.device());
+    let got = to_f32_vec(model.blocks_forward(x, &grid));
+    let (d, max) = relative_diff(&got, &want);
+    eprintln!("odd_window blocks: max abs diff {d:.2e} (max {max:.3})");
+    assert!(d <= 1e-4 * max, "{d} vs {max}");
+}
+
+/// The reference itself shows that window attention matters on these inputs: a tower that
+/// attended to whole images in every block would be far outside the tolerance.
+#[test]
+fn full_attention_everywhere_is_far_from_the_reference() {
+    let g = golden();
+    let (d, max) = relative_diff(
+        &g.f32("odd_window.out_full_attention"),
+        &g.f32("odd_window.out"),
+    );
+    assert!(d > 1e-2 * max, "{d} vs {max}");
+}
+
+#[test]
+fn inconsistent_grids_are_errors() {
+    let model = load_tiny();
+    let t = Tensor::<2>::zeros([16, 1176], &model.device());
+    assert!(matches!(
+        model.forward(t.clone(), &[[1, 4, 2]]),
+        Err(VisionError::PixelShape {
+            rows: 16,
+            expected: 8,
+            ..
+        })
+    ));
+    assert!(matches!(
+        model.forward(t.clone(), &[[1, 4, 3]]),
+        Err(VisionError::BadGrid { .. })
+    ));
+    assert!(matches!(
+        model.forward(t, &[[usize::MAX, 4, 4]]),
+        Err(VisionError::BadGrid { .. })
+    ));
+    let t = Tensor::<2>::zeros([16, 100], &model.device());
+    assert!(matches!(
+        model.forward(t, &[[1, 4, 4]]),
+        Err(VisionError::PixelShape { cols: 100, .. })
+    ));
 }
