@@ -95,6 +95,8 @@ impl LayerNorm {
 /// The normalisation of a vision block or of the merger (eps 1e-6).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// two per block: boxing the larger variant would save nothing worth an indirection
+#[allow(clippy::large_enum_variant)]
 pub enum VisionNorm {
     /// Qwen2-VL: LayerNorm with weight and bias.
     LayerNorm(LayerNorm),
@@ -132,6 +134,8 @@ pub struct VisionAttention {
 /// The MLP of a vision block.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// one per block: boxing the larger variant would save nothing worth an indirection
+#[allow(clippy::large_enum_variant)]
 pub enum VisionMlp {
     /// Qwen2-VL: `fc2(act(fc1(x)))`.
     Plain {
