@@ -1,9 +1,10 @@
-//! Qwen2-VL's vision half: image preprocessing identical to transformers'
-//! `Qwen2VLImageProcessor`, the vision transformer and the 2×2 patch merger.
+//! Qwen2-VL's and Qwen2.5-VL's vision half: image preprocessing identical to transformers'
+//! `Qwen2VLImageProcessor`, the vision transformer (with Qwen2.5-VL's window attention) and the
+//! 2×2 patch merger.
 //!
-//! Every public item has one path: the vision tower and its configuration at the crate root,
-//! preprocessing under [`preprocess`], DICOM input under `dicom`, image errors under
-//! [`error`].
+//! Every public item has one path: the vision tower, its configuration and
+//! [`window_index`] at the crate root, preprocessing under [`preprocess`], DICOM input under
+//! `dicom`, image errors under [`error`].
 
 #![warn(missing_docs)]
 
@@ -11,10 +12,13 @@ mod config;
 pub mod error;
 pub mod preprocess;
 mod vit;
+mod window;
 
-pub use config::VisionConfig;
+pub use config::{VisionAct, VisionArch, VisionConfig};
 pub use vit::{
     LayerNorm, PatchMerger, VisionAttention, VisionBlock, VisionError, VisionMlp, VisionModel,
+    VisionNorm,
 };
+pub use window::window_index;
 #[cfg(feature = "dicom")]
 pub mod dicom;

@@ -1,16 +1,27 @@
-//! The Qwen2-VL vision transformer and patch merger.
+//! The Qwen2-VL and Qwen2.5-VL vision transformers and patch mergers.
 //!
 //! ```text
-//! pixel_values [N, 1176] ─ patch_embed (one matmul) ─ 32 × pre-norm block ─ merger ─ [N/4, out]
-//! block:  x += proj(attn(rope2d(qkv(LN1(x)))))   attention confined to each image / frame
-//!         x += fc2(quick_gelu(fc1(LN2(x))))
-//! merger: mlp.2(gelu(mlp.0(concat₄(LN_q(x)))))    4 consecutive rows = one 2×2 block
+//! pixel_values [N, 1176] ─ patch_embed (one matmul) ─ depth × pre-norm block ─ merger ─ [N/4, out]
+//! block:  x += proj(attn(rope2d(qkv(norm1(x)))))   attention confined to an image / frame / window
+//!         x += mlp(norm2(x))
+//! merger: mlp.2(gelu(mlp.0(concat₄(ln_q(x)))))      4 consecutive rows = one 2×2 block
 //! ```
+//!
+//! Qwen2-VL: LayerNorm, `fc2(quick_gelu(fc1(x)))`, every block attends to its whole image or
+//! frame. Qwen2.5-VL: RMSNorm, `down_proj(silu(gate_proj(x)) · up_proj(x))` with biases, and
+//! window attention: before block 0 the patches (with their rotary angles) are reordered, in
+//! groups of one merged token, into [`window_index`] order; blocks in `fullatt_block_indexes`
+//! attend to the whole image or frame, all others only inside their window; after the merger
+//! the merged tokens are put back into processor order.
 
 use burn::tensor::{DType, Device, Tensor, TensorData, activation};
-use echovlm_core::{Linear, LoadError, WeightLoader, backend, rope};
+use echovlm_core::host::int_tensor;
+use echovlm_core::{Linear, LoadError, RmsNorm, WeightLoader, backend, rope};
 
-use crate::config::VisionConfig;
+use crate::config::{VisionAct, VisionArch, VisionConfig};
+use crate::window::{
+    Run, boundaries_to_segments, expand, frame_segments, inverse, runs, window_index,
+};
 
 /// Errors of the vision forward pass.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,11 +41,23 @@ pub enum VisionError {
         /// Values per row the model needs.
         patch_dim: usize,
     },
-    /// A grid is empty or not a multiple of the merge size.
+    /// A grid is empty, not a multiple of the merge size, or too large to count.
     #[error("grid {grid:?} is not a positive multiple of the merge size {merge}")]
     BadGrid {
         /// `(t, h, w)`.
         grid: [usize; 3],
+        /// Spatial merge size.
+        merge: usize,
+    },
+    /// The attention window is not a positive multiple of `patch_size · merge` pixels.
+    #[error(
+        "window_size {window_size} is not a positive multiple of patch_size · merge = {patch_size} · {merge}"
+    )]
+    Window {
+        /// Window side in pixels.
+        window_size: usize,
+        /// Patch side in pixels.
+        patch_size: usize,
         /// Spatial merge size.
         merge: usize,
     },
@@ -69,6 +92,35 @@ impl LayerNorm {
     }
 }
 
+/// The normalisation of a vision block or of the merger (eps 1e-6).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+// two per block: boxing the larger variant would save nothing worth an indirection
+#[allow(clippy::large_enum_variant)]
+pub enum VisionNorm {
+    /// Qwen2-VL: LayerNorm with weight and bias.
+    LayerNorm(LayerNorm),
+    /// Qwen2.5-VL: RMSNorm, weight only.
+    RmsNorm(RmsNorm),
+}
+
+impl VisionNorm {
+    fn load(loader: &mut WeightLoader<'_>, arch: VisionArch, prefix: &str, d: usize) -> Self {
+        match arch {
+            VisionArch::Qwen2Vl => Self::LayerNorm(LayerNorm::load(loader, prefix, d)),
+            VisionArch::Qwen25Vl => Self::RmsNorm(RmsNorm::load(loader, prefix, d, 1e-6)),
+        }
+    }
+
+    /// Normalises the last dimension (statistics in f32).
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::LayerNorm(n) => n.forward(x),
+            Self::RmsNorm(n) => n.forward(x),
+        }
+    }
+}
+
 /// Fused-qkv multi-head self-attention with 2-D rotary positions.
 #[derive(Debug, Clone)]
 pub struct VisionAttention {
@@ -79,40 +131,60 @@ pub struct VisionAttention {
     heads: usize,
 }
 
-/// `fc2(quick_gelu(fc1(x)))`.
+/// The MLP of a vision block.
 #[derive(Debug, Clone)]
-pub struct VisionMlp {
-    /// `[ratio·embed, embed]` + bias.
-    pub fc1: Linear,
-    /// `[embed, ratio·embed]` + bias.
-    pub fc2: Linear,
+#[non_exhaustive]
+// one per block: boxing the larger variant would save nothing worth an indirection
+#[allow(clippy::large_enum_variant)]
+pub enum VisionMlp {
+    /// Qwen2-VL: `fc2(act(fc1(x)))`.
+    Plain {
+        /// `[intermediate, embed]` + bias.
+        fc1: Linear,
+        /// `[embed, intermediate]` + bias.
+        fc2: Linear,
+        /// Activation (`quick_gelu` in the released checkpoints).
+        act: VisionAct,
+    },
+    /// Qwen2.5-VL: `down_proj(act(gate_proj(x)) · up_proj(x))`.
+    Gated {
+        /// `[intermediate, embed]` + bias.
+        gate_proj: Linear,
+        /// `[intermediate, embed]` + bias.
+        up_proj: Linear,
+        /// `[embed, intermediate]` + bias.
+        down_proj: Linear,
+        /// Activation (`silu` in the released checkpoints).
+        act: VisionAct,
+    },
 }
 
 /// One pre-norm vision block.
 #[derive(Debug, Clone)]
 pub struct VisionBlock {
-    /// LayerNorm before attention.
-    pub norm1: LayerNorm,
+    /// Normalisation before attention.
+    pub norm1: VisionNorm,
     /// Attention.
     pub attn: VisionAttention,
-    /// LayerNorm before the MLP.
-    pub norm2: LayerNorm,
+    /// Normalisation before the MLP.
+    pub norm2: VisionNorm,
     /// MLP.
     pub mlp: VisionMlp,
 }
 
-/// LayerNorm, 2×2 concatenation and a two-layer GELU MLP projecting into the decoder.
+/// Normalisation, 2×2 concatenation and a two-layer GELU MLP projecting into the decoder.
 #[derive(Debug, Clone)]
 pub struct PatchMerger {
-    /// LayerNorm over each patch.
-    pub ln_q: LayerNorm,
+    /// Normalisation of each patch.
+    pub ln_q: VisionNorm,
     /// `mlp.0`: `[4·embed, 4·embed]` + bias.
     pub mlp_0: Linear,
     /// `mlp.2`: `[out, 4·embed]` + bias.
     pub mlp_2: Linear,
 }
 
-/// The vision tower: patch embedding, blocks and merger.
+/// The vision tower: patch embedding, blocks and merger, for Qwen2-VL or Qwen2.5-VL
+/// (`config.arch`).
 #[derive(Debug, Clone)]
 pub struct VisionModel {
     /// The Conv3d patch embedding as a `[embed, 1176]` matrix (no bias).
@@ -128,10 +200,25 @@ pub struct VisionModel {
     dtype: DType,
 }
 
+/// Everything a forward pass derives from the grids alone.
+struct Plan {
+    /// Rotary tables `[N, head_dim]`, in the order the blocks see the patches.
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    /// Whole images / frames.
+    full: Vec<Run>,
+    /// Windows (Qwen2.5-VL), in permuted order.
+    window: Option<Vec<Run>>,
+    /// Window order of the merged tokens (Qwen2.5-VL): position `j` holds merged token
+    /// `order[j]` of processor order.
+    order: Option<Vec<usize>>,
+}
+
 impl VisionModel {
-    /// Loads `visual.*`.
+    /// Loads `visual.*` (the loader maps `model.visual.*` there).
     pub fn load(loader: &mut WeightLoader<'_>, cfg: &VisionConfig) -> Result<Self, LoadError> {
         let e = cfg.embed_dim;
+        let hidden = cfg.intermediate_size;
         let patch_key = "visual.patch_embed.proj.weight";
         let conv_shape = [
             e,
@@ -153,27 +240,38 @@ impl VisionModel {
                 None,
             ),
         };
+        let arch = cfg.arch;
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let p = format!("visual.blocks.{i}");
+                let mlp = match arch {
+                    VisionArch::Qwen2Vl => VisionMlp::Plain {
+                        fc1: loader.linear(&format!("{p}.mlp.fc1"), e, hidden, true),
+                        fc2: loader.linear(&format!("{p}.mlp.fc2"), hidden, e, true),
+                        act: cfg.hidden_act,
+                    },
+                    VisionArch::Qwen25Vl => VisionMlp::Gated {
+                        gate_proj: loader.linear(&format!("{p}.mlp.gate_proj"), e, hidden, true),
+                        up_proj: loader.linear(&format!("{p}.mlp.up_proj"), e, hidden, true),
+                        down_proj: loader.linear(&format!("{p}.mlp.down_proj"), hidden, e, true),
+                        act: cfg.hidden_act,
+                    },
+                };
                 VisionBlock {
-                    norm1: LayerNorm::load(loader, &format!("{p}.norm1"), e),
+                    norm1: VisionNorm::load(loader, arch, &format!("{p}.norm1"), e),
                     attn: VisionAttention {
                         qkv: loader.linear(&format!("{p}.attn.qkv"), e, 3 * e, true),
                         proj: loader.linear(&format!("{p}.attn.proj"), e, e, true),
                         heads: cfg.num_heads,
                     },
-                    norm2: LayerNorm::load(loader, &format!("{p}.norm2"), e),
-                    mlp: VisionMlp {
-                        fc1: loader.linear(&format!("{p}.mlp.fc1"), e, cfg.mlp_ratio * e, true),
-                        fc2: loader.linear(&format!("{p}.mlp.fc2"), cfg.mlp_ratio * e, e, true),
-                    },
+                    norm2: VisionNorm::load(loader, arch, &format!("{p}.norm2"), e),
+                    mlp,
                 }
             })
             .collect();
         let m = e * cfg.spatial_merge_size * cfg.spatial_merge_size;
         let merger = PatchMerger {
-            ln_q: LayerNorm::load(loader, "visual.merger.ln_q", e),
+            ln_q: VisionNorm::load(loader, arch, "visual.merger.ln_q", e),
             mlp_0: loader.linear("visual.merger.mlp.0", m, m, true),
             mlp_2: loader.linear("visual.merger.mlp.2", m, cfg.out_hidden_size, true),
         };
@@ -196,7 +294,7 @@ impl VisionModel {
         self.device.clone()
     }
 
-    /// Checks grids against `rows` patch rows; returns the merged-token count.
+    /// Checks grids against `rows` patch rows of `cols` values; returns the merged-token count.
     pub fn check_grids(
         &self,
         rows: usize,
@@ -204,12 +302,22 @@ impl VisionModel {
         grids: &[[usize; 3]],
     ) -> Result<usize, VisionError> {
         let merge = self.config.spatial_merge_size;
-        let mut expected = 0;
+        let mut expected = 0usize;
         for g in grids {
-            if g[0] == 0 || g[1] == 0 || g[2] == 0 || g[1] % merge != 0 || g[2] % merge != 0 {
+            if g[0] == 0
+                || g[1] == 0
+                || g[2] == 0
+                || merge == 0
+                || !g[1].is_multiple_of(merge)
+                || !g[2].is_multiple_of(merge)
+            {
                 return Err(VisionError::BadGrid { grid: *g, merge });
             }
-            expected += g[0] * g[1] * g[2];
+            expected = g[0]
+                .checked_mul(g[1])
+                .and_then(|n| n.checked_mul(g[2]))
+                .and_then(|n| n.checked_add(expected))
+                .ok_or(VisionError::BadGrid { grid: *g, merge })?;
         }
         if rows != expected || cols != self.config.patch_dim() {
             return Err(VisionError::PixelShape {
@@ -232,25 +340,28 @@ impl VisionModel {
     ) -> Result<Tensor<2>, VisionError> {
         let [rows, cols] = pixel_values.dims();
         self.check_grids(rows, cols, grids)?;
-        let dtype = self.dtype;
-        let x = self.patch_embed.forward(pixel_values.cast(dtype));
-        let x = self.blocks_forward(x, grids);
-        Ok(self.merger.forward(x, self.config.spatial_merge_size))
+        let plan = self.plan(grids)?;
+        let x = self.patch_embed.forward(pixel_values.cast(self.dtype));
+        let x = self.permute_patches(x, plan.order.as_deref(), false);
+        let x = self.run_blocks(x, &plan);
+        let y = self.merger.forward(x, self.config.spatial_merge_size);
+        Ok(match &plan.order {
+            Some(order) => y.select(0, self.index(inverse(order))),
+            None => y,
+        })
     }
 
-    /// Runs only the transformer blocks on already embedded patches (`[N, embed_dim]`): the
-    /// part whose cost grows with the image, for benchmarks and feature extraction.
+    /// Runs only the transformer blocks on already embedded patches (`[N, embed_dim]`, rows in
+    /// processor order, returned in processor order): the part whose cost grows with the image,
+    /// for benchmarks and feature extraction.
+    ///
+    /// # Panics
+    /// If the grids do not describe the `N` rows of `x` (see [`Self::check_grids`]).
     pub fn blocks_forward(&self, x: Tensor<2>, grids: &[[usize; 3]]) -> Tensor<2> {
-        let (cos, sin) = self.rotary(grids, &self.device, self.dtype);
-        let segments = segments(grids);
-        let mut x = x;
-        for block in &self.blocks {
-            let h = block.norm1.forward(x.clone());
-            x = x.clone() + block.attn.forward(h, &cos, &sin, &segments);
-            let h = block.norm2.forward(x.clone());
-            x = x + block.mlp.forward(h);
-        }
-        x
+        let plan = self.plan(grids).expect("grids that fit the vision tower");
+        let x = self.permute_patches(x, plan.order.as_deref(), false);
+        let x = self.run_blocks(x, &plan);
+        self.permute_patches(x, plan.order.as_deref(), true)
     }
 
     /// Row and column of every patch in processor order `(t, hb, wb, hm, wm)`.
@@ -273,14 +384,68 @@ impl VisionModel {
         out
     }
 
-    /// cos/sin tables `[N, head_dim]` of the 2-D rotary embedding, computed in f32.
-    fn rotary(
-        &self,
-        grids: &[[usize; 3]],
-        device: &Device,
-        dtype: DType,
-    ) -> (Tensor<2>, Tensor<2>) {
-        let pos = self.patch_positions(grids);
+    fn tokens_per_merge(&self) -> usize {
+        self.config.spatial_merge_size * self.config.spatial_merge_size
+    }
+
+    fn index(&self, values: Vec<usize>) -> Tensor<1, burn::tensor::Int> {
+        let n = values.len();
+        int_tensor(
+            values.into_iter().map(|i| i as i64).collect(),
+            [n],
+            &self.device,
+        )
+    }
+
+    /// Puts patches into window order (or, with `back`, window order back into processor
+    /// order), moving each merged token's patches together.
+    fn permute_patches(&self, x: Tensor<2>, order: Option<&[usize]>, back: bool) -> Tensor<2> {
+        let Some(order) = order else { return x };
+        let order = if back { inverse(order) } else { order.to_vec() };
+        x.select(0, self.index(expand(&order, self.tokens_per_merge())))
+    }
+
+    fn plan(&self, grids: &[[usize; 3]]) -> Result<Plan, VisionError> {
+        let c = &self.config;
+        let mut pos = self.patch_positions(grids);
+        let full = runs(&frame_segments(grids));
+        let (window, order) = match c.window_size {
+            Some(window_size) => {
+                let (order, cu) =
+                    window_index(grids, window_size, c.patch_size, c.spatial_merge_size)?;
+                let perm = expand(&order, self.tokens_per_merge());
+                pos = perm.iter().map(|&p| pos[p]).collect();
+                (Some(runs(&boundaries_to_segments(&cu))), Some(order))
+            }
+            None => (None, None),
+        };
+        let (cos, sin) = self.rotary(&pos);
+        Ok(Plan {
+            cos,
+            sin,
+            full,
+            window,
+            order,
+        })
+    }
+
+    fn run_blocks(&self, mut x: Tensor<2>, plan: &Plan) -> Tensor<2> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let segments = match &plan.window {
+                Some(window) if !self.config.full_attention(i) => window,
+                _ => &plan.full,
+            };
+            let h = block.norm1.forward(x.clone());
+            x = x.clone() + block.attn.forward(h, &plan.cos, &plan.sin, segments);
+            let h = block.norm2.forward(x.clone());
+            x = x + block.mlp.forward(h);
+        }
+        x
+    }
+
+    /// cos/sin tables `[N, head_dim]` of the 2-D rotary embedding for patches at `pos`
+    /// (row, column), computed in f32.
+    fn rotary(&self, pos: &[(usize, usize)]) -> (Tensor<2>, Tensor<2>) {
         let quarter = self.inv_freq.len();
         let head_dim = self.config.head_dim();
         let mut cos = vec![0f32; pos.len() * head_dim];
@@ -299,42 +464,25 @@ impl VisionModel {
         }
         let shape = [pos.len(), head_dim];
         let make = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+            Tensor::<2>::from_data(TensorData::new(v, shape), (&self.device, DType::F32))
+                .cast(self.dtype)
         };
         (make(cos), make(sin))
     }
 }
 
-/// `[start, end)` row ranges that attend to each other: one per image, one per video frame.
-fn segments(grids: &[[usize; 3]]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for &[t, h, w] in grids {
-        for _ in 0..t {
-            out.push((start, start + h * w));
-            start += h * w;
-        }
-    }
-    out
-}
-
 impl VisionAttention {
-    fn forward(
-        &self,
-        x: Tensor<2>,
-        cos: &Tensor<2>,
-        sin: &Tensor<2>,
-        segments: &[(usize, usize)],
-    ) -> Tensor<2> {
+    fn forward(&self, x: Tensor<2>, cos: &Tensor<2>, sin: &Tensor<2>, runs: &[Run]) -> Tensor<2> {
         let [n, e] = x.dims();
-        let hd = e / self.heads;
+        let heads = self.heads;
+        let hd = e / heads;
         let dtype = x.dtype();
         // [n, 3, heads, hd] -> three [1, heads, n, hd]
-        let qkv = self.qkv.forward(x).reshape([n, 3, self.heads, hd]);
+        let qkv = self.qkv.forward(x).reshape([n, 3, heads, hd]);
         let part = |i: usize| {
             qkv.clone()
                 .narrow(1, i, 1)
-                .reshape([n, self.heads, hd])
+                .reshape([n, heads, hd])
                 .swap_dims(0, 1)
                 .unsqueeze_dim::<4>(0)
         };
@@ -352,21 +500,29 @@ impl VisionAttention {
         let q = rope::apply(part(0).cast(DType::F32), &cos4, &sin4).cast(dtype);
         let k = rope::apply(part(1).cast(DType::F32), &cos4, &sin4).cast(dtype);
         let v = part(2);
-        let outs: Vec<Tensor<4>> = segments
+        // each run of equal segments is one batch of independent sequences
+        let outs: Vec<Tensor<4>> = runs
             .iter()
-            .map(|&(s, e)| {
-                let len = e - s;
-                backend::attention(
-                    q.clone().narrow(2, s, len),
-                    k.clone().narrow(2, s, len),
-                    v.clone().narrow(2, s, len),
-                    None,
-                    false,
-                )
+            .map(|r| {
+                let rows = r.len * r.count;
+                let take = |t: &Tensor<4>| {
+                    let t = t.clone().narrow(2, r.start, rows);
+                    if r.count == 1 {
+                        t
+                    } else {
+                        t.reshape([heads, r.count, r.len, hd]).swap_dims(0, 1)
+                    }
+                };
+                let o = backend::attention(take(&q), take(&k), take(&v), None, false);
+                if r.count == 1 {
+                    o
+                } else {
+                    o.swap_dims(0, 1).reshape([1, heads, rows, hd])
+                }
             })
             .collect();
         let o = if outs.len() == 1 {
-            outs.into_iter().next().expect("one segment")
+            outs.into_iter().next().expect("one run")
         } else {
             Tensor::cat(outs, 2)
         };
@@ -375,11 +531,33 @@ impl VisionAttention {
     }
 }
 
+impl VisionAct {
+    /// Applies the activation element-wise.
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
+            Self::Silu => activation::silu(x),
+            Self::Gelu => activation::gelu(x),
+            Self::GeluTanh => activation::gelu_approximate(x),
+            Self::Relu => activation::relu(x),
+        }
+    }
+}
+
 impl VisionMlp {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let h = self.fc1.forward(x);
-        let h = h.clone() * activation::sigmoid(h.mul_scalar(1.702));
-        self.fc2.forward(h)
+        match self {
+            Self::Plain { fc1, fc2, act } => fc2.forward(act.forward(fc1.forward(x))),
+            Self::Gated {
+                gate_proj,
+                up_proj,
+                down_proj,
+                act,
+            } => {
+                let h = act.forward(gate_proj.forward(x.clone())) * up_proj.forward(x);
+                down_proj.forward(h)
+            }
+        }
     }
 }
 
