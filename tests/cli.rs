@@ -99,6 +99,60 @@ fn cli_greedy_tokens_match_reference() {
 }
 
 #[test]
+fn cli_runs_qwen25_cine_loops_at_the_given_frame_rate() {
+    let g = Golden::load("tiny-qwen25vl");
+    let model = path(model_dir("tiny-qwen25vl"));
+    for (name, fps) in [("cine_fps2", None), ("cine_fps1", Some("1"))] {
+        let case = &g.meta["e2e"][name];
+        let steps = ids(&case["greedy"]).len().to_string();
+        let frames: Vec<String> = case["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| path(image(n.as_str().unwrap())))
+            .collect();
+        let mut args = vec!["--model", &model, "--json", "--max-new-tokens", &steps];
+        args.extend([
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+            "--ignore-eos",
+        ]);
+        args.push("--frames");
+        args.extend(frames.iter().map(String::as_str));
+        if let Some(f) = fps {
+            args.extend(["--fps", f]);
+        }
+        args.extend(["--prompt", case["prompt"].as_str().unwrap()]);
+        let v = run_json(&args);
+        assert_eq!(v["architecture"], "qwen2_5_vl", "{name}");
+        assert_eq!(v["video_grid_thw"], case["video_grid_thw"], "{name}");
+        assert_eq!(
+            ids(&v["prompt_token_ids"]),
+            ids(&case["input_ids"]),
+            "{name}"
+        );
+        assert_eq!(
+            ids(&v["generated_token_ids"]),
+            ids(&case["greedy"]),
+            "{name}"
+        );
+        assert!(v["routing"].is_null(), "{name}: no MoE in Qwen2.5-VL");
+    }
+    let v1 = run_json(&[
+        "--model",
+        &path(model_dir("tiny-echovlm")),
+        "--json",
+        "--max-new-tokens",
+        "1",
+        "--prompt",
+        "hi",
+    ]);
+    assert_eq!(v1["architecture"], "qwen2_vl");
+}
+
+#[test]
 fn demo_runs_without_arguments() {
     let out = cli().args(["--max-new-tokens", "8"]).output().unwrap();
     assert!(

@@ -1,5 +1,6 @@
 //! The reference fixtures on the wgpu backend (a real GPU, or Mesa's lavapipe Vulkan driver
-//! in CI): text only, one image and two images, in f32 and f16.
+//! in CI): text only, one image and two images, in f32 and f16; and the Qwen2.5-VL (EchoVLM V2)
+//! fixtures in f32: windowed images, two images, cine loops at two frame rates.
 //!
 //! Run with: `cargo test --release --features wgpu --test gpu_parity` (with `ECHOVLM_GPU_STRICT=1`
 //! a dtype the adapter lacks fails instead of being skipped).
@@ -22,6 +23,10 @@ fn tolerance(dtype: DType) -> f32 {
 }
 
 fn load(dtype: DType) -> Option<EchoVlm> {
+    load_model("tiny-echovlm", dtype)
+}
+
+fn load_model(name: &str, dtype: DType) -> Option<EchoVlm> {
     let device = Device::wgpu(DeviceKind::DefaultDevice);
     if !device.supports_dtype(dtype) {
         // CI sets ECHOVLM_GPU_STRICT: there the adapter (lavapipe) must run every dtype tested
@@ -34,7 +39,7 @@ fn load(dtype: DType) -> Option<EchoVlm> {
     }
     Some(
         EchoVlm::load(
-            model_dir("tiny-echovlm"),
+            model_dir(name),
             &LoadOptions::default().device(device).dtype(dtype),
         )
         .unwrap(),
@@ -107,5 +112,52 @@ fn reference_fixtures_in_f32() {
 fn reference_fixtures_in_f16() {
     if let Some(model) = load(DType::F16) {
         check(&model, DType::F16);
+    }
+}
+
+/// EchoVLM V2's architecture in f32: last logits within 1e-4 of max |logit| and 32 greedy
+/// tokens identical, as on the CPU.
+#[test]
+fn qwen25_fixtures_in_f32() {
+    let Some(model) = load_model("tiny-qwen25vl", DType::F32) else {
+        return;
+    };
+    let g = Golden::load("tiny-qwen25vl");
+    let mut cases = vec![("text_en".to_string(), g.meta["text_en"].clone())];
+    for name in [
+        "odd_window",
+        "even_window",
+        "two_images",
+        "cine_fps2",
+        "cine_fps1",
+    ] {
+        cases.push((name.to_string(), g.meta["e2e"][name].clone()));
+    }
+    for (name, case) in cases {
+        let mut r = Request::new(case["prompt"].as_str().unwrap());
+        for img in case["images"].as_array().into_iter().flatten() {
+            r = r.image(image(img.as_str().unwrap()));
+        }
+        if let Some(frames) = case["frames"].as_array() {
+            r = r.cine(frames.iter().map(|n| image(n.as_str().unwrap())));
+        }
+        if let Some(fps) = case["fps"].as_f64() {
+            r = r.fps(fps);
+        }
+        let key = match name.as_str() {
+            "text_en" => "text_en.last_logits".to_string(),
+            _ => format!("e2e.{name}.last_logits"),
+        };
+        let want_logits = g.f32(&key);
+        let max = want_logits.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let logits = model
+            .next_token_logits(&model.prepare(&r).unwrap())
+            .unwrap();
+        let d = max_abs_diff(&logits, &want_logits);
+        eprintln!("wgpu F32 qwen25 {name}: last-position logits max abs diff {d:.2e}");
+        assert!(d <= 1e-4 * max, "{name}: {d}");
+        let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
+        let out = model.generate(&r, &greedy(want.len())).unwrap();
+        assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
     }
 }

@@ -417,7 +417,10 @@ fn impossible_configs_are_refused_with_the_field_named() {
             "vision_hidden_mismatch",
             "vision_config.hidden_size = 32 but the decoder's hidden_size is 64",
         ),
-        ("vision_window_attention", "Qwen2.5-VL vision tower"),
+        (
+            "vision_window_attention",
+            "the model is qwen2_vl but vision_config has Qwen2.5-VL's window attention",
+        ),
         ("vision_missing", "missing vision_config"),
     ];
     for (name, needle) in cases {

@@ -4,7 +4,7 @@
 mod support;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use echovlm_core::host::to_f32_vec;
+use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, LoadError, load};
 use echovlm_vision::{VisionAct, VisionArch, VisionConfig, VisionError, VisionModel, window_index};
 use serde_json::{Value, json};
@@ -398,7 +398,7 @@ fn tower_output_matches_transformers() {
             out.dims()[0],
             g.meta["cases"][case]["out_rows"].as_u64().unwrap() as usize
         );
-        let (d, max) = relative_diff(&to_f32_vec(out), &want);
+        let (d, max) = relative_diff(&flex_f32_vec(out), &want);
         eprintln!(
             "{case}: max abs diff {d:.2e} (max |out| {max:.3}, ratio {:.2e})",
             d / max
@@ -428,7 +428,7 @@ fn blocks_match_transformers_hidden_states() {
     let input = to_raster(&hs[..n * e]);
     let want = to_raster(&hs[(layers - 1) * n * e..]);
     let x = Tensor::<2>::from_data(TensorData::new(input, [n, e]), &model.device());
-    let got = to_f32_vec(model.blocks_forward(x, &grid));
+    let got = flex_f32_vec(model.blocks_forward(x, &grid));
     let (d, max) = relative_diff(&got, &want);
     eprintln!("odd_window blocks: max abs diff {d:.2e} (max {max:.3})");
     assert!(d <= 1e-4 * max, "{d} vs {max}");

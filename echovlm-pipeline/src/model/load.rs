@@ -7,7 +7,7 @@ use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
 use echovlm_text::read_json;
 use echovlm_text::{Qwen2Tokenizer, TextConfig, TextModel, VisionTokenIds};
 use echovlm_vision::preprocess::PreprocessConfig;
-use echovlm_vision::{VisionConfig, VisionModel};
+use echovlm_vision::{VisionArch, VisionConfig, VisionModel};
 
 use super::EchoVlm;
 use crate::chat::ChatTemplate;
@@ -157,6 +157,17 @@ impl EchoVlm {
         let json = read_json(&config_path)?;
         let architecture = detect_architecture(&json, &config_path)?;
         let text_cfg = TextConfig::from_json(&json, &config_path)?;
+        let windowed = json.get("vision_config").is_some_and(|v| {
+            v.get("window_size").is_some() || v.get("fullatt_block_indexes").is_some()
+        });
+        if windowed && architecture == Architecture::Qwen2Vl {
+            return Err(LoadError::config(
+                &config_path,
+                "the model is qwen2_vl but vision_config has Qwen2.5-VL's window attention \
+                 (window_size / fullatt_block_indexes)",
+            )
+            .into());
+        }
         let ckpt = Checkpoint::open_dir(dir)?;
         let vision_cfg = if ckpt.keys_with_prefix("visual.").next().is_some() {
             Some(VisionConfig::from_json(
@@ -167,6 +178,19 @@ impl EchoVlm {
         } else {
             None
         };
+        if let Some(v) = &vision_cfg {
+            let tower = match v.arch {
+                VisionArch::Qwen25Vl => Architecture::Qwen25Vl,
+                _ => Architecture::Qwen2Vl,
+            };
+            if tower != architecture {
+                return Err(LoadError::config(
+                    &config_path,
+                    format!("the model is {architecture} but its vision_config describes a {tower} vision tower"),
+                )
+                .into());
+            }
+        }
         let ((text, vision), weight_bytes) = load_counted(
             &ckpt,
             &options.device,

@@ -119,16 +119,16 @@ impl EchoVlm {
 
     /// How video frames map to M-RoPE time positions for this architecture.
     pub(crate) fn video_time<'a>(&self, seconds_per_grid: &'a [f32]) -> VideoTime<'a> {
-        match (self.architecture, self.vision.as_ref()) {
-            (Architecture::Qwen25Vl, Some(v)) => VideoTime::Seconds {
+        let tokens_per_second = self
+            .vision
+            .as_ref()
+            .and_then(|v| v.config.tokens_per_second);
+        match (self.architecture, tokens_per_second) {
+            (Architecture::Qwen25Vl, Some(tps)) => VideoTime::Seconds {
                 seconds_per_grid,
-                tokens_per_second: pending_tokens_per_second(v),
+                tokens_per_second: tps as f32,
             },
             _ => VideoTime::Steps,
         }
     }
-}
-
-fn pending_tokens_per_second(_v: &VisionModel) -> f32 {
-    2.0
 }
