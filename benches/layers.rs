@@ -6,6 +6,8 @@
 //!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens,
 //!   for each weight format;
 //! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches;
+//! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
+//!   112-pixel windows against a full-attention block, on 1024 and 4096 patches;
 //! * the MoE block alone, sparse dispatch against running every expert.
 //!
 //! Run with `cargo bench --bench layers`; `tools/bench_side_by_side.py` runs it next to PyTorch.
@@ -19,7 +21,7 @@ use echovlm_core::cpu::WeightFormat;
 use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{DynamicFfn, MoeConfig};
 use echovlm_text::{DecoderInput, KvCache, Logits, Positions, TextConfig, TextModel};
-use echovlm_vision::{VisionConfig, VisionModel};
+use echovlm_vision::{VisionArch, VisionConfig, VisionModel};
 
 fn bench_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ECHOVLM_BENCH_DIR")
@@ -164,6 +166,68 @@ fn vision_block(c: &mut Criterion) {
     g.finish();
 }
 
+/// A one-block tower made of block `block` of `tower`, attending to the whole image (`full`) or
+/// within windows.
+fn single_block(tower: &VisionModel, block: usize, full: bool) -> VisionModel {
+    let mut m = tower.clone();
+    m.blocks = vec![tower.blocks[block].clone()];
+    m.config.depth = 1;
+    m.config.fullatt_block_indexes = if full { vec![0] } else { Vec::new() };
+    m
+}
+
+fn vision25_block(c: &mut Criterion) {
+    let Some(dir) = bench_dir() else { return };
+    let dir = dir.join("vision25");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!(
+            "no Qwen2.5-VL vision checkpoint in {}: rerun tools/make_bench_checkpoint.py",
+            dir.display()
+        );
+        return;
+    }
+    let path = dir.join("config.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cfg = VisionConfig::from_json(&json, 3584, &path).unwrap();
+    // block 0 attends within windows, block 1 to the whole image
+    assert!(cfg.arch == VisionArch::Qwen25Vl && cfg.depth == 2);
+    assert!(!cfg.full_attention(0) && cfg.full_attention(1));
+    let ckpt = Checkpoint::open_dir(&dir).unwrap();
+    let mut g = c.benchmark_group("vision25_block");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for (name, options) in formats()
+        .into_iter()
+        .filter(|(n, _)| *n == "portable" || *n == "f32")
+    {
+        let tower = load(&ckpt, &Device::default(), DType::F32, options, |l| {
+            VisionModel::load(l, &cfg)
+        })
+        .unwrap();
+        let window = single_block(&tower, 0, false);
+        let full = single_block(&tower, 1, true);
+        drop(tower);
+        for side in [32usize, 64] {
+            let patches = side * side;
+            let x = Tensor::<2>::random(
+                [patches, 1280],
+                Distribution::Normal(0.0, 1.0),
+                &Device::default(),
+            );
+            g.measurement_time(Duration::from_secs(if side > 32 { 30 } else { 10 }));
+            for (kind, model) in [("window", &window), ("full", &full)] {
+                g.bench_function(format!("{kind}_{patches}/{name}"), |b| {
+                    b.iter(|| {
+                        let y = model.blocks_forward(x.clone(), &[[1, side, side]]);
+                        std::hint::black_box(echovlm_core::host::flex_f32_vec(y.narrow(0, 0, 1)));
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 fn moe_block(c: &mut Criterion) {
     let Some(dir) = bench_dir() else { return };
     let ckpt = Checkpoint::open_dir(dir.join("layer")).unwrap();
@@ -219,5 +283,11 @@ fn moe_block(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decoder_layer, vision_block, moe_block);
+criterion_group!(
+    benches,
+    decoder_layer,
+    vision_block,
+    vision25_block,
+    moe_block
+);
 criterion_main!(benches);

@@ -2,16 +2,21 @@
 """EchoVLM-rs next to PyTorch on the same shapes and the same weights, in one run.
 
   tools/.venv/bin/python tools/make_bench_checkpoint.py          # once: writes target/bench-ckpt
-  tools/.venv/bin/python tools/bench_side_by_side.py [--skip-rust] [--threads N]
+  tools/.venv/bin/python tools/bench_side_by_side.py [--skip-rust] [--threads N] [--quick] [--only GROUPS]
 
 1. runs the Rust criterion benchmarks (`cargo bench --bench layers --bench e2e`) unless --skip-rust, then
    reads their medians from target/criterion;
 2. loads the same safetensors into PyTorch (transformers 4.47 Qwen2-VL modules with EchoVLM's
    dynamic MoE layer, eager mode, sdpa attention) and times the same operations in f32 and bf16
-   with the same thread count;
+   with the same thread count; the Qwen2.5-VL vision blocks run on transformers 4.51.3's
+   `Qwen2_5_VLVisionBlock` (in this interpreter when it has transformers 4.51.3, else in a
+   subprocess of tools/.venv-qwen25, which `tools/setup.sh qwen25` creates);
 3. measures memory bandwidth with a STREAM-like copy and derives the decode bound: bytes of
    weights (and KV cache) a decode step must read, divided by the bandwidth;
 4. prints every Rust/PyTorch ratio and the fraction of the decode bound reached.
+
+--only takes a comma-separated list of benchmark groups (decoder_layer, vision_block,
+vision25_block, moe_block, e2e) and runs and prints just those.
 """
 
 from __future__ import annotations
@@ -155,6 +160,114 @@ def torch_vision_times(torch, ckpt: Path, dtype, quick: bool) -> dict:
     return res
 
 
+QWEN25_TRANSFORMERS = "4.51.3"
+GROUPS = ("decoder_layer", "vision_block", "vision25_block", "moe_block", "e2e")
+
+
+def load_vision25(torch, ckpt: Path, dtype):
+    """The two-block Qwen2.5-VL tower of target/bench-ckpt/vision25 in transformers' own module."""
+    from safetensors.torch import load_file
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    vc = json.loads((ckpt / "config.json").read_text())["vision_config"]
+    cfg = Qwen2_5_VLVisionConfig(**{k: v for k, v in vc.items() if k not in ("in_chans", "spatial_patch_size")})
+    cfg._attn_implementation = "sdpa"
+    tower = Qwen2_5_VisionTransformerPretrainedModel(cfg)
+    sd = load_file(str(ckpt / "model.safetensors"))
+    tower.load_state_dict({k[len("visual.") :]: v for k, v in sd.items()}, strict=True)
+    return tower.to(dtype).eval()
+
+
+def windows_batched(torch, block, x, cos, sin, window: int):
+    """`block` with its attention run per window as one batch of equal windows and no mask: what
+    flash-attention's varlen kernel computes on a GPU (the CPU sdpa path of transformers instead
+    masks a dense N x N attention)."""
+    import torch.nn.functional as F
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    attn = block.attn
+    n, e = x.shape
+    heads = attn.num_heads
+    h = block.norm1(x)
+    q, k, v = attn.qkv(h).reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    # [n, heads, hd] -> [windows, heads, window, hd]
+    split = lambda t: t.reshape(n // window, window, heads, -1).transpose(1, 2)  # noqa: E731
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    o = o.transpose(1, 2).reshape(n, e)
+    x = x + attn.proj(o)
+    return x + block.mlp(block.norm2(x))
+
+
+def torch_vision25_times(torch, ckpt: Path, dtype, quick: bool) -> dict:
+    """Block 0 (windowed: cu_seqlens = the 112-pixel windows) and block 1 (full attention:
+    cu_seqlens = the whole image) of the Qwen2.5-VL tower on 32x32 and 64x64 patch grids, with
+    the inputs, rotary angles and window index the tower itself builds."""
+    tower = load_vision25(torch, ckpt, dtype)
+    res = {}
+    with torch.no_grad():
+        for side in (32, 64):
+            n = side * side
+            grid = torch.tensor([[1, side, side]])
+            unit = tower.spatial_merge_unit
+            rot = tower.rot_pos_emb(grid)
+            window_index, cu_window = tower.get_window_index(grid)
+            cu_window = torch.unique_consecutive(torch.tensor(cu_window, dtype=torch.int32))
+            rot = rot.reshape(n // unit, unit, -1)[window_index].reshape(n, -1)
+            emb = torch.cat((rot, rot), dim=-1)
+            pe = (emb.cos(), emb.sin())
+            cu_full = torch.tensor([0, n], dtype=torch.int32)
+            x = torch.randn(n, tower.config.hidden_size, dtype=dtype)
+            lens = (cu_window[1:] - cu_window[:-1]).unique()
+            reps = 2 if quick else 3
+            res[f"window_{n}"] = median_time(lambda: tower.blocks[0](x, cu_seqlens=cu_window, position_embeddings=pe), 1, reps)
+            res[f"full_{n}"] = median_time(lambda: tower.blocks[1](x, cu_seqlens=cu_full, position_embeddings=pe), 1, reps)
+            if len(lens) == 1:
+                w = int(lens[0])
+                res[f"window_batched_{n}"] = median_time(lambda: windows_batched(torch, tower.blocks[0], x, *pe, w), 1, reps)
+                # the batched form computes what the block computes
+                ref = tower.blocks[0](x, cu_seqlens=cu_window, position_embeddings=pe)
+                got = windows_batched(torch, tower.blocks[0], x, *pe, w)
+                res[f"window_batched_{n}_max_abs_diff"] = float((ref.float() - got.float()).abs().max())
+            res[f"windows_{n}"] = len(cu_window) - 1
+    return res
+
+
+def vision25_worker(args) -> None:
+    """Entry point of the tools/.venv-qwen25 subprocess: times the Qwen2.5-VL blocks, writes JSON."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    res = {dt: torch_vision25_times(torch, Path(args.ckpt) / "vision25", d, args.quick)
+           for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
+    Path(args.vision25_worker).write_text(json.dumps(res, indent=1))
+
+
+def torch_vision25(args) -> dict:
+    """Qwen2.5-VL block times from transformers 4.51.3: here if this interpreter has it, else
+    from tools/.venv-qwen25."""
+    try:
+        import transformers
+
+        here = transformers.__version__ == QWEN25_TRANSFORMERS
+    except ImportError:
+        here = False
+    out = ROOT / "target/bench_vision25_torch.json"
+    if here:
+        cmd = [sys.executable]
+    else:
+        py = ROOT / "tools/.venv-qwen25/bin/python"
+        if not py.exists():
+            sys.exit(f"the Qwen2.5-VL rows need transformers {QWEN25_TRANSFORMERS}: run `tools/setup.sh qwen25`")
+        cmd = [str(py)]
+        print(f"(Qwen2.5-VL blocks: transformers {QWEN25_TRANSFORMERS} in {py})", flush=True)
+    cmd += [str(Path(__file__).resolve()), "--vision25-worker", str(out), "--ckpt", args.ckpt,
+            "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
 def layer_bytes(cfg: dict, bytes_per_weight: float, ctx: int) -> float:
     """Bytes one decode step must read: the active weights and the cached keys and values."""
     h, nh, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -169,77 +282,136 @@ def layer_bytes(cfg: dict, bytes_per_weight: float, ctx: int) -> float:
     return weights + cache
 
 
+def print_vision25(t: dict, rust: dict) -> None:
+    """The Qwen2.5-VL rows: windowed and full-attention block, PyTorch and Rust, and what the
+    windows save in each."""
+    print("\nQwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): block 0 attends within 112-pixel")
+    print("windows (8x8 = 64 patches), block 1 to the whole image; time per call, Rust speed-up over torch f32:")
+    print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}{'f32 batched':>13}   rust")
+    for n in (1024, 4096):
+        for kind in ("window", "full"):
+            tf, tb = t["f32"][f"{kind}_{n}"], t["bf16"][f"{kind}_{n}"]
+            wb = t["f32"].get(f"window_batched_{n}") if kind == "window" else None
+            cells = []
+            for fmt in ("portable", "f32"):
+                r = rust.get(f"vision25_block/{kind}_{n}/{fmt}")
+                if r:
+                    cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
+            label = f"vision25_block/{kind}_{n}"
+            batched = f"{wb * 1e3:>11.1f}ms" if wb else f"{'':>13}"
+            print(f"{label:<34}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms{batched}   " + "; ".join(cells))
+    print("window / full attention block time (below 1: the windows are cheaper):")
+    for n in (1024, 4096):
+        parts = [f"torch f32 {t['f32'][f'window_{n}'] / t['f32'][f'full_{n}']:.2f}",
+                 f"torch bf16 {t['bf16'][f'window_{n}'] / t['bf16'][f'full_{n}']:.2f}"]
+        if f"window_batched_{n}" in t["f32"]:
+            parts.append(f"torch f32 batched windows {t['f32'][f'window_batched_{n}'] / t['f32'][f'full_{n}']:.2f}")
+        for fmt in ("portable", "f32"):
+            w, f = rust.get(f"vision25_block/window_{n}/{fmt}"), rust.get(f"vision25_block/full_{n}/{fmt}")
+            if w and f:
+                parts.append(f"rust {fmt} {w / f:.2f}")
+        print(f"  {n} patches ({t['f32'][f'windows_{n}']} windows): " + "; ".join(parts))
+    diffs = [f"{t[dt][k]:.1e}" for dt in ("f32", "bf16") for k in t[dt] if k.endswith("max_abs_diff")]
+    if diffs:
+        print(f"  (batched windows against the block's own cu_seqlens path, max abs diff: {', '.join(diffs)})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default=str(ROOT / "target/bench-ckpt"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-rust", action="store_true", help="reuse the last criterion results")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
+    ap.add_argument("--vision25-worker", metavar="OUT_JSON", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vision25_worker:
+        vision25_worker(args)
+        return
     ckpt = Path(args.ckpt)
+    only = [g for g in args.only.split(",") if g]
+    unknown = [g for g in only if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown groups {unknown}; known: {', '.join(GROUPS)}")
 
     if not args.skip_rust:
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), ECHOVLM_BENCH_DIR=str(ckpt))
-        subprocess.run(["cargo", "bench", "--bench", "layers", "--bench", "e2e"], cwd=ROOT, env=env, check=True)
-    rust = rust_medians(ROOT / "target/criterion")
+        cmd = ["cargo", "bench", "--bench", "layers", "--bench", "e2e"]
+        if set(only) != set(GROUPS):
+            cmd += ["--", "^(" + "|".join(only) + ")/"]
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    rust = rust_medians(target / "criterion")
+
+    # transformers 4.51.3 in its own process first, so the two PyTorch runs do not overlap
+    t_v25 = torch_vision25(args) if "vision25_block" in only else None
 
     import torch
 
     torch.set_num_threads(args.threads)
     bw = stream_copy_gbs(torch)
     print(f"\nthreads: {args.threads}; STREAM-like copy bandwidth: {bw:.1f} GB/s (read + write)\n")
-    t_layer = {dt: torch_layer_times(torch, ckpt / "layer", d, args.quick) for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
-    t_vis = {dt: torch_vision_times(torch, ckpt / "vision", d, args.quick) for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
+    dtypes = (("f32", torch.float32), ("bf16", torch.bfloat16))
+    t_layer = {dt: torch_layer_times(torch, ckpt / "layer", d, args.quick) for dt, d in dtypes} if "decoder_layer" in only else None
+    t_vis = {dt: torch_vision_times(torch, ckpt / "vision", d, args.quick) for dt, d in dtypes} if "vision_block" in only else None
     cfg = json.loads((ckpt / "layer/config.json").read_text())
 
     bpw = {"portable": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 64}
     rows = []
-    print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
-    for case in ("prefill_256", "prefill_1024", "decode_kv1k", "decode_kv4k"):
-        tf, tb = t_layer["f32"][case], t_layer["bf16"][case]
-        cells = []
-        for fmt in ("portable", "f32", "bf16", "int8"):
-            r = rust.get(f"decoder_layer/{case}/{fmt}")
-            if r:
-                cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
-                rows.append({"op": f"decoder_layer/{case}", "format": fmt, "rust_s": r, "torch_f32_s": tf, "torch_bf16_s": tb})
-        print(f"decoder_layer/{case:<20}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
-    for case in ("patches_1024", "patches_4096"):
-        tf, tb = t_vis["f32"][case], t_vis["bf16"][case]
-        cells = []
-        for fmt in ("portable", "f32"):
-            r = rust.get(f"vision_block/{case}/{fmt}")
-            if r:
-                cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
-        print(f"vision_block/{case:<21}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+    if t_layer or t_vis:
+        print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
+    if t_layer:
+        for case in ("prefill_256", "prefill_1024", "decode_kv1k", "decode_kv4k"):
+            tf, tb = t_layer["f32"][case], t_layer["bf16"][case]
+            cells = []
+            for fmt in ("portable", "f32", "bf16", "int8"):
+                r = rust.get(f"decoder_layer/{case}/{fmt}")
+                if r:
+                    cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
+                    rows.append({"op": f"decoder_layer/{case}", "format": fmt, "rust_s": r, "torch_f32_s": tf, "torch_bf16_s": tb})
+            print(f"decoder_layer/{case:<20}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+    if t_vis:
+        for case in ("patches_1024", "patches_4096"):
+            tf, tb = t_vis["f32"][case], t_vis["bf16"][case]
+            cells = []
+            for fmt in ("portable", "f32"):
+                r = rust.get(f"vision_block/{case}/{fmt}")
+                if r:
+                    cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
+            print(f"vision_block/{case:<21}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+    if t_v25:
+        print_vision25(t_v25, rust)
 
-    print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached:")
-    for ctx, case in ((1024, "decode_kv1k"), (4096, "decode_kv4k")):
+    if "decoder_layer" in only:
+        print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached:")
+        for ctx, case in ((1024, "decode_kv1k"), (4096, "decode_kv4k")):
+            for fmt in ("f32", "bf16", "int8"):
+                r = rust.get(f"decoder_layer/{case}/{fmt}")
+                if not r:
+                    continue
+                need = layer_bytes(cfg, bpw[fmt], ctx)
+                bound = need / (bw * 1e9)
+                print(f"  {case} {fmt:<5} {need / 1e6:8.1f} MB  bound {bound * 1e3:6.1f} ms  rust {r * 1e3:6.1f} ms  "
+                      f"= {bound / r * 100:5.1f}% of the bound, {1 / r:6.1f} tokens/s")
+    if "moe_block" in only:
+        print("\nMoE block, sparse dispatch against running all experts (routed experts alone, then with")
+        print("the always-on shared expert, which costs as much as all four routed experts):")
+        for tokens in (1, 256):
+            for fmt in ("f32", "int8"):
+                for label, sk, ak in (("routed", "routed_sparse", "routed_all"), ("block", "sparse", "all_experts")):
+                    s = rust.get(f"moe_block/{sk}_{tokens}/{fmt}")
+                    a = rust.get(f"moe_block/{ak}_{tokens}/{fmt}")
+                    if s and a:
+                        print(f"  {label:<6} {tokens:>4} tokens {fmt:<5} sparse {s * 1e3:7.2f} ms  all {a * 1e3:7.2f} ms  ratio {s / a:.2f}")
+    if "e2e" in only:
+        print("\nend to end on the benchmark checkpoint (target/bench-ckpt/e2e, Rust only):")
         for fmt in ("f32", "bf16", "int8"):
-            r = rust.get(f"decoder_layer/{case}/{fmt}")
-            if not r:
-                continue
-            need = layer_bytes(cfg, bpw[fmt], ctx)
-            bound = need / (bw * 1e9)
-            print(f"  {case} {fmt:<5} {need / 1e6:8.1f} MB  bound {bound * 1e3:6.1f} ms  rust {r * 1e3:6.1f} ms  "
-                  f"= {bound / r * 100:5.1f}% of the bound, {1 / r:6.1f} tokens/s")
-    print("\nMoE block, sparse dispatch against running all experts (routed experts alone, then with")
-    print("the always-on shared expert, which costs as much as all four routed experts):")
-    for tokens in (1, 256):
-        for fmt in ("f32", "int8"):
-            for label, sk, ak in (("routed", "routed_sparse", "routed_all"), ("block", "sparse", "all_experts")):
-                s = rust.get(f"moe_block/{sk}_{tokens}/{fmt}")
-                a = rust.get(f"moe_block/{ak}_{tokens}/{fmt}")
-                if s and a:
-                    print(f"  {label:<6} {tokens:>4} tokens {fmt:<5} sparse {s * 1e3:7.2f} ms  all {a * 1e3:7.2f} ms  ratio {s / a:.2f}")
-    print("\nend to end on the benchmark checkpoint (target/bench-ckpt/e2e, Rust only):")
-    for fmt in ("f32", "bf16", "int8"):
-        v = rust.get(f"e2e/vision_encode/{fmt}")
-        p = rust.get(f"e2e/prefill/{fmt}")
-        d = rust.get(f"e2e/decode_step/{fmt}")
-        if v and p and d:
-            print(f"  {fmt:<5} image encode {v * 1e3:7.1f} ms  prefill {p * 1e3:7.1f} ms  decode {1 / d:6.1f} tokens/s")
-    (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "torch_layer": t_layer, "torch_vision": t_vis}, indent=1))
+            v = rust.get(f"e2e/vision_encode/{fmt}")
+            p = rust.get(f"e2e/prefill/{fmt}")
+            d = rust.get(f"e2e/decode_step/{fmt}")
+            if v and p and d:
+                print(f"  {fmt:<5} image encode {v * 1e3:7.1f} ms  prefill {p * 1e3:7.1f} ms  decode {1 / d:6.1f} tokens/s")
+    (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "torch_layer": t_layer, "torch_vision": t_vis, "torch_vision25": t_v25, "rust": rust}, indent=1))
 
 
 if __name__ == "__main__":
