@@ -62,6 +62,9 @@ pub struct ChatRequest {
     /// Extra: transformers' repetition penalty (1 disables).
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Extra: keep generating past stop tokens until `max_tokens`.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Extra: frames per second of cine loops (multi-frame DICOM objects).
     #[serde(default)]
     pub fps: Option<f64>,
@@ -340,6 +343,9 @@ pub fn options(
     }
     if let Some(r) = req.repetition_penalty {
         o = o.repetition_penalty(r);
+    }
+    if let Some(yes) = req.ignore_eos {
+        o = o.ignore_eos(yes);
     }
     if let Some(s) = req.seed {
         o = o.seed(s as u64);
