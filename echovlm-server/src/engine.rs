@@ -254,8 +254,9 @@ fn worker(
             .into_iter()
             .filter_map(|mut j| {
                 j.ticket.take();
-                // a client that went away while waiting
-                (!j.cancel.is_cancelled() && !j.events.is_closed()).then_some(j)
+                // a client that went away while waiting (its request's guard cancels the
+                // token; a stream whose receiver is gone stops at its first text instead)
+                (!j.cancel.is_cancelled()).then_some(j)
             })
             .collect();
         if batch.is_empty() {

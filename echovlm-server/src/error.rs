@@ -101,3 +101,35 @@ impl From<EchoError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_errors_map_to_statuses() {
+        let e = ApiError::from(EchoError::from(PromptError::ContextTooLong {
+            tokens: 9,
+            max: 8,
+        }));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, Some("context_length_exceeded"))
+        );
+        let e = ApiError::from(EchoError::InvalidRequest("x".into()));
+        assert_eq!(
+            (e.status, e.kind),
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        );
+        let e = ApiError::from(EchoError::NoVision);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = ApiError::from(EchoError::Device("lost".into()));
+        assert_eq!(
+            (e.status, e.kind),
+            (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+        );
+        let body = e.body();
+        assert_eq!(body["error"]["message"], "device failure: lost");
+        assert!(body["error"]["param"].is_null() && body["error"]["code"].is_null());
+    }
+}

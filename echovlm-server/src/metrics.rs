@@ -44,6 +44,16 @@ impl Metrics {
         self.generated_tokens.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Model runs so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// Counts a run of `n` requests.
     pub fn batch(&self, n: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
