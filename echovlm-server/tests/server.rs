@@ -111,6 +111,36 @@ fn greedy_answers_equal_the_library() {
 }
 
 #[test]
+fn seeded_sampling_equals_the_library() {
+    let server = TestServer::start(ServerConfig::default());
+    let m = model();
+    let opts = |seed: u64| {
+        m.default_generation()
+            .do_sample(true)
+            .temperature(1.3)
+            .top_p(1.0)
+            .top_k(0)
+            .seed(seed)
+            .max_new_tokens(16)
+            .trace_routing(false)
+    };
+    let mut texts = Vec::new();
+    for seed in [7u64, 8] {
+        let want = m.generate(&Request::new("Describe."), &opts(seed)).unwrap();
+        let mut body = text_only("Describe.", 16);
+        body["temperature"] = json!(1.3);
+        body["top_p"] = json!(1.0);
+        body["top_k"] = json!(0);
+        body["seed"] = json!(seed);
+        body.as_object_mut().unwrap().remove("repetition_penalty");
+        let v = server.chat(&body).json();
+        assert_eq!(v["choices"][0]["message"]["content"], want.text.as_str());
+        texts.push(want.text);
+    }
+    assert_ne!(texts[0], texts[1], "two seeds gave the same sample");
+}
+
+#[test]
 fn streaming_gives_the_same_text_in_openai_chunks() {
     let server = TestServer::start(ServerConfig::default());
     for mut body in [
