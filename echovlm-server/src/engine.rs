@@ -4,11 +4,11 @@
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use echovlm_pipeline::{
-    CancelToken, EchoVlm, FinishReason, GenerationOptions, Output, PreparedPrompt,
+    CancelToken, EchoError, EchoVlm, FinishReason, GenerationOptions, Output, PreparedPrompt,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -77,9 +77,17 @@ struct Queue {
     closed: bool,
 }
 
+/// Loads the model on the worker thread.
+pub type Loader = Box<dyn FnOnce() -> Result<EchoVlm, EchoError> + Send>;
+
+/// Called on the worker thread when loading fails.
+pub type OnLoadFailure = Box<dyn FnOnce(&EchoError) + Send>;
+
 /// The queue and its worker thread.
 pub struct Engine {
     queue: Arc<(Mutex<Queue>, Condvar)>,
+    model: Arc<OnceLock<Arc<EchoVlm>>>,
+    load_error: Arc<Mutex<Option<String>>>,
     pending: Arc<AtomicUsize>,
     max_queue: usize,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -95,12 +103,33 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the worker.
+    /// Starts the worker on a loaded model.
     pub fn start(
         model: Arc<EchoVlm>,
         max_queue: usize,
         max_batch: usize,
         metrics: Arc<Metrics>,
+    ) -> Self {
+        Self::start_loading(
+            Box::new(|| Err(EchoError::Device("no model".into()))),
+            Some(model),
+            max_queue,
+            max_batch,
+            metrics,
+            Box::new(|_| {}),
+        )
+    }
+
+    /// Starts the worker, which first loads the model with `loader` (unless `model` is given);
+    /// requests are refused until it is loaded ([`Engine::model`] is `None`). When loading
+    /// fails the worker calls `on_failure` and stops.
+    pub fn start_loading(
+        loader: Loader,
+        model: Option<Arc<EchoVlm>>,
+        max_queue: usize,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+        on_failure: OnLoadFailure,
     ) -> Self {
         let queue = Arc::new((
             Mutex::new(Queue {
@@ -109,17 +138,49 @@ impl Engine {
             }),
             Condvar::new(),
         ));
-        let q = queue.clone();
+        let slot = Arc::new(OnceLock::new());
+        // a model given is there before the first request
+        if let Some(m) = &model {
+            let _ = slot.set(m.clone());
+        }
+        let load_error = Arc::new(Mutex::new(None));
+        let (q, slot2, err2) = (queue.clone(), slot.clone(), load_error.clone());
         let worker = std::thread::Builder::new()
             .name("echovlm-generate".into())
-            .spawn(move || worker(model, q, max_batch.max(1), metrics))
+            .spawn(move || {
+                let model = match model.map_or_else(|| loader().map(Arc::new), Ok) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if let Ok(mut slot) = err2.lock() {
+                            *slot = Some(e.to_string());
+                        }
+                        on_failure(&e);
+                        fail_all(&q, &e.to_string());
+                        return;
+                    }
+                };
+                let _ = slot2.set(model.clone()); // no-op when given
+                worker(model, q, max_batch.max(1), metrics)
+            })
             .ok();
         Self {
             queue,
+            model: slot,
+            load_error,
             pending: Arc::new(AtomicUsize::new(0)),
             max_queue,
             worker: Mutex::new(worker),
         }
+    }
+
+    /// The model, once loaded.
+    pub fn model(&self) -> Option<Arc<EchoVlm>> {
+        self.model.get().cloned()
+    }
+
+    /// Why loading the model failed, if it did.
+    pub fn load_error(&self) -> Option<String> {
+        self.load_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Requests admitted and not yet taken by the worker (being prepared or queued).
@@ -176,6 +237,15 @@ impl Engine {
         if let Some(h) = self.worker.lock().ok().and_then(|mut w| w.take()) {
             let _ = h.join();
         }
+    }
+}
+
+/// Closes the queue and answers every queued job with an error.
+fn fail_all(queue: &(Mutex<Queue>, Condvar), message: &str) {
+    let Ok(mut q) = queue.0.lock() else { return };
+    q.closed = true;
+    for job in q.jobs.drain(..) {
+        let _ = job.events.send(Event::Done(Err(internal(message))));
     }
 }
 

@@ -127,7 +127,6 @@ impl ServerConfig {
 }
 
 struct AppState {
-    model: Arc<EchoVlm>,
     config: ServerConfig,
     limits: RequestLimits,
     engine: Engine,
@@ -135,6 +134,7 @@ struct AppState {
     draining: AtomicBool,
     next_id: AtomicU64,
     created: u64,
+    load_failed: Arc<tokio::sync::Notify>,
 }
 
 /// A server over one loaded model.
@@ -159,15 +159,37 @@ fn now_secs() -> u64 {
 }
 
 impl Server {
-    /// Starts the generation worker. A `allow_local_files` directory that cannot be
-    /// canonicalised allows nothing.
+    /// Starts the generation worker on a loaded model. An `allow_local_files` directory that
+    /// cannot be canonicalised allows nothing.
     pub fn new(model: Arc<EchoVlm>, config: ServerConfig) -> Self {
+        Self::build(
+            Box::new(|| Err(echovlm_pipeline::EchoError::Device("no model".into()))),
+            Some(model),
+            config,
+        )
+    }
+
+    /// Starts the generation worker, which loads the model with `loader` first: the server
+    /// answers `/health` at once, and `/ready` (and chat completions) only once the model is
+    /// loaded; when loading fails, [`serve`](Self::serve) stops with the error.
+    pub fn loading(
+        config: ServerConfig,
+        loader: impl FnOnce() -> Result<EchoVlm, echovlm_pipeline::EchoError> + Send + 'static,
+    ) -> Self {
+        Self::build(Box::new(loader), None, config)
+    }
+
+    fn build(loader: engine::Loader, model: Option<Arc<EchoVlm>>, config: ServerConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let engine = Engine::start(
-            model.clone(),
+        let load_failed = Arc::new(tokio::sync::Notify::new());
+        let notify = load_failed.clone();
+        let engine = Engine::start_loading(
+            loader,
+            model,
             config.max_queue,
             config.max_batch,
             metrics.clone(),
+            Box::new(move |_| notify.notify_one()),
         );
         let limits = RequestLimits {
             max_images: config.max_images,
@@ -178,7 +200,6 @@ impl Server {
         };
         Self {
             state: Arc::new(AppState {
-                model,
                 config,
                 limits,
                 engine,
@@ -186,8 +207,14 @@ impl Server {
                 draining: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
                 created: now_secs(),
+                load_failed,
             }),
         }
+    }
+
+    /// Whether the model is loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.state.engine.model().is_some()
     }
 
     /// The routes.
@@ -209,7 +236,8 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops taking requests, lets the
-    /// ones in flight finish (streams included) and stops the worker.
+    /// ones in flight finish (streams included) and stops the worker. Returns an error when
+    /// the model failed to load.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -217,8 +245,12 @@ impl Server {
     ) -> std::io::Result<()> {
         let st = self.state.clone();
         let app = self.router();
+        let failed = st.load_failed.clone();
         let signal = async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {},
+                _ = failed.notified() => {},
+            }
             st.draining.store(true, Ordering::SeqCst);
         };
         let result = axum::serve(listener, app)
@@ -226,7 +258,13 @@ impl Server {
             .await;
         let st = self.state.clone();
         st.draining.store(true, Ordering::SeqCst);
-        let _ = tokio::task::spawn_blocking(move || st.engine.shutdown()).await;
+        let engine_state = st.clone();
+        let _ = tokio::task::spawn_blocking(move || engine_state.engine.shutdown()).await;
+        if let Some(e) = st.engine.load_error() {
+            return Err(std::io::Error::other(format!(
+                "loading the model failed: {e}"
+            )));
+        }
         result
     }
 }
@@ -303,10 +341,19 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
-    if st.draining.load(Ordering::SeqCst) || !st.engine.alive() {
+    let status = if st.engine.load_error().is_some() {
+        "failed"
+    } else if st.engine.model().is_none() {
+        "loading"
+    } else if st.draining.load(Ordering::SeqCst) || !st.engine.alive() {
+        "unavailable"
+    } else {
+        ""
+    };
+    if !status.is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable"})),
+            Json(json!({"status": status})),
         )
             .into_response();
     }
@@ -322,6 +369,7 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let architecture = st.engine.model().map(|m| m.architecture().as_str());
     Json(json!({
         "object": "list",
         "data": [{
@@ -329,7 +377,7 @@ async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "object": "model",
             "created": st.created,
             "owned_by": "echovlm",
-            "architecture": st.model.architecture().as_str(),
+            "architecture": architecture,
         }]
     }))
 }
@@ -389,11 +437,19 @@ async fn chat_completions(
         .code("invalid_json")
     })?;
     let plan = api::plan(&req, &st.limits)?;
+    let Some(model) = st.engine.model() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the model is not loaded yet",
+        )
+        .code("model_loading"));
+    };
     let ticket = st.engine.admit()?;
-    let model = st.model.clone();
+    let model2 = model.clone();
     let plan2 = plan.clone();
     let prompt = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan2.prepare(&model)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan2.prepare(&model2)))
     })
     .await
     .map_err(|_| {
@@ -404,10 +460,10 @@ async fn chat_completions(
         )
     })?
     .map_err(|_| ApiError::invalid("the request could not be prepared"))??;
-    let context = st.model.text_model().config.max_position_embeddings;
+    let context = model.text_model().config.max_position_embeddings;
     let opts = api::options(
         &req,
-        &st.model.default_generation(),
+        &model.default_generation(),
         plan.max_tokens,
         prompt.ids.len(),
         context,

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use echovlm_pipeline::{EchoVlm, LoadOptions};
@@ -46,13 +45,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let model = match EchoVlm::load(&args.model, &LoadOptions::default()) {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            eprintln!("error: loading {}: {e}", args.model.display());
-            return ExitCode::FAILURE;
-        }
-    };
     let name = args.model_name.clone().unwrap_or_else(|| {
         args.model
             .canonicalize()
@@ -82,9 +74,17 @@ fn main() -> ExitCode {
             args.model.display(),
             listener.local_addr()?
         );
-        Server::new(model, config)
-            .serve(listener, shutdown_signal())
-            .await
+        let dir = args.model.clone();
+        let server = Server::loading(config, move || {
+            let start = std::time::Instant::now();
+            let model = EchoVlm::load(&dir, &LoadOptions::default())?;
+            eprintln!(
+                "echovlm-server: model loaded in {:.1} s; ready",
+                start.elapsed().as_secs_f64()
+            );
+            Ok(model)
+        });
+        server.serve(listener, shutdown_signal()).await
     });
     match result {
         Ok(()) => {
