@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
@@ -40,7 +41,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes_alias::Bytes;
 use echovlm_pipeline::{CancelToken, EchoVlm};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -49,10 +49,6 @@ use crate::api::{ChatRequest, RequestLimits};
 use crate::engine::{Engine, Event, Finished, Job};
 pub use crate::error::ApiError;
 use crate::metrics::Metrics;
-
-mod bytes_alias {
-    pub use axum::body::Bytes;
-}
 
 /// Server settings.
 #[derive(Debug, Clone)]
