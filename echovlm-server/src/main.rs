@@ -1,0 +1,99 @@
+//! `echovlm-server`: serves one EchoVLM checkpoint over an OpenAI-compatible HTTP API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use echovlm_pipeline::{EchoVlm, LoadOptions};
+use echovlm_server::{Server, ServerConfig, shutdown_signal};
+
+/// Serve an EchoVLM checkpoint over an OpenAI-compatible API.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Name the API gives the model (default: the directory's name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Most requests waiting for the model; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Most non-streaming requests run together as one batch.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = 16)]
+    max_images: usize,
+    /// Bearer token required on /v1/ routes.
+    #[arg(long, env = "ECHOVLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Lets image_url name files under this directory.
+    #[arg(long)]
+    allow_local_files: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        args.model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "echovlm".into())
+    });
+    let config = ServerConfig::default()
+        .model_name(name)
+        .max_queue(args.max_queue)
+        .max_batch(args.max_batch)
+        .max_body_bytes(args.max_body_bytes)
+        .max_images(args.max_images)
+        .api_key(args.api_key.clone())
+        .allow_local_files(args.allow_local_files.clone());
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+        eprintln!(
+            "echovlm-server: serving {} on http://{}",
+            args.model.display(),
+            listener.local_addr()?
+        );
+        let dir = args.model.clone();
+        let server = Server::loading(config, move || {
+            let start = std::time::Instant::now();
+            let model = EchoVlm::load(&dir, &LoadOptions::default())?;
+            eprintln!(
+                "echovlm-server: model loaded in {:.1} s; ready",
+                start.elapsed().as_secs_f64()
+            );
+            Ok(model)
+        });
+        server.serve(listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => {
+            eprintln!("echovlm-server: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Prometheus text-format metrics, kept by hand (a few counters, two gauges, one histogram).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    in_flight: AtomicI64,
+    generated_tokens: AtomicU64,
+    batches: AtomicU64,
+    batched_requests: AtomicU64,
+    latency: Mutex<([u64; LATENCY_BUCKETS.len()], u64, f64)>,
+}
+
+impl Metrics {
+    /// Counts a finished HTTP request.
+    pub fn request(&self, route: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    /// One more (or, with a negative `d`, fewer) chat completions in progress.
+    pub fn in_flight(&self, d: i64) {
+        self.in_flight.fetch_add(d, Ordering::SeqCst);
+    }
+
+    /// Completions in progress.
+    pub fn in_flight_now(&self) -> i64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Adds generated tokens.
+    pub fn generated(&self, n: usize) {
+        self.generated_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Model runs so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Counts a run of `n` requests.
+    pub fn batch(&self, n: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched_requests.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records the latency of a chat completion, from arrival to its last byte.
+    pub fn latency(&self, seconds: f64) {
+        if let Ok(mut l) = self.latency.lock() {
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                if seconds <= *b {
+                    l.0[i] += 1;
+                }
+            }
+            l.1 += 1;
+            l.2 += seconds;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, queue_depth: usize) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_http_requests_total HTTP requests answered, by route and status."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_http_requests_total counter");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "echovlm_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_requests_in_flight Chat completions admitted and not finished."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_requests_in_flight gauge");
+        let _ = writeln!(s, "echovlm_requests_in_flight {}", self.in_flight_now());
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_queue_depth Requests waiting for the generation worker."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_queue_depth gauge");
+        let _ = writeln!(s, "echovlm_queue_depth {queue_depth}");
+        let _ = writeln!(s, "# HELP echovlm_generated_tokens_total Tokens generated.");
+        let _ = writeln!(s, "# TYPE echovlm_generated_tokens_total counter");
+        let _ = writeln!(
+            s,
+            "echovlm_generated_tokens_total {}",
+            self.generated_tokens.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_batches_total Model runs (each a batch of one or more requests)."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_batches_total counter");
+        let _ = writeln!(
+            s,
+            "echovlm_batches_total {}",
+            self.batches.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_batched_requests_total Requests run, summed over batches."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_batched_requests_total counter");
+        let _ = writeln!(
+            s,
+            "echovlm_batched_requests_total {}",
+            self.batched_requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_request_duration_seconds Chat completion latency, arrival to last byte."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_request_duration_seconds histogram");
+        if let Ok(l) = self.latency.lock() {
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "echovlm_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                    l.0[i]
+                );
+            }
+            let _ = writeln!(
+                s,
+                "echovlm_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                l.1
+            );
+            let _ = writeln!(s, "echovlm_request_duration_seconds_sum {}", l.2);
+            let _ = writeln!(s, "echovlm_request_duration_seconds_count {}", l.1);
+        }
+        s
+    }
+}
