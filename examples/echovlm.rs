@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
     EchoVlm, GenerationOptions, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt, Request,
-    Task, WeightFormat, device_from_name, dtype_for, probe_device, routing_png,
+    Task, WeightFormat, Weights, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -81,9 +81,10 @@ struct Cli {
     /// Float type of activations (and of the weights off the CPU): f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// On the CPU, how linear weights are kept: f32, bf16 or int8 (int8 fits the full
-    /// EchoVLM in 24 GB), or "portable" for Burn's own matmul.
-    #[arg(long, default_value = "f32")]
+    /// On the CPU, how linear weights are kept: auto (the checkpoint's storage type, bf16 for
+    /// the released EchoVLM, or int8 when that would not fit in the available memory), f32,
+    /// bf16 or int8 (int8 fits the full EchoVLM in 24 GB), or "portable" for Burn's own matmul.
+    #[arg(long, default_value = "auto")]
     weights: String,
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
@@ -199,17 +200,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let pb = spinner(interactive, &format!("loading {}", model_dir.display()));
     let started = std::time::Instant::now();
-    let linear = match cli.weights.as_str() {
-        "portable" => LinearOptions::portable(),
-        w => LinearOptions::cpu(w.parse::<WeightFormat>()?),
+    let weights = match cli.weights.as_str() {
+        "auto" => Weights::Auto,
+        "portable" => Weights::Exact(LinearOptions::portable()),
+        w => Weights::Exact(LinearOptions::cpu(w.parse::<WeightFormat>()?)),
     };
     let model = EchoVlm::load(
         &model_dir,
         &LoadOptions::default()
             .device(device)
             .dtype(dtype)
-            .linear(linear),
+            .weights(weights),
     )?;
+    if cli.weights == "auto" && !cli.json {
+        eprintln!("note: weights: {}", model.weight_choice());
+    }
     let load_s = started.elapsed().as_secs_f64();
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -383,6 +388,7 @@ fn print_json(
         "timings": out.timings,
         "load_s": load_s,
         "weight_bytes": model.weight_bytes(),
+        "weights": model.weight_choice(),
         "peak_rss_bytes": peak_rss(),
         "routing": out.routing,
     });

@@ -34,7 +34,7 @@ pub use echovlm_core::cpu::WeightFormat;
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
-pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback};
+pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback, Weights};
 pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]
 pub use plot::routing_png;

@@ -29,6 +29,17 @@ impl WeightFormat {
     }
 }
 
+/// The name [`FromStr`](std::str::FromStr) reads: `f32`, `bf16` or `int8`.
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        })
+    }
+}
+
 impl std::str::FromStr for WeightFormat {
     type Err = CpuError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

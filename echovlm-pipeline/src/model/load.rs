@@ -10,13 +10,14 @@ use echovlm_vision::preprocess::PreprocessConfig;
 use echovlm_vision::{VisionArch, VisionConfig, VisionModel};
 
 use super::EchoVlm;
+use super::weights::{Weights, resolve};
 use crate::chat::ChatTemplate;
 use crate::error::EchoError;
 use crate::generate::{GenerationOptions, token_ids};
 use crate::output::Architecture;
 
-/// Where and how to load a checkpoint: [`Default`] (the default device, `F32`, default linear
-/// layers), adjusted with one setter per field.
+/// Where and how to load a checkpoint: [`Default`] (the default device, `F32` activations,
+/// weights chosen at load by [`Weights::Auto`]), adjusted with one setter per field.
 ///
 /// ```
 /// use echovlm_pipeline::{DType, LoadOptions, device_from_name};
@@ -32,8 +33,8 @@ pub struct LoadOptions {
     /// Float type of weights and activations (`F32` on CPU; `F16`/`BF16` where the device
     /// supports them).
     pub dtype: DType,
-    /// How linear layers keep their weights.
-    pub linear: LinearOptions,
+    /// How linear layers keep their weights ([`Weights::Auto`] by default).
+    pub weights: Weights,
 }
 
 impl Default for LoadOptions {
@@ -41,7 +42,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::default(),
             dtype: DType::F32,
-            linear: LinearOptions::default(),
+            weights: Weights::Auto,
         }
     }
 }
@@ -59,9 +60,15 @@ impl LoadOptions {
         self
     }
 
-    /// Sets how linear layers keep their weights.
+    /// Sets exactly how linear layers keep their weights (instead of [`Weights::Auto`]).
     pub fn linear(mut self, linear: LinearOptions) -> Self {
-        self.linear = linear;
+        self.weights = Weights::Exact(linear);
+        self
+    }
+
+    /// Sets how linear layers keep their weights.
+    pub fn weights(mut self, weights: Weights) -> Self {
+        self.weights = weights;
         self
     }
 }
@@ -191,20 +198,17 @@ impl EchoVlm {
                 .into());
             }
         }
-        let ((text, vision), weight_bytes) = load_counted(
-            &ckpt,
-            &options.device,
-            options.dtype,
-            options.linear.clone(),
-            |l| {
+        let (linear, weight_choice) = resolve(&options.weights, &options.device, &ckpt);
+        let weight_format = linear.cpu_format;
+        let ((text, vision), weight_bytes) =
+            load_counted(&ckpt, &options.device, options.dtype, linear, |l| {
                 let text = TextModel::load(l, &text_cfg)?;
                 let vision = match &vision_cfg {
                     Some(c) => Some(VisionModel::load(l, c)?),
                     None => None,
                 };
                 Ok((text, vision))
-            },
-        )?;
+            })?;
         let parameters = ckpt.num_elements();
         drop(ckpt);
 
@@ -305,6 +309,8 @@ impl EchoVlm {
             dir: dir.to_path_buf(),
             parameters,
             weight_bytes,
+            weight_format,
+            weight_choice,
         })
     }
 }

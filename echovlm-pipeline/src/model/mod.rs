@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use echovlm_core::cpu::WeightFormat;
 use echovlm_text::{Qwen2Tokenizer, TextModel, VideoTime, VisionTokenIds};
 use echovlm_vision::VisionModel;
 use echovlm_vision::preprocess::PreprocessConfig;
@@ -15,10 +16,12 @@ use crate::output::Architecture;
 mod load;
 mod prepare;
 mod run;
+mod weights;
 
 pub use load::LoadOptions;
 pub use prepare::PreparedPrompt;
 pub use run::TextCallback;
+pub use weights::Weights;
 
 /// A loaded EchoVLM V1 or V2 (or stock Qwen2-VL / Qwen2.5-VL) checkpoint: decoder, vision
 /// tower, tokenizer, chat template, preprocessing settings and generation defaults.
@@ -39,6 +42,8 @@ pub struct EchoVlm {
     dir: PathBuf,
     parameters: usize,
     weight_bytes: usize,
+    weight_format: Option<WeightFormat>,
+    weight_choice: String,
 }
 
 impl std::fmt::Debug for EchoVlm {
@@ -98,6 +103,18 @@ impl EchoVlm {
     /// Bytes the loaded weights occupy in memory (after any packing or quantisation).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+
+    /// The packed format the CPU holds the linear weights in (`None`: Burn tensors, on other
+    /// devices or with [`LinearOptions::portable`](crate::LinearOptions::portable)).
+    pub fn weight_format(&self) -> Option<WeightFormat> {
+        self.weight_format
+    }
+
+    /// How the weights are held and why, e.g. `bf16 (the checkpoint's storage type; 23.4 GB of
+    /// weights, 40.1 GB available)` when [`Weights::Auto`](crate::Weights::Auto) chose.
+    pub fn weight_choice(&self) -> &str {
+        &self.weight_choice
     }
 
     /// The directory the model was loaded from.
