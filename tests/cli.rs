@@ -194,3 +194,38 @@ fn errors_are_one_line_without_panics() {
         );
     }
 }
+
+/// Built with the `cuda` feature, the CLI links and runs; on a machine without an NVIDIA GPU
+/// (CI) `--device cuda` is a one-line error naming the device, not a crash, and on one with a
+/// GPU it generates.
+#[cfg(feature = "cuda")]
+#[test]
+fn cli_with_cuda_runs_or_says_there_is_no_device() {
+    let out = cli()
+        .args([
+            "--device",
+            "cuda",
+            "--max-new-tokens",
+            "2",
+            "--ignore-eos",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if out.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["generated_token_ids"].as_array().map(Vec::len),
+            Some(2),
+            "{v}"
+        );
+    } else {
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error:") && last.contains("Cuda") && last.contains("not available"),
+            "{stderr}"
+        );
+    }
+}
