@@ -1,6 +1,7 @@
 //! The `echovlm` command: an ultrasound report (or diagnosis, or answer) from images.
 //!
 //! Run with: `cargo run --release --example echovlm -- --model DIR --image frame.png --task report`
+//! (`--model org/name[@revision]` loads a checkpoint from the Hugging Face Hub instead).
 //!
 //! Without `--model` it runs the demo checkpoint shipped in `fixtures/` (random weights, so
 //! the text is meaningless) on a synthetic ultrasound frame, exercising the whole path.
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt, Request,
-    Task, WeightFormat, Weights, device_from_name, dtype_for, probe_device, routing_png,
+    EchoVlm, GenerationOptions, HubId, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt,
+    Request, Task, WeightFormat, Weights, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,10 +24,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Parser, Debug)]
 #[command(name = "echovlm", version, about)]
 struct Cli {
-    /// Model directory (config.json, *.safetensors, tokenizer.json, ...). Default: the
-    /// random-weight demo checkpoint in fixtures/.
+    /// Model directory (config.json, *.safetensors, tokenizer.json, ...) or a Hugging Face
+    /// Hub id, org/name[@revision], downloaded into the Hugging Face cache (HF_HOME,
+    /// HF_ENDPOINT, HF_HUB_OFFLINE=1 and HF_TOKEN apply). Default: the random-weight demo
+    /// checkpoint in fixtures/.
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// An ultrasound image (PNG, JPEG, BMP, TIFF); repeat for several key frames.
     #[arg(long = "image", value_name = "PATH")]
     images: Vec<PathBuf>,
@@ -175,10 +178,25 @@ fn frames_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let interactive = std::io::stderr().is_terminal() && !cli.json;
     let demo = cli.model.is_none();
-    let model_dir = cli
-        .model
-        .clone()
-        .unwrap_or_else(|| fixtures().join("models/tiny-echovlm"));
+    let (model_dir, label) = match cli.model.as_deref() {
+        None => (
+            fixtures().join("models/tiny-echovlm"),
+            "tiny-echovlm".to_string(),
+        ),
+        Some(m) => match HubId::from_model_arg(m) {
+            Some(id) => {
+                eprintln!("fetching {id} from the Hugging Face Hub (or its cache)");
+                (echovlm_pipeline::hub::download(&id)?, id.repo.clone())
+            }
+            None => {
+                let dir = PathBuf::from(m);
+                let label = dir
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                (dir, label)
+            }
+        },
+    };
     let mut images = cli.images.clone();
     if demo {
         eprintln!(
@@ -289,10 +307,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .routing
             .as_ref()
             .ok_or("this model has no MoE layers to plot")?;
-        let name = model_dir
-            .file_name()
-            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-        routing_png(summary, path, &format!("EchoVLM routing ({name})"))?;
+        routing_png(summary, path, &format!("EchoVLM routing ({label})"))?;
         eprintln!("routing plot written to {}", path.display());
     }
     if cli.json {

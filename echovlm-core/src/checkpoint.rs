@@ -354,7 +354,8 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
 }
 
 /// Reads `model.safetensors.index.json` and returns the shard paths, refusing any shard name
-/// that would leave the model directory.
+/// that would leave the model directory (a shard of a Hugging Face cache snapshot may link to
+/// the repository's `blobs/`, where the cache keeps the files).
 fn read_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
         path: index.to_path_buf(),
@@ -387,6 +388,13 @@ fn read_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
         path: dir.to_path_buf(),
         source,
     })?;
+    // a Hugging Face cache snapshot (`<repo>/snapshots/<commit>/`) links its files to
+    // `<repo>/blobs/`: links there stay inside the checkpoint
+    let blobs = canon_dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(|p| p.parent())
+        .and_then(|repo| repo.join("blobs").canonicalize().ok());
     let mut paths = Vec::with_capacity(names.len());
     for name in names {
         let rel = Path::new(&name);
@@ -405,7 +413,7 @@ fn read_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
                 dir.display()
             ))
         })?;
-        if !canon.starts_with(&canon_dir) {
+        if !canon.starts_with(&canon_dir) && !blobs.as_ref().is_some_and(|b| canon.starts_with(b)) {
             return Err(bad(format!(
                 "shard {name:?} is outside the model directory"
             )));

@@ -44,6 +44,37 @@ pub enum EchoError {
     /// The model has no vision tower but the request has images.
     #[error("this checkpoint has no vision tower; it cannot take images")]
     NoVision,
+    /// `HF_HUB_OFFLINE` is set and the hub checkpoint is not (completely) in the cache.
+    #[error(
+        "{id}: HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache {}; \
+         download it once without HF_HUB_OFFLINE",
+        cache.display()
+    )]
+    HubOffline {
+        /// The hub id, `org/name[@revision]`.
+        id: String,
+        /// The cache directory that was searched.
+        cache: std::path::PathBuf,
+    },
+    /// The hub does not know the repository or revision (or will not show it without a token).
+    #[error(
+        "{id}: no such model repository or revision on the hub (HTTP {status}); private or \
+         gated repositories need HF_TOKEN"
+    )]
+    HubNotFound {
+        /// The hub id, `org/name[@revision]`.
+        id: String,
+        /// The HTTP status the hub answered (401, 403 or 404).
+        status: u16,
+    },
+    /// Downloading a hub checkpoint failed.
+    #[error("{id}: {message}")]
+    Hub {
+        /// The hub id, `org/name[@revision]`.
+        id: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl From<ForwardError> for EchoError {

@@ -19,6 +19,7 @@ mod chat;
 mod device;
 mod error;
 mod generate;
+pub mod hub;
 mod model;
 mod output;
 #[cfg(feature = "plot")]
@@ -34,6 +35,7 @@ pub use echovlm_core::cpu::WeightFormat;
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
+pub use hub::HubId;
 pub use model::{EchoVlm, LoadOptions, PreparedPrompt, TextCallback, Weights};
 pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]

@@ -64,9 +64,16 @@ fn auto_keeps_the_storage_type_and_says_why() {
             );
         }
         // the same model as the format asked for by name
-        let exact = load(name, LoadOptions::default().linear(LinearOptions::cpu(want)));
+        let exact = load(
+            name,
+            LoadOptions::default().linear(LinearOptions::cpu(want)),
+        );
         assert_eq!(exact.weight_format(), Some(want));
-        assert!(exact.weight_choice().contains("as asked"), "{}", exact.weight_choice());
+        assert!(
+            exact.weight_choice().contains("as asked"),
+            "{}",
+            exact.weight_choice()
+        );
         assert_eq!(auto.weight_bytes(), exact.weight_bytes(), "{name}");
         assert_eq!(greedy(&auto), greedy(&exact), "{name}");
     }
@@ -84,5 +91,9 @@ fn asked_formats_are_kept() {
         LoadOptions::default().weights(Weights::Exact(LinearOptions::portable())),
     );
     assert_eq!(m.weight_format(), None);
-    assert!(m.weight_choice().contains("Burn tensors"), "{}", m.weight_choice());
+    assert!(
+        m.weight_choice().contains("Burn tensors"),
+        "{}",
+        m.weight_choice()
+    );
 }

@@ -1,26 +1,30 @@
 //! `echovlm-server`: serves one EchoVLM checkpoint over an OpenAI-compatible HTTP API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use echovlm_pipeline::{EchoVlm, LoadOptions};
+use echovlm_pipeline::{EchoVlm, HubId, LoadOptions};
 use echovlm_server::{Server, ServerConfig, shutdown_signal};
 
 /// Serve an EchoVLM checkpoint over an OpenAI-compatible API.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The checkpoint directory.
+    /// The checkpoint: a directory, or a Hugging Face Hub id `org/name[@revision]` (any
+    /// string that is not an existing path and has that shape), downloaded into the Hugging
+    /// Face cache while the server starts (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and
+    /// HF_HUB_OFFLINE=1 apply).
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Name the API gives the model (default: the directory's name).
+    /// Name the API gives the model (default: the directory's name, or the hub id's
+    /// `org/name`).
     #[arg(long)]
     model_name: Option<String>,
     /// Most requests waiting for the model; more are answered 503.
@@ -41,16 +45,32 @@ struct Args {
     /// Lets image_url name files under this directory.
     #[arg(long)]
     allow_local_files: Option<PathBuf>,
+    /// Refused: this server never fetches http(s) image URLs. Without the flag such URLs are
+    /// answered 400 (`remote_url_refused`); with it the server does not start, saying why.
+    #[arg(long)]
+    allow_remote_images: bool,
 }
+
+/// Why `--allow-remote-images` is refused.
+const NO_REMOTE_IMAGES: &str = "--allow-remote-images is not supported: this server never \
+    fetches image URLs, because a server that downloads URLs its clients name can be steered at \
+    internal addresses (SSRF) and ties its latency and memory to other hosts. Send images as \
+    base64 data: URIs, or let the server read files under --allow-local-files DIR.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let name = args.model_name.clone().unwrap_or_else(|| {
-        args.model
+    if args.allow_remote_images {
+        eprintln!("error: {NO_REMOTE_IMAGES}");
+        return ExitCode::from(2);
+    }
+    let hub = HubId::from_model_arg(&args.model);
+    let name = args.model_name.clone().unwrap_or_else(|| match &hub {
+        Some(id) => id.repo.clone(),
+        None => Path::new(&args.model)
             .canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "echovlm".into())
+            .unwrap_or_else(|| "echovlm".into()),
     });
     let config = ServerConfig::default()
         .model_name(name)
@@ -71,13 +91,16 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         eprintln!(
             "echovlm-server: serving {} on http://{}",
-            args.model.display(),
+            args.model,
             listener.local_addr()?
         );
-        let dir = args.model.clone();
+        let model_arg = args.model.clone();
         let server = Server::loading(config, move || {
             let start = std::time::Instant::now();
-            let model = EchoVlm::load(&dir, &LoadOptions::default())?;
+            let model = match hub {
+                Some(id) => EchoVlm::load_pretrained(&id.to_string(), &LoadOptions::default())?,
+                None => EchoVlm::load(&model_arg, &LoadOptions::default())?,
+            };
             eprintln!(
                 "echovlm-server: model loaded in {:.1} s; ready",
                 start.elapsed().as_secs_f64()

@@ -149,7 +149,31 @@ impl EchoVlm {
     /// `tokenizer.json`, the chat template (`chat_template.json` or `tokenizer_config.json`),
     /// and, if present, `preprocessor_config.json` and `generation_config.json`.
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, EchoError> {
-        let dir = dir.as_ref();
+        Self::load_dir(dir.as_ref(), options)
+    }
+
+    /// Loads a checkpoint from the Hugging Face Hub: `id` is `org/name` or
+    /// `org/name@revision`. The files are downloaded into (or found in) the standard Hugging
+    /// Face cache by [`hub::download`](crate::hub::download), which reads `HF_ENDPOINT`,
+    /// `HF_HOME`/`HF_HUB_CACHE`, `HF_HUB_OFFLINE` and `HF_TOKEN`; then the snapshot directory
+    /// is loaded as by [`load`](Self::load).
+    ///
+    /// ```no_run
+    /// use echovlm_pipeline::{EchoVlm, LoadOptions};
+    /// let model = EchoVlm::load_pretrained("org/EchoVLM", &LoadOptions::default())?;
+    /// # Ok::<(), echovlm_pipeline::EchoError>(())
+    /// ```
+    #[cfg(feature = "hub")]
+    pub fn load_pretrained(id: &str, options: &LoadOptions) -> Result<Self, EchoError> {
+        let hub_id = crate::hub::HubId::parse(id).ok_or_else(|| EchoError::Hub {
+            id: id.to_string(),
+            message: "not a hub model id: expected org/name or org/name@revision".into(),
+        })?;
+        let dir = crate::hub::download(&hub_id)?;
+        Self::load_dir(&dir, options)
+    }
+
+    fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, EchoError> {
         if !dir.is_dir() {
             return Err(LoadError::Io {
                 path: dir.to_path_buf(),

@@ -1,11 +1,13 @@
 //! An in-process server on an ephemeral port and a small HTTP/1.1 client over std sockets.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use std::time::Instant;
 
 use echovlm_pipeline::{EchoVlm, LoadOptions};
 use echovlm_server::{Server, ServerConfig};
@@ -247,5 +249,83 @@ pub fn parse(raw: &[u8]) -> Resp {
         status,
         headers: head,
         body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+/// A server process; killed when dropped.
+pub struct Replica {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    /// Starts the binary on port 0 and reads the address it prints.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_echovlm-server"));
+        cmd.current_dir(root());
+        cmd.args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_CACHE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the server binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address")
+                .unwrap();
+            if let Some(a) = line.split("on http://").nth(1) {
+                break a.trim().parse().unwrap();
+            }
+        };
+        // keep draining stderr so the server never blocks on a full pipe
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let r = Self { child, addr };
+        let t = Instant::now();
+        while http(r.addr, "GET", "/ready", &[], b"").status != 200 {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "replica {} not ready",
+                r.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn chat_requests(&self) -> f64 {
+        let m = http(self.addr, "GET", "/metrics", &[], b"").body;
+        m.lines()
+            .filter(|l| {
+                l.starts_with("echovlm_http_requests_total{route=\"/v1/chat/completions\"")
+                    && l.contains("status=\"200\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// `VmRSS` and `VmHWM` of the server process in KiB; `None` without /proc.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 }
