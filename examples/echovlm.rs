@@ -89,6 +89,9 @@ struct Cli {
     /// bf16 or int8 (int8 fits the full EchoVLM in 24 GB), or "portable" for Burn's own matmul.
     #[arg(long, default_value = "auto")]
     weights: String,
+    /// Threads of the CPU path (default: RAYON_NUM_THREADS when set, else the physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
@@ -228,7 +231,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions::default()
             .device(device)
             .dtype(dtype)
-            .weights(weights),
+            .weights(weights)
+            .threads(cli.threads),
     )?;
     if cli.weights == "auto" && !cli.json {
         eprintln!("note: weights: {}", model.weight_choice());
@@ -315,7 +319,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let t = &output.timings;
         eprintln!(
-            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s; weights {:.2} GB, peak RSS {}]",
+            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s; {} weights {:.2} GB, {} threads, peak RSS {}]",
             t.generated_tokens,
             output.finish_reason,
             load_s,
@@ -324,7 +328,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             t.prefill_ms,
             t.prefill_tokens,
             t.decode_tokens_per_s,
+            model
+                .weight_format()
+                .map_or("Burn-tensor".to_string(), |f| f.to_string()),
             model.weight_bytes() as f64 / 1e9,
+            rayon::current_num_threads(),
             peak_rss().map_or("unknown".to_string(), |b| format!(
                 "{:.2} GB",
                 b as f64 / 1e9
@@ -404,6 +412,7 @@ fn print_json(
         "load_s": load_s,
         "weight_bytes": model.weight_bytes(),
         "weights": model.weight_choice(),
+        "threads": rayon::current_num_threads(),
         "peak_rss_bytes": peak_rss(),
         "routing": out.routing,
     });

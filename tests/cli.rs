@@ -229,3 +229,59 @@ fn cli_with_cuda_runs_or_says_there_is_no_device() {
         );
     }
 }
+
+/// `--threads` sizes the CPU thread pool and gives the same tokens as the default; zero is a
+/// one-line error; `--weights auto` (the default) keeps the f32 fixture in f32 and says why.
+#[test]
+fn cli_threads_and_automatic_weights() {
+    let model = path(model_dir("tiny-echovlm"));
+    let args = |threads: Option<&str>| {
+        let mut a = vec![
+            "--model",
+            &model,
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--prompt",
+            "Describe the liver.",
+        ];
+        if let Some(t) = threads {
+            a.extend(["--threads", t]);
+        }
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |threads: Option<&str>| {
+        let a = args(threads);
+        run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let one = run(Some("1"));
+    assert_eq!(one["threads"], 1);
+    let default = run(None);
+    assert_eq!(
+        default["threads"].as_u64(),
+        Some(num_cpus_physical()),
+        "{default}"
+    );
+    assert_eq!(one["generated_token_ids"], default["generated_token_ids"]);
+    let weights = default["weights"].as_str().unwrap();
+    assert!(
+        weights.starts_with("f32 (the checkpoint is stored in f32"),
+        "{weights}"
+    );
+    let a = args(Some("0"));
+    let out = cli().args(&a).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot run on 0 threads"), "{stderr}");
+}
+
+/// The default thread count the CLI should pick: RAYON_NUM_THREADS when set, else the
+/// physical cores.
+fn num_cpus_physical() -> u64 {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &u64| n > 0)
+        .unwrap_or(echovlm_core::cpu::physical_cores() as u64)
+}

@@ -49,6 +49,17 @@ pub enum CpuError {
         /// The accepted names.
         expected: &'static str,
     },
+    /// A thread count the pool cannot take: zero, or another size than the one it already runs.
+    #[error("cannot run on {wanted} threads{}", match running {
+        Some(n) => format!(": the thread pool already runs {n} (set the thread count before the first model loads)"),
+        None => String::new(),
+    })]
+    Threads {
+        /// Threads asked for.
+        wanted: usize,
+        /// Threads the pool already runs.
+        running: Option<usize>,
+    },
 }
 
 /// Largest byte size of one buffer (Rust allocations are limited to `isize::MAX` bytes).

@@ -19,7 +19,7 @@
 //!
 //! One concept per file: `error` (the error type and size checks), `aligned` (aligned and
 //! huge-page buffers), `format` (storage formats and int8 quantisation), `packed` (the packed
-//! matrix), `select` (which kernel runs), `gemm` (the products, dispatching to `kernels`: one
+//! matrix), `select` (which kernel runs), `threads` (the size of the thread pool), `gemm` (the products, dispatching to `kernels`: one
 //! file per instruction set).
 //!
 //! # Choosing the kernel
@@ -37,9 +37,11 @@ mod gemm;
 mod kernels;
 mod packed;
 mod select;
+mod threads;
 
 pub use error::CpuError;
 pub use format::{INT8_BLOCK, WeightFormat};
 pub use gemm::SMALL_M;
 pub use packed::PackedWeight;
 pub use select::{KERNEL_ENV, Kernel, active_kernel};
+pub use threads::{physical_cores, set_threads};

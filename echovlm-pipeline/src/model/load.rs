@@ -35,6 +35,10 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// How linear layers keep their weights ([`Weights::Auto`] by default).
     pub weights: Weights,
+    /// Threads of the CPU path. `None` (the default): `RAYON_NUM_THREADS` when set, else the
+    /// machine's physical cores. The thread pool is sized by the first load of the process;
+    /// a later load that asks for another count is an error.
+    pub threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -43,6 +47,7 @@ impl Default for LoadOptions {
             device: Device::default(),
             dtype: DType::F32,
             weights: Weights::Auto,
+            threads: None,
         }
     }
 }
@@ -69,6 +74,12 @@ impl LoadOptions {
     /// Sets how linear layers keep their weights.
     pub fn weights(mut self, weights: Weights) -> Self {
         self.weights = weights;
+        self
+    }
+
+    /// Sets the number of CPU threads (`None`: the default, see [`LoadOptions::threads`]).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
         self
     }
 }
@@ -184,6 +195,8 @@ impl EchoVlm {
             }
             .into());
         }
+        echovlm_core::cpu::set_threads(options.threads)
+            .map_err(|e| EchoError::InvalidRequest(e.to_string()))?;
         let config_path = dir.join("config.json");
         let json = read_json(&config_path)?;
         let architecture = detect_architecture(&json, &config_path)?;

@@ -106,10 +106,10 @@ pub(crate) fn storage_dtype(ckpt: &Checkpoint) -> StorageDtype {
         (StorageDtype::F16, 0),
     ];
     for key in ckpt.keys() {
-        if let Some(e) = ckpt.entry(key) {
-            if let Some(c) = counts.iter_mut().find(|(d, _)| *d == e.dtype) {
-                c.1 += e.numel();
-            }
+        if let Some(e) = ckpt.entry(key)
+            && let Some(c) = counts.iter_mut().find(|(d, _)| *d == e.dtype)
+        {
+            c.1 += e.numel();
         }
     }
     counts
