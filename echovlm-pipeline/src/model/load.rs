@@ -10,7 +10,7 @@ use echovlm_vision::preprocess::PreprocessConfig;
 use echovlm_vision::{VisionArch, VisionConfig, VisionModel};
 
 use super::EchoVlm;
-use super::weights::{Weights, resolve};
+use super::weights::{Weights, on_cpu, resolve};
 use crate::chat::ChatTemplate;
 use crate::error::EchoError;
 use crate::generate::{GenerationOptions, token_ids};
@@ -236,7 +236,8 @@ impl EchoVlm {
             }
         }
         let (linear, weight_choice) = resolve(&options.weights, &options.device, &ckpt);
-        let weight_format = linear.cpu_format;
+        // packed formats exist only on the CPU; elsewhere the weights are Burn tensors
+        let weight_format = linear.cpu_format.filter(|_| on_cpu(&options.device));
         let ((text, vision), weight_bytes) =
             load_counted(&ckpt, &options.device, options.dtype, linear, |l| {
                 let text = TextModel::load(l, &text_cfg)?;

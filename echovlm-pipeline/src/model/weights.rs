@@ -173,7 +173,7 @@ pub(crate) fn resolve(
 }
 
 /// Whether `device` is the flex CPU device, where packed weights are used.
-fn on_cpu(device: &Device) -> bool {
+pub(crate) fn on_cpu(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
         *device == Device::flex()
