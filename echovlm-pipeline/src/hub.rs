@@ -90,6 +90,7 @@ impl HubId {
     }
 
     /// The `org--name` folder of this repository in the Hugging Face cache.
+    #[cfg(feature = "hub")]
     fn cache_folder(&self) -> String {
         format!("models--{}", self.repo.replace('/', "--"))
     }
