@@ -35,7 +35,7 @@ pub use checkpoint::{
     Checkpoint, INDEX_FILE, SINGLE_FILE, StorageDtype, TensorEntry, canonical_name,
 };
 pub use error::{LoadError, TensorProblem, TensorProblems};
-pub use linear::{Linear, LinearOptions, LinearWeight};
+pub use linear::{Linear, LinearOptions, LinearWeight, LoraAdapter};
 pub use loader::{WeightLoader, load, load_counted};
 pub use norm::RmsNorm;
 

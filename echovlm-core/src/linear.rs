@@ -55,6 +55,44 @@ pub enum LinearWeight {
     Packed(Arc<PackedWeight>),
 }
 
+/// A low-rank adapter on a linear layer (LoRA): adds `scaling · (x · Aᵀ) · Bᵀ` to its output.
+///
+/// The tensor names follow PEFT: `lora_A` is `[r, d_in]`, `lora_B` is `[d_out, r]`, and
+/// `scaling` is `lora_alpha / r`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `[r, d_in]`.
+    pub lora_a: Tensor<2>,
+    /// `[d_out, r]`.
+    pub lora_b: Tensor<2>,
+    /// `lora_alpha / r`.
+    pub scaling: f64,
+}
+
+impl LoraAdapter {
+    /// The rank `r`.
+    pub fn rank(&self) -> usize {
+        self.lora_a.dims()[0]
+    }
+
+    /// The adapter's update as a dense `[d_out, d_in]` matrix, `scaling · B · A` (what merging
+    /// adds to the weight).
+    pub fn delta(&self) -> Tensor<2> {
+        self.lora_b
+            .clone()
+            .matmul(self.lora_a.clone())
+            .mul_scalar(self.scaling)
+    }
+
+    /// `scaling · (x · Aᵀ) · Bᵀ` over the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let a = self.lora_a.clone().transpose().cast(x.dtype());
+        let b = self.lora_b.clone().transpose().cast(x.dtype());
+        burn::tensor::module::linear(burn::tensor::module::linear(x, a, None), b, None)
+            .mul_scalar(self.scaling)
+    }
+}
+
 /// `y = x · Wᵀ + b`, with `W` stored `[out, in]` exactly as in the checkpoint.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -62,6 +100,8 @@ pub struct Linear {
     pub weight: LinearWeight,
     /// Optional bias, `[d_out]`.
     pub bias: Option<Tensor<1>>,
+    /// Optional low-rank adapter added to the output (for fine-tuning; `None` after loading).
+    pub lora: Option<LoraAdapter>,
     d_in: usize,
     d_out: usize,
 }
@@ -73,6 +113,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Tensor(weight),
             bias,
+            lora: None,
             d_in,
             d_out,
         }
@@ -84,6 +125,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Packed(Arc::new(weight)),
             bias,
+            lora: None,
             d_in,
             d_out,
         }
@@ -96,6 +138,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Packed(weight),
             bias,
+            lora: None,
             d_in,
             d_out,
         }
@@ -122,6 +165,7 @@ impl Linear {
         Self {
             weight,
             bias,
+            lora: None,
             d_in,
             d_out,
         }
@@ -156,12 +200,20 @@ impl Linear {
         }
     }
 
-    /// Applies the layer to the last dimension of `x`.
+    /// Applies the layer (and its adapter, if any) to the last dimension of `x`.
     ///
     /// # Panics
     /// If the last dimension of `x` is not [`d_in`](Self::d_in) (as Burn's matmul does on
     /// mismatched shapes).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.lora {
+            None => self.forward_base(x),
+            Some(lora) => self.forward_base(x.clone()) + lora.forward(x),
+        }
+    }
+
+    /// The layer without its adapter.
+    fn forward_base<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
             LinearWeight::Tensor(w) => {
                 burn::tensor::module::linear(x, w.clone().transpose(), self.bias.clone())

@@ -1,4 +1,4 @@
-use burn::tensor::{IndexingUpdateOp, Tensor, TensorData, activation};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, activation};
 use echovlm_core::host::{ReadBackError, int_tensor, to_f32_vec};
 use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader};
 
@@ -210,6 +210,48 @@ impl SparseMoeBlock {
         Ok((out + shared, routing))
     }
 
+    /// [`forward`](Self::forward) for training: the expert weights are taken from the router's
+    /// softmax as tensors (so gradients reach the router), and the router logits
+    /// (`[tokens, experts]`, for [`load_balancing_loss`](crate::load_balancing_loss)) are
+    /// returned with the output. The choice of experts is made on the host as in `forward`.
+    pub fn forward_train(
+        &self,
+        h: Tensor<2>,
+    ) -> Result<(Tensor<2>, Routing, Tensor<2>), ReadBackError> {
+        let logits = self.gate.forward(h.clone());
+        let routing = Routing::from_logits(
+            to_f32_vec(logits.clone())?,
+            self.num_experts(),
+            self.config.num_experts_per_tok,
+            self.config.norm_topk_prob,
+        );
+        let probs = activation::softmax(logits.clone().cast(DType::F32), 1);
+        let weights = if self.config.norm_topk_prob {
+            let [tokens, experts] = probs.dims();
+            let mut chosen = vec![0f32; tokens * experts];
+            for (t, es) in routing.experts.chunks_exact(routing.top_k).enumerate() {
+                for &e in es {
+                    chosen[t * experts + e as usize] = 1.0;
+                }
+            }
+            let chosen = Tensor::<2>::from_data(
+                TensorData::new(chosen, [tokens, experts]),
+                (&h.device(), DType::F32),
+            );
+            let total = (probs.clone() * chosen).sum_dim(1);
+            probs / total
+        } else {
+            probs
+        };
+        let weights = weights.cast(h.dtype());
+        let out = self.routed_by(h.clone(), &routing, |e, idx| match idx {
+            None => weights.clone().narrow(1, e, 1),
+            Some(idx) => weights.clone().select(0, idx).narrow(1, e, 1),
+        });
+        let shared = self.shared(h);
+        Ok((out + shared, routing, logits))
+    }
+
     /// The routed experts only (no shared expert), dispatched sparsely.
     pub fn forward_routed(&self, h: Tensor<2>) -> Result<(Tensor<2>, Routing), ReadBackError> {
         let routing = self.route(h.clone())?;
@@ -253,26 +295,44 @@ impl SparseMoeBlock {
     }
 
     fn routed(&self, h: Tensor<2>, routing: &Routing) -> Tensor<2> {
+        let device = h.device();
+        let dtype = h.dtype();
+        let per_expert = routing.per_expert();
+        self.routed_by(h, routing, |e, _| {
+            let ws = per_expert[e].1.clone();
+            let n = ws.len();
+            Tensor::<1>::from_data(TensorData::new(ws, [n]), (&device, dtype)).unsqueeze_dim::<2>(1)
+        })
+    }
+
+    /// Runs each expert on its tokens and adds its output, weighted by `weight(e, idx)` (`[n, 1]`
+    /// for the `n` tokens of expert `e`, gathered by `idx`, or every token when `idx` is `None`),
+    /// into place.
+    fn routed_by(
+        &self,
+        h: Tensor<2>,
+        routing: &Routing,
+        weight: impl Fn(usize, Option<Tensor<1, Int>>) -> Tensor<2>,
+    ) -> Tensor<2> {
         let [tokens, hidden] = h.dims();
         let device = h.device();
         let dtype = h.dtype();
         let mut out: Option<Tensor<2>> = None;
-        for (e, (ids, ws)) in routing.per_expert().into_iter().enumerate() {
+        for (e, (ids, _)) in routing.per_expert().into_iter().enumerate() {
             if ids.is_empty() {
                 continue;
             }
             let n = ids.len();
-            let w = Tensor::<1>::from_data(TensorData::new(ws, [n]), (&device, dtype))
-                .unsqueeze_dim::<2>(1);
             if n == tokens {
                 // every token uses this expert: no gather or scatter needed
-                let y = self.experts[e].forward(h.clone()) * w;
+                let y = self.experts[e].forward(h.clone()) * weight(e, None);
                 out = Some(match out {
                     Some(o) => o + y,
                     None => y,
                 });
             } else {
                 let idx = int_tensor(ids, [n], &device);
+                let w = weight(e, Some(idx.clone()));
                 let y = self.experts[e].forward(h.clone().select(0, idx.clone())) * w;
                 let base = out
                     .take()
@@ -319,6 +379,18 @@ impl DynamicFfn {
     /// The two mix weights per token, `[tokens, 2]` (index 0: MoE, index 1: dense).
     pub fn coefficients(&self, h: Tensor<2>) -> Tensor<2> {
         activation::softmax(self.coefficient.forward(h), 1)
+    }
+
+    /// [`forward`](Self::forward) for training: gradients reach the router through the expert
+    /// weights ([`SparseMoeBlock::forward_train`]); returns the output and the router logits
+    /// (`[tokens, experts]`) for the load-balancing loss.
+    pub fn forward_train(&self, h: Tensor<2>) -> Result<(Tensor<2>, Tensor<2>), ReadBackError> {
+        let (m, _, logits) = self.moe.forward_train(h.clone())?;
+        let c = self.coefficients(h.clone());
+        let d = self.mlp.forward(h);
+        let c0 = c.clone().narrow(1, 0, 1);
+        let c1 = c.narrow(1, 1, 1);
+        Ok((c0 * m + c1 * d, logits))
     }
 
     /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns

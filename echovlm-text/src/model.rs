@@ -145,6 +145,7 @@ impl DecoderLayer {
         layer: usize,
         mask: &AttentionMask,
         trace: Option<&mut [RoutingTrace]>,
+        router_logits: Option<&mut Vec<Tensor<2>>>,
     ) -> Result<Tensor<3>, ReadBackError> {
         let [b, s, hidden] = x.dims();
         let a = self.self_attn.forward(
@@ -161,6 +162,13 @@ impl DecoderLayer {
             .reshape([b * s, hidden]);
         let y = match &self.ffn {
             FeedForward::Dense(mlp) => mlp.forward(h),
+            FeedForward::Dynamic(ffn) if router_logits.is_some() => {
+                let (y, logits) = ffn.forward_train(h)?;
+                if let Some(all) = router_logits {
+                    all.push(logits);
+                }
+                y
+            }
             FeedForward::Dynamic(ffn) => {
                 let (y, recorded) = ffn.forward(h, trace.is_some())?;
                 if let (Some(traces), Some((routing, coef))) = (trace, recorded) {
@@ -217,6 +225,9 @@ pub struct DecoderInput<'a> {
     pub logits: Logits,
     /// Also return the hidden state after every layer.
     pub hidden_states: bool,
+    /// Training mode: gradients reach the MoE routers, and the router logits of every MoE
+    /// layer are returned ([`TextOutput::router_logits`]).
+    pub router_logits: bool,
 }
 
 impl<'a> DecoderInput<'a> {
@@ -228,6 +239,7 @@ impl<'a> DecoderInput<'a> {
             valid: None,
             logits: Logits::Last,
             hidden_states: false,
+            router_logits: false,
         }
     }
 
@@ -248,6 +260,13 @@ impl<'a> DecoderInput<'a> {
         self.hidden_states = yes;
         self
     }
+
+    /// Training mode: routes with gradients to the routers and returns the router logits of
+    /// every MoE layer.
+    pub fn router_logits(mut self, yes: bool) -> Self {
+        self.router_logits = yes;
+        self
+    }
 }
 
 /// What one forward pass returns.
@@ -258,6 +277,9 @@ pub struct TextOutput {
     /// With `hidden_states`: the embeddings, the output of every layer but the last, and the
     /// final-normed output of the last layer (transformers' `output_hidden_states`).
     pub hidden_states: Vec<Tensor<3>>,
+    /// With `router_logits`: `[batch·seq, experts]` per MoE layer (padding included), in layer
+    /// order.
+    pub router_logits: Vec<Tensor<2>>,
 }
 
 /// The decoder: token embeddings, layers, final norm and LM head.
@@ -392,6 +414,7 @@ impl TextModel {
             valid,
             logits,
             hidden_states,
+            router_logits,
         } = input;
         let [b, s, _] = embeds.dims();
         if trace.as_ref().is_some_and(|t| t.len() != b) {
@@ -431,11 +454,20 @@ impl TextModel {
 
         let mut x = embeds;
         let mut states = Vec::new();
+        let mut routers = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if hidden_states {
                 states.push(x.clone());
             }
-            x = layer.forward(x, &rope, cache, i, &mask, trace.as_deref_mut())?;
+            x = layer.forward(
+                x,
+                &rope,
+                cache,
+                i,
+                &mask,
+                trace.as_deref_mut(),
+                router_logits.then_some(&mut routers),
+            )?;
         }
         cache.commit(step_valid);
         let out_logits = match logits {
@@ -449,6 +481,7 @@ impl TextModel {
         Ok(TextOutput {
             logits: out_logits,
             hidden_states: states,
+            router_logits: routers,
         })
     }
 

@@ -13,11 +13,13 @@ use crate::chat::ChatTemplate;
 use crate::generate::GenerationOptions;
 use crate::output::Architecture;
 
+mod forward;
 mod load;
 mod prepare;
 mod run;
 mod weights;
 
+pub use forward::SequenceOutput;
 pub use load::LoadOptions;
 pub use prepare::PreparedPrompt;
 pub use run::TextCallback;

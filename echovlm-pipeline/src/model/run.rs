@@ -286,7 +286,7 @@ impl EchoVlm {
     }
 
     /// Encodes images (or videos) with the vision tower, all in one forward pass.
-    fn encode<'a>(
+    pub(super) fn encode<'a>(
         &self,
         items: impl Iterator<Item = &'a PixelValues>,
     ) -> Result<Option<Tensor<2>>, EchoError> {
@@ -310,7 +310,7 @@ impl EchoVlm {
     }
 
     /// Token embeddings with every placeholder row replaced by the next visual feature row.
-    fn merge_embeddings(
+    pub(super) fn merge_embeddings(
         &self,
         ids: &[Vec<u32>],
         images: Option<Tensor<2>>,

@@ -1,0 +1,119 @@
+//! The teacher-forced forward pass over whole sequences: logits at every position and the
+//! router logits of every MoE layer, for training and scoring. The same model code as
+//! generation runs; nothing is cached between calls.
+
+use burn::tensor::Tensor;
+use echovlm_text::{DecoderInput, Logits, rope_index_timed};
+
+use super::{EchoVlm, PreparedPrompt};
+use crate::error::EchoError;
+
+/// What [`EchoVlm::forward_sequences`] returns.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SequenceOutput {
+    /// `[batch, seq, vocab]`: the logits of the token after each position.
+    pub logits: Tensor<3>,
+    /// `[batch·seq, experts]` per MoE layer, in layer order (padding rows included); empty for
+    /// checkpoints without MoE layers.
+    pub router_logits: Vec<Tensor<2>>,
+    /// `[batch][seq]` token ids, right-padded with the pad token.
+    pub ids: Vec<Vec<u32>>,
+    /// `[batch][seq]`: `false` on right padding (the attention mask).
+    pub valid: Vec<Vec<bool>>,
+}
+
+impl EchoVlm {
+    /// Runs whole sequences (prompt and answer alike, as [`PreparedPrompt`]s) in one causal
+    /// pass: right-padded to the longest, visual features injected at their placeholders,
+    /// M-RoPE positions as for generation. Returns the logits at every position and, for
+    /// checkpoints with the dynamic MoE, each layer's router logits, with gradients reaching
+    /// the routers when the weights are on an autodiff device.
+    pub fn forward_sequences(
+        &self,
+        sequences: &[PreparedPrompt],
+    ) -> Result<SequenceOutput, EchoError> {
+        if sequences.is_empty() {
+            return Err(EchoError::InvalidRequest("no sequences to run".into()));
+        }
+        for p in sequences {
+            self.check_prepared(p)?;
+        }
+        let max_len = sequences.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let ids: Vec<Vec<u32>> = sequences
+            .iter()
+            .map(|p| {
+                let mut row = p.ids.clone();
+                row.resize(max_len, self.pad_id);
+                row
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = sequences
+            .iter()
+            .map(|p| {
+                let mut row = vec![true; p.ids.len()];
+                row.resize(max_len, false);
+                row
+            })
+            .collect();
+        let any_padding = sequences.iter().any(|p| p.ids.len() != max_len);
+        let mask = any_padding.then_some(valid.as_slice());
+        let image_grids: Vec<[usize; 3]> = sequences
+            .iter()
+            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
+            .collect();
+        let video_grids: Vec<[usize; 3]> = sequences
+            .iter()
+            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
+            .collect();
+        let image_embeds = self.encode(sequences.iter().flat_map(|p| p.images.iter()))?;
+        let video_embeds = self.encode(sequences.iter().flat_map(|p| p.videos.iter()))?;
+        let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
+        let fps: Vec<f64> = sequences
+            .iter()
+            .flat_map(|p| p.video_fps.iter().copied())
+            .collect();
+        let seconds = self.seconds_per_grid(&fps);
+        let (positions, _) = rope_index_timed(
+            &ids,
+            mask,
+            &image_grids,
+            &video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+            self.video_time(&seconds),
+        )?;
+        let out = self.text.forward(
+            DecoderInput::new(embeds, &positions)
+                .valid(mask)
+                .logits(Logits::All)
+                .router_logits(true),
+            &mut self.text.new_cache().tensor_storage(),
+            None,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| EchoError::InvalidRequest("the decoder returned no logits".into()))?;
+        Ok(SequenceOutput {
+            logits,
+            router_logits: out.router_logits,
+            ids,
+            valid,
+        })
+    }
+
+    /// The decoder, mutably: for fine-tuning (replacing weights, attaching adapters).
+    pub fn text_model_mut(&mut self) -> &mut echovlm_text::TextModel {
+        &mut self.text
+    }
+
+    /// The vision tower, mutably, if the checkpoint has one: for fine-tuning.
+    pub fn vision_model_mut(&mut self) -> Option<&mut echovlm_vision::VisionModel> {
+        self.vision.as_mut()
+    }
+
+    /// The id right padding uses.
+    pub fn pad_token_id(&self) -> u32 {
+        self.pad_id
+    }
+}

@@ -1,0 +1,1 @@
+//! Fine-tuning EchoVLM on Burn's autodiff.
