@@ -36,9 +36,7 @@ pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
 pub use hub::HubId;
-pub use model::{
-    EchoVlm, LoadOptions, PreparedPrompt, SequenceOutput, TextCallback, Weights,
-};
+pub use model::{EchoVlm, LoadOptions, PreparedPrompt, SequenceOutput, TextCallback, Weights};
 pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]
 pub use plot::routing_png;

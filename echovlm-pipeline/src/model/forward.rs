@@ -112,6 +112,17 @@ impl EchoVlm {
         self.vision.as_mut()
     }
 
+    /// The decoder and the vision tower together, mutably: for fine-tuning code that walks
+    /// both.
+    pub fn parts_mut(
+        &mut self,
+    ) -> (
+        &mut echovlm_text::TextModel,
+        Option<&mut echovlm_vision::VisionModel>,
+    ) {
+        (&mut self.text, self.vision.as_mut())
+    }
+
     /// The id right padding uses.
     pub fn pad_token_id(&self) -> u32 {
         self.pad_id

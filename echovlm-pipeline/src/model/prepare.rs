@@ -294,6 +294,7 @@ impl EchoVlm {
 /// with its frame rate when the object records one.
 enum Decoded<'a> {
     Still(std::borrow::Cow<'a, RgbImage>),
+    #[cfg_attr(not(feature = "dicom"), allow(dead_code))]
     Frames(Vec<RgbImage>, Option<f64>),
 }
 

@@ -1,0 +1,57 @@
+//! The training losses: causal-LM cross-entropy on the labelled tokens, and the router
+//! load-balancing loss.
+
+use burn::tensor::{DType, Int, Tensor, TensorData, activation};
+
+/// Label of a position that is not scored (transformers' `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// The shifted causal-LM cross-entropy of transformers: position `t`'s logits predict
+/// `labels[t + 1]`; the mean runs over positions whose next label is not [`IGNORE`].
+///
+/// `logits` is `[batch, seq, vocab]`, `labels` `[batch][seq]`. Returns a one-element tensor
+/// (zero when no position is labelled) and the number of scored positions.
+pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usize) {
+    let [b, s, v] = logits.dims();
+    let device = logits.device();
+    if s < 2 {
+        return (Tensor::zeros([1], (&device, DType::F32)), 0);
+    }
+    let n = b * (s - 1);
+    let mut targets = Vec::with_capacity(n);
+    let mut weights = Vec::with_capacity(n);
+    for row in labels {
+        for &l in &row[1..s.min(row.len())] {
+            let scored = l != IGNORE && l >= 0 && (l as usize) < v;
+            targets.push(if scored { l } else { 0 });
+            weights.push(if scored { 1f32 } else { 0.0 });
+        }
+        for _ in row.len().max(1)..s {
+            targets.push(0);
+            weights.push(0.0);
+        }
+    }
+    let count = weights.iter().filter(|&&w| w > 0.0).count();
+    let shifted = logits.narrow(1, 0, s - 1).reshape([n, v]).cast(DType::F32);
+    let log_probs = activation::log_softmax(shifted, 1);
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    let picked = log_probs.gather(1, idx).reshape([n]);
+    let w = Tensor::<1>::from_data(TensorData::new(weights, [n]), (&device, DType::F32));
+    let total = (picked * w).sum().neg();
+    (total.div_scalar(count.max(1) as f32), count)
+}
+
+/// The Switch/Mixtral load-balancing loss over every MoE layer's router logits (transformers'
+/// `load_balancing_loss_func` with the attention mask), `valid` being `[batch][seq]`.
+pub fn aux_loss(router_logits: &[Tensor<2>], top_k: usize, valid: &[Vec<bool>]) -> Tensor<1> {
+    let device = router_logits[0].device();
+    let b = valid.len();
+    let s = valid.first().map_or(0, Vec::len);
+    let mask: Vec<f32> = valid
+        .iter()
+        .flatten()
+        .map(|&v| if v { 1.0 } else { 0.0 })
+        .collect();
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, s]), (&device, DType::F32));
+    echovlm_moe::load_balancing_loss(router_logits, top_k, Some(mask))
+}

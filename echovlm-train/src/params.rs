@@ -1,0 +1,334 @@
+//! The model's linear layers by their checkpoint names, and the choice of what trains.
+
+use burn::tensor::{Tensor, TensorData};
+use echovlm_core::{Linear, LinearWeight, LoraAdapter};
+use echovlm_pipeline::EchoVlm;
+use echovlm_text::FeedForward;
+use echovlm_vision::VisionMlp;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Every linear layer of the model with its module name in the checkpoint (e.g.
+/// `model.layers.0.self_attn.q_proj`, `visual.merger.mlp.0`); the tensors are
+/// `{name}.weight` and `{name}.bias`. The vision patch embedding and the LM head are left out.
+pub fn named_linears(model: &mut EchoVlm) -> Vec<(String, &mut Linear)> {
+    let mut out: Vec<(String, &mut Linear)> = Vec::new();
+    let (text, vision) = model.parts_mut();
+    if let Some(vision) = vision {
+        for (i, block) in vision.blocks.iter_mut().enumerate() {
+            let p = format!("visual.blocks.{i}");
+            out.push((format!("{p}.attn.qkv"), &mut block.attn.qkv));
+            out.push((format!("{p}.attn.proj"), &mut block.attn.proj));
+            match &mut block.mlp {
+                VisionMlp::Plain { fc1, fc2, .. } => {
+                    out.push((format!("{p}.mlp.fc1"), fc1));
+                    out.push((format!("{p}.mlp.fc2"), fc2));
+                }
+                VisionMlp::Gated {
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                    ..
+                } => {
+                    out.push((format!("{p}.mlp.gate_proj"), gate_proj));
+                    out.push((format!("{p}.mlp.up_proj"), up_proj));
+                    out.push((format!("{p}.mlp.down_proj"), down_proj));
+                }
+                _ => {}
+            }
+        }
+        out.push(("visual.merger.mlp.0".into(), &mut vision.merger.mlp_0));
+        out.push(("visual.merger.mlp.2".into(), &mut vision.merger.mlp_2));
+    }
+    for (i, layer) in text.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        let a = &mut layer.self_attn;
+        out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+        out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+        out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+        out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+        match &mut layer.ffn {
+            FeedForward::Dense(m) => push_mlp(&mut out, format!("{p}.mlp"), m),
+            FeedForward::Dynamic(f) => {
+                push_mlp(&mut out, format!("{p}.mlp"), &mut f.mlp);
+                out.push((format!("{p}.moe.gate"), &mut f.moe.gate));
+                for (e, expert) in f.moe.experts.iter_mut().enumerate() {
+                    push_mlp(&mut out, format!("{p}.moe.experts.{e}"), expert);
+                }
+                push_mlp(
+                    &mut out,
+                    format!("{p}.moe.shared_expert"),
+                    &mut f.moe.shared_expert,
+                );
+                out.push((
+                    format!("{p}.moe.shared_expert_gate"),
+                    &mut f.moe.shared_expert_gate,
+                ));
+                out.push((format!("{p}.coefficient"), &mut f.coefficient));
+            }
+        }
+    }
+    out
+}
+
+fn push_mlp<'a>(
+    out: &mut Vec<(String, &'a mut Linear)>,
+    name: String,
+    m: &'a mut echovlm_moe::Mlp,
+) {
+    out.push((format!("{name}.gate_proj"), &mut m.gate_proj));
+    out.push((format!("{name}.up_proj"), &mut m.up_proj));
+    out.push((format!("{name}.down_proj"), &mut m.down_proj));
+}
+
+/// LoRA settings: which modules get adapters, of what rank and scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank `r`.
+    pub rank: usize,
+    /// `lora_alpha`; the update is scaled by `alpha / r`.
+    pub alpha: f64,
+    /// Module-name suffixes that get adapters, matched at a `.` boundary (PEFT's
+    /// `target_modules`), e.g. `self_attn.q_proj` or `mlp.down_proj`.
+    pub targets: Vec<String>,
+    /// Seed of the initial `lora_A` (uniform in ±1/√d_in, as PEFT's default); `lora_B` starts
+    /// at zero, so a fresh adapter changes nothing.
+    pub seed: u64,
+}
+
+impl LoraConfig {
+    /// Rank `rank`, alpha `2·rank`, on the decoder's attention projections and dense MLP.
+    pub fn new(rank: usize) -> Self {
+        Self {
+            rank,
+            alpha: 2.0 * rank as f64,
+            targets: Self::DECODER_TARGETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            seed: 0,
+        }
+    }
+
+    /// The decoder's attention projections and dense MLP (not the MoE experts).
+    pub const DECODER_TARGETS: [&'static str; 7] = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+
+    /// `alpha / r`.
+    pub fn scaling(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether module `name` gets an adapter.
+    pub fn targets_module(&self, name: &str) -> bool {
+        // decoder MLP targets must not catch the experts' projections of the same name
+        if name.contains(".moe.") {
+            return false;
+        }
+        self.targets
+            .iter()
+            .any(|t| name == t || name.ends_with(&format!(".{t}")))
+    }
+}
+
+/// What trains; everything else is frozen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trainable {
+    /// The MoE blocks (`moe.*`: router, experts, shared expert and its gate) and the mixing
+    /// coefficients (`coefficient.*`), as EchoVLM's authors train them.
+    pub moe: bool,
+    /// The vision merger's MLP (`visual.merger.mlp.*`).
+    pub merger: bool,
+    /// LoRA adapters, if any.
+    pub lora: Option<LoraConfig>,
+    /// Further linear layers trained in full, by module-name substring.
+    pub full: Vec<String>,
+}
+
+impl Default for Trainable {
+    /// The MoE blocks, the coefficients and the merger (EchoVLM's first stage).
+    fn default() -> Self {
+        Self {
+            moe: true,
+            merger: true,
+            lora: None,
+            full: Vec::new(),
+        }
+    }
+}
+
+impl Trainable {
+    /// Whether module `name` is trained in full.
+    pub fn trains_module(&self, name: &str) -> bool {
+        (self.moe && (name.contains(".moe.") || name.ends_with(".coefficient")))
+            || (self.merger && name.starts_with("visual.merger.mlp"))
+            || self.full.iter().any(|f| name.contains(f.as_str()))
+    }
+}
+
+/// Which tensor of a linear layer a trainable parameter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// `{module}.weight`.
+    Weight,
+    /// `{module}.bias`.
+    Bias,
+    /// `{module}.lora_A.weight`.
+    LoraA,
+    /// `{module}.lora_B.weight`.
+    LoraB,
+}
+
+impl Slot {
+    /// The suffix after the module name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Slot::Weight => "weight",
+            Slot::Bias => "bias",
+            Slot::LoraA => "lora_A.weight",
+            Slot::LoraB => "lora_B.weight",
+        }
+    }
+}
+
+/// One trainable tensor: a slot of a named linear layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Param {
+    /// The module name, e.g. `model.layers.0.moe.gate`.
+    pub module: String,
+    /// Which tensor of it.
+    pub slot: Slot,
+}
+
+impl Param {
+    /// The full tensor name, e.g. `model.layers.0.moe.gate.weight` or
+    /// `model.layers.0.self_attn.q_proj.lora_A.weight`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.module, self.slot.suffix())
+    }
+}
+
+/// Reads the tensor of `slot` in `linear` (as a 2-D tensor; biases as `[1, d]`).
+pub(crate) fn get(linear: &Linear, slot: Slot) -> Option<Tensor<2>> {
+    match slot {
+        Slot::Weight => match &linear.weight {
+            LinearWeight::Tensor(t) => Some(t.clone()),
+            LinearWeight::Packed(_) => None,
+        },
+        Slot::Bias => linear.bias.clone().map(|b| b.unsqueeze_dim(0)),
+        Slot::LoraA => linear.lora.as_ref().map(|l| l.lora_a.clone()),
+        Slot::LoraB => linear.lora.as_ref().map(|l| l.lora_b.clone()),
+    }
+}
+
+/// Writes the tensor of `slot` in `linear` (biases given as `[1, d]`).
+pub(crate) fn set(linear: &mut Linear, slot: Slot, t: Tensor<2>) {
+    match slot {
+        Slot::Weight => linear.weight = LinearWeight::Tensor(t),
+        Slot::Bias => {
+            let [_, d] = t.dims();
+            linear.bias = Some(t.reshape([d]));
+        }
+        Slot::LoraA => {
+            if let Some(l) = linear.lora.as_mut() {
+                l.lora_a = t;
+            }
+        }
+        Slot::LoraB => {
+            if let Some(l) = linear.lora.as_mut() {
+                l.lora_b = t;
+            }
+        }
+    }
+}
+
+/// Attaches fresh adapters to the modules `lora` targets and lists every trainable tensor in a
+/// fixed order (vision before decoder, layer by layer, weight before bias, A before B).
+pub(crate) fn select(model: &mut EchoVlm, trainable: &Trainable) -> Result<Vec<Param>, TrainError> {
+    let mut params = Vec::new();
+    let mut rng = trainable
+        .lora
+        .as_ref()
+        .map(|l| ChaCha8Rng::seed_from_u64(l.seed));
+    let mut lora_targets = 0;
+    for (name, linear) in named_linears(model) {
+        if trainable.trains_module(&name) {
+            if matches!(linear.weight, LinearWeight::Packed(_)) {
+                return Err(TrainError::Setup(format!(
+                    "{name}: packed CPU weights cannot train; load the model on an autodiff device"
+                )));
+            }
+            params.push(Param {
+                module: name.clone(),
+                slot: Slot::Weight,
+            });
+            if linear.bias.is_some() {
+                params.push(Param {
+                    module: name.clone(),
+                    slot: Slot::Bias,
+                });
+            }
+        }
+        if let (Some(cfg), Some(rng)) = (trainable.lora.as_ref(), rng.as_mut())
+            && cfg.targets_module(&name)
+        {
+            lora_targets += 1;
+            let (d_in, d_out) = (linear.d_in(), linear.d_out());
+            let device = match &linear.weight {
+                LinearWeight::Tensor(t) => t.device(),
+                LinearWeight::Packed(_) => {
+                    return Err(TrainError::Setup(format!(
+                        "{name}: packed CPU weights cannot carry an adapter while training"
+                    )));
+                }
+            };
+            let bound = 1.0 / (d_in as f32).sqrt();
+            let a: Vec<f32> = (0..cfg.rank * d_in)
+                .map(|_| {
+                    let u = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+                    (2.0 * u - 1.0) * bound
+                })
+                .collect();
+            linear.lora = Some(LoraAdapter {
+                lora_a: Tensor::from_data(TensorData::new(a, [cfg.rank, d_in]), &device),
+                lora_b: Tensor::zeros([d_out, cfg.rank], &device),
+                scaling: cfg.scaling(),
+            });
+            params.push(Param {
+                module: name.clone(),
+                slot: Slot::LoraA,
+            });
+            params.push(Param {
+                module: name,
+                slot: Slot::LoraB,
+            });
+        }
+    }
+    if let Some(cfg) = &trainable.lora {
+        if cfg.rank == 0 {
+            return Err(TrainError::Setup("LoRA rank 0".into()));
+        }
+        if lora_targets == 0 {
+            return Err(TrainError::Setup(format!(
+                "no module matches the LoRA targets {:?}",
+                cfg.targets
+            )));
+        }
+    }
+    if params.is_empty() {
+        return Err(TrainError::Setup(
+            "nothing to train: the checkpoint has no module the selection names".into(),
+        ));
+    }
+    Ok(params)
+}
