@@ -34,6 +34,7 @@
 
 mod data;
 mod error;
+mod init;
 mod loss;
 mod optim;
 mod params;
@@ -42,6 +43,7 @@ mod trainer;
 
 pub use data::{TURN_END, TrainSample, encode_sample, epoch_order};
 pub use error::TrainError;
+pub use init::{ModelSize, init_checkpoint};
 pub use loss::{IGNORE, aux_loss, causal_lm_loss};
 pub use optim::OptimConfig;
 pub use params::{LoraConfig, Param, Slot, Trainable, named_linears};

@@ -13,11 +13,14 @@ use crate::error::TrainError;
 
 /// Every linear layer of the model with its module name in the checkpoint (e.g.
 /// `model.layers.0.self_attn.q_proj`, `visual.merger.mlp.0`); the tensors are
-/// `{name}.weight` and `{name}.bias`. The vision patch embedding and the LM head are left out.
+/// `{name}.weight` and `{name}.bias`. The vision patch embedding (`visual.patch_embed.proj`,
+/// a Conv3d stored `[embed, 3, 2, 14, 14]`, held as its `[embed, 1176]` matrix) and an untied
+/// LM head (`lm_head`) are included; token embeddings and norms are not linear layers.
 pub fn named_linears(model: &mut EchoVlm) -> Vec<(String, &mut Linear)> {
     let mut out: Vec<(String, &mut Linear)> = Vec::new();
     let (text, vision) = model.parts_mut();
     if let Some(vision) = vision {
+        out.push(("visual.patch_embed.proj".into(), &mut vision.patch_embed));
         for (i, block) in vision.blocks.iter_mut().enumerate() {
             let p = format!("visual.blocks.{i}");
             out.push((format!("{p}.attn.qkv"), &mut block.attn.qkv));
@@ -43,6 +46,7 @@ pub fn named_linears(model: &mut EchoVlm) -> Vec<(String, &mut Linear)> {
         out.push(("visual.merger.mlp.0".into(), &mut vision.merger.mlp_0));
         out.push(("visual.merger.mlp.2".into(), &mut vision.merger.mlp_2));
     }
+    let tied = text.config.tie_word_embeddings;
     for (i, layer) in text.layers.iter_mut().enumerate() {
         let p = format!("model.layers.{i}");
         let a = &mut layer.self_attn;
@@ -70,6 +74,9 @@ pub fn named_linears(model: &mut EchoVlm) -> Vec<(String, &mut Linear)> {
                 out.push((format!("{p}.coefficient"), &mut f.coefficient));
             }
         }
+    }
+    if !tied {
+        out.push(("lm_head".into(), &mut text.lm_head));
     }
     out
 }
@@ -168,6 +175,17 @@ impl Default for Trainable {
 }
 
 impl Trainable {
+    /// Every linear layer (vision, merger, decoder, MoE, coefficients, an untied LM head):
+    /// training a model from scratch. Token embeddings and norms stay as they are.
+    pub fn all() -> Self {
+        Self {
+            moe: true,
+            merger: true,
+            lora: None,
+            full: vec![String::new()],
+        }
+    }
+
     /// Whether module `name` is trained in full.
     pub fn trains_module(&self, name: &str) -> bool {
         (self.moe && (name.contains(".moe.") || name.ends_with(".coefficient")))
