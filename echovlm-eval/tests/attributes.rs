@@ -1,7 +1,9 @@
 //! Per-attribute accuracy on phantom reports, from hand-made answers (no model needed).
 
 use echovlm_eval::{AttributeAccuracy, AttributeCount, Attributes, attribute_accuracy};
-use echovlm_phantom::{Echogenicity, Horizontal, Lang, Lesion, Margin, SizeClass, Vertical, report};
+use echovlm_phantom::{
+    Echogenicity, Horizontal, Lang, Lesion, Margin, SizeClass, Vertical, report,
+};
 
 fn lesion() -> Attributes {
     Attributes {
@@ -85,7 +87,11 @@ fn the_json_holds_counts_and_a_0_100_accuracy() {
     let a = lesion();
     let hyp = report(&a, Lang::En).replace("irregular", "smooth");
     acc.add(&echovlm_eval::score_attributes(&a, &hyp, Lang::En));
-    acc.add(&echovlm_eval::score_attributes(&a, &report(&a, Lang::En), Lang::En));
+    acc.add(&echovlm_eval::score_attributes(
+        &a,
+        &report(&a, Lang::En),
+        Lang::En,
+    ));
     let v = serde_json::to_value(acc).unwrap();
     assert_eq!(v["samples"], 2);
     assert_eq!(v["margin"]["correct"], 1);

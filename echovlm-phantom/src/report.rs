@@ -89,8 +89,13 @@ pub fn report(attrs: &Attributes, lang: Lang) -> String {
             };
             let mut capital = echo.to_string();
             capital[..1].make_ascii_uppercase();
+            let margin_article = if l.margin == Margin::Irregular {
+                "an"
+            } else {
+                "a"
+            };
             format!(
-                "Findings: The organ shows {article} {echo} lesion in the {} {} region, about {} cm ({}), with a {} margin. Impression: {capital} lesion, {}, {} margin.",
+                "Findings: The organ shows {article} {echo} lesion in the {} {} region, about {} cm ({}), with {margin_article} {} margin. Impression: {capital} lesion, {}, {} margin.",
                 l.vertical,
                 l.horizontal,
                 cm(l.diameter_mm),

@@ -45,6 +45,11 @@ fn the_templates_read_as_documented() {
     assert!(text.contains("shows an anechoic lesion"), "{text}");
     assert!(text.contains("about 0.5 cm (medium)"), "{text}");
     assert!(text.contains("Impression: Anechoic lesion"), "{text}");
+    if let Some(l) = an.lesion.as_mut() {
+        l.margin = Margin::Irregular;
+    }
+    let text = report(&an, Lang::En);
+    assert!(text.contains("with an irregular margin."), "{text}");
     assert_eq!(
         prompt(Lang::En),
         "Describe this ultrasound image and give the findings and the impression."
