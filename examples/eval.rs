@@ -7,7 +7,10 @@
 //!
 //! Sample lines: `{"images": ["a.png", ...], "task": "report" | "prompt": "...",
 //! "reference": "...", "lang": "zh" | "en", "options": ["...", ...]}`; image paths are relative
-//! to the JSONL file. Score-only lines: `{"reference": "...", "hypothesis": "...", "lang": "zh"}`.
+//! to the JSONL file. Phantom samples (`cargo run --example phantoms`) also carry `"attributes"`;
+//! their answers are then scored per attribute (lesion present, echogenicity, position, size,
+//! margin) in the summary's `attributes`.
+//! Score-only lines: `{"reference": "...", "hypothesis": "...", "lang": "zh"}`.
 //! Without `--model` and `--data` it runs the demo checkpoint on `fixtures/eval/demo.jsonl`.
 
 use std::io::IsTerminal;
@@ -121,8 +124,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let (corpus, accuracy) = (report.corpus, report.accuracy);
-    let summary = serde_json::json!({
+    let (corpus, accuracy, attributes) = (report.corpus, report.accuracy, report.attributes);
+    let mut summary = serde_json::json!({
         "model": model_dir,
         "data": data,
         "corpus": report.corpus,
@@ -130,6 +133,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "choice_samples": report.choice_samples,
         "samples": report.samples,
     });
+    // per-attribute accuracy, only when the data has phantom samples
+    if let Some(a) = &attributes {
+        summary["attributes"] = serde_json::to_value(a)?;
+    }
     let json_path = cli.out.with_extension("json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)
         .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
@@ -139,9 +146,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     report
         .write_csv(std::io::BufWriter::new(csv))
         .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
-    println!(
-        "{}",
-        serde_json::json!({"corpus": corpus, "accuracy": accuracy, "json": json_path, "csv": csv_path})
-    );
+    let mut printed = serde_json::json!({"corpus": corpus, "accuracy": accuracy, "json": json_path, "csv": csv_path});
+    if let Some(a) = &attributes {
+        printed["attributes"] = serde_json::to_value(a)?;
+    }
+    println!("{printed}");
     Ok(())
 }

@@ -35,6 +35,10 @@
 //! * **Scale**: every score this module returns is on a 0-100 scale, like
 //!   sacrebleu: BLEU and its precisions, ROUGE precision/recall/F1 (rouge-score's
 //!   0-1 values times 100) and accuracy. Only the brevity penalty is 0-1.
+//! * **Attribute accuracy** on synthetic phantoms (`echovlm-phantom`): a sample that carries
+//!   the phantom's `attributes` has its answer read back with `echovlm_phantom::parse_report`,
+//!   and each attribute (lesion present, echogenicity, position, size, margin) is counted right
+//!   or wrong ([`attribute_accuracy`], [`AttributeAccuracy`]).
 //!
 //! Behaviour of the reference tools kept on purpose, so that the numbers stay
 //! comparable:
@@ -63,6 +67,7 @@
 //! the Python way.
 
 mod accuracy;
+mod attributes;
 mod bleu;
 mod report;
 mod rouge;
@@ -72,10 +77,13 @@ mod tokenize;
 pub mod runner;
 
 pub use accuracy::{accuracy, choice_accuracy, extract_option_letter, normalize_answer};
+pub use attributes::{AttributeAccuracy, AttributeCount, attribute_accuracy, score_attributes};
 pub use bleu::{
     BleuOptions, BleuScore, BleuStats, BleuTokenizer, MAX_BLEU_ORDER, Smoothing, corpus_bleu,
     corpus_bleu_multi, segment_stats, sentence_bleu, sentence_bleu_multi,
 };
+/// The phantom attributes and scores the per-attribute accuracy is built from.
+pub use echovlm_phantom::{AttributeScores, Attributes};
 pub use report::{
     ReportAccumulator, ReportOptions, ReportScores, ScoreReport, score_corpus, score_corpus_with,
     score_jsonl,

@@ -4,7 +4,10 @@
 //! "reference": "...", "lang": "zh" | "en", "options": ["...", ...]}`; image paths are
 //! relative to the JSONL file. Samples with `options` (or task `diagnosis` / `choice`) are also
 //! scored for accuracy: the option letter of the answer against that of the reference, or the
-//! normalised answers when either has no letter.
+//! normalised answers when either has no letter. Samples of synthetic phantoms (written by
+//! `echovlm_phantom::write_dataset`) also carry `"attributes": {"lesion": {...} | null}`; their
+//! answers are read back and scored per attribute ([`EvalReport::attributes`]). Other keys are
+//! ignored.
 //!
 //! ```no_run
 //! use echovlm_eval::runner::{evaluate, read_samples};
@@ -24,8 +27,9 @@ use echovlm_pipeline::{EchoError, EchoVlm, GenerationOptions, Lang, Request, Tas
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BleuOptions, Language, ReportAccumulator, ReportOptions, ReportScores, Smoothing,
-    extract_option_letter, normalize_answer, rouge_all, sentence_bleu,
+    AttributeAccuracy, AttributeScores, Attributes, BleuOptions, Language, ReportAccumulator,
+    ReportOptions, ReportScores, Smoothing, extract_option_letter, normalize_answer, rouge_all,
+    score_attributes, sentence_bleu,
 };
 
 /// Errors of the evaluation runner.
@@ -83,6 +87,10 @@ pub struct Sample {
     /// Answer options of a choice / diagnosis sample.
     #[serde(default)]
     pub options: Vec<String>,
+    /// The attributes of a synthetic phantom the sample shows: its answer is then also scored
+    /// per attribute.
+    #[serde(default)]
+    pub attributes: Option<Attributes>,
 }
 
 impl Sample {
@@ -101,7 +109,14 @@ impl Sample {
             reference: reference.into(),
             lang: Some(lang_code(lang).to_string()),
             options: Vec::new(),
+            attributes: None,
         }
+    }
+
+    /// This sample, showing a phantom with `attributes`.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = Some(attributes);
+        self
     }
 
     fn langs(&self) -> (Lang, Language) {
@@ -206,6 +221,9 @@ pub struct SampleScores {
     pub rouge_l: f64,
     /// For choice / diagnosis samples, whether the answer is right.
     pub correct: Option<bool>,
+    /// For phantom samples, which attributes the answer gets right (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<AttributeScores>,
     /// Tokens generated.
     pub generated_tokens: usize,
 }
@@ -220,12 +238,16 @@ pub struct EvalReport {
     pub accuracy: Option<f64>,
     /// Number of choice / diagnosis samples.
     pub choice_samples: usize,
+    /// Per-attribute accuracy over the phantom samples, `None` (and absent from the JSON) when
+    /// there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<AttributeAccuracy>,
     /// Per-sample scores, in input order.
     pub samples: Vec<SampleScores>,
 }
 
-/// Scores one hypothesis against its sample's reference (BLEU, ROUGE and, for samples with
-/// options, accuracy).
+/// Scores one hypothesis against its sample's reference (BLEU, ROUGE, for samples with
+/// options accuracy, and for phantom samples the attributes it gets right).
 pub fn score_sample(sample: &Sample, hypothesis: &str, generated_tokens: usize) -> SampleScores {
     let lang = sample.langs().1;
     let hyp = hypothesis.trim();
@@ -251,6 +273,13 @@ pub fn score_sample(sample: &Sample, hypothesis: &str, generated_tokens: usize) 
         rouge2: rouge.rouge2.f1,
         rouge_l: rouge.rouge_l.f1,
         correct,
+        attributes: sample.attributes.as_ref().map(|a| {
+            let lang = match lang {
+                Language::English => echovlm_phantom::Lang::En,
+                Language::Chinese => echovlm_phantom::Lang::Zh,
+            };
+            score_attributes(a, hyp, lang)
+        }),
         generated_tokens,
     }
 }
@@ -259,6 +288,7 @@ pub fn score_sample(sample: &Sample, hypothesis: &str, generated_tokens: usize) 
 pub fn summarize(samples: Vec<SampleScores>) -> EvalReport {
     let mut acc = ReportAccumulator::new(Smoothing::Exp);
     let (mut total, mut right) = (0usize, 0usize);
+    let mut attributes = AttributeAccuracy::new();
     for s in &samples {
         let lang = Language::from_code(s.lang).unwrap_or(Language::Chinese);
         acc.add(
@@ -270,11 +300,15 @@ pub fn summarize(samples: Vec<SampleScores>) -> EvalReport {
             total += 1;
             right += usize::from(c);
         }
+        if let Some(a) = &s.attributes {
+            attributes.add(a);
+        }
     }
     EvalReport {
         corpus: acc.scores(),
         accuracy: (total > 0).then(|| 100.0 * right as f64 / total as f64),
         choice_samples: total,
+        attributes: (attributes.samples > 0).then_some(attributes),
         samples,
     }
 }

@@ -1,0 +1,147 @@
+//! Writing phantoms as PNGs plus a JSONL of evaluation samples.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::PhantomError;
+use crate::attributes::{Attributes, Lang};
+use crate::render::{MAX_SIZE, MIN_SIZE, render};
+use crate::report::{prompt, report};
+
+/// One JSONL line of a phantom dataset: a sample of `echovlm-eval`'s runner
+/// (`images`, `prompt`, `reference`, `lang`) plus the phantom's `seed` and `attributes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetLine {
+    /// The image, relative to the JSONL file: `<name>/<seed>.png`.
+    pub images: Vec<String>,
+    /// The question ([`prompt`]).
+    pub prompt: String,
+    /// The canonical report ([`report`]).
+    pub reference: String,
+    /// The language of prompt and reference.
+    pub lang: Lang,
+    /// The phantom's seed.
+    pub seed: u64,
+    /// The phantom's attributes.
+    pub attributes: Attributes,
+}
+
+/// Encodes an image as an 8-bit greyscale PNG (the phantoms are grey, so the red channel is the
+/// image), with the best compression.
+///
+/// # Errors
+/// The encoder's error.
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let gray: Vec<u8> = image.pixels().map(|p| p.0[0]).collect();
+    let mut out = Vec::new();
+    PngEncoder::new_with_quality(&mut out, CompressionType::Best, FilterType::Adaptive)
+        .write_image(&gray, image.width(), image.height(), ExtendedColorType::L8)?;
+    Ok(out)
+}
+
+/// Writes phantoms `seeds` (attributes from [`Attributes::from_seed`]) as
+/// `dir/<name>/<seed>.png` (`size` x `size`, 8-bit grey) and `dir/<name>.jsonl` with one
+/// [`DatasetLine`] per seed and language, in that order. Returns the JSONL's path.
+///
+/// # Errors
+/// [`PhantomError::InvalidName`] for a `name` that is not one plain path component,
+/// [`PhantomError::Size`] for `size` outside [`MIN_SIZE`]..=[`MAX_SIZE`],
+/// [`PhantomError::NoLanguage`] for empty `langs`, [`PhantomError::Io`] when a file cannot be
+/// written.
+pub fn write_dataset(
+    dir: &Path,
+    name: &str,
+    seeds: Range<u64>,
+    langs: &[Lang],
+    size: u32,
+) -> Result<PathBuf, PhantomError> {
+    write(dir, name, seeds, langs, size, false)
+}
+
+/// Like [`write_dataset`], but one line per seed: seed `s` is asked in `langs[s % langs.len()]`
+/// (with `[En, Zh]`, English for even seeds and Chinese for odd ones).
+///
+/// # Errors
+/// As [`write_dataset`].
+pub fn write_dataset_alternating(
+    dir: &Path,
+    name: &str,
+    seeds: Range<u64>,
+    langs: &[Lang],
+    size: u32,
+) -> Result<PathBuf, PhantomError> {
+    write(dir, name, seeds, langs, size, true)
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(parts.next(), Some(Component::Normal(_)))
+        && parts.next().is_none()
+        && !name.contains(['/', '\\', '\0'])
+}
+
+fn write(
+    dir: &Path,
+    name: &str,
+    seeds: Range<u64>,
+    langs: &[Lang],
+    size: u32,
+    alternate: bool,
+) -> Result<PathBuf, PhantomError> {
+    if !valid_name(name) {
+        return Err(PhantomError::InvalidName {
+            name: name.to_string(),
+        });
+    }
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        return Err(PhantomError::Size { size });
+    }
+    if langs.is_empty() {
+        return Err(PhantomError::NoLanguage);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PhantomError::Io { path, source }
+    };
+    let image_dir = dir.join(name);
+    std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let jsonl = dir.join(format!("{name}.jsonl"));
+    let file = std::fs::File::create(&jsonl).map_err(io(&jsonl))?;
+    let mut out = std::io::BufWriter::new(file);
+    for seed in seeds {
+        let attributes = Attributes::from_seed(seed);
+        let png_path = image_dir.join(format!("{seed}.png"));
+        let png =
+            encode_png(&render(seed, &attributes, size)).map_err(|source| PhantomError::Image {
+                path: png_path.clone(),
+                source,
+            })?;
+        std::fs::write(&png_path, png).map_err(io(&png_path))?;
+        let chosen: Vec<Lang> = if alternate {
+            // the length fits in u64 on every platform Rust supports
+            let i = (seed % langs.len() as u64) as usize;
+            vec![langs[i]]
+        } else {
+            langs.to_vec()
+        };
+        for lang in chosen {
+            let line = DatasetLine {
+                images: vec![format!("{name}/{seed}.png")],
+                prompt: prompt(lang).to_string(),
+                reference: report(&attributes, lang),
+                lang,
+                seed,
+                attributes,
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n").map_err(io(&jsonl))?;
+        }
+    }
+    out.flush().map_err(io(&jsonl))?;
+    Ok(jsonl)
+}
