@@ -195,7 +195,10 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     let (mut trainer, progress) = if cli.resume {
         Trainer::resume(model, config, &state_dir)?
     } else {
-        (Trainer::new(model, config)?, serde_json::json!({"epoch": 0, "next": 0}))
+        (
+            Trainer::new(model, config)?,
+            serde_json::json!({"epoch": 0, "next": 0}),
+        )
     };
     let mut epoch = progress["epoch"].as_u64().unwrap_or(0) as usize;
     let mut next = progress["next"].as_u64().unwrap_or(0) as usize;
@@ -259,9 +262,16 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
                 rate
             ));
             bar.inc(1);
-            writeln!(log, "{}", serde_json::json!({"epoch": epoch + 1, "stats": stats}))?;
+            writeln!(
+                log,
+                "{}",
+                serde_json::json!({"epoch": epoch + 1, "stats": stats})
+            )?;
             if cli.save_every > 0 && stats.step % cli.save_every == 0 {
-                trainer.save_state(&state_dir, &serde_json::json!({"epoch": epoch, "next": next}))?;
+                trainer.save_state(
+                    &state_dir,
+                    &serde_json::json!({"epoch": epoch, "next": next}),
+                )?;
             }
         }
         epoch += 1;
@@ -284,7 +294,9 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
 
 fn encode_all(model: &EchoVlm, samples: &[Sample]) -> Result<Vec<TrainSample>, BoxError> {
     let bar = ProgressBar::new(samples.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} samples prepared")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} samples prepared",
+    )?);
     let mut out = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
         let request = s.request()?;
@@ -319,7 +331,10 @@ fn validate(model_dir: &Path, val: &[Sample], epoch: usize, cli: &Cli) -> Result
         report
             .attributes
             .as_ref()
-            .map(|a| format!("  attributes {}", serde_json::to_string(a).unwrap_or_default()))
+            .map(|a| format!(
+                "  attributes {}",
+                serde_json::to_string(a).unwrap_or_default()
+            ))
             .unwrap_or_default(),
         path.display()
     );

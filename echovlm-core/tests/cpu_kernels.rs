@@ -199,8 +199,7 @@ fn active_kernel_reports_the_forced_path() {
 fn fastest_at_most(wanted: Kernel) -> Kernel {
     Kernel::ALL
         .into_iter()
-        .filter(|&k| k <= wanted && k.is_supported())
-        .next_back()
+        .rfind(|&k| k <= wanted && k.is_supported())
         .unwrap_or(Kernel::Portable)
 }
 

@@ -149,7 +149,11 @@ pub fn init_checkpoint(
         }
     }
     write_json(&out.join("generation_config.json"), &generation)?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.json"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.json",
+    ] {
         let from = template.join(name);
         if from.is_file() {
             std::fs::copy(&from, out.join(name)).map_err(|e| TrainError::io(&from, e))?;
@@ -190,10 +194,22 @@ pub fn init_checkpoint(
     let m = 4 * ve;
     add("visual.merger.ln_q.weight".into(), vec![ve], ones(ve));
     add("visual.merger.ln_q.bias".into(), vec![ve], zeros(ve));
-    add("visual.merger.mlp.0.weight".into(), vec![m, m], normal(vec![m, m]));
+    add(
+        "visual.merger.mlp.0.weight".into(),
+        vec![m, m],
+        normal(vec![m, m]),
+    );
     add("visual.merger.mlp.0.bias".into(), vec![m], zeros(m));
-    add("visual.merger.mlp.2.weight".into(), vec![s.hidden, m], normal(vec![s.hidden, m]));
-    add("visual.merger.mlp.2.bias".into(), vec![s.hidden], zeros(s.hidden));
+    add(
+        "visual.merger.mlp.2.weight".into(),
+        vec![s.hidden, m],
+        normal(vec![s.hidden, m]),
+    );
+    add(
+        "visual.merger.mlp.2.bias".into(),
+        vec![s.hidden],
+        zeros(s.hidden),
+    );
 
     let (h, hd) = (s.hidden, s.hidden / s.heads);
     add(
@@ -204,13 +220,21 @@ pub fn init_checkpoint(
     for l in 0..s.layers {
         let p = format!("model.layers.{l}");
         add(format!("{p}.input_layernorm.weight"), vec![h], ones(h));
-        add(format!("{p}.post_attention_layernorm.weight"), vec![h], ones(h));
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            ones(h),
+        );
         for (n, o, bias) in [
             ("q_proj", s.heads * hd, true),
             ("k_proj", s.kv_heads * hd, true),
             ("v_proj", s.kv_heads * hd, true),
         ] {
-            add(format!("{p}.self_attn.{n}.weight"), vec![o, h], normal(vec![o, h]));
+            add(
+                format!("{p}.self_attn.{n}.weight"),
+                vec![o, h],
+                normal(vec![o, h]),
+            );
             if bias {
                 add(format!("{p}.self_attn.{n}.bias"), vec![o], zeros(o));
             }
@@ -221,22 +245,50 @@ pub fn init_checkpoint(
             normal(vec![h, s.heads * hd]),
         );
         let mut mlp = |prefix: String, width: usize| {
-            add(format!("{prefix}.gate_proj.weight"), vec![width, h], normal(vec![width, h]));
-            add(format!("{prefix}.up_proj.weight"), vec![width, h], normal(vec![width, h]));
-            add(format!("{prefix}.down_proj.weight"), vec![h, width], normal(vec![h, width]));
+            add(
+                format!("{prefix}.gate_proj.weight"),
+                vec![width, h],
+                normal(vec![width, h]),
+            );
+            add(
+                format!("{prefix}.up_proj.weight"),
+                vec![width, h],
+                normal(vec![width, h]),
+            );
+            add(
+                format!("{prefix}.down_proj.weight"),
+                vec![h, width],
+                normal(vec![h, width]),
+            );
         };
         mlp(format!("{p}.mlp"), s.intermediate);
         for e in 0..s.experts {
             mlp(format!("{p}.moe.experts.{e}"), s.expert_intermediate);
         }
         mlp(format!("{p}.moe.shared_expert"), s.shared_intermediate);
-        add(format!("{p}.moe.gate.weight"), vec![s.experts, h], normal(vec![s.experts, h]));
-        add(format!("{p}.moe.shared_expert_gate.weight"), vec![1, h], normal(vec![1, h]));
-        add(format!("{p}.coefficient.weight"), vec![2, h], normal(vec![2, h]));
+        add(
+            format!("{p}.moe.gate.weight"),
+            vec![s.experts, h],
+            normal(vec![s.experts, h]),
+        );
+        add(
+            format!("{p}.moe.shared_expert_gate.weight"),
+            vec![1, h],
+            normal(vec![1, h]),
+        );
+        add(
+            format!("{p}.coefficient.weight"),
+            vec![2, h],
+            normal(vec![2, h]),
+        );
         add(format!("{p}.coefficient.bias"), vec![2], zeros(2));
     }
     add("model.norm.weight".into(), vec![h], ones(h));
-    add("lm_head.weight".into(), vec![vocab, h], normal(vec![vocab, h]));
+    add(
+        "lm_head.weight".into(),
+        vec![vocab, h],
+        normal(vec![vocab, h]),
+    );
 
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
