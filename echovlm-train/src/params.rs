@@ -3,92 +3,16 @@
 use burn::tensor::{Tensor, TensorData};
 use echovlm_core::{Linear, LinearWeight, LoraAdapter};
 use echovlm_pipeline::EchoVlm;
-use echovlm_text::FeedForward;
-use echovlm_vision::VisionMlp;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
-/// Every linear layer of the model with its module name in the checkpoint (e.g.
-/// `model.layers.0.self_attn.q_proj`, `visual.merger.mlp.0`); the tensors are
-/// `{name}.weight` and `{name}.bias`. The vision patch embedding (`visual.patch_embed.proj`,
-/// a Conv3d stored `[embed, 3, 2, 14, 14]`, held as its `[embed, 1176]` matrix) and an untied
-/// LM head (`lm_head`) are included; token embeddings and norms are not linear layers.
+/// Every linear layer of the model with its checkpoint module name
+/// ([`EchoVlm::named_linears_mut`]).
 pub fn named_linears(model: &mut EchoVlm) -> Vec<(String, &mut Linear)> {
-    let mut out: Vec<(String, &mut Linear)> = Vec::new();
-    let (text, vision) = model.parts_mut();
-    if let Some(vision) = vision {
-        out.push(("visual.patch_embed.proj".into(), &mut vision.patch_embed));
-        for (i, block) in vision.blocks.iter_mut().enumerate() {
-            let p = format!("visual.blocks.{i}");
-            out.push((format!("{p}.attn.qkv"), &mut block.attn.qkv));
-            out.push((format!("{p}.attn.proj"), &mut block.attn.proj));
-            match &mut block.mlp {
-                VisionMlp::Plain { fc1, fc2, .. } => {
-                    out.push((format!("{p}.mlp.fc1"), fc1));
-                    out.push((format!("{p}.mlp.fc2"), fc2));
-                }
-                VisionMlp::Gated {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                    ..
-                } => {
-                    out.push((format!("{p}.mlp.gate_proj"), gate_proj));
-                    out.push((format!("{p}.mlp.up_proj"), up_proj));
-                    out.push((format!("{p}.mlp.down_proj"), down_proj));
-                }
-                _ => {}
-            }
-        }
-        out.push(("visual.merger.mlp.0".into(), &mut vision.merger.mlp_0));
-        out.push(("visual.merger.mlp.2".into(), &mut vision.merger.mlp_2));
-    }
-    let tied = text.config.tie_word_embeddings;
-    for (i, layer) in text.layers.iter_mut().enumerate() {
-        let p = format!("model.layers.{i}");
-        let a = &mut layer.self_attn;
-        out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-        out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-        out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-        out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-        match &mut layer.ffn {
-            FeedForward::Dense(m) => push_mlp(&mut out, format!("{p}.mlp"), m),
-            FeedForward::Dynamic(f) => {
-                push_mlp(&mut out, format!("{p}.mlp"), &mut f.mlp);
-                out.push((format!("{p}.moe.gate"), &mut f.moe.gate));
-                for (e, expert) in f.moe.experts.iter_mut().enumerate() {
-                    push_mlp(&mut out, format!("{p}.moe.experts.{e}"), expert);
-                }
-                push_mlp(
-                    &mut out,
-                    format!("{p}.moe.shared_expert"),
-                    &mut f.moe.shared_expert,
-                );
-                out.push((
-                    format!("{p}.moe.shared_expert_gate"),
-                    &mut f.moe.shared_expert_gate,
-                ));
-                out.push((format!("{p}.coefficient"), &mut f.coefficient));
-            }
-        }
-    }
-    if !tied {
-        out.push(("lm_head".into(), &mut text.lm_head));
-    }
-    out
-}
-
-fn push_mlp<'a>(
-    out: &mut Vec<(String, &'a mut Linear)>,
-    name: String,
-    m: &'a mut echovlm_moe::Mlp,
-) {
-    out.push((format!("{name}.gate_proj"), &mut m.gate_proj));
-    out.push((format!("{name}.up_proj"), &mut m.up_proj));
-    out.push((format!("{name}.down_proj"), &mut m.down_proj));
+    model.named_linears_mut()
 }
 
 /// LoRA settings: which modules get adapters, of what rank and scale.

@@ -1,6 +1,6 @@
 //! Loading a checkpoint directory into an [`EchoVlm`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
 use echovlm_core::{Checkpoint, LinearOptions, LoadError, load_counted};
@@ -39,6 +39,10 @@ pub struct LoadOptions {
     /// machine's physical cores. The thread pool is sized by the first load of the process;
     /// a later load that asks for another count is an error.
     pub threads: Option<usize>,
+    /// A PEFT-style LoRA adapter directory applied over the checkpoint after loading
+    /// (`adapter_config.json`, `adapter_model.safetensors`; see [`EchoVlm::named_linears_mut`]
+    /// for the module names).
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +52,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             weights: Weights::Auto,
             threads: None,
+            adapter: None,
         }
     }
 }
@@ -80,6 +85,13 @@ impl LoadOptions {
     /// Sets the number of CPU threads (`None`: the default, see [`LoadOptions::threads`]).
     pub fn threads(mut self, threads: Option<usize>) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// Applies a LoRA adapter directory (as written by PEFT or `echovlm-train`) over the
+    /// checkpoint.
+    pub fn adapter(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.adapter = Some(dir.into());
         self
     }
 }
@@ -160,7 +172,11 @@ impl EchoVlm {
     /// `tokenizer.json`, the chat template (`chat_template.json` or `tokenizer_config.json`),
     /// and, if present, `preprocessor_config.json` and `generation_config.json`.
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, EchoError> {
-        Self::load_dir(dir.as_ref(), options)
+        let mut model = Self::load_dir(dir.as_ref(), options)?;
+        if let Some(adapter) = &options.adapter {
+            model.apply_adapter(adapter)?;
+        }
+        Ok(model)
     }
 
     /// Loads a checkpoint from the Hugging Face Hub: `id` is `org/name` or

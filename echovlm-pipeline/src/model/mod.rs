@@ -13,6 +13,7 @@ use crate::chat::ChatTemplate;
 use crate::generate::GenerationOptions;
 use crate::output::Architecture;
 
+mod adapter;
 mod forward;
 mod load;
 mod prepare;
