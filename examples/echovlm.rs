@@ -3,8 +3,9 @@
 //! Run with: `cargo run --release --example echovlm -- --model DIR --image frame.png --task report`
 //! (`--model org/name[@revision]` loads a checkpoint from the Hugging Face Hub instead).
 //!
-//! Without `--model` it runs the demo checkpoint shipped in `fixtures/` (random weights, so
-//! the text is meaningless) on a synthetic ultrasound frame, exercising the whole path.
+//! Without `--model` it runs the demo model shipped in `fixtures/models/echovlm-demo` (a small
+//! EchoVLM trained on synthetic ultrasound phantoms by the `finetune` example) on a held-out
+//! phantom, exercising the whole path.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -92,6 +93,10 @@ struct Cli {
     /// Threads of the CPU path (default: RAYON_NUM_THREADS when set, else the physical cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// A LoRA adapter directory (PEFT layout, or written by the finetune example) applied over
+    /// the checkpoint.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
@@ -147,6 +152,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The held-out phantom the demo describes (seed 1000000, never trained on; its true report is
+/// the first line of `fixtures/phantoms/heldout.jsonl`).
+const DEMO_PHANTOM: &str = "phantoms/heldout/1000000.png";
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
@@ -183,8 +192,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let demo = cli.model.is_none();
     let (model_dir, label) = match cli.model.as_deref() {
         None => (
-            fixtures().join("models/tiny-echovlm"),
-            "tiny-echovlm".to_string(),
+            fixtures().join("models/echovlm-demo"),
+            "echovlm-demo".to_string(),
         ),
         Some(m) => match HubId::from_model_arg(m) {
             Some(id) => {
@@ -203,13 +212,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut images = cli.images.clone();
     if demo {
         eprintln!(
-            "note: no --model given; running the built-in demo checkpoint ({}). Its weights are \
-             random, so the text is meaningless; pass --model DIR with a downloaded EchoVLM \
-             checkpoint for real reports.",
+            "note: no --model given; running the demo model ({}), a small EchoVLM trained on \
+             synthetic ultrasound phantoms. It describes phantoms only; pass --model DIR with a \
+             downloaded EchoVLM checkpoint for real studies.",
             model_dir.display()
         );
         if images.is_empty() && cli.frames.is_empty() {
-            images.push(fixtures().join("images/demo_ultrasound.png"));
+            images.push(fixtures().join(DEMO_PHANTOM));
         }
     }
 
@@ -226,14 +235,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "portable" => Weights::Exact(LinearOptions::portable()),
         w => Weights::Exact(LinearOptions::cpu(w.parse::<WeightFormat>()?)),
     };
-    let model = EchoVlm::load(
-        &model_dir,
-        &LoadOptions::default()
-            .device(device)
-            .dtype(dtype)
-            .weights(weights)
-            .threads(cli.threads),
-    )?;
+    let mut load = LoadOptions::default()
+        .device(device)
+        .dtype(dtype)
+        .weights(weights)
+        .threads(cli.threads);
+    if let Some(adapter) = &cli.adapter {
+        load = load.adapter(adapter);
+    }
+    let model = EchoVlm::load(&model_dir, &load)?;
     if cli.weights == "auto" && !cli.json {
         eprintln!("note: weights: {}", model.weight_choice());
     }
@@ -245,6 +255,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let lang: Lang = cli.lang.parse()?;
     let mut request = match &cli.prompt {
         Some(p) => Request::new(p.clone()),
+        // the demo model was trained on the phantom data set's question
+        None if demo && cli.task == "report" => Request::new(echovlm_phantom::prompt(
+            if lang == Lang::Zh {
+                echovlm_phantom::Lang::Zh
+            } else {
+                echovlm_phantom::Lang::En
+            },
+        )),
         None => {
             let task = match (cli.task.as_str(), &cli.options) {
                 ("diagnosis", Some(opts)) => Task::Diagnosis {
