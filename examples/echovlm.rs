@@ -256,13 +256,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut request = match &cli.prompt {
         Some(p) => Request::new(p.clone()),
         // the demo model was trained on the phantom data set's question
-        None if demo && cli.task == "report" => Request::new(echovlm_phantom::prompt(
-            if lang == Lang::Zh {
+        None if demo && cli.task == "report" => {
+            Request::new(echovlm_phantom::prompt(if lang == Lang::Zh {
                 echovlm_phantom::Lang::Zh
             } else {
                 echovlm_phantom::Lang::En
-            },
-        )),
+            }))
+        }
         None => {
             let task = match (cli.task.as_str(), &cli.options) {
                 ("diagnosis", Some(opts)) => Task::Diagnosis {

@@ -267,7 +267,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
                 "{}",
                 serde_json::json!({"epoch": epoch + 1, "stats": stats})
             )?;
-            if cli.save_every > 0 && stats.step % cli.save_every == 0 {
+            if cli.save_every > 0 && stats.step.is_multiple_of(cli.save_every) {
                 trainer.save_state(
                     &state_dir,
                     &serde_json::json!({"epoch": epoch, "next": next}),

@@ -285,3 +285,29 @@ fn num_cpus_physical() -> u64 {
         .filter(|&n: &u64| n > 0)
         .unwrap_or(echovlm_core::cpu::physical_cores() as u64)
 }
+
+/// The README's first command: without arguments the CLI runs the demo model on held-out
+/// phantom 1000000 and prints a report whose every attribute matches the phantom's.
+#[test]
+fn the_demo_command_reports_what_its_phantom_shows() {
+    let out = cli().args(["--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["text"].as_str().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let first = std::fs::read_to_string(root.join("fixtures/phantoms/heldout.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(line["seed"], 1_000_000);
+    let truth: echovlm_phantom::Attributes =
+        serde_json::from_value(line["attributes"].clone()).unwrap();
+    let parsed = echovlm_phantom::parse_report(text, echovlm_phantom::Lang::En);
+    let scores = echovlm_phantom::score(&truth, &parsed);
+    assert!(
+        scores.all_correct(),
+        "the demo report {text:?} does not match phantom 1000000 ({truth:?}): {scores:?}"
+    );
+}

@@ -446,6 +446,16 @@ pub struct AttributeScores {
     pub margin: Option<bool>,
 }
 
+impl AttributeScores {
+    /// Whether every attribute that applies is right.
+    pub fn all_correct(&self) -> bool {
+        self.lesion_present
+            && [self.echogenicity, self.position, self.size, self.margin]
+                .iter()
+                .all(|a| a.unwrap_or(true))
+    }
+}
+
 /// Scores `parsed` against the `expected` attributes.
 pub fn score(expected: &Attributes, parsed: &ParsedAttributes) -> AttributeScores {
     match expected.lesion {

@@ -137,6 +137,7 @@ impl DecoderLayer {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // private: the decoder's own per-layer call
     fn forward(
         &self,
         x: Tensor<3>,

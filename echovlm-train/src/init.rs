@@ -45,12 +45,12 @@ pub struct ModelSize {
 }
 
 impl ModelSize {
-    /// The demo model: 2 vision blocks of width 64, 2 decoder layers of width 128 with 4
-    /// experts, 112×112 images (16 visual tokens); about 1.1 M parameters.
+    /// The demo model: 3 vision blocks of width 96, 2 decoder layers of width 128 with 4
+    /// experts, 112×112 images (16 visual tokens); about 1.3 M parameters.
     pub fn demo() -> Self {
         Self {
-            vision_depth: 2,
-            vision_embed: 64,
+            vision_depth: 3,
+            vision_embed: 96,
             vision_heads: 4,
             vision_mlp_ratio: 2,
             hidden: 128,
@@ -68,13 +68,13 @@ impl ModelSize {
 
     fn check(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Setup(format!("model size: {m}")));
-        if self.heads == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return bad("hidden must be a multiple of heads");
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad("heads must be a multiple of kv_heads");
         }
-        if self.vision_heads == 0 || self.vision_embed % self.vision_heads != 0 {
+        if self.vision_heads == 0 || !self.vision_embed.is_multiple_of(self.vision_heads) {
             return bad("vision_embed must be a multiple of vision_heads");
         }
         if self.mrope_section.iter().sum::<usize>() * 2 != self.hidden / self.heads {

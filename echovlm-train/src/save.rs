@@ -29,6 +29,9 @@ fn st_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
+/// A tensor read back from a file: shape and values.
+pub(crate) type F32Tensor = (Vec<usize>, Vec<f32>);
+
 /// Writes named 2-D f32 tensors to a safetensors file.
 pub(crate) fn write_f32_safetensors(
     path: &Path,
@@ -60,9 +63,7 @@ fn write_raw(
 }
 
 /// Reads every f32 tensor of a safetensors file: name → (shape, values).
-pub(crate) fn read_f32_safetensors(
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, TrainError> {
+pub(crate) fn read_f32_safetensors(path: &Path) -> Result<HashMap<String, F32Tensor>, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| st_error(path, e))?;
     let mut out = HashMap::new();

@@ -15,8 +15,9 @@ use crate::loss::{aux_loss, causal_lm_loss};
 use crate::optim::{Moments, OptimConfig, adamw_update};
 use crate::params::{self, Param, Trainable, named_linears};
 
-/// What trains and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What trains and how (by default: the MoE blocks, coefficients and merger, the default
+/// optimizer, the checkpoint's aux-loss weight).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// The trainable tensors.
     pub trainable: Trainable,
@@ -26,16 +27,6 @@ pub struct TrainConfig {
     /// checkpoint's `config.json` (0.001 in EchoVLM's configuration class when absent). Zero
     /// switches it off.
     pub aux_loss_coef: Option<f64>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            trainable: Trainable::default(),
-            optim: OptimConfig::default(),
-            aux_loss_coef: None,
-        }
-    }
 }
 
 /// The losses of one forward pass.

@@ -218,6 +218,9 @@ fn an_adapter_over_the_base_gives_the_merged_logits() {
     }
 }
 
+/// Keeps (and maybe renames) an adapter tensor, or drops it.
+type Rename = Box<dyn Fn(&str) -> Option<String>>;
+
 /// Adapter directories that do not fit the model are load errors naming the problem.
 #[test]
 fn broken_adapters_are_typed_errors() {
@@ -225,7 +228,7 @@ fn broken_adapters_are_typed_errors() {
     let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let cfg = std::fs::read(src.join("adapter_config.json")).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> Option<String>>)> = vec![
+    let cases: Vec<(&str, Rename)> = vec![
         (
             "only one of lora_A and lora_B",
             Box::new(|k: &str| {

@@ -15,6 +15,9 @@ use safetensors::{Dtype, SafeTensors};
 use super::EchoVlm;
 use crate::error::EchoError;
 
+/// A tensor read from the adapter file: shape and values.
+type Stored = (Vec<usize>, Vec<f32>);
+
 fn push_mlp<'a>(
     out: &mut Vec<(String, &'a mut Linear)>,
     name: String,
@@ -136,14 +139,8 @@ impl EchoVlm {
         let bad_w = |m: String| -> EchoError { LoadError::config(&weights_path, m).into() };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad_w(e.to_string()))?;
         // module → (lora_A, lora_B); name → full tensor
-        let mut pairs: BTreeMap<
-            String,
-            (
-                Option<(Vec<usize>, Vec<f32>)>,
-                Option<(Vec<usize>, Vec<f32>)>,
-            ),
-        > = BTreeMap::new();
-        let mut full: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+        let mut pairs: BTreeMap<String, (Option<Stored>, Option<Stored>)> = BTreeMap::new();
+        let mut full: BTreeMap<String, Stored> = BTreeMap::new();
         for (key, view) in st.tensors() {
             let values: Vec<f32> = match view.dtype() {
                 Dtype::F32 => view
