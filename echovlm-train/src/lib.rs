@@ -32,6 +32,8 @@
 //!
 //! [`EchoVlm::forward_sequences`]: echovlm_pipeline::EchoVlm::forward_sequences
 
+#![warn(missing_docs)]
+
 mod data;
 mod error;
 mod init;
