@@ -470,7 +470,7 @@ impl Scene {
             if y > bottom + 0.5 {
                 break;
             }
-            let len = if i % 5 == 0 { 3 * w } else { 2 * w };
+            let len = if i.is_multiple_of(5) { 3 * w } else { 2 * w };
             let yy = y.round().max(0.0) as u32;
             for dy in 0..w {
                 for dx in 0..len {
