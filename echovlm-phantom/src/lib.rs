@@ -26,6 +26,8 @@
 //! Seeds 0..1_000_000 are meant for training; the held-out set in the repository's
 //! `fixtures/phantoms/` uses 1_000_000..1_000_200.
 
+#![warn(missing_docs)]
+
 mod attributes;
 mod dataset;
 mod render;

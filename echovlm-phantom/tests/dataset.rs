@@ -27,7 +27,11 @@ fn the_heldout_set_reads_as_evaluation_samples() {
         let seed = HELDOUT_SEEDS_START + i as u64;
         assert_eq!(line.seed, seed);
         assert!(!TRAINING_SEEDS.contains(&seed));
-        let lang = if seed.is_multiple_of(2) { Lang::En } else { Lang::Zh };
+        let lang = if seed.is_multiple_of(2) {
+            Lang::En
+        } else {
+            Lang::Zh
+        };
         assert_eq!(line.lang, lang);
         assert_eq!(sample.lang.as_deref(), Some(lang.as_str()));
         let attrs = Attributes::from_seed(seed);
