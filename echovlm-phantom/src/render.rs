@@ -623,8 +623,8 @@ fn place_lesion(
 }
 
 /// Multiplicative speckle with mean 1: the magnitude of a smoothed complex Gaussian field
-/// (Rayleigh distributed; `sigma` is (axial, lateral), along y and x), its contrast softened as a log-compressed
-/// display would.
+/// (Rayleigh distributed; `sigma` is (axial, lateral), along y and x), its contrast softened
+/// as a log-compressed display would.
 fn speckle_field(rng: &mut Draw, n: usize, sigma: (f64, f64)) -> Vec<f64> {
     let mut re = vec![0.0; n * n];
     let mut im = vec![0.0; n * n];
