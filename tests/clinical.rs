@@ -137,6 +137,10 @@ fn eval_runner_scores_generations_and_existing_outputs() {
         v["accuracy"].is_number(),
         "the diagnosis sample is scored for accuracy"
     );
+    assert!(
+        v.get("attributes").is_none(),
+        "no phantom samples, no attributes"
+    );
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap())
             .unwrap();
@@ -176,4 +180,66 @@ fn eval_runner_scores_generations_and_existing_outputs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+#[test]
+fn phantom_datasets_are_written_and_scored_per_attribute() {
+    let dir = temp_dir("phantoms");
+    let out = example("phantoms")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--name", "tiny", "--seeds", "1000..1003", "--lang", "en,zh"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("3 images") && said.contains("6 samples"),
+        "{said}"
+    );
+    let data = dir.path().join("tiny.jsonl");
+    assert_eq!(std::fs::read_to_string(&data).unwrap().lines().count(), 6);
+    assert!(dir.path().join("tiny/1002.png").is_file());
+
+    // the random-weight demo checkpoint answers nonsense, but every sample is counted
+    let prefix = dir.path().join("scores");
+    let v = json_of(
+        example("eval")
+            .arg("--data")
+            .arg(&data)
+            .args(["--max-new-tokens", "4", "--out"])
+            .arg(&prefix),
+    );
+    let a = &v["attributes"];
+    assert_eq!(a["samples"], 6, "{v}");
+    assert_eq!(a["lesion_present"]["total"], 6, "{v}");
+    for key in ["echogenicity", "position", "size", "margin"] {
+        assert!(a[key]["total"].as_u64().unwrap() <= 6, "{v}");
+    }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(written["attributes"], *a);
+    assert!(written["samples"][0]["attributes"]["lesion_present"].is_boolean());
+
+    // bad arguments are one-line errors
+    let out = example("phantoms")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--name", "x", "--seeds", "5..5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = example("phantoms")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--name", "../x", "--seeds", "0..1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid dataset name"));
 }

@@ -27,7 +27,7 @@ mod level {
     pub const FASCIA: f64 = 0.62;
     pub const ANECHOIC: f64 = 0.035;
     pub const HYPOECHOIC: f64 = 0.14;
-    pub const HYPERECHOIC: f64 = 0.82;
+    pub const HYPERECHOIC: f64 = 0.88;
 }
 
 /// A rendered phantom with the masks of what it shows (each mask 255 inside, 0 outside, the
@@ -191,8 +191,8 @@ impl Scene {
         let mut organ = Blob {
             cx: fan.cx + s * rng.range(-0.015, 0.015),
             cy: s * rng.range(0.525, 0.555),
-            a: s * rng.range(0.325, 0.345),
-            b: s * rng.range(0.285, 0.305),
+            a: s * rng.range(0.335, 0.35),
+            b: s * rng.range(0.30, 0.32),
             rot: rng.range(-0.12, 0.12),
             harmonics: vec![
                 (2.0, rng.range(0.0, 0.025), rng.range(0.0, TAU)),
@@ -374,10 +374,11 @@ impl Scene {
                     level::HYPOECHOIC * (0.9 + 0.2 * texture) * organ_speckle.powf(0.7)
                 }
                 Echogenicity::Hyperechoic => {
-                    level::HYPERECHOIC * (0.9 + 0.2 * texture) * organ_speckle.powf(0.5)
+                    level::HYPERECHOIC * (0.9 + 0.2 * texture) * organ_speckle.powf(0.35)
                 }
             };
-            let t = (inside / (0.8 * k) + 0.5).clamp(0.0, 1.0);
+            // every pixel of the mask is all lesion; the edge blends over the pixel outside
+            let t = (inside / (0.8 * k) + 1.0).clamp(0.0, 1.0);
             v += (lv - v) * t;
         }
         // the capsule: a thin bright line, brightest where the beam meets it head-on, with
@@ -569,8 +570,8 @@ fn irregular_harmonics(rng: &mut Draw, radius_px: f64) -> Vec<(f64, f64, f64)> {
     h
 }
 
-/// Moves the lesion (centred at 0, 0) into the stated quadrant of the organ, as far out as
-/// fits with a margin inside the capsule, then most of that.
+/// Moves the lesion (centred at 0, 0) into the stated quadrant of the organ, about as far off
+/// both of the organ's axes as fits with a margin inside the capsule.
 fn place_lesion(
     blob: &mut Blob,
     organ: &Blob,
@@ -588,36 +589,42 @@ fn place_lesion(
         Vertical::Lower => 1.0,
     };
     let margin = 2.5 * k;
-    // direction into the quadrant, a little jittered around the diagonal of the organ
-    let angle = rng.range(0.30, 0.60) * PI / 2.0 + rng.range(-0.1, 0.1);
-    let (dx, dy) = (sx * angle.cos() * organ.a, sy * angle.sin() * organ.b);
-    let fits = |t: f64| {
+    let fits = |cx: f64, cy: f64| {
         let mut b = blob.clone();
-        b.cx = organ.cx + t * dx;
-        b.cy = organ.cy + t * dy;
+        b.cx = cx;
+        b.cy = cy;
         b.outline(120)
             .all(|(x, y)| organ.depth_inside(x, y) >= margin)
     };
-    // the farthest fitting share of the organ's half-axes, searched on a grid
-    let mut t_max = 0.0;
-    let mut t = 0.9;
-    while t > 0.0 {
-        if fits(t) {
-            t_max = t;
-            break;
-        }
-        t -= 0.02;
-    }
+    // for each direction into the quadrant: the farthest fitting share of the organ's
+    // half-axes (on a grid), and how far off the nearer axis that puts the lesion
+    let candidates: Vec<(f64, f64, f64, f64)> = (0..=12)
+        .map(|i| {
+            let angle = (0.2 + 0.6 * f64::from(i) / 12.0) * PI / 2.0;
+            let (dx, dy) = (sx * angle.cos() * organ.a, sy * angle.sin() * organ.b);
+            let t_max = (0..45)
+                .map(|j| 0.9 - 0.02 * f64::from(j))
+                .find(|&t| fits(organ.cx + t * dx, organ.cy + t * dy))
+                .unwrap_or(0.0);
+            (dx, dy, t_max, t_max * dx.abs().min(dy.abs()))
+        })
+        .collect();
+    // a random one of the directions that put the lesion nearly as far off both axes as the
+    // best one does (the best is always among them)
+    let best = candidates.iter().map(|c| c.3).fold(0.0, f64::max);
+    let good: Vec<&(f64, f64, f64, f64)> =
+        candidates.iter().filter(|c| c.3 >= 0.8 * best).collect();
+    let &&(dx, dy, t_max, _) = rng.pick(&good);
     // at least a couple of pixels off each axis so the quadrant is never on a line
     let floor = (2.5 * k / dx.abs().min(dy.abs()).max(1e-9)).min(t_max.max(0.05));
-    let t = (t_max * rng.range(0.85, 1.0)).max(floor);
+    let t = (t_max * rng.range(0.9, 1.0)).max(floor);
     blob.cx = organ.cx + t * dx;
     blob.cy = organ.cy + t * dy;
 }
 
 /// Multiplicative speckle with mean 1: the magnitude of a smoothed complex Gaussian field
-/// (Rayleigh distributed; sigma along x, along y), its contrast softened as a log-compressed
-/// display would.
+/// (Rayleigh distributed; `sigma` is (axial, lateral), along y and x), its contrast softened
+/// as a log-compressed display would.
 fn speckle_field(rng: &mut Draw, n: usize, sigma: (f64, f64)) -> Vec<f64> {
     let mut re = vec![0.0; n * n];
     let mut im = vec![0.0; n * n];

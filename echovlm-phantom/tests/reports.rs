@@ -341,3 +341,59 @@ fn scores_count_each_attribute_and_skip_what_does_not_apply() {
     assert!(score(&Attributes::NO_LESION, &parse_report(&none, Lang::En)).lesion_present);
     assert!(!score(&a, &parse_report(&none, Lang::En)).lesion_present);
 }
+
+#[test]
+fn random_text_built_from_report_pieces_never_panics() {
+    use rand_chacha::ChaCha8Rng;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+    let mut pieces: Vec<String> = Vec::new();
+    for a in Attributes::all_combinations().into_iter().step_by(7) {
+        for lang in Lang::ALL {
+            let text = report(&a, *lang);
+            // words and characters of real reports, cut anywhere
+            pieces.extend(text.split_inclusive([' ', '，', '。']).map(str::to_string));
+            pieces.extend(text.chars().map(String::from));
+        }
+    }
+    pieces.extend(
+        [
+            "1.",
+            ".5",
+            "..",
+            "cm",
+            "mm",
+            "厘米",
+            "毫米",
+            "未见",
+            "无",
+            "no",
+            "not",
+            "lesion",
+            "\n",
+            "\u{0}",
+            "\u{10ffff}",
+            "💥",
+            "9999999999999999999999",
+            "-",
+            "e9",
+        ]
+        .map(str::to_string),
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..3000 {
+        let n = 1 + rng.next_u32() % 40;
+        let text: String = (0..n)
+            .map(|_| pieces[rng.next_u32() as usize % pieces.len()].as_str())
+            .collect();
+        for lang in Lang::ALL {
+            let p = parse_report(&text, *lang);
+            // a no-lesion answer names no lesion attribute
+            if p.lesion == Some(false) {
+                assert_eq!(p.echogenicity, None, "{text}");
+                assert_eq!(p.size, None, "{text}");
+            }
+            let _ = score(&Attributes::from_seed(rng.next_u64()), &p);
+        }
+    }
+}

@@ -294,7 +294,8 @@ impl EchoVlm {
 /// with its frame rate when the object records one.
 enum Decoded<'a> {
     Still(std::borrow::Cow<'a, RgbImage>),
-    #[cfg_attr(not(feature = "dicom"), allow(dead_code))]
+    // only a DICOM cine loop decodes to frames
+    #[cfg_attr(not(feature = "dicom"), expect(dead_code))]
     Frames(Vec<RgbImage>, Option<f64>),
 }
 
