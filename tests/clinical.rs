@@ -86,7 +86,10 @@ fn dicom_images_just_work_in_the_cli() {
 fn routing_plot_is_a_png_with_content() {
     let dir = temp_dir("plot");
     let png = dir.path().join("routing.png");
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-echovlm");
     let out = example("echovlm")
+        .arg("--model")
+        .arg(&tiny)
         .args(["--max-new-tokens", "16", "--routing-plot"])
         .arg(&png)
         .output()
