@@ -9,8 +9,9 @@ pub const IGNORE: i64 = -100;
 /// The shifted causal-LM cross-entropy of transformers: position `t`'s logits predict
 /// `labels[t + 1]`; the mean runs over positions whose next label is not [`IGNORE`].
 ///
-/// `logits` is `[batch, seq, vocab]`, `labels` `[batch][seq]`. Returns a one-element tensor
-/// (zero when no position is labelled) and the number of scored positions.
+/// `logits` is `[batch, seq, vocab]`, `labels` `[batch][seq]` (shorter or missing rows count as
+/// unlabelled). Returns a one-element tensor (zero when no position is labelled) and the number
+/// of scored positions.
 pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usize) {
     let [b, s, v] = logits.dims();
     let device = logits.device();
@@ -20,15 +21,15 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usi
     let n = b * (s - 1);
     let mut targets = Vec::with_capacity(n);
     let mut weights = Vec::with_capacity(n);
-    for row in labels {
-        for &l in &row[1..s.min(row.len())] {
+    for r in 0..b {
+        // rows shorter than the batch (right padding) or missing are not scored past their end
+        let row = labels.get(r).map_or(&[][..], Vec::as_slice);
+        let end = s.min(row.len());
+        for t in 1..s {
+            let l = if t < end { row[t] } else { IGNORE };
             let scored = l != IGNORE && l >= 0 && (l as usize) < v;
             targets.push(if scored { l } else { 0 });
             weights.push(if scored { 1f32 } else { 0.0 });
-        }
-        for _ in row.len().max(1)..s {
-            targets.push(0);
-            weights.push(0.0);
         }
     }
     let count = weights.iter().filter(|&&w| w > 0.0).count();
