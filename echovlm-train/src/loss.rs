@@ -24,9 +24,8 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usi
     for r in 0..b {
         // rows shorter than the batch (right padding) or missing are not scored past their end
         let row = labels.get(r).map_or(&[][..], Vec::as_slice);
-        let end = s.min(row.len());
-        for t in 1..s {
-            let l = if t < end { row[t] } else { IGNORE };
+        let padded = row.iter().copied().chain(std::iter::repeat(IGNORE));
+        for l in padded.skip(1).take(s - 1) {
             let scored = l != IGNORE && l >= 0 && (l as usize) < v;
             targets.push(if scored { l } else { 0 });
             weights.push(if scored { 1f32 } else { 0.0 });
