@@ -8,18 +8,9 @@ use std::process::Command;
 
 use support::{Golden, image, model_dir};
 
-/// `target/<profile>/examples/echovlm`, which `cargo test` builds before running tests.
+/// The `echovlm` example binary.
 fn cli() -> Command {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    let exe = p
-        .join("examples")
-        .join(format!("echovlm{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "{} not built", exe.display());
-    Command::new(exe)
+    support::example("echovlm")
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {

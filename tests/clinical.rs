@@ -6,20 +6,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{fixtures, model_dir, temp_dir};
-
-fn example(name: &str) -> Command {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    let exe = p
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "{} not built", exe.display());
-    Command::new(exe)
-}
+use support::{example, fixtures, model_dir, temp_dir};
 
 fn json_of(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();

@@ -9,16 +9,7 @@ use std::process::Command;
 use support::{fixtures, model_dir, temp_dir};
 
 fn finetune() -> Command {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    let exe = p
-        .join("examples")
-        .join(format!("finetune{}", std::env::consts::EXE_SUFFIX));
-    assert!(exe.is_file(), "{} not built", exe.display());
-    Command::new(exe)
+    support::example("finetune")
 }
 
 fn lines(path: &std::path::Path) -> usize {

@@ -130,3 +130,17 @@ fn copy_dir(src: &Path, dst: &Path) {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
 }
+
+/// `target/<profile>/examples/<name>`, which `cargo test` builds before running tests.
+pub fn example(name: &str) -> std::process::Command {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    let exe = p
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(exe.is_file(), "{} not built", exe.display());
+    std::process::Command::new(exe)
+}

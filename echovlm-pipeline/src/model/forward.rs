@@ -3,7 +3,7 @@
 //! generation runs; nothing is cached between calls.
 
 use burn::tensor::Tensor;
-use echovlm_text::{DecoderInput, Logits, rope_index_timed};
+use echovlm_text::{DecoderInput, Logits};
 
 use super::{EchoVlm, PreparedPrompt};
 use crate::error::EchoError;
@@ -58,31 +58,8 @@ impl EchoVlm {
             .collect();
         let any_padding = sequences.iter().any(|p| p.ids.len() != max_len);
         let mask = any_padding.then_some(valid.as_slice());
-        let image_grids: Vec<[usize; 3]> = sequences
-            .iter()
-            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
-            .collect();
-        let video_grids: Vec<[usize; 3]> = sequences
-            .iter()
-            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
-            .collect();
-        let image_embeds = self.encode(sequences.iter().flat_map(|p| p.images.iter()))?;
-        let video_embeds = self.encode(sequences.iter().flat_map(|p| p.videos.iter()))?;
-        let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
-        let fps: Vec<f64> = sequences
-            .iter()
-            .flat_map(|p| p.video_fps.iter().copied())
-            .collect();
-        let seconds = self.seconds_per_grid(&fps);
-        let (positions, _) = rope_index_timed(
-            &ids,
-            mask,
-            &image_grids,
-            &video_grids,
-            &self.vision_tokens,
-            self.merge_size(),
-            self.video_time(&seconds),
-        )?;
+        let (embeds, image_grids, video_grids) = self.embed_prompts(sequences, &ids)?;
+        let (positions, _) = self.positions(sequences, &ids, mask, &image_grids, &video_grids)?;
         let out = self.text.forward(
             DecoderInput::new(embeds, &positions)
                 .valid(mask)

@@ -64,21 +64,9 @@ impl EchoVlm {
     pub fn next_token_logits(&self, prompt: &PreparedPrompt) -> Result<Vec<f32>, EchoError> {
         self.check_prepared(prompt)?;
         let ids = vec![prompt.ids.clone()];
-        let image_grids: Vec<[usize; 3]> = prompt.images.iter().map(|x| x.grid_thw).collect();
-        let video_grids: Vec<[usize; 3]> = prompt.videos.iter().map(|x| x.grid_thw).collect();
-        let image_embeds = self.encode(prompt.images.iter())?;
-        let video_embeds = self.encode(prompt.videos.iter())?;
-        let embeds = self.merge_embeddings(&ids, image_embeds, video_embeds)?;
-        let seconds = self.seconds_per_grid(&prompt.video_fps);
-        let (positions, _) = rope_index_timed(
-            &ids,
-            None,
-            &image_grids,
-            &video_grids,
-            &self.vision_tokens,
-            self.merge_size(),
-            self.video_time(&seconds),
-        )?;
+        let prompts = std::slice::from_ref(prompt);
+        let (embeds, image_grids, video_grids) = self.embed_prompts(prompts, &ids)?;
+        let (positions, _) = self.positions(prompts, &ids, None, &image_grids, &video_grids)?;
         let out = self.text.forward(
             DecoderInput::new(embeds, &positions),
             &mut self.text.new_cache(),
@@ -137,17 +125,7 @@ impl EchoVlm {
 
         // vision
         let t_vision = Instant::now();
-        let image_grids: Vec<[usize; 3]> = prompts
-            .iter()
-            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
-            .collect();
-        let video_grids: Vec<[usize; 3]> = prompts
-            .iter()
-            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
-            .collect();
-        let image_embeds = self.encode(prompts.iter().flat_map(|p| p.images.iter()))?;
-        let video_embeds = self.encode(prompts.iter().flat_map(|p| p.videos.iter()))?;
-        let embeds = self.merge_embeddings(&padded, image_embeds, video_embeds)?;
+        let (embeds, image_grids, video_grids) = self.embed_prompts(&prompts, &padded)?;
         let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
             0.0
         } else {
@@ -156,20 +134,8 @@ impl EchoVlm {
 
         // prefill
         let t_prefill = Instant::now();
-        let fps: Vec<f64> = prompts
-            .iter()
-            .flat_map(|p| p.video_fps.iter().copied())
-            .collect();
-        let seconds = self.seconds_per_grid(&fps);
-        let (positions, deltas) = rope_index_timed(
-            &padded,
-            mask,
-            &image_grids,
-            &video_grids,
-            &self.vision_tokens,
-            self.merge_size(),
-            self.video_time(&seconds),
-        )?;
+        let (positions, deltas) =
+            self.positions(&prompts, &padded, mask, &image_grids, &video_grids)?;
         let mut cache = self
             .text
             .new_cache_with_capacity(max_len + opts.max_new_tokens);
@@ -285,6 +251,54 @@ impl EchoVlm {
         Ok(outputs)
     }
 
+    /// The input embeddings of a padded batch (`ids`, one row per prompt) with every image and
+    /// video encoded and injected at its placeholders, and the image and video grids in batch
+    /// order.
+    pub(super) fn embed_prompts(
+        &self,
+        prompts: &[PreparedPrompt],
+        ids: &[Vec<u32>],
+    ) -> Result<(Tensor<3>, Vec<Grid>, Vec<Grid>), EchoError> {
+        let image_grids: Vec<Grid> = prompts
+            .iter()
+            .flat_map(|p| p.images.iter().map(|x| x.grid_thw))
+            .collect();
+        let video_grids: Vec<[usize; 3]> = prompts
+            .iter()
+            .flat_map(|p| p.videos.iter().map(|x| x.grid_thw))
+            .collect();
+        let image_embeds = self.encode(prompts.iter().flat_map(|p| p.images.iter()))?;
+        let video_embeds = self.encode(prompts.iter().flat_map(|p| p.videos.iter()))?;
+        let embeds = self.merge_embeddings(ids, image_embeds, video_embeds)?;
+        Ok((embeds, image_grids, video_grids))
+    }
+
+    /// M-RoPE positions of a padded batch (and each row's decoding offset), videos placed on
+    /// the time axis of this architecture at their prompts' frame rates.
+    pub(super) fn positions(
+        &self,
+        prompts: &[PreparedPrompt],
+        ids: &[Vec<u32>],
+        mask: Option<&[Vec<bool>]>,
+        image_grids: &[[usize; 3]],
+        video_grids: &[[usize; 3]],
+    ) -> Result<(Positions, Vec<i64>), EchoError> {
+        let fps: Vec<f64> = prompts
+            .iter()
+            .flat_map(|p| p.video_fps.iter().copied())
+            .collect();
+        let seconds = self.seconds_per_grid(&fps);
+        Ok(rope_index_timed(
+            ids,
+            mask,
+            image_grids,
+            video_grids,
+            &self.vision_tokens,
+            self.merge_size(),
+            self.video_time(&seconds),
+        )?)
+    }
+
     /// Encodes images (or videos) with the vision tower, all in one forward pass.
     pub(super) fn encode<'a>(
         &self,
@@ -359,6 +373,9 @@ impl EchoVlm {
         Ok(source.select(0, idx).reshape([b, s, h]))
     }
 }
+
+/// `(t, h, w)` patches of one image or video.
+type Grid = [usize; 3];
 
 /// The one output of a one-request run.
 fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
