@@ -1,6 +1,7 @@
 //! The `finetune` example end to end on the tiny checkpoint: a LoRA run writes the merged
 //! model, the adapter, the resumable state, the step log and the validation scores; `--resume`
-//! continues from the saved step; bad input is a one-line error.
+//! continues from the saved step; Ctrl-C saves a checkpoint that resumes; bad input is a
+//! one-line error.
 
 mod support;
 
@@ -74,6 +75,82 @@ fn a_lora_run_writes_everything_and_resumes() {
         serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], 4);
     assert!(dir.join("val-epoch-2.json").is_file());
+}
+
+/// Ctrl-C (SIGINT) in the middle of a run saves the model and a resumable state at the step
+/// reached, exits cleanly, and `--resume` carries on from exactly that step.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    use std::time::{Duration, Instant};
+
+    let out = temp_dir("finetune-ctrlc");
+    let dir = out.path().to_path_buf();
+    let data = fixtures().join("eval/demo.jsonl");
+    let start = |epochs: &str, resume: bool| {
+        let mut cmd = finetune();
+        cmd.arg("--model")
+            .arg(model_dir("tiny-echovlm"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&dir)
+            .args(["--train", "moe", "--batch", "2", "--lr", "1e-3"])
+            .args(["--epochs", epochs, "--threads", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd
+    };
+    // far more epochs than the test waits for: only the interrupt ends it
+    let mut child = start("100000", false).spawn().unwrap();
+    let log = dir.join("log.jsonl");
+    let waited = Instant::now();
+    while !log.is_file() || lines(&log) < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finetune ended before the interrupt"
+        );
+        assert!(
+            waited.elapsed() < Duration::from_secs(300),
+            "no steps logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("continue with --resume"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // the state holds every step the log shows, and where in the epoch it stopped
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    let steps = lines(&log);
+    assert!(steps >= 3);
+    assert_eq!(state["step"], steps as u64, "{state}");
+    assert!(dir.join("state/state.safetensors").is_file());
+    // the model saved at the interrupt loads
+    use echovlm_pipeline::{EchoVlm, LoadOptions};
+    EchoVlm::load(dir.join("model"), &LoadOptions::default()).unwrap();
+
+    // 4 samples in batches of 2: two steps per epoch; resuming to the end of the next epoch
+    // runs exactly the steps left
+    let epoch = steps / 2;
+    let target = epoch + 1;
+    let o = start(&target.to_string(), true).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&log), 2 * target);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], (2 * target) as u64, "{state}");
 }
 
 #[test]
