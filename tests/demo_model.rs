@@ -9,16 +9,16 @@ use std::path::PathBuf;
 use echovlm_eval::runner::{evaluate, read_samples};
 use echovlm_pipeline::{EchoVlm, LoadOptions};
 
-/// Accuracy floors (percent): the committed model's measured accuracy (99.5, 97.5, 98.1, 100,
-/// 47.5) less about two points, room for greedy decoding to flip a few close calls on another
-/// CPU kernel; a change that makes the model read phantoms worse fails here. The margin is read
-/// no better than chance: 112-pixel phantoms leave small lesions' outlines a few pixels wide.
+/// Accuracy floors (percent): the committed model's measured accuracy (96.0, 93.8, 93.2, 92.6,
+/// 75.9) less about two points (three for the margin, which is read least surely), room for
+/// greedy decoding to flip a few close calls on another CPU kernel; a change that makes the
+/// model read phantoms worse fails here. A margin read by chance would score about 50.
 const FLOORS: [(&str, f64); 5] = [
-    ("lesion_present", 97.5),
-    ("echogenicity", 95.5),
-    ("position", 96.0),
-    ("size", 98.0),
-    ("margin", 40.0),
+    ("lesion_present", 94.0),
+    ("echogenicity", 91.5),
+    ("position", 91.0),
+    ("size", 90.5),
+    ("margin", 72.5),
 ];
 
 #[test]
@@ -41,5 +41,5 @@ fn the_demo_model_reads_held_out_phantoms() {
         let got = acc[name]["accuracy"].as_f64().unwrap();
         assert!(got >= floor, "{name}: {got:.1}% < {floor}%");
     }
-    assert!(report.corpus.bleu4 > 87.5, "BLEU-4 {}", report.corpus.bleu4);
+    assert!(report.corpus.bleu4 > 88.0, "BLEU-4 {}", report.corpus.bleu4);
 }

@@ -108,9 +108,11 @@ attribute_enum! {
 attribute_enum! {
     /// The outline of the lesion.
     Margin, "margin" {
-        /// An ellipse.
+        /// An ellipse with an abrupt interface to the organ.
         Smooth => "smooth",
-        /// A radius modulated by several harmonics: lobulated, spiculated.
+        /// A radius modulated by several harmonics (lobulated) and ringed with angular teeth 0.9
+        /// to 1.6 pixels high at 112 px (spiculated), with no abrupt interface: an echogenic halo
+        /// 2 to 3.5 pixels thick surrounds it.
         Irregular => "irregular",
     }
 }

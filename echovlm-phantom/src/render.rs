@@ -28,6 +28,8 @@ mod level {
     pub const ANECHOIC: f64 = 0.035;
     pub const HYPOECHOIC: f64 = 0.14;
     pub const HYPERECHOIC: f64 = 0.88;
+    /// The echogenic halo around an irregular lesion.
+    pub const HALO: f64 = 0.85;
 }
 
 /// A rendered phantom with the masks of what it shows (each mask 255 inside, 0 outside, the
@@ -105,7 +107,8 @@ impl Fan {
 }
 
 /// A star-shaped outline around a centre: an ellipse (semi-axes `a` along angle `rot`, `b`
-/// across) whose radius is modulated by harmonics `(k, amplitude, phase)`.
+/// across) whose radius is modulated by harmonics `(k, amplitude, phase)`, plus optional
+/// angular teeth.
 #[derive(Debug, Clone)]
 struct Blob {
     cx: f64,
@@ -114,6 +117,45 @@ struct Blob {
     b: f64,
     rot: f64,
     harmonics: Vec<(f64, f64, f64)>,
+    teeth: Option<Teeth>,
+}
+
+/// A zig-zag added to an outline's radius: `heights.len()` teeth evenly spread around it,
+/// each a triangle whose peak sticks out `heights[i]` pixels and whose notches cut in as far
+/// (an angular, spiculated margin that reads as irregular at any lesion size).
+#[derive(Debug, Clone)]
+struct Teeth {
+    phase: f64,
+    heights: Vec<f64>,
+}
+
+impl Teeth {
+    /// The radial offset in pixels in direction `phi`.
+    fn offset(&self, phi: f64) -> f64 {
+        let n = self.heights.len();
+        if n == 0 {
+            return 0.0;
+        }
+        // position along the teeth, in teeth: the peak of tooth i is at i, a notch at i + 0.5
+        let u = ((phi + self.phase) / TAU).rem_euclid(1.0) * n as f64;
+        let i = (u.floor() as usize).min(n - 1);
+        let f = u - i as f64;
+        let h = self.heights[i];
+        let next = self.heights[(i + 1) % n];
+        // from the peak of tooth i down to the notch between the two, up to the next peak
+        let notch = -0.5 * (h + next);
+        if f < 0.5 {
+            h + (notch - h) * 2.0 * f
+        } else {
+            notch + (next - notch) * (2.0 * f - 1.0)
+        }
+    }
+
+    /// The mean square of [`Teeth::offset`] over the outline (a zig-zag of height h has h^2 / 3).
+    fn mean_square(&self) -> f64 {
+        let n = self.heights.len().max(1) as f64;
+        self.heights.iter().map(|h| h * h / 3.0).sum::<f64>() / n
+    }
 }
 
 impl Blob {
@@ -127,7 +169,8 @@ impl Blob {
             .iter()
             .map(|&(k, amp, ph)| amp * (k * phi + ph).cos())
             .sum();
-        e * (1.0 + m)
+        let teeth = self.teeth.as_ref().map_or(0.0, |t| t.offset(phi));
+        (e * (1.0 + m) + teeth).max(0.0)
     }
 
     /// Signed distance-like value: how far (x, y) lies inside the outline along its ray
@@ -152,6 +195,7 @@ impl Blob {
 struct LesionShape {
     blob: Blob,
     echogenicity: Echogenicity,
+    margin: Margin,
     diameter_mm: u32,
 }
 
@@ -198,6 +242,7 @@ impl Scene {
                 (2.0, rng.range(0.0, 0.025), rng.range(0.0, TAU)),
                 (3.0, rng.range(0.0, 0.02), rng.range(0.0, TAU)),
             ],
+            teeth: None,
         };
         // Keep it inside the fan with a margin (shrinks only for unusual jitter).
         for _ in 0..40 {
@@ -240,13 +285,19 @@ impl Scene {
                         b: radius * q.sqrt(),
                         rot: rng.range(0.0, PI),
                         harmonics: Vec::new(),
+                        teeth: None,
                     }
                 }
                 Margin::Irregular => {
                     let harmonics = irregular_harmonics(&mut rng, radius);
-                    // the area of r(phi) = r0 (1 + sum a_k cos) is pi r0^2 (1 + sum a_k^2 / 2)
+                    let teeth = irregular_teeth(&mut rng, radius, k);
+                    // the area of r(phi) = r0 (1 + sum a_k cos) + t(phi) is about
+                    // pi (r0^2 (1 + sum a_k^2 / 2) + mean t^2): the teeth and the harmonics
+                    // are uncorrelated and t has mean zero
                     let energy: f64 = harmonics.iter().map(|h| h.1 * h.1 / 2.0).sum();
-                    let r0 = radius / (1.0 + energy).sqrt();
+                    let r0 = ((radius * radius - teeth.mean_square()).max(0.25 * radius * radius)
+                        / (1.0 + energy))
+                        .sqrt();
                     Blob {
                         cx: 0.0,
                         cy: 0.0,
@@ -254,6 +305,7 @@ impl Scene {
                         b: r0,
                         rot: 0.0,
                         harmonics,
+                        teeth: Some(teeth),
                     }
                 }
             };
@@ -261,6 +313,7 @@ impl Scene {
             LesionShape {
                 blob,
                 echogenicity: l.echogenicity,
+                margin: l.margin,
                 diameter_mm,
             }
         });
@@ -380,6 +433,17 @@ impl Scene {
             // every pixel of the mask is all lesion; the edge blends over the pixel outside
             let t = (inside / (0.8 * k) + 1.0).clamp(0.0, 1.0);
             v += (lv - v) * t;
+            // an irregular margin has no abrupt interface: an echogenic halo of uneven
+            // thickness (about 2 to 3.5 pixels at the default size) rings it
+            if l.margin == Margin::Irregular && inside < 0.0 {
+                let width = k * (2.0 + 1.5 * texture);
+                let d = -inside / width;
+                if d < 1.5 {
+                    let halo = level::HALO * organ_speckle.powf(0.2);
+                    let w = (-d * d).exp();
+                    v += (halo - v).max(0.0) * w;
+                }
+            }
         }
         // the capsule: a thin bright line, brightest where the beam meets it head-on, with
         // little speckle
@@ -568,6 +632,18 @@ fn irregular_harmonics(rng: &mut Draw, radius_px: f64) -> Vec<(f64, f64, f64)> {
         h.push((2.0, rng.range(0.04, 0.08), rng.range(0.0, TAU)));
     }
     h
+}
+
+/// The angular teeth of an irregular outline: one about every 3.5 pixels of perimeter (at
+/// the default size; at least five), each sticking out (and cutting in) 0.9 to 1.6 pixels.
+fn irregular_teeth(rng: &mut Draw, radius_px: f64, k: f64) -> Teeth {
+    let spacing = 3.5 * k;
+    let n = ((TAU * radius_px / spacing).round() as usize).max(5);
+    let heights = (0..n).map(|_| k * rng.range(0.9, 1.6)).collect();
+    Teeth {
+        phase: rng.range(0.0, TAU),
+        heights,
+    }
 }
 
 /// Moves the lesion (centred at 0, 0) into the stated quadrant of the organ, about as far off
