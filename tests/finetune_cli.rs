@@ -13,6 +13,11 @@ fn finetune() -> Command {
     support::example("finetune")
 }
 
+/// `OUT/state/state.json` of a run.
+fn saved_state(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("state/state.json")).unwrap()).unwrap()
+}
+
 fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).unwrap().lines().count()
 }
@@ -56,8 +61,7 @@ fn a_lora_run_writes_everything_and_resumes() {
     }
     // 4 samples in batches of 2: two steps
     assert_eq!(lines(&dir.join("log.jsonl")), 2);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    let state = saved_state(&dir);
     assert_eq!(state["step"], 2);
     // the saved model and the adapter over the base load
     use echovlm_pipeline::{EchoVlm, LoadOptions};
@@ -71,8 +75,7 @@ fn a_lora_run_writes_everything_and_resumes() {
     // a second epoch, resumed from the saved state
     run("2", true);
     assert_eq!(lines(&dir.join("log.jsonl")), 4);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    let state = saved_state(&dir);
     assert_eq!(state["step"], 4);
     assert!(dir.join("val-epoch-2.json").is_file());
 }
@@ -131,11 +134,16 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     assert!(!err.contains("panicked"), "{err}");
 
     // the state holds every step the log shows, and where in the epoch it stopped
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    let state = saved_state(&dir);
     let steps = lines(&log);
     assert!(steps >= 3);
     assert_eq!(state["step"], steps as u64, "{state}");
+    // two steps per epoch, `next` samples into the interrupted one
+    let (epoch_done, next) = (
+        state["progress"]["epoch"].as_u64().unwrap(),
+        state["progress"]["next"].as_u64().unwrap(),
+    );
+    assert_eq!(2 * epoch_done + next / 2, steps as u64, "{state}");
     assert!(dir.join("state/state.safetensors").is_file());
     // the model saved at the interrupt loads
     use echovlm_pipeline::{EchoVlm, LoadOptions};
@@ -148,8 +156,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let o = start(&target.to_string(), true).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(lines(&log), 2 * target);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    let state = saved_state(&dir);
     assert_eq!(state["step"], (2 * target) as u64, "{state}");
 }
 

@@ -49,6 +49,19 @@ fn mean_where(r: &Rendering, m: &GrayImage) -> f64 {
     sum / n as f64
 }
 
+/// The pixels `inner + 1` to `outer` pixels outside the lesion (by dilation of its mask) that lie
+/// in the organ at least two pixels inside its outline (clear of the capsule).
+fn organ_band(r: &Rendering, inner: i64, outer: i64) -> GrayImage {
+    let (near, far) = (dilate(&r.lesion_mask, inner), dilate(&r.lesion_mask, outer));
+    let organ = erode(&r.organ_mask, 2);
+    GrayImage::from_fn(r.image.width(), r.image.height(), |x, y| {
+        let on = far.get_pixel(x, y).0[0] > 0
+            && near.get_pixel(x, y).0[0] == 0
+            && organ.get_pixel(x, y).0[0] > 0;
+        image::Luma([if on { 255 } else { 0 }])
+    })
+}
+
 /// Mean brightness inside the lesion (its rim left out when enough remains) and in a ring of
 /// organ around it (clear of the lesion's blended edge and of the capsule).
 fn lesion_and_ring(r: &Rendering) -> (f64, f64) {
@@ -58,16 +71,7 @@ fn lesion_and_ring(r: &Rendering) -> (f64, f64) {
     } else {
         mean_where(r, &r.lesion_mask)
     };
-    let near = dilate(&r.lesion_mask, 2);
-    let far = dilate(&r.lesion_mask, 7);
-    let organ = erode(&r.organ_mask, 2);
-    let ring = GrayImage::from_fn(r.image.width(), r.image.height(), |x, y| {
-        let on = far.get_pixel(x, y).0[0] > 0
-            && near.get_pixel(x, y).0[0] == 0
-            && organ.get_pixel(x, y).0[0] > 0;
-        image::Luma([if on { 255 } else { 0 }])
-    });
-    (lesion, mean_where(r, &ring))
+    (lesion, mean_where(r, &organ_band(r, 2, 7)))
 }
 
 fn centroid(m: &GrayImage) -> (f64, f64) {
@@ -248,17 +252,7 @@ fn measured_diameter_falls_in_the_size_class() {
 /// Mean brightness of the band one to three pixels outside the lesion, over that of the organ
 /// four to nine pixels out (both inside the organ, clear of its capsule).
 fn boundary_over_organ(r: &Rendering) -> f64 {
-    let organ = erode(&r.organ_mask, 2);
-    let band = |inner: i64, outer: i64| {
-        let (a, b) = (dilate(&r.lesion_mask, inner), dilate(&r.lesion_mask, outer));
-        GrayImage::from_fn(r.image.width(), r.image.height(), |x, y| {
-            let on = b.get_pixel(x, y).0[0] > 0
-                && a.get_pixel(x, y).0[0] == 0
-                && organ.get_pixel(x, y).0[0] > 0;
-            image::Luma([if on { 255 } else { 0 }])
-        })
-    };
-    mean_where(r, &band(0, 3)) / mean_where(r, &band(4, 9))
+    mean_where(r, &organ_band(r, 0, 3)) / mean_where(r, &organ_band(r, 4, 9))
 }
 
 #[test]
