@@ -61,7 +61,7 @@ fn a_lora_run_writes_everything_and_resumes() {
     }
     // 4 samples in batches of 2: two steps
     assert_eq!(lines(&dir.join("log.jsonl")), 2);
-    let state = saved_state(&dir);
+    let state = saved_state(dir);
     assert_eq!(state["step"], 2);
     // the saved model and the adapter over the base load
     use echovlm_pipeline::{EchoVlm, LoadOptions};
@@ -75,7 +75,7 @@ fn a_lora_run_writes_everything_and_resumes() {
     // a second epoch, resumed from the saved state
     run("2", true);
     assert_eq!(lines(&dir.join("log.jsonl")), 4);
-    let state = saved_state(&dir);
+    let state = saved_state(dir);
     assert_eq!(state["step"], 4);
     assert!(dir.join("val-epoch-2.json").is_file());
 }
