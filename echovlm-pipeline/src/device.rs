@@ -4,9 +4,13 @@ use burn::tensor::{DType, Device};
 
 use crate::error::EchoError;
 
-/// Backends this build can run on (`cpu` always; `wgpu` and `cuda` with their cargo features).
+/// Backends this build can run on: `cpu`, `wgpu` and `cuda`, each with its cargo feature
+/// (`flex`, on by default, for `cpu`).
 pub fn available_devices() -> Vec<&'static str> {
-    let mut v = vec!["cpu"];
+    let mut v = Vec::new();
+    if cfg!(feature = "flex") {
+        v.push("cpu");
+    }
     if cfg!(feature = "wgpu") {
         v.push("wgpu");
     }
@@ -19,6 +23,8 @@ pub fn available_devices() -> Vec<&'static str> {
 /// The device for a name: `cpu` (Burn's flex backend), `wgpu` (the default GPU through
 /// Vulkan, Metal or DirectX), `cuda` or `cuda:N`.
 pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
+    // used for the backends this build lacks (none when all three features are on)
+    #[allow(unused_variables)]
     let unavailable = |feature: &str| {
         EchoError::InvalidRequest(format!(
             "device {name:?} needs the `{feature}` feature of echovlm-pipeline, which this build lacks (available: {})",
@@ -47,7 +53,7 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
                     })?,
                     None => 0,
                 };
-                return Ok(Device::cuda(index));
+                Ok(Device::cuda(index))
             }
             #[cfg(not(feature = "cuda"))]
             return Err(unavailable("cuda"));
@@ -105,12 +111,13 @@ fn is_listed(device: &Device) -> bool {
     if *device == Device::flex() {
         return true;
     }
-    #[allow(unused_mut)]
-    let mut types: Vec<DeviceType> = Vec::new();
-    #[cfg(feature = "wgpu")]
-    types.push(DeviceType::Wgpu);
-    #[cfg(feature = "cuda")]
-    types.push(DeviceType::Cuda);
+    let types: Vec<DeviceType> = [
+        #[cfg(feature = "wgpu")]
+        DeviceType::Wgpu,
+        #[cfg(feature = "cuda")]
+        DeviceType::Cuda,
+    ]
+    .into();
     if types.is_empty() {
         return false;
     }
@@ -167,13 +174,13 @@ pub fn dtype_for(device: &Device, name: &str) -> Result<(DType, Option<String>),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Probing runs the device and leaves the process's panic hook as it found it.
     #[cfg(feature = "flex")]
     #[test]
     fn probing_keeps_the_panic_hook() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
         std::panic::set_hook(Box::new(move |_| {

@@ -1,15 +1,21 @@
-//! The reference fixtures on the wgpu backend (a real GPU, or Mesa's lavapipe Vulkan driver
-//! in CI): text only, one image and two images, in f32 and f16; and the Qwen2.5-VL (EchoVLM V2)
-//! fixtures in f32: windowed images, two images, cine loops at two frame rates.
+//! The GPU backends against the reference fixtures.
 //!
-//! Run with: `cargo test --release --features wgpu --test gpu_parity` (with `ECHOVLM_GPU_STRICT=1`
-//! a dtype the adapter lacks fails instead of being skipped).
+//! With `wgpu` (a real GPU, or Mesa's lavapipe Vulkan driver in CI): text only, one image and
+//! two images, in f32 and f16; and the Qwen2.5-VL (EchoVLM V2) fixtures in f32: windowed
+//! images, two images, cine loops at two frame rates. With `cuda`: the device either runs the
+//! reference fixtures or, on a machine without one, is refused with an error naming it.
+//!
+//! Run with (the CPU backend is not needed, so it is left out of the build):
+//! `cargo test --release -p echovlm-pipeline --no-default-features --features wgpu,cuda --test gpu`
+//! (with `ECHOVLM_GPU_STRICT=1` a dtype the wgpu adapter lacks fails instead of being skipped;
+//! `cuda` needs `tools/setup-cuda-llvm.sh` once).
 
-#![cfg(feature = "wgpu")]
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
-use burn::tensor::{DType, Device, DeviceKind};
+use burn::tensor::{DType, Device};
 use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions, Request};
 use support::{Golden, image, max_abs_diff, model_dir};
 
@@ -22,12 +28,14 @@ fn tolerance(dtype: DType) -> f32 {
     }
 }
 
+#[cfg(feature = "wgpu")]
 fn load(dtype: DType) -> Option<EchoVlm> {
     load_model("tiny-echovlm", dtype)
 }
 
+#[cfg(feature = "wgpu")]
 fn load_model(name: &str, dtype: DType) -> Option<EchoVlm> {
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     if !device.supports_dtype(dtype) {
         // CI sets ECHOVLM_GPU_STRICT: there the adapter (lavapipe) must run every dtype tested
         assert!(
@@ -53,6 +61,7 @@ fn greedy(n: usize) -> GenerationOptions {
 }
 
 fn check(model: &EchoVlm, dtype: DType) {
+    let backend = format!("{:?}", model.device());
     let g = Golden::load("tiny-echovlm");
     let mut cases: Vec<(String, Request, serde_json::Value)> = Vec::new();
     let text = g.meta["text_en"].clone();
@@ -78,7 +87,7 @@ fn check(model: &EchoVlm, dtype: DType) {
             format!("e2e.{name}.last_logits")
         };
         let d = max_abs_diff(&logits, &g.f32(&key));
-        eprintln!("wgpu {dtype:?} {name}: last-position logits max abs diff {d:.2e}");
+        eprintln!("{backend} {dtype:?} {name}: last-position logits max abs diff {d:.2e}");
         assert!(d <= tolerance(dtype), "{name}: {d}");
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&request, &greedy(want.len())).unwrap();
@@ -89,7 +98,7 @@ fn check(model: &EchoVlm, dtype: DType) {
             .take_while(|(a, b)| a == b)
             .count();
         eprintln!(
-            "wgpu {dtype:?} {name}: {same}/{} greedy tokens identical",
+            "{backend} {dtype:?} {name}: {same}/{} greedy tokens identical",
             want.len()
         );
         if dtype == DType::F32 {
@@ -101,6 +110,7 @@ fn check(model: &EchoVlm, dtype: DType) {
     }
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn reference_fixtures_in_f32() {
     if let Some(model) = load(DType::F32) {
@@ -108,6 +118,7 @@ fn reference_fixtures_in_f32() {
     }
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn reference_fixtures_in_f16() {
     if let Some(model) = load(DType::F16) {
@@ -117,6 +128,7 @@ fn reference_fixtures_in_f16() {
 
 /// EchoVLM V2's architecture in f32: last logits within 1e-4 of max |logit| and 32 greedy
 /// tokens identical, as on the CPU.
+#[cfg(feature = "wgpu")]
 #[test]
 fn qwen25_fixtures_in_f32() {
     let Some(model) = load_model("tiny-qwen25vl", DType::F32) else {
@@ -159,5 +171,55 @@ fn qwen25_fixtures_in_f32() {
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&r, &greedy(want.len())).unwrap();
         assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
+    }
+}
+
+/// The device names this build offers are the backends it was built with: here no CPU
+/// backend, so `cpu` is refused with an error that names the feature it needs.
+#[test]
+fn the_build_offers_exactly_its_backends() {
+    use echovlm_pipeline::{available_devices, device_from_name};
+    let mut want = Vec::new();
+    if cfg!(feature = "flex") {
+        want.push("cpu");
+    }
+    if cfg!(feature = "wgpu") {
+        want.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        want.push("cuda");
+    }
+    assert_eq!(available_devices(), want);
+    if !cfg!(feature = "flex") {
+        let err = device_from_name("cpu").unwrap_err().to_string();
+        assert!(err.contains("`flex` feature"), "{err}");
+        assert!(!err.contains("available: cpu"), "{err}");
+    }
+}
+
+/// CUDA: with a device, the reference fixtures run in f32 as on wgpu; without one (CI), the
+/// probe returns an error naming the device instead of panicking.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_runs_the_fixtures_or_says_there_is_no_device() {
+    use echovlm_pipeline::{device_from_name, probe_device};
+    let device = device_from_name("cuda").unwrap();
+    assert!(device_from_name("cuda:x").is_err());
+    match probe_device(&device) {
+        Ok(()) => {
+            let opts = LoadOptions::default().device(device).dtype(DType::F32);
+            check(
+                &EchoVlm::load(model_dir("tiny-echovlm"), &opts).unwrap(),
+                DType::F32,
+            );
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("{msg}");
+            assert!(
+                msg.contains("Cuda") && msg.contains("not available"),
+                "{msg}"
+            );
+        }
     }
 }
