@@ -36,7 +36,10 @@ pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
 pub use hub::HubId;
-pub use model::{EchoVlm, LoadOptions, PreparedPrompt, SequenceOutput, TextCallback, Weights};
+pub use model::{
+    BatchEvent, ContinuousBatch, EchoVlm, LoadOptions, PreparedPrompt, SeqId, SequenceOutput,
+    TextCallback, Weights,
+};
 pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]
 pub use plot::routing_png;

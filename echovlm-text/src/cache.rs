@@ -1,8 +1,10 @@
 //! The key/value cache that decode steps append to.
 
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use echovlm_core::backend::{self, HostKv, KvStorage};
 use echovlm_core::host::flex_f32_vec;
+
+use crate::error::ForwardError;
 
 /// Post-RoPE keys and raw values of every layer for a batch, plus which cached positions are
 /// real tokens (left padding is not).
@@ -75,6 +77,30 @@ impl HostBuffers {
             let src = bh * s * d;
             self.k[dst..dst + s * d].copy_from_slice(&k[src..src + s * d]);
             self.v[dst..dst + s * d].copy_from_slice(&v[src..src + s * d]);
+        }
+    }
+
+    /// Rows `rows` of `self` (positions `0..len`) copied into rows `at..` of `out`, starting at
+    /// position `shift`.
+    fn copy_rows_into(&self, out: &mut Self, rows: &[usize], at: usize, len: usize, shift: usize) {
+        let d = self.dim;
+        for (i, &r) in rows.iter().enumerate() {
+            for h in 0..self.heads {
+                let src = ((r * self.heads + h) * self.capacity) * d;
+                let dst = (((at + i) * out.heads + h) * out.capacity + shift) * d;
+                out.k[dst..dst + len * d].copy_from_slice(&self.k[src..src + len * d]);
+                out.v[dst..dst + len * d].copy_from_slice(&self.v[src..src + len * d]);
+            }
+        }
+    }
+
+    /// Moves positions `n..len` of every row to the front.
+    fn shift_front(&mut self, n: usize, len: usize) {
+        let d = self.dim;
+        for bh in 0..self.batch * self.heads {
+            let base = bh * self.capacity * d;
+            self.k.copy_within(base + n * d..base + len * d, base);
+            self.v.copy_within(base + n * d..base + len * d, base);
         }
     }
 
@@ -216,6 +242,179 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Appends the rows of `other` (a cache of the same decoder on the same device) after this
+    /// cache's rows, for a batch that sequences join while it runs.
+    ///
+    /// The two are aligned at their ends: the shorter is left-padded with positions marked as
+    /// padding, so both hold `max(len)` positions. Returns the padding put in front of this
+    /// cache's rows and in front of `other`'s, in that order: a row's decoding positions
+    /// ([`Positions::decode`](crate::Positions::decode)) shift by as much.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<(usize, usize), ForwardError> {
+        let mismatch = |what: &str| Err(ForwardError::Cache(format!("cannot join rows: {what}")));
+        if other.batch().is_none() {
+            return Ok((0, 0));
+        }
+        if self.batch().is_none() {
+            let capacity = self.capacity.max(other.capacity);
+            *self = KvCache {
+                capacity,
+                force_tensors: self.force_tensors || other.force_tensors,
+                ..other
+            };
+            return Ok((0, 0));
+        }
+        if self.layers.len() != other.layers.len() {
+            return mismatch("the caches have different numbers of layers");
+        }
+        let (l1, l2) = (self.len, other.len);
+        let len = l1.max(l2);
+        let (pad1, pad2) = (len - l1, len - l2);
+        let (b1, b2) = (self.valid.len(), other.valid.len());
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (a, b) in self.layers.iter().zip(&other.layers) {
+            layers.push(match (a, b) {
+                (None, None) => None,
+                (Some(Layer::Host(a)), Some(Layer::Host(b))) => {
+                    if (a.heads, a.dim) != (b.heads, b.dim) {
+                        return mismatch("the layers' key/value shapes differ");
+                    }
+                    let cap = (a.capacity + pad1).max(b.capacity + pad2).max(len);
+                    let mut out = HostBuffers::new(b1 + b2, a.heads, cap, a.dim);
+                    a.copy_rows_into(&mut out, &(0..b1).collect::<Vec<_>>(), 0, l1, pad1);
+                    b.copy_rows_into(&mut out, &(0..b2).collect::<Vec<_>>(), b1, l2, pad2);
+                    Some(Layer::Host(out))
+                }
+                (Some(Layer::Tensors(ak, av)), Some(Layer::Tensors(bk, bv))) => {
+                    let ([_, h, ca, d], [_, hb, cb, db]) = (ak.dims(), bk.dims());
+                    if (h, d) != (hb, db) || ak.dtype() != bk.dtype() {
+                        return mismatch("the layers' key/value shapes or types differ");
+                    }
+                    let cap = (ca + pad1).max(cb + pad2).max(len);
+                    let join = |a: &Tensor<4>, b: &Tensor<4>| {
+                        Tensor::<4>::zeros([b1 + b2, h, cap, d], (&a.device(), a.dtype()))
+                            .slice_assign(
+                                [0..b1, 0..h, pad1..len, 0..d],
+                                a.clone().narrow(2, 0, l1),
+                            )
+                            .slice_assign(
+                                [b1..b1 + b2, 0..h, pad2..len, 0..d],
+                                b.clone().narrow(2, 0, l2),
+                            )
+                    };
+                    Some(Layer::Tensors(join(ak, bk), join(av, bv)))
+                }
+                _ => return mismatch("the caches keep their keys and values differently"),
+            });
+        }
+        self.layers = layers;
+        let padded = |rows: Vec<Vec<bool>>, pad: usize| {
+            rows.into_iter().map(move |r| {
+                let mut row = vec![false; pad];
+                row.extend(r);
+                row
+            })
+        };
+        let mut valid: Vec<Vec<bool>> = padded(std::mem::take(&mut self.valid), pad1).collect();
+        valid.extend(padded(other.valid, pad2));
+        self.valid = valid;
+        self.len = len;
+        self.capacity = self.capacity.max(other.capacity).max(len);
+        Ok((pad1, pad2))
+    }
+
+    /// Keeps only the rows `keep` (indices of the current rows, in the order given): for
+    /// sequences that leave a running batch. Keeping none empties the cache.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<(), ForwardError> {
+        let Some(b) = self.batch() else {
+            return if keep.is_empty() {
+                Ok(())
+            } else {
+                Err(ForwardError::Cache("the cache holds no rows".into()))
+            };
+        };
+        if let Some(&r) = keep.iter().find(|&&r| r >= b) {
+            return Err(ForwardError::Cache(format!(
+                "row {r} is out of range for a cache of {b} rows"
+            )));
+        }
+        if keep.is_empty() {
+            self.clear();
+            return Ok(());
+        }
+        if keep.iter().copied().eq(0..b) {
+            return Ok(());
+        }
+        let len = self.len;
+        for slot in &mut self.layers {
+            *slot = match slot.take() {
+                Some(Layer::Host(buf)) => {
+                    let mut out = HostBuffers::new(keep.len(), buf.heads, buf.capacity, buf.dim);
+                    buf.copy_rows_into(&mut out, keep, 0, len, 0);
+                    Some(Layer::Host(out))
+                }
+                Some(Layer::Tensors(k, v)) => {
+                    let idx: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+                    let idx = Tensor::<1, Int>::from_data(
+                        TensorData::new(idx, [keep.len()]),
+                        &k.device(),
+                    );
+                    Some(Layer::Tensors(k.select(0, idx.clone()), v.select(0, idx)))
+                }
+                None => None,
+            };
+        }
+        self.valid = keep.iter().map(|&r| self.valid[r].clone()).collect();
+        Ok(())
+    }
+
+    /// Positions at the front that are padding in every row (after rows left the batch).
+    pub fn leading_padding(&self) -> usize {
+        if self.valid.is_empty() {
+            return 0;
+        }
+        (0..self.len)
+            .take_while(|&j| self.valid.iter().all(|row| !row[j]))
+            .count()
+    }
+
+    /// Drops the first `n` positions of every row, which must be padding in every row
+    /// ([`leading_padding`](Self::leading_padding)): keeps a long-running batch as short as its
+    /// longest sequence. Decoding positions shift by `n` (the opposite way to
+    /// [`append_rows`](Self::append_rows)'s padding).
+    pub fn trim_front(&mut self, n: usize) -> Result<(), ForwardError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let pad = self.leading_padding();
+        if n > pad {
+            return Err(ForwardError::Cache(format!(
+                "cannot drop {n} leading positions: only {pad} are padding in every row"
+            )));
+        }
+        let len = self.len;
+        for slot in &mut self.layers {
+            *slot = match slot.take() {
+                Some(Layer::Host(mut buf)) => {
+                    buf.shift_front(n, len);
+                    Some(Layer::Host(buf))
+                }
+                Some(Layer::Tensors(k, v)) => {
+                    let cap = k.dims()[2];
+                    Some(Layer::Tensors(
+                        k.narrow(2, n, cap - n),
+                        v.narrow(2, n, cap - n),
+                    ))
+                }
+                None => None,
+            };
+        }
+        for row in &mut self.valid {
+            row.drain(..n);
+        }
+        self.len -= n;
+        Ok(())
+    }
+
     /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and runs
     /// attention of `q` over everything cached (see [`backend::attention`] for `mask` and
     /// `causal`).
@@ -294,5 +493,148 @@ impl KvCache {
             }
         }
         self.len = self.valid.first().map_or(0, Vec::len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    const HEADS: usize = 2;
+    const DIM: usize = 3;
+
+    /// Keys `[b, HEADS, s, DIM]` whose values encode (seed, row, head, position, lane).
+    fn keys(b: usize, s: usize, seed: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(b * HEADS * s * DIM);
+        for r in 0..b {
+            for h in 0..HEADS {
+                for p in 0..s {
+                    for i in 0..DIM {
+                        v.push((seed * 10_000 + r * 1000 + h * 100 + p * 10 + i) as f32);
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn tensor(v: Vec<f32>, b: usize, s: usize) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v, [b, HEADS, s, DIM]), &Device::flex())
+    }
+
+    /// Appends `s` positions of keys (values = keys + 0.5) to every row of layer 0.
+    fn append(cache: &mut KvCache, b: usize, s: usize, seed: usize) {
+        let k = keys(b, s, seed);
+        let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+        let q = Tensor::<4>::zeros([b, HEADS, s, DIM], &Device::flex());
+        let _ = cache.attend(0, q, tensor(k, b, s), tensor(v, b, s), None, false);
+        cache.commit(vec![vec![true; s]; b]);
+    }
+
+    /// Row `row`'s keys and values at its real positions, head by head.
+    fn real(cache: &KvCache, row: usize) -> (Vec<f32>, Vec<f32>) {
+        let (k, v, cap) = match &cache.layers[0] {
+            Some(Layer::Host(buf)) => (buf.k.clone(), buf.v.clone(), buf.capacity),
+            Some(Layer::Tensors(k, v)) => (
+                flex_f32_vec(k.clone()),
+                flex_f32_vec(v.clone()),
+                k.dims()[2],
+            ),
+            None => panic!("empty layer"),
+        };
+        let (mut ok, mut ov) = (Vec::new(), Vec::new());
+        for h in 0..HEADS {
+            for p in (0..cache.len()).filter(|&p| cache.valid()[row][p]) {
+                let at = ((row * HEADS + h) * cap + p) * DIM;
+                ok.extend_from_slice(&k[at..at + DIM]);
+                ov.extend_from_slice(&v[at..at + DIM]);
+            }
+        }
+        (ok, ov)
+    }
+
+    /// Row `r` of `keys(b, s, seed)`, head by head.
+    fn want(b: usize, s: usize, seed: usize, r: usize) -> Vec<f32> {
+        keys(b, s, seed)[r * HEADS * s * DIM..(r + 1) * HEADS * s * DIM].to_vec()
+    }
+
+    fn row_ops(tensors: bool) {
+        let new = || {
+            let c = KvCache::new(1);
+            if tensors { c.tensor_storage() } else { c }
+        };
+        let (mut a, mut b) = (new(), new());
+        append(&mut a, 1, 3, 1);
+        append(&mut b, 2, 5, 2);
+        let storage_is_host = matches!(a.layers[0], Some(Layer::Host(_)));
+        assert_eq!(storage_is_host, !tensors);
+
+        // joining: the shorter cache is left-padded
+        assert_eq!(a.append_rows(b).unwrap(), (2, 0));
+        assert_eq!((a.batch(), a.len(), a.leading_padding()), (Some(3), 5, 0));
+        assert_eq!(a.valid()[0], [false, false, true, true, true]);
+        let check = |c: &KvCache, row: usize, k: Vec<f32>| {
+            let (got_k, got_v) = real(c, row);
+            let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+            assert_eq!((got_k, got_v), (k, v), "row {row}");
+        };
+        check(&a, 0, want(1, 3, 1, 0));
+        check(&a, 1, want(2, 5, 2, 0));
+        check(&a, 2, want(2, 5, 2, 1));
+
+        // leaving: reorders and drops rows; padding every row shares is trimmed
+        a.retain_rows(&[2, 0]).unwrap();
+        check(&a, 0, want(2, 5, 2, 1));
+        check(&a, 1, want(1, 3, 1, 0));
+        assert_eq!(a.leading_padding(), 0);
+        assert!(matches!(a.trim_front(1), Err(ForwardError::Cache(_))));
+        assert!(matches!(a.retain_rows(&[2]), Err(ForwardError::Cache(_))));
+        a.retain_rows(&[1]).unwrap();
+        assert_eq!(a.leading_padding(), 2);
+        a.trim_front(2).unwrap();
+        assert_eq!((a.batch(), a.len(), a.leading_padding()), (Some(1), 3, 0));
+        check(&a, 0, want(1, 3, 1, 0));
+
+        // appending after the row operations writes after the kept positions
+        append(&mut a, 1, 1, 3);
+        let mut k = want(1, 3, 1, 0);
+        let next = want(1, 1, 3, 0);
+        // head by head: the three old positions, then the new one
+        let mut merged = Vec::new();
+        for h in 0..HEADS {
+            merged.extend_from_slice(&k[h * 3 * DIM..(h + 1) * 3 * DIM]);
+            merged.extend_from_slice(&next[h * DIM..(h + 1) * DIM]);
+        }
+        k = merged;
+        check(&a, 0, k);
+
+        // a longer cache joining pads the rows already there
+        let mut c = new();
+        append(&mut c, 1, 6, 4);
+        assert_eq!(a.append_rows(c).unwrap(), (2, 0));
+        assert_eq!((a.batch(), a.len()), (Some(2), 6));
+        check(&a, 1, want(1, 6, 4, 0));
+
+        // caches of other shapes cannot join; keeping no row empties the cache
+        let mut wide = KvCache::new(2);
+        append(&mut wide, 1, 2, 5);
+        assert!(matches!(a.append_rows(wide), Err(ForwardError::Cache(_))));
+        a.retain_rows(&[]).unwrap();
+        assert_eq!((a.batch(), a.len()), (None, 0));
+        let mut d = new();
+        append(&mut d, 1, 2, 6);
+        assert_eq!(a.append_rows(d).unwrap(), (0, 0));
+        check(&a, 0, want(1, 2, 6, 0));
+    }
+
+    #[test]
+    fn rows_join_leave_and_trim_in_host_storage() {
+        row_ops(false);
+    }
+
+    #[test]
+    fn rows_join_leave_and_trim_in_tensor_storage() {
+        row_ops(true);
     }
 }

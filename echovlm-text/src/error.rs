@@ -81,4 +81,8 @@ pub enum ForwardError {
     /// A tensor the forward pass needs on the host (the MoE routing) could not be read back.
     #[error(transparent)]
     Device(#[from] echovlm_core::host::ReadBackError),
+    /// Rows of two caches cannot be joined, or a row operation does not fit the cache
+    /// (different layer shapes or storage, a row index out of range, …).
+    #[error("key/value cache: {0}")]
+    Cache(String),
 }

@@ -14,12 +14,14 @@ use crate::generate::GenerationOptions;
 use crate::output::Architecture;
 
 mod adapter;
+mod batch;
 mod forward;
 mod load;
 mod prepare;
 mod run;
 mod weights;
 
+pub use batch::{BatchEvent, ContinuousBatch, SeqId};
 pub use forward::SequenceOutput;
 pub use load::LoadOptions;
 pub use prepare::PreparedPrompt;

@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use echovlm_moe::RoutingTrace;
-use echovlm_text::{DecoderInput, Positions, PromptError, rope_index_timed};
+use echovlm_moe::{RoutingSummary, RoutingTrace};
+use echovlm_text::{DecoderInput, Positions, PromptError, Qwen2Tokenizer, rope_index_timed};
 use echovlm_vision::preprocess::PixelValues;
 
 use super::{EchoVlm, PreparedPrompt};
@@ -152,57 +152,42 @@ impl EchoVlm {
         // decode
         let t_decode = Instant::now();
         let vocab = self.text.config.vocab_size;
-        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(opts)).collect();
-        let mut history: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
-        let mut first_top: Vec<Vec<(u32, f32)>> = vec![Vec::new(); b];
-        let mut stream = on_text.as_ref().map(|_| TextStream::new(&self.tokenizer));
-        let mut step = 0;
+        let mut seqs: Vec<Sequence<'_>> = prompts
+            .iter()
+            .map(|p| Sequence::new(&p.ids, opts, on_text.is_some().then_some(&self.tokenizer)))
+            .collect();
         loop {
-            for r in 0..b {
-                if finished[r].is_some() {
+            for (r, seq) in seqs.iter_mut().enumerate() {
+                if seq.finished.is_some() {
                     continue;
                 }
-                let row = &mut logits[r * vocab..(r + 1) * vocab];
-                if step == 0 {
-                    first_top[r] = top_logits(row, 20);
-                }
-                let tok = samplers[r].next(row, &history[r]);
-                history[r].push(tok);
-                generated[r].push(tok);
-                if !opts.ignore_eos && opts.stop_token_ids.contains(&tok) {
-                    finished[r] = Some(FinishReason::Stop);
-                } else if generated[r].len() >= opts.max_new_tokens {
-                    finished[r] = Some(FinishReason::Length);
-                }
-                if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
-                    && let Some(delta) = stream.push(tok)?
+                let delta = seq.accept(&mut logits[r * vocab..(r + 1) * vocab], opts)?;
+                if let (Some(delta), Some(cb)) = (delta, on_text.as_mut())
                     && cb(&delta).is_break()
                 {
-                    finished[r] = Some(FinishReason::Cancelled);
+                    seq.finished = Some(FinishReason::Cancelled);
                 }
             }
             if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                for f in finished.iter_mut().filter(|f| f.is_none()) {
-                    *f = Some(FinishReason::Cancelled);
+                for seq in seqs.iter_mut().filter(|s| s.finished.is_none()) {
+                    seq.finished = Some(FinishReason::Cancelled);
                 }
             }
-            if finished.iter().all(Option::is_some) {
+            if seqs.iter().all(|s| s.finished.is_some()) {
                 break;
             }
-            step += 1;
-            let next: Vec<Vec<u32>> = (0..b)
-                .map(|r| {
-                    vec![if finished[r].is_some() {
+            let next: Vec<Vec<u32>> = seqs
+                .iter()
+                .map(|s| {
+                    vec![if s.finished.is_some() {
                         self.pad_id
                     } else {
-                        generated[r][generated[r].len() - 1]
+                        s.last()
                     }]
                 })
                 .collect();
-            let live: Vec<Vec<bool>> = finished.iter().map(|f| vec![f.is_none()]).collect();
-            let all_live = finished.iter().all(Option::is_none);
+            let live: Vec<Vec<bool>> = seqs.iter().map(|s| vec![s.finished.is_none()]).collect();
+            let all_live = seqs.iter().all(|s| s.finished.is_none());
             let emb = self.text.embed(&next)?;
             let pos = Positions::decode(&deltas, cache.len(), 1);
             let out = self.text.forward(
@@ -212,43 +197,57 @@ impl EchoVlm {
             )?;
             logits = read_logits(out.logits)?;
         }
-        if let (Some(stream), Some(cb)) = (stream.as_mut(), on_text.as_mut())
-            && let Some(rest) = stream.finish()?
+        if let Some(cb) = on_text.as_mut()
+            && let Some(rest) = seqs[0].finish_text()?
         {
             let _ = cb(&rest);
         }
         let decode_ms = ms(t_decode);
 
         let mut outputs = Vec::with_capacity(b);
-        for (r, p) in prompts.into_iter().enumerate() {
-            let n = generated[r].len();
-            let timings = Timings {
-                preprocess_ms: p.preprocess_ms,
-                vision_ms,
-                prefill_ms,
-                prefill_tokens: p.ids.len(),
-                decode_ms,
-                generated_tokens: n,
-                decode_tokens_per_s: if n > 1 && decode_ms > 0.0 {
-                    (n - 1) as f64 / (decode_ms / 1e3)
-                } else {
-                    0.0
-                },
-            };
-            outputs.push(Output {
-                text: self.tokenizer.decode(&generated[r], true)?,
-                architecture: self.architecture,
-                image_grid_thw: p.images.iter().map(|x| x.grid_thw).collect(),
-                video_grid_thw: p.videos.iter().map(|x| x.grid_thw).collect(),
-                prompt_token_ids: p.ids,
-                generated_token_ids: std::mem::take(&mut generated[r]),
-                finish_reason: finished[r].unwrap_or(FinishReason::Length),
-                first_step_top_logits: std::mem::take(&mut first_top[r]),
-                timings,
-                routing: traces.as_ref().map(|t| t[r].summary()),
-            });
+        for (r, (p, seq)) in prompts.into_iter().zip(seqs).enumerate() {
+            let routing = traces.as_ref().map(|t| t[r].summary());
+            outputs.push(self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?);
         }
         Ok(outputs)
+    }
+
+    /// The output of a finished sequence.
+    pub(super) fn output(
+        &self,
+        p: PreparedPrompt,
+        seq: Sequence<'_>,
+        vision_ms: f64,
+        prefill_ms: f64,
+        decode_ms: f64,
+        routing: Option<RoutingSummary>,
+    ) -> Result<Output, EchoError> {
+        let n = seq.generated.len();
+        let timings = Timings {
+            preprocess_ms: p.preprocess_ms,
+            vision_ms,
+            prefill_ms,
+            prefill_tokens: p.ids.len(),
+            decode_ms,
+            generated_tokens: n,
+            decode_tokens_per_s: if n > 1 && decode_ms > 0.0 {
+                (n - 1) as f64 / (decode_ms / 1e3)
+            } else {
+                0.0
+            },
+        };
+        Ok(Output {
+            text: self.tokenizer.decode(&seq.generated, true)?,
+            architecture: self.architecture,
+            image_grid_thw: p.images.iter().map(|x| x.grid_thw).collect(),
+            video_grid_thw: p.videos.iter().map(|x| x.grid_thw).collect(),
+            prompt_token_ids: p.ids,
+            generated_token_ids: seq.generated,
+            finish_reason: seq.finished.unwrap_or(FinishReason::Length),
+            first_step_top_logits: seq.first_top,
+            timings,
+            routing,
+        })
     }
 
     /// The input embeddings of a padded batch (`ids`, one row per prompt) with every image and
@@ -374,6 +373,73 @@ impl EchoVlm {
     }
 }
 
+/// The decoding state of one sequence: its sampler, the tokens so far, why it finished, and
+/// (when its text is streamed) the text emitted so far.
+pub(super) struct Sequence<'t> {
+    sampler: Sampler,
+    history: Vec<u32>,
+    pub(super) generated: Vec<u32>,
+    pub(super) finished: Option<FinishReason>,
+    first_top: Vec<(u32, f32)>,
+    stream: Option<TextStream<'t>>,
+}
+
+impl<'t> Sequence<'t> {
+    /// A sequence after `prompt`; its text is streamed when a tokenizer is given.
+    pub(super) fn new(
+        prompt: &[u32],
+        opts: &GenerationOptions,
+        stream: Option<&'t Qwen2Tokenizer>,
+    ) -> Self {
+        Self {
+            sampler: Sampler::new(opts),
+            history: prompt.to_vec(),
+            generated: Vec::new(),
+            finished: None,
+            first_top: Vec::new(),
+            stream: stream.map(TextStream::new),
+        }
+    }
+
+    /// Chooses the next token from this sequence's `logits` (changed in place by the
+    /// sampler), notes whether that ends the sequence, and returns the text it completes when
+    /// streaming.
+    pub(super) fn accept(
+        &mut self,
+        logits: &mut [f32],
+        opts: &GenerationOptions,
+    ) -> Result<Option<String>, EchoError> {
+        if self.generated.is_empty() {
+            self.first_top = top_logits(logits, 20);
+        }
+        let tok = self.sampler.next(logits, &self.history);
+        self.history.push(tok);
+        self.generated.push(tok);
+        if !opts.ignore_eos && opts.stop_token_ids.contains(&tok) {
+            self.finished = Some(FinishReason::Stop);
+        } else if self.generated.len() >= opts.max_new_tokens {
+            self.finished = Some(FinishReason::Length);
+        }
+        match self.stream.as_mut() {
+            Some(stream) => stream.push(tok),
+            None => Ok(None),
+        }
+    }
+
+    /// The last token chosen (the next decode step's input).
+    pub(super) fn last(&self) -> u32 {
+        self.generated.last().copied().unwrap_or_default()
+    }
+
+    /// The streamed text not yet returned (an incomplete tail included).
+    pub(super) fn finish_text(&mut self) -> Result<Option<String>, EchoError> {
+        match self.stream.as_mut() {
+            Some(stream) => stream.finish(),
+            None => Ok(None),
+        }
+    }
+}
+
 /// `(t, h, w)` patches of one image or video.
 type Grid = [usize; 3];
 
@@ -388,7 +454,7 @@ fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
 }
 
 /// Reads the decoder's logits back to the host.
-fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
+pub(super) fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
     let logits =
         logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
     logits
@@ -396,6 +462,6 @@ fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
         .map_err(|e| EchoError::Device(format!("reading the logits back failed: {e:?}")))
 }
 
-fn ms(t: Instant) -> f64 {
+pub(super) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }

@@ -1,0 +1,359 @@
+//! Continuous batching: sequences join a running batch and leave it between decode steps.
+
+use std::time::Instant;
+
+use echovlm_moe::RoutingTrace;
+use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
+
+use super::run::{Sequence, ms, read_logits};
+use super::{EchoVlm, PreparedPrompt};
+use crate::error::EchoError;
+use crate::generate::{FinishReason, GenerationOptions};
+use crate::output::Output;
+
+/// Identifies a sequence of a [`ContinuousBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(u64);
+
+/// What a [`ContinuousBatch`] produced for one sequence.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BatchEvent {
+    /// New text of a sequence, in whole UTF-8 characters (the concatenated pieces are the
+    /// text a sequence generated, special tokens skipped).
+    Text {
+        /// The sequence.
+        id: SeqId,
+        /// The new text.
+        text: String,
+    },
+    /// A sequence finished and left the batch (after its last [`BatchEvent::Text`]).
+    Finished {
+        /// The sequence.
+        id: SeqId,
+        /// Its output, as [`EchoVlm::generate`] gives it; `timings.decode_ms` is the wall time
+        /// from joining to leaving, shared with the sequences it ran beside.
+        output: Box<Output>,
+    },
+}
+
+/// A batch that sequences join and leave between decode steps (continuous batching), for a
+/// server that keeps one model busy with requests arriving at any time.
+///
+/// [`add`](Self::add) runs a prompt's vision tower and prefill on its own and puts the
+/// sequence in the batch; each [`step`](Self::step) decodes one token for every sequence in
+/// one forward pass; a sequence leaves as soon as it finishes (a stop token, its token budget,
+/// its [`CancelToken`](crate::CancelToken), or [`finish`](Self::finish)). Every sequence keeps
+/// its own settings (sampling, seed, token budget, stop tokens, routing trace), and its tokens
+/// are those it gets alone: the key/value cache keeps each sequence's positions right-aligned
+/// with padding in front, which attention masks out, and drops the padding every row shares
+/// when a long sequence leaves.
+///
+/// ```no_run
+/// # use echovlm_pipeline::{BatchEvent, ContinuousBatch, EchoVlm, LoadOptions, Request};
+/// # fn main() -> Result<(), echovlm_pipeline::EchoError> {
+/// let model = EchoVlm::load("fixtures/models/echovlm-demo", &LoadOptions::default())?;
+/// let mut batch = ContinuousBatch::new(&model);
+/// let opts = model.default_generation().max_new_tokens(64);
+/// let (first, _) = batch.add(model.prepare(&Request::new("Describe the image."))?, opts.clone())?;
+/// let mut events = batch.step()?;
+/// // a second request joins the running batch
+/// batch.add(model.prepare(&Request::new("Any lesion?"))?, opts)?;
+/// while !batch.is_empty() {
+///     for event in batch.step()? {
+///         if let BatchEvent::Finished { id, output } = event {
+///             println!("{id:?}: {}", output.text);
+///         }
+///     }
+/// }
+/// # let _ = (first, &mut events);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ContinuousBatch<'m> {
+    model: &'m EchoVlm,
+    cache: KvCache,
+    rows: Vec<Row<'m>>,
+    /// Per row: decoding position = `cache.len() + delta`.
+    deltas: Vec<i64>,
+    next_id: u64,
+    steps: u64,
+}
+
+impl std::fmt::Debug for ContinuousBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContinuousBatch")
+            .field("sequences", &self.ids())
+            .field("cached_positions", &self.cache.len())
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// One sequence of the batch.
+struct Row<'m> {
+    id: SeqId,
+    prompt: PreparedPrompt,
+    opts: GenerationOptions,
+    seq: Sequence<'m>,
+    trace: Option<RoutingTrace>,
+    vision_ms: f64,
+    prefill_ms: f64,
+    joined: Instant,
+}
+
+impl<'m> ContinuousBatch<'m> {
+    /// An empty batch on `model`.
+    pub fn new(model: &'m EchoVlm) -> Self {
+        Self {
+            model,
+            cache: model.text.new_cache(),
+            rows: Vec::new(),
+            deltas: Vec::new(),
+            next_id: 0,
+            steps: 0,
+        }
+    }
+
+    /// Sequences in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no sequence is running.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The sequences running, in batch order.
+    pub fn ids(&self) -> Vec<SeqId> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    /// Decode steps run so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Positions each row of the key/value cache holds (the longest sequence's length, the
+    /// others padded in front).
+    pub fn cached_positions(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Runs `prompt`'s vision tower and prefill, chooses its first token, and adds the
+    /// sequence to the batch; returns its id and its first events (a
+    /// [`BatchEvent::Finished`] among them when the first token already ends it, in which case
+    /// it does not join). The running sequences wait meanwhile.
+    pub fn add(
+        &mut self,
+        prompt: PreparedPrompt,
+        opts: GenerationOptions,
+    ) -> Result<(SeqId, Vec<BatchEvent>), EchoError> {
+        let model = self.model;
+        opts.validate()?;
+        model.check_prepared(&prompt)?;
+        let limit = model.text.config.max_position_embeddings;
+        if prompt.ids.len() + opts.max_new_tokens > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: prompt.ids.len() + opts.max_new_tokens,
+                max: limit,
+            }
+            .into());
+        }
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let prompts = std::slice::from_ref(&prompt);
+        let ids = [prompt.ids.clone()];
+
+        let t_vision = Instant::now();
+        let (embeds, image_grids, video_grids) = model.embed_prompts(prompts, &ids)?;
+        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
+            0.0
+        } else {
+            ms(t_vision)
+        };
+        let t_prefill = Instant::now();
+        let (positions, deltas) =
+            model.positions(prompts, &ids, None, &image_grids, &video_grids)?;
+        let mut cache = model
+            .text
+            .new_cache_with_capacity(prompt.ids.len() + opts.max_new_tokens);
+        let has_moe = model.text.layers.iter().any(|l| l.is_moe());
+        let mut trace = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new()]);
+        let out = model.text.forward(
+            DecoderInput::new(embeds, &positions),
+            &mut cache,
+            trace.as_deref_mut(),
+        )?;
+        let mut logits = read_logits(out.logits)?;
+        let prefill_ms = ms(t_prefill);
+
+        let mut seq = Sequence::new(&prompt.ids, &opts, Some(&model.tokenizer));
+        let mut events = Vec::new();
+        if let Some(text) = seq.accept(&mut logits, &opts)? {
+            events.push(BatchEvent::Text { id, text });
+        }
+        let mut row = Row {
+            id,
+            prompt,
+            opts,
+            seq,
+            trace: trace.and_then(|mut t| t.pop()),
+            vision_ms,
+            prefill_ms,
+            joined: Instant::now(),
+        };
+        if row.seq.finished.is_none() && row.cancelled() {
+            row.seq.finished = Some(FinishReason::Cancelled);
+        }
+        if row.seq.finished.is_some() {
+            events.extend(self.leave(row)?);
+            return Ok((id, events));
+        }
+        let (pad_rows, pad_new) = self.cache.append_rows(cache)?;
+        for d in &mut self.deltas {
+            *d -= pad_rows as i64;
+        }
+        self.deltas.push(deltas[0] - pad_new as i64);
+        self.rows.push(row);
+        Ok((id, events))
+    }
+
+    /// Decodes one token for every running sequence in one forward pass; sequences whose
+    /// [`CancelToken`](crate::CancelToken) fired leave first. Returns the new text and the
+    /// sequences that finished, which have left the batch.
+    pub fn step(&mut self) -> Result<Vec<BatchEvent>, EchoError> {
+        let mut events = Vec::new();
+        let cancelled: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| self.rows[r].cancelled())
+            .collect();
+        for &r in &cancelled {
+            self.rows[r].seq.finished = Some(FinishReason::Cancelled);
+        }
+        events.extend(self.remove_finished()?);
+        if self.rows.is_empty() {
+            return Ok(events);
+        }
+        let model = self.model;
+        let next: Vec<Vec<u32>> = self.rows.iter().map(|r| vec![r.seq.last()]).collect();
+        let emb = model.text.embed(&next)?;
+        let pos = Positions::decode(&self.deltas, self.cache.len(), 1);
+        let tracing = self.rows.iter().any(|r| r.trace.is_some());
+        let mut traces: Option<Vec<RoutingTrace>> = tracing.then(|| {
+            self.rows
+                .iter_mut()
+                .map(|r| r.trace.take().unwrap_or_else(RoutingTrace::new))
+                .collect()
+        });
+        let out = model.text.forward(
+            DecoderInput::new(emb, &pos),
+            &mut self.cache,
+            traces.as_deref_mut(),
+        );
+        if let Some(traces) = traces {
+            for (row, t) in self.rows.iter_mut().zip(traces) {
+                if row.opts.trace_routing {
+                    row.trace = Some(t);
+                }
+            }
+        }
+        let mut logits = read_logits(out?.logits)?;
+        self.steps += 1;
+        let vocab = model.text.config.vocab_size;
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            let text = row
+                .seq
+                .accept(&mut logits[r * vocab..(r + 1) * vocab], &row.opts)?;
+            if let Some(text) = text {
+                events.push(BatchEvent::Text { id: row.id, text });
+            }
+        }
+        events.extend(self.remove_finished()?);
+        Ok(events)
+    }
+
+    /// Ends sequence `id` now ([`FinishReason::Cancelled`]), e.g. when its client found a stop
+    /// string or went away; returns its last events (its remaining text, then
+    /// [`BatchEvent::Finished`]), or nothing when `id` is not running.
+    pub fn finish(&mut self, id: SeqId) -> Result<Vec<BatchEvent>, EchoError> {
+        match self.rows.iter_mut().find(|r| r.id == id) {
+            Some(row) => {
+                row.seq.finished = Some(FinishReason::Cancelled);
+                self.remove_finished()
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Drops every sequence without output (after an error left the batch unusable) and
+    /// returns their ids.
+    pub fn clear(&mut self) -> Vec<SeqId> {
+        let ids = self.ids();
+        self.rows.clear();
+        self.deltas.clear();
+        self.cache.clear();
+        ids
+    }
+
+    /// Moves the finished rows out of the batch (cache rows included), then drops the cache
+    /// positions that are padding for every remaining row.
+    fn remove_finished(&mut self) -> Result<Vec<BatchEvent>, EchoError> {
+        if self.rows.iter().all(|r| r.seq.finished.is_none()) {
+            return Ok(Vec::new());
+        }
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| self.rows[r].seq.finished.is_none())
+            .collect();
+        self.cache.retain_rows(&keep)?;
+        let rows = std::mem::take(&mut self.rows);
+        let deltas = std::mem::take(&mut self.deltas);
+        let mut left = Vec::new();
+        for (row, delta) in rows.into_iter().zip(deltas) {
+            if row.seq.finished.is_none() {
+                self.rows.push(row);
+                self.deltas.push(delta);
+            } else {
+                left.push(row);
+            }
+        }
+        let pad = self.cache.leading_padding();
+        self.cache.trim_front(pad)?;
+        for d in &mut self.deltas {
+            *d += pad as i64;
+        }
+        let mut events = Vec::new();
+        for row in left {
+            events.extend(self.leave(row)?);
+        }
+        Ok(events)
+    }
+
+    /// The last events of a row that left.
+    fn leave(&self, mut row: Row<'m>) -> Result<Vec<BatchEvent>, EchoError> {
+        let mut events = Vec::new();
+        if let Some(text) = row.seq.finish_text()? {
+            events.push(BatchEvent::Text { id: row.id, text });
+        }
+        let routing = row.trace.as_ref().map(RoutingTrace::summary);
+        let output = self.model.output(
+            row.prompt,
+            row.seq,
+            row.vision_ms,
+            row.prefill_ms,
+            ms(row.joined),
+            routing,
+        )?;
+        events.push(BatchEvent::Finished {
+            id: row.id,
+            output: Box::new(output),
+        });
+        Ok(events)
+    }
+}
+
+impl Row<'_> {
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
+}
