@@ -1,14 +1,16 @@
 //! The generation worker: one thread that owns the model's compute, fed by a bounded queue.
-//! Non-streaming requests with the same settings that wait together run as one batch.
+//! Requests are batched continuously: a request joins the running batch between two decode
+//! steps (after its own prefill) and leaves it as soon as it finishes, whatever its settings
+//! and whether it streams.
 
-use std::collections::VecDeque;
-use std::ops::ControlFlow;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use echovlm_pipeline::{
-    CancelToken, EchoError, EchoVlm, FinishReason, GenerationOptions, Output, PreparedPrompt,
+    BatchEvent, CancelToken, ContinuousBatch, EchoError, EchoVlm, FinishReason, GenerationOptions,
+    Output, PreparedPrompt, SeqId,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -55,13 +57,6 @@ pub struct Job {
     pub ticket: Option<Ticket>,
 }
 
-impl Job {
-    /// Whether the job can share a batch: no streaming, no stop strings.
-    fn batchable(&self) -> bool {
-        !self.stream && self.stops.is_empty()
-    }
-}
-
 /// A place in the queue; given back when dropped.
 #[derive(Debug)]
 pub struct Ticket(Arc<AtomicUsize>);
@@ -103,7 +98,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the worker on a loaded model.
+    /// Starts the worker on a loaded model; at most `max_batch` sequences decode together.
     pub fn start(
         model: Arc<EchoVlm>,
         max_queue: usize,
@@ -267,19 +262,29 @@ fn internal(m: &str) -> ApiError {
     )
 }
 
-/// Whether two settings may run in one batch.
-fn same_settings(a: &GenerationOptions, b: &GenerationOptions) -> bool {
-    a.max_new_tokens == b.max_new_tokens
-        && a.do_sample == b.do_sample
-        && a.temperature == b.temperature
-        && a.top_k == b.top_k
-        && a.top_p == b.top_p
-        && a.repetition_penalty == b.repetition_penalty
-        && a.seed == b.seed
-        && a.stop_token_ids == b.stop_token_ids
-        && a.ignore_eos == b.ignore_eos
+/// A job in the running batch.
+struct Running {
+    events: UnboundedSender<Event>,
+    stream: bool,
+    has_stops: bool,
+    matcher: StopMatcher,
+    text: String,
 }
 
+impl Running {
+    fn new(job: &Job) -> Self {
+        Self {
+            events: job.events.clone(),
+            stream: job.stream,
+            has_stops: !job.stops.is_empty(),
+            matcher: StopMatcher::new(job.stops.clone()),
+            text: String::new(),
+        }
+    }
+}
+
+/// The worker loop: takes waiting jobs into the running batch (blocking only while nothing
+/// runs), then runs one decode step; a closed queue ends it once everything has finished.
 fn worker(
     model: Arc<EchoVlm>,
     queue: Arc<(Mutex<Queue>, Condvar)>,
@@ -287,13 +292,12 @@ fn worker(
     metrics: Arc<Metrics>,
 ) {
     let (lock, cv) = &*queue;
+    let mut batch = ContinuousBatch::new(&model);
+    let mut running: HashMap<SeqId, Running> = HashMap::new();
     loop {
-        let batch = {
+        let arrived: Vec<Job> = {
             let Ok(mut q) = lock.lock() else { return };
-            loop {
-                if !q.jobs.is_empty() {
-                    break;
-                }
+            while batch.is_empty() && q.jobs.is_empty() {
                 if q.closed {
                     return;
                 }
@@ -302,43 +306,137 @@ fn worker(
                     Err(_) => return,
                 };
             }
-            let Some(first) = q.jobs.pop_front() else {
+            let room = max_batch.saturating_sub(batch.len());
+            let n = room.min(q.jobs.len());
+            q.jobs.drain(..n).collect()
+        };
+        for mut job in arrived {
+            job.ticket.take();
+            // a client that went away while waiting (its request's guard cancels the token; a
+            // stream whose receiver is gone stops at its first text instead)
+            if job.cancel.is_cancelled() {
                 continue;
-            };
-            let mut batch = vec![first];
-            if batch[0].batchable() {
-                let mut i = 0;
-                while i < q.jobs.len() && batch.len() < max_batch {
-                    if q.jobs[i].batchable() && same_settings(&q.jobs[i].opts, &batch[0].opts) {
-                        if let Some(j) = q.jobs.remove(i) {
-                            batch.push(j);
-                        }
-                    } else {
-                        i += 1;
-                    }
+            }
+            let r = Running::new(&job);
+            let opts = job.opts.clone().cancel(job.cancel.clone());
+            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                batch.add(job.prompt, opts)
+            }));
+            match added {
+                Ok(Ok((id, events))) => {
+                    metrics.joined();
+                    running.insert(id, r);
+                    deliver(&mut batch, &mut running, events, &metrics);
+                }
+                Ok(Err(e)) => {
+                    let _ = r.events.send(Event::Done(Err(ApiError::from(e))));
+                }
+                Err(_) => {
+                    let _ = r
+                        .events
+                        .send(Event::Done(Err(internal("generation failed unexpectedly"))));
+                    fail_running(&mut batch, &mut running, "generation failed unexpectedly");
                 }
             }
-            batch
-        };
-        let mut batch: Vec<Job> = batch
-            .into_iter()
-            .filter_map(|mut j| {
-                j.ticket.take();
-                // a client that went away while waiting (its request's guard cancels the
-                // token; a stream whose receiver is gone stops at its first text instead)
-                (!j.cancel.is_cancelled()).then_some(j)
-            })
-            .collect();
+        }
+        metrics.running(batch.len());
         if batch.is_empty() {
             continue;
         }
-        metrics.batch(batch.len());
-        if batch.len() == 1 && !batch[0].batchable() {
-            if let Some(job) = batch.pop() {
-                run_one(&model, job, &metrics);
+        metrics.step(batch.len());
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch.step()));
+        match stepped {
+            Ok(Ok(events)) => deliver(&mut batch, &mut running, events, &metrics),
+            Ok(Err(e)) => fail_running(&mut batch, &mut running, &e.to_string()),
+            Err(_) => fail_running(&mut batch, &mut running, "generation failed unexpectedly"),
+        }
+        metrics.running(batch.len());
+    }
+}
+
+/// Answers every running job with an error and empties the batch (after a failed step).
+fn fail_running(
+    batch: &mut ContinuousBatch<'_>,
+    running: &mut HashMap<SeqId, Running>,
+    message: &str,
+) {
+    batch.clear();
+    for (_, r) in running.drain() {
+        let _ = r.events.send(Event::Done(Err(internal(message))));
+    }
+}
+
+/// Sends a step's events to their jobs: text through the job's stop strings (a job that
+/// reaches one, or whose stream's receiver is gone, leaves the batch at once), and each
+/// finished job's answer.
+fn deliver(
+    batch: &mut ContinuousBatch<'_>,
+    running: &mut HashMap<SeqId, Running>,
+    events: Vec<BatchEvent>,
+    metrics: &Metrics,
+) {
+    let mut queue: VecDeque<BatchEvent> = events.into();
+    while let Some(event) = queue.pop_front() {
+        match event {
+            BatchEvent::Text { id, text } => {
+                let Some(r) = running.get_mut(&id) else {
+                    continue;
+                };
+                if r.matcher.stopped() {
+                    continue;
+                }
+                let out = r.matcher.push(&text);
+                let mut end = r.matcher.stopped();
+                if !out.is_empty() {
+                    r.text.push_str(&out);
+                    if r.stream && r.events.send(Event::Delta(out)).is_err() {
+                        end = true;
+                    }
+                }
+                if end {
+                    match batch.finish(id) {
+                        Ok(more) => queue.extend(more),
+                        Err(e) => {
+                            if let Some(r) = running.remove(&id) {
+                                let _ = r.events.send(Event::Done(Err(ApiError::from(e))));
+                            }
+                        }
+                    }
+                }
             }
-        } else {
-            run_batch(&model, batch, &metrics);
+            BatchEvent::Finished { id, output } => {
+                let Some(mut r) = running.remove(&id) else {
+                    continue;
+                };
+                metrics.generated(output.generated_token_ids.len());
+                let text = if r.has_stops {
+                    let rest = r.matcher.finish();
+                    if !rest.is_empty() {
+                        r.text.push_str(&rest);
+                        if r.stream {
+                            let _ = r.events.send(Event::Delta(rest));
+                        }
+                    }
+                    std::mem::take(&mut r.text)
+                } else {
+                    if r.stream {
+                        // what the stream has not sent yet (nothing, unless decoding the
+                        // whole sequence differs from the concatenated pieces)
+                        if let Some(rest) = output.text.strip_prefix(r.text.as_str())
+                            && !rest.is_empty()
+                        {
+                            let _ = r.events.send(Event::Delta(rest.to_string()));
+                        }
+                    }
+                    output.text.clone()
+                };
+                let _ = r.events.send(Event::Done(Ok(finished(
+                    &output,
+                    text,
+                    r.matcher.stopped(),
+                ))));
+            }
+            _ => {}
         }
     }
 }
@@ -347,39 +445,6 @@ fn finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
         _ => "stop",
-    }
-}
-
-fn run_batch(model: &EchoVlm, jobs: Vec<Job>, metrics: &Metrics) {
-    let mut opts = jobs[0].opts.clone();
-    // a batch stops early only when every client has gone
-    opts.cancel = None;
-    let prompts: Vec<PreparedPrompt> = jobs.iter().map(|j| j.prompt.clone()).collect();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        model.run(prompts, &opts, None)
-    }));
-    match result {
-        Ok(Ok(outputs)) => {
-            for (job, out) in jobs.into_iter().zip(outputs) {
-                metrics.generated(out.generated_token_ids.len());
-                let _ = job
-                    .events
-                    .send(Event::Done(Ok(finished(&out, out.text.clone(), false))));
-            }
-        }
-        Ok(Err(e)) => {
-            let e = ApiError::from(e);
-            for job in jobs {
-                let _ = job.events.send(Event::Done(Err(e.clone())));
-            }
-        }
-        Err(_) => {
-            for job in jobs {
-                let _ = job
-                    .events
-                    .send(Event::Done(Err(internal("generation failed unexpectedly"))));
-            }
-        }
     }
 }
 
@@ -394,60 +459,6 @@ fn finished(out: &Output, text: String, stopped: bool) -> Finished {
         prompt_tokens: out.prompt_token_ids.len(),
         completion_tokens: out.generated_token_ids.len(),
     }
-}
-
-fn run_one(model: &EchoVlm, job: Job, metrics: &Metrics) {
-    let Job {
-        prompt,
-        mut opts,
-        stops,
-        stream,
-        cancel,
-        events,
-        ..
-    } = job;
-    opts.cancel = Some(cancel);
-    let mut matcher = StopMatcher::new(stops);
-    let mut text = String::new();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut on_text = |delta: &str| {
-            if matcher.stopped() {
-                return ControlFlow::Break(());
-            }
-            let out = matcher.push(delta);
-            if !out.is_empty() {
-                text.push_str(&out);
-                if stream && events.send(Event::Delta(out)).is_err() {
-                    return ControlFlow::Break(());
-                }
-            }
-            if matcher.stopped() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
-        model.run(vec![prompt], &opts, Some(&mut on_text))
-    }));
-    let done = match result {
-        Ok(Ok(mut outputs)) => match outputs.pop() {
-            Some(out) => {
-                let rest = matcher.finish();
-                if !rest.is_empty() {
-                    text.push_str(&rest);
-                    if stream {
-                        let _ = events.send(Event::Delta(rest));
-                    }
-                }
-                metrics.generated(out.generated_token_ids.len());
-                Ok(finished(&out, text, matcher.stopped()))
-            }
-            None => Err(internal("no output")),
-        },
-        Ok(Err(e)) => Err(ApiError::from(e)),
-        Err(_) => Err(internal("generation failed unexpectedly")),
-    };
-    let _ = events.send(Event::Done(done));
 }
 
 /// Cuts streamed text at the first stop string, holding back a tail that could begin one.

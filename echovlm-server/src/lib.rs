@@ -3,7 +3,8 @@
 //! `POST /v1/chat/completions` (streaming or not, images as base64 `data:` URIs),
 //! `GET /v1/models`, `GET /health`, `GET /ready` and `GET /metrics` (Prometheus text). One
 //! loaded model is shared; generation runs on a worker thread fed by a bounded queue, and
-//! non-streaming requests with the same settings that wait together run as one batch.
+//! requests are batched continuously: each joins the running batch between two decode steps and
+//! leaves it when it finishes.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -58,7 +59,8 @@ pub struct ServerConfig {
     pub model_name: String,
     /// Most requests waiting for the worker; more are answered 503.
     pub max_queue: usize,
-    /// Most non-streaming requests run together in one batch.
+    /// Most sequences decoded together (continuous batching: requests join and leave the
+    /// running batch between decode steps).
     pub max_batch: usize,
     /// Largest request body, in bytes; larger ones are answered 413.
     pub max_body_bytes: usize,

@@ -30,7 +30,7 @@ struct Args {
     /// Most requests waiting for the model; more are answered 503.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
-    /// Most non-streaming requests run together as one batch.
+    /// Most requests decoded together (they join and leave the running batch between steps).
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
     /// Largest request body in bytes.

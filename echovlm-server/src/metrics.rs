@@ -16,7 +16,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     in_flight: AtomicI64,
     generated_tokens: AtomicU64,
-    batches: AtomicU64,
+    steps: AtomicU64,
+    step_sequences: AtomicU64,
+    running: AtomicI64,
     batched_requests: AtomicU64,
     latency: Mutex<([u64; LATENCY_BUCKETS.len()], u64, f64)>,
 }
@@ -49,15 +51,35 @@ impl Metrics {
         self.generated_tokens.load(Ordering::Relaxed)
     }
 
-    /// Model runs so far.
-    pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+    /// Decode steps so far.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
     }
 
-    /// Counts a run of `n` requests.
-    pub fn batch(&self, n: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batched_requests.fetch_add(n as u64, Ordering::Relaxed);
+    /// Sequences decoded, summed over the steps (over [`steps`](Self::steps): the mean batch).
+    pub fn step_sequences(&self) -> u64 {
+        self.step_sequences.load(Ordering::Relaxed)
+    }
+
+    /// Requests that joined the running batch so far.
+    pub fn batched_requests(&self) -> u64 {
+        self.batched_requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request joining the running batch.
+    pub fn joined(&self) {
+        self.batched_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a decode step over `n` sequences.
+    pub fn step(&self, n: usize) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_sequences.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the number of sequences in the running batch.
+    pub fn running(&self, n: usize) {
+        self.running.store(n as i64, Ordering::Relaxed);
     }
 
     /// Records the latency of a chat completion, from arrival to its last byte.
@@ -110,23 +132,39 @@ impl Metrics {
         );
         let _ = writeln!(
             s,
-            "# HELP echovlm_batches_total Model runs (each a batch of one or more requests)."
+            "# HELP echovlm_running_sequences Sequences in the running batch."
         );
-        let _ = writeln!(s, "# TYPE echovlm_batches_total counter");
+        let _ = writeln!(s, "# TYPE echovlm_running_sequences gauge");
         let _ = writeln!(
             s,
-            "echovlm_batches_total {}",
-            self.batches.load(Ordering::Relaxed)
+            "echovlm_running_sequences {}",
+            self.running.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             s,
-            "# HELP echovlm_batched_requests_total Requests run, summed over batches."
+            "# HELP echovlm_decode_steps_total Decode steps (one forward pass for every running sequence)."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_decode_steps_total counter");
+        let _ = writeln!(s, "echovlm_decode_steps_total {}", self.steps());
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_decode_step_sequences_total Sequences decoded, summed over steps (over the steps: the mean batch size)."
+        );
+        let _ = writeln!(s, "# TYPE echovlm_decode_step_sequences_total counter");
+        let _ = writeln!(
+            s,
+            "echovlm_decode_step_sequences_total {}",
+            self.step_sequences()
+        );
+        let _ = writeln!(
+            s,
+            "# HELP echovlm_batched_requests_total Requests that joined the running batch."
         );
         let _ = writeln!(s, "# TYPE echovlm_batched_requests_total counter");
         let _ = writeln!(
             s,
             "echovlm_batched_requests_total {}",
-            self.batched_requests.load(Ordering::Relaxed)
+            self.batched_requests()
         );
         let _ = writeln!(
             s,

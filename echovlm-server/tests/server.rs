@@ -365,7 +365,11 @@ fn eight_concurrent_requests_with_two_malformed_all_complete() {
         }
     });
     assert_eq!(server.metric("echovlm_batched_requests_total"), 7.0);
-    assert!(server.metric("echovlm_batches_total") <= 7.0);
+    assert!(
+        server.metric("echovlm_decode_step_sequences_total")
+            >= server.metric("echovlm_decode_steps_total")
+    );
+    assert_eq!(server.metric("echovlm_running_sequences"), 0.0);
     assert_eq!(server.metric("echovlm_requests_in_flight"), 0.0);
     assert_eq!(server.metric("echovlm_queue_depth"), 0.0);
 }
