@@ -8,7 +8,8 @@
 //!
 //! Give `--url` twice (a server with `--max-batch 8` and one with `--max-batch 1`, say) to
 //! compare them in one run; each row then also shows its throughput relative to the first
-//! URL's at the same concurrency.
+//! URL's at the same concurrency. `--mixed` varies the requests: every second four stream,
+//! and `max_tokens` cycles through a quarter, a half, three quarters and all of `--max-tokens`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -45,6 +46,17 @@ struct Args {
     /// Requests sent before measuring, to warm the server up.
     #[arg(long, default_value_t = 4)]
     warmup: usize,
+    /// Mixed requests: streaming and not, with four different `max_tokens`.
+    #[arg(long)]
+    mixed: bool,
+}
+
+/// One kind of request the clients send.
+struct Kind {
+    body: Vec<u8>,
+    stream: bool,
+    /// Tokens a stream generates (`ignore_eos`): its `max_tokens`.
+    tokens: u64,
 }
 
 struct Sample {
@@ -63,8 +75,10 @@ fn addr_of(url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{url}: no address"))
 }
 
-/// One POST over a fresh connection; the completion tokens of a 200 answer.
-fn post(addr: SocketAddr, body: &[u8]) -> Result<u64, String> {
+/// One POST over a fresh connection; the completion tokens of a 200 answer (for a stream, which
+/// must end with `data: [DONE]`, its `max_tokens`).
+fn post(addr: SocketAddr, kind: &Kind) -> Result<u64, String> {
+    let body = &kind.body;
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(600)))
         .map_err(|e| e.to_string())?;
@@ -90,6 +104,13 @@ fn post(addr: SocketAddr, body: &[u8]) -> Result<u64, String> {
             String::from_utf8_lossy(body).trim()
         ));
     }
+    if kind.stream {
+        return if String::from_utf8_lossy(body).contains("data: [DONE]") {
+            Ok(kind.tokens)
+        } else {
+            Err("a stream did not end with data: [DONE]".into())
+        };
+    }
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     Ok(v["usage"]["completion_tokens"].as_u64().unwrap_or(0))
 }
@@ -112,7 +133,7 @@ struct Row {
 
 fn run_level(
     addr: SocketAddr,
-    body: &Arc<Vec<u8>>,
+    kinds: &Arc<Vec<Kind>>,
     clients: usize,
     n: usize,
 ) -> Result<Row, String> {
@@ -120,12 +141,16 @@ fn run_level(
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
-            let (next, body) = (next.clone(), body.clone());
+            let (next, kinds) = (next.clone(), kinds.clone());
             std::thread::spawn(move || -> Result<Vec<Sample>, String> {
                 let mut out = Vec::new();
-                while next.fetch_add(1, Ordering::SeqCst) < n {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= n {
+                        break;
+                    }
                     let t = Instant::now();
-                    let tokens = post(addr, &body)?;
+                    let tokens = post(addr, &kinds[k % kinds.len()])?;
                     out.push(Sample {
                         latency: t.elapsed(),
                         tokens,
@@ -163,20 +188,36 @@ fn main() -> Result<(), String> {
         );
         content.insert(0, json!({"type": "image_url", "image_url": {"url": uri}}));
     }
-    let body = Arc::new(
-        json!({
+    let kind = |max_tokens: usize, stream: bool| Kind {
+        body: json!({
             "messages": [{"role": "user", "content": content}],
-            "max_tokens": args.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": 0,
             "ignore_eos": true,
+            "stream": stream,
         })
         .to_string()
         .into_bytes(),
-    );
+        stream,
+        tokens: max_tokens as u64,
+    };
+    let kinds: Vec<Kind> = if args.mixed {
+        (0..8)
+            .map(|k| kind((args.max_tokens * (1 + k % 4)).div_ceil(4), k >= 4))
+            .collect()
+    } else {
+        vec![kind(args.max_tokens, false)]
+    };
+    let kinds = Arc::new(kinds);
     println!(
-        "{} requests per level, max_tokens {}, {}",
+        "{} requests per level, max_tokens {}{}, {}",
         args.requests,
         args.max_tokens,
+        if args.mixed {
+            " (mixed: 1/4 to all of it, half of the requests streaming)"
+        } else {
+            ""
+        },
         args.image
             .as_ref()
             .map_or("text only".to_string(), |p| format!(
@@ -191,11 +232,11 @@ fn main() -> Result<(), String> {
     let mut first: Vec<f64> = Vec::new();
     for (u, url) in args.url.iter().enumerate() {
         let addr = addr_of(url)?;
-        for _ in 0..args.warmup {
-            post(addr, &body)?;
+        for k in 0..args.warmup {
+            post(addr, &kinds[k % kinds.len()])?;
         }
         for (i, &c) in args.concurrency.iter().enumerate() {
-            let r = run_level(addr, &body, c.max(1), args.requests)?;
+            let r = run_level(addr, &kinds, c.max(1), args.requests)?;
             if u == 0 {
                 first.push(r.rps);
             }
