@@ -306,3 +306,62 @@ fn qwen25_sequences_in_one_batch_get_the_reference_tokens() {
         assert_eq!(seen.done[&id].generated_token_ids, want, "{name}");
     }
 }
+
+/// Requests added together share one left-padded prefill and then run as if added one by
+/// one: the reference's greedy tokens for each, one of them done after its first token. A
+/// batch with a bad request adds none of them.
+#[test]
+fn requests_added_together_prefill_as_one_batch() {
+    let m = model("tiny-echovlm");
+    let g = Golden::load("tiny-echovlm");
+    let text = &g.meta["text_en"];
+    let one = &g.meta["e2e"]["one_image"];
+    let two = &g.meta["e2e"]["two_images"];
+    let (want_a, want_b, want_c) = (
+        ids(&text["greedy"]),
+        ids(&one["greedy"]),
+        ids(&two["greedy"]),
+    );
+    let text_prompt = || {
+        m.prepare(&Request::new(text["prompt"].as_str().unwrap()))
+            .unwrap()
+    };
+
+    let mut batch = ContinuousBatch::new(&m);
+    let mut seen = Seen::default();
+    let (a, ev) = batch.add(text_prompt(), greedy(want_a.len())).unwrap();
+    seen.take(ev);
+    steps(&mut batch, &mut seen, 4);
+    // one bad request (no tokens to generate): nothing is added
+    let bad = vec![
+        (m.prepare(&request(one)).unwrap(), greedy(12)),
+        (text_prompt(), greedy(0)),
+    ];
+    assert!(batch.add_all(bad).is_err());
+    assert_eq!(batch.ids(), [a]);
+
+    // the longest prompt is done after its first token: the padding the two others got for
+    // it is dropped before they join
+    let added = batch
+        .add_all(vec![
+            (m.prepare(&request(one)).unwrap(), greedy(12)),
+            (m.prepare(&request(two)).unwrap(), greedy(1)),
+            (text_prompt(), greedy(want_a.len())),
+        ])
+        .unwrap();
+    let ids_added: Vec<SeqId> = added.iter().map(|(id, _)| *id).collect();
+    for (_, ev) in added {
+        seen.take(ev);
+    }
+    let (b, done_at_once, c) = (ids_added[0], ids_added[1], ids_added[2]);
+    assert_eq!(batch.ids(), [a, b, c]);
+    assert_eq!(seen.done[&done_at_once].generated_token_ids, want_c[..1]);
+    steps(&mut batch, &mut seen, usize::MAX);
+
+    assert_eq!(seen.done[&a].generated_token_ids, want_a);
+    assert_eq!(seen.done[&b].generated_token_ids, want_b[..12]);
+    assert_eq!(seen.done[&c].generated_token_ids, want_a);
+    for id in [a, b, c, done_at_once] {
+        assert_eq!(seen.text[&id], seen.done[&id].text);
+    }
+}

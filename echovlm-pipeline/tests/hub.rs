@@ -1,6 +1,7 @@
 //! `EchoVlm::load_pretrained` against a local mock of the Hugging Face Hub serving the tiny
 //! fixture checkpoints: the download equals the local directory, the cache serves offline
-//! loads, and offline-uncached, unknown repositories and unreachable hubs give typed errors.
+//! loads, an interrupted download resumes where it stopped, and offline-uncached, unknown
+//! repositories and unreachable hubs give typed errors.
 //!
 //! The environment (`HF_ENDPOINT`, `HF_HOME`, `HF_HUB_OFFLINE`) is process-wide, so every case
 //! runs in order inside the one test of this binary.
@@ -223,7 +224,50 @@ fn hub_ids_download_into_the_cache_and_load_offline_from_it() {
         Ok(_) => panic!("loaded without hub or cache"),
     }
 
-    // 8. a local directory is never taken for a hub id
+    // 8. an interrupted download resumes: with the first half of the weights already in the
+    // cache's partial blob, only the rest is requested, and the checkpoint is whole
+    set("HF_ENDPOINT", &hub.url);
+    let resumed = tempfile::tempdir().unwrap();
+    set("HF_HOME", resumed.path());
+    let weights = std::fs::read(fixture("tiny-echovlm").join("model.safetensors")).unwrap();
+    let blobs = resumed.path().join("hub/models--echovlm-test--tiny/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = weights.len() / 2;
+    let partial = blobs.join(format!("{}.part", mock_hub::etag(&weights)));
+    std::fs::write(&partial, &weights[..half]).unwrap();
+    hub.counters.ranges.lock().unwrap().clear();
+    let m = load("echovlm-test/tiny").expect("resumed download");
+    assert_eq!(answers(&m), want);
+    let snap = resumed
+        .path()
+        .join("hub/models--echovlm-test--tiny/snapshots")
+        .join(COMMIT);
+    assert_eq!(
+        std::fs::read(snap.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(!partial.exists());
+    let ranges = hub.counters.ranges.lock().unwrap().clone();
+    assert!(
+        ranges.contains(&("model.safetensors".to_string(), format!("bytes={half}-"))),
+        "{ranges:?}"
+    );
+    // the weights were not fetched from their start again; the other files were (after the
+    // one-byte probe hf-hub reads metadata with)
+    assert!(
+        !ranges.contains(&("model.safetensors".to_string(), "bytes=0-".to_string())),
+        "{ranges:?}"
+    );
+    assert!(
+        ranges
+            .iter()
+            .filter(|(f, _)| f != "model.safetensors")
+            .all(|(_, r)| r == "bytes=0-" || r == "bytes=0-0"),
+        "{ranges:?}"
+    );
+    drop(m);
+
+    // 9. a local directory is never taken for a hub id
     let dir = fixture("tiny-echovlm");
     assert!(HubId::from_model_arg(dir.to_str().unwrap()).is_none());
     for k in ["HF_ENDPOINT", "HF_HOME"] {

@@ -310,6 +310,8 @@ fn worker(
             let n = room.min(q.jobs.len());
             q.jobs.drain(..n).collect()
         };
+        // the new requests' prompts run through the prefill together, then join
+        let mut joining: Vec<(Running, PreparedPrompt, GenerationOptions)> = Vec::new();
         for mut job in arrived {
             job.ticket.take();
             // a client that went away while waiting (its request's guard cancels the token; a
@@ -319,22 +321,40 @@ fn worker(
             }
             let r = Running::new(&job);
             let opts = job.opts.clone().cancel(job.cancel.clone());
-            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                batch.add(job.prompt, opts)
-            }));
+            match batch.check(&job.prompt, &opts) {
+                Ok(()) => joining.push((r, job.prompt, opts)),
+                Err(e) => {
+                    let _ = r.events.send(Event::Done(Err(ApiError::from(e))));
+                }
+            }
+        }
+        if !joining.is_empty() {
+            let (jobs, requests): (Vec<Running>, Vec<(PreparedPrompt, GenerationOptions)>) =
+                joining.into_iter().map(|(r, p, o)| (r, (p, o))).unzip();
+            let added =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch.add_all(requests)));
             match added {
-                Ok(Ok((id, events))) => {
-                    metrics.joined();
-                    running.insert(id, r);
+                Ok(Ok(added)) => {
+                    let mut events = Vec::new();
+                    for (r, (id, first)) in jobs.into_iter().zip(added) {
+                        metrics.joined();
+                        running.insert(id, r);
+                        events.extend(first);
+                    }
                     deliver(&mut batch, &mut running, events, &metrics);
                 }
                 Ok(Err(e)) => {
-                    let _ = r.events.send(Event::Done(Err(ApiError::from(e))));
+                    let e = ApiError::from(e);
+                    for r in jobs {
+                        let _ = r.events.send(Event::Done(Err(e.clone())));
+                    }
                 }
                 Err(_) => {
-                    let _ = r
-                        .events
-                        .send(Event::Done(Err(internal("generation failed unexpectedly"))));
+                    for r in jobs {
+                        let _ = r
+                            .events
+                            .send(Event::Done(Err(internal("generation failed unexpectedly"))));
+                    }
                     fail_running(&mut batch, &mut running, "generation failed unexpectedly");
                 }
             }

@@ -141,6 +141,27 @@ impl<'m> ContinuousBatch<'m> {
         self.cache.len()
     }
 
+    /// Checks that a request can join: valid settings, a consistent prompt, and room for its
+    /// tokens in the model's context. [`add`](Self::add) and [`add_all`](Self::add_all) check
+    /// the same; this lets a caller refuse one bad request before adding several together.
+    pub fn check(
+        &self,
+        prompt: &PreparedPrompt,
+        opts: &GenerationOptions,
+    ) -> Result<(), EchoError> {
+        opts.validate()?;
+        self.model.check_prepared(prompt)?;
+        let limit = self.model.text.config.max_position_embeddings;
+        if prompt.ids.len() + opts.max_new_tokens > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: prompt.ids.len() + opts.max_new_tokens,
+                max: limit,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Runs `prompt`'s vision tower and prefill, chooses its first token, and adds the
     /// sequence to the batch; returns its id and its first events (a
     /// [`BatchEvent::Finished`] among them when the first token already ends it, in which case
@@ -150,24 +171,52 @@ impl<'m> ContinuousBatch<'m> {
         prompt: PreparedPrompt,
         opts: GenerationOptions,
     ) -> Result<(SeqId, Vec<BatchEvent>), EchoError> {
-        let model = self.model;
-        opts.validate()?;
-        model.check_prepared(&prompt)?;
-        let limit = model.text.config.max_position_embeddings;
-        if prompt.ids.len() + opts.max_new_tokens > limit {
-            return Err(PromptError::ContextTooLong {
-                tokens: prompt.ids.len() + opts.max_new_tokens,
-                max: limit,
-            }
-            .into());
+        self.add_all(vec![(prompt, opts)])?
+            .pop()
+            .ok_or_else(|| EchoError::Device("a request added no sequence".into()))
+    }
+
+    /// Adds several requests at once: their prompts run through the vision tower and the
+    /// prefill together as one left-padded batch (cheaper than one by one), then each joins
+    /// as with [`add`](Self::add). Returns each request's id and first events, in order. When
+    /// any request fails [`check`](Self::check), none is added.
+    pub fn add_all(
+        &mut self,
+        requests: Vec<(PreparedPrompt, GenerationOptions)>,
+    ) -> Result<Vec<(SeqId, Vec<BatchEvent>)>, EchoError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
         }
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
-        let prompts = std::slice::from_ref(&prompt);
-        let ids = [prompt.ids.clone()];
+        for (prompt, opts) in &requests {
+            self.check(prompt, opts)?;
+        }
+        let model = self.model;
+        let (prompts, opts): (Vec<PreparedPrompt>, Vec<GenerationOptions>) =
+            requests.into_iter().unzip();
+        let max_len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![model.pad_id; max_len - p.ids.len()];
+                row.extend(&p.ids);
+                row
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![false; max_len - p.ids.len()];
+                row.extend(std::iter::repeat_n(true, p.ids.len()));
+                row
+            })
+            .collect();
+        let mask = prompts
+            .iter()
+            .any(|p| p.ids.len() != max_len)
+            .then_some(valid.as_slice());
 
         let t_vision = Instant::now();
-        let (embeds, image_grids, video_grids) = model.embed_prompts(prompts, &ids)?;
+        let (embeds, image_grids, video_grids) = model.embed_prompts(&prompts, &padded)?;
         let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
             0.0
         } else {
@@ -175,54 +224,80 @@ impl<'m> ContinuousBatch<'m> {
         };
         let t_prefill = Instant::now();
         let (positions, deltas) =
-            model.positions(prompts, &ids, None, &image_grids, &video_grids)?;
-        let mut cache = model
-            .text
-            .new_cache_with_capacity(prompt.ids.len() + opts.max_new_tokens);
+            model.positions(&prompts, &padded, mask, &image_grids, &video_grids)?;
+        let budget = opts.iter().map(|o| o.max_new_tokens).max().unwrap_or(0);
+        let mut cache = model.text.new_cache_with_capacity(max_len + budget);
         let has_moe = model.text.layers.iter().any(|l| l.is_moe());
-        let mut trace = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new()]);
+        let tracing = has_moe && opts.iter().any(|o| o.trace_routing);
+        let mut traces = tracing.then(|| vec![RoutingTrace::new(); prompts.len()]);
         let out = model.text.forward(
-            DecoderInput::new(embeds, &positions),
+            DecoderInput::new(embeds, &positions).valid(mask),
             &mut cache,
-            trace.as_deref_mut(),
+            traces.as_deref_mut(),
         )?;
         let mut logits = read_logits(out.logits)?;
         let prefill_ms = ms(t_prefill);
 
-        let mut seq = Sequence::new(&prompt.ids, &opts, Some(&model.tokenizer));
-        let mut events = Vec::new();
-        if let Some(text) = seq.accept(&mut logits, &opts)? {
-            events.push(BatchEvent::Text { id, text });
+        let vocab = model.text.config.vocab_size;
+        let mut added = Vec::with_capacity(prompts.len());
+        let mut joining = Vec::new();
+        let mut rows = Vec::new();
+        let traces = traces.map(Vec::into_iter);
+        let mut traces = traces.into_iter().flatten();
+        for (r, (prompt, opts)) in prompts.into_iter().zip(opts).enumerate() {
+            let id = SeqId(self.next_id);
+            self.next_id += 1;
+            let trace = traces.next().filter(|_| opts.trace_routing);
+            let mut seq = Sequence::new(&prompt.ids, &opts, Some(&model.tokenizer));
+            let mut events = Vec::new();
+            if let Some(text) = seq.accept(&mut logits[r * vocab..(r + 1) * vocab], &opts)? {
+                events.push(BatchEvent::Text { id, text });
+            }
+            let mut row = Row {
+                id,
+                prompt,
+                opts,
+                seq,
+                trace,
+                vision_ms,
+                prefill_ms,
+                joined: Instant::now(),
+            };
+            if row.seq.finished.is_none() && row.cancelled() {
+                row.seq.finished = Some(FinishReason::Cancelled);
+            }
+            if row.seq.finished.is_some() {
+                events.extend(self.leave(row)?);
+            } else {
+                joining.push(r);
+                rows.push((row, deltas[r]));
+            }
+            added.push((id, events));
         }
-        let mut row = Row {
-            id,
-            prompt,
-            opts,
-            seq,
-            trace: trace.and_then(|mut t| t.pop()),
-            vision_ms,
-            prefill_ms,
-            joined: Instant::now(),
-        };
-        if row.seq.finished.is_none() && row.cancelled() {
-            row.seq.finished = Some(FinishReason::Cancelled);
+        if rows.is_empty() {
+            return Ok(added);
         }
-        if row.seq.finished.is_some() {
-            events.extend(self.leave(row)?);
-            return Ok((id, events));
-        }
+        // the new rows without those that already finished, and without the padding they
+        // all share
+        cache.retain_rows(&joining)?;
+        let shared = cache.leading_padding();
+        cache.trim_front(shared)?;
         let (pad_rows, pad_new) = self.cache.append_rows(cache)?;
         for d in &mut self.deltas {
             *d -= pad_rows as i64;
         }
-        self.deltas.push(deltas[0] - pad_new as i64);
-        self.rows.push(row);
-        Ok((id, events))
+        for (row, delta) in rows {
+            self.deltas.push(delta + shared as i64 - pad_new as i64);
+            self.rows.push(row);
+        }
+        Ok(added)
     }
 
     /// Decodes one token for every running sequence in one forward pass; sequences whose
     /// [`CancelToken`](crate::CancelToken) fired leave first. Returns the new text and the
-    /// sequences that finished, which have left the batch.
+    /// sequences that finished, which have left the batch. An error (which a validated
+    /// request does not cause) leaves the running sequences unusable: [`clear`](Self::clear)
+    /// the batch and answer them with it.
     pub fn step(&mut self) -> Result<Vec<BatchEvent>, EchoError> {
         let mut events = Vec::new();
         let cancelled: Vec<usize> = (0..self.rows.len())

@@ -27,6 +27,8 @@ pub struct Counters {
     pub files: AtomicUsize,
     /// The files served (paths after `resolve/{rev}/`), in order.
     pub served: Mutex<Vec<String>>,
+    /// The `Range` headers of file requests that had one, with the file.
+    pub ranges: Mutex<Vec<(String, String)>>,
 }
 
 pub struct MockHub {
@@ -34,7 +36,8 @@ pub struct MockHub {
     pub counters: Arc<Counters>,
 }
 
-fn etag(bytes: &[u8]) -> String {
+/// The ETag the mock serves `bytes` with (the name of their blob in the cache).
+pub fn etag(bytes: &[u8]) -> String {
     // FNV-1a, 64-bit: a stable content tag, as the hub's (sha256 or git) ETags are
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -175,6 +178,9 @@ fn handle(
         return not_found(&conn, "Entry not found");
     };
     c.served.lock().unwrap().push(file.to_string());
+    if let Some(r) = &range {
+        c.ranges.lock().unwrap().push((file.to_string(), r.clone()));
+    }
     let size = bytes.len();
     let mut headers = vec![
         ("ETag", format!("\"{}\"", etag(&bytes))),
