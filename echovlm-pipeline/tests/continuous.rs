@@ -5,8 +5,11 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod cases;
+
 use std::collections::HashMap;
 
+use cases::request;
 use echovlm_pipeline::{
     BatchEvent, CancelToken, ContinuousBatch, EchoError, EchoVlm, FinishReason, GenerationOptions,
     LoadOptions, Output, Request, SeqId,
@@ -24,20 +27,6 @@ fn greedy(n: usize) -> GenerationOptions {
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap()
-}
-
-fn request(case: &serde_json::Value) -> Request {
-    let mut r = Request::new(case["prompt"].as_str().unwrap());
-    for img in case["images"].as_array().into_iter().flatten() {
-        r = r.image(image(img.as_str().unwrap()));
-    }
-    if let Some(frames) = case["frames"].as_array() {
-        r = r.cine(frames.iter().map(|n| image(n.as_str().unwrap())));
-    }
-    if let Some(fps) = case["fps"].as_f64() {
-        r = r.fps(fps);
-    }
-    r
 }
 
 /// Collects events: the text pieces and the finished outputs of each sequence.

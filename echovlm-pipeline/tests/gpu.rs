@@ -15,6 +15,8 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod cases;
+
 use burn::tensor::{DType, Device};
 use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions, Request};
 use support::{Golden, image, max_abs_diff, model_dir};
@@ -145,16 +147,7 @@ fn qwen25_fixtures_in_f32() {
         cases.push((name.to_string(), g.meta["e2e"][name].clone()));
     }
     for (name, case) in cases {
-        let mut r = Request::new(case["prompt"].as_str().unwrap());
-        for img in case["images"].as_array().into_iter().flatten() {
-            r = r.image(image(img.as_str().unwrap()));
-        }
-        if let Some(frames) = case["frames"].as_array() {
-            r = r.cine(frames.iter().map(|n| image(n.as_str().unwrap())));
-        }
-        if let Some(fps) = case["fps"].as_f64() {
-            r = r.fps(fps);
-        }
+        let r = cases::request(&case);
         let key = match name.as_str() {
             "text_en" => "text_en.last_logits".to_string(),
             _ => format!("e2e.{name}.last_logits"),

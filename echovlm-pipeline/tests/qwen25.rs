@@ -5,11 +5,14 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod cases;
+
+use cases::request;
 use echovlm_pipeline::{
-    Architecture, EchoVlm, FinishReason, GenerationOptions, LoadOptions, PreparedPrompt, Request,
+    Architecture, EchoVlm, FinishReason, GenerationOptions, LoadOptions, PreparedPrompt,
 };
 use serde_json::Value;
-use support::{Golden, image, max_abs_diff, model_dir};
+use support::{Golden, max_abs_diff, model_dir};
 
 const NAME: &str = "tiny-qwen25vl";
 
@@ -26,21 +29,6 @@ fn grids(v: &Value) -> Vec<[usize; 3]> {
         return Vec::new();
     }
     serde_json::from_value(v.clone()).unwrap()
-}
-
-/// The request a golden case describes.
-fn request(case: &Value) -> Request {
-    let mut r = Request::new(case["prompt"].as_str().unwrap());
-    for name in case["images"].as_array().into_iter().flatten() {
-        r = r.image(image(name.as_str().unwrap()));
-    }
-    if let Some(frames) = case["frames"].as_array() {
-        r = r.cine(frames.iter().map(|n| image(n.as_str().unwrap())));
-    }
-    if let Some(fps) = case["fps"].as_f64() {
-        r = r.fps(fps);
-    }
-    r
 }
 
 /// Greedy decoding without a KV cache: every step recomputes the whole prompt plus what was

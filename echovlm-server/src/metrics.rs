@@ -111,61 +111,55 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_requests_in_flight Chat completions admitted and not finished."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_requests_in_flight gauge");
-        let _ = writeln!(s, "echovlm_requests_in_flight {}", self.in_flight_now());
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_queue_depth Requests waiting for the generation worker."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_queue_depth gauge");
-        let _ = writeln!(s, "echovlm_queue_depth {queue_depth}");
-        let _ = writeln!(s, "# HELP echovlm_generated_tokens_total Tokens generated.");
-        let _ = writeln!(s, "# TYPE echovlm_generated_tokens_total counter");
-        let _ = writeln!(
-            s,
-            "echovlm_generated_tokens_total {}",
-            self.generated_tokens.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_running_sequences Sequences in the running batch."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_running_sequences gauge");
-        let _ = writeln!(
-            s,
-            "echovlm_running_sequences {}",
-            self.running.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_decode_steps_total Decode steps (one forward pass for every running sequence)."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_decode_steps_total counter");
-        let _ = writeln!(s, "echovlm_decode_steps_total {}", self.steps());
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_decode_step_sequences_total Sequences decoded, summed over steps (over the steps: the mean batch size)."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_decode_step_sequences_total counter");
-        let _ = writeln!(
-            s,
-            "echovlm_decode_step_sequences_total {}",
-            self.step_sequences()
-        );
-        let _ = writeln!(
-            s,
-            "# HELP echovlm_batched_requests_total Requests that joined the running batch."
-        );
-        let _ = writeln!(s, "# TYPE echovlm_batched_requests_total counter");
-        let _ = writeln!(
-            s,
-            "echovlm_batched_requests_total {}",
-            self.batched_requests()
-        );
+        let scalars: [(&str, &str, &str, String); 7] = [
+            (
+                "echovlm_requests_in_flight",
+                "gauge",
+                "Chat completions admitted and not finished.",
+                self.in_flight_now().to_string(),
+            ),
+            (
+                "echovlm_queue_depth",
+                "gauge",
+                "Requests waiting for the generation worker.",
+                queue_depth.to_string(),
+            ),
+            (
+                "echovlm_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                self.generated_tokens().to_string(),
+            ),
+            (
+                "echovlm_running_sequences",
+                "gauge",
+                "Sequences in the running batch.",
+                self.running.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "echovlm_decode_steps_total",
+                "counter",
+                "Decode steps (one forward pass for every running sequence).",
+                self.steps().to_string(),
+            ),
+            (
+                "echovlm_decode_step_sequences_total",
+                "counter",
+                "Sequences decoded, summed over steps (over the steps: the mean batch size).",
+                self.step_sequences().to_string(),
+            ),
+            (
+                "echovlm_batched_requests_total",
+                "counter",
+                "Requests that joined the running batch.",
+                self.batched_requests().to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            let _ = writeln!(s, "{name} {value}");
+        }
         let _ = writeln!(
             s,
             "# HELP echovlm_request_duration_seconds Chat completion latency, arrival to last byte."

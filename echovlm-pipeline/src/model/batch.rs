@@ -5,7 +5,7 @@ use std::time::Instant;
 use echovlm_moe::RoutingTrace;
 use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
 
-use super::run::{Sequence, ms, read_logits};
+use super::run::{Prefill, Sequence, ms, read_logits};
 use super::{EchoVlm, PreparedPrompt};
 use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions};
@@ -193,50 +193,16 @@ impl<'m> ContinuousBatch<'m> {
         let model = self.model;
         let (prompts, opts): (Vec<PreparedPrompt>, Vec<GenerationOptions>) =
             requests.into_iter().unzip();
-        let max_len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let padded: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![model.pad_id; max_len - p.ids.len()];
-                row.extend(&p.ids);
-                row
-            })
-            .collect();
-        let valid: Vec<Vec<bool>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![false; max_len - p.ids.len()];
-                row.extend(std::iter::repeat_n(true, p.ids.len()));
-                row
-            })
-            .collect();
-        let mask = prompts
-            .iter()
-            .any(|p| p.ids.len() != max_len)
-            .then_some(valid.as_slice());
-
-        let t_vision = Instant::now();
-        let (embeds, image_grids, video_grids) = model.embed_prompts(&prompts, &padded)?;
-        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
-            0.0
-        } else {
-            ms(t_vision)
-        };
-        let t_prefill = Instant::now();
-        let (positions, deltas) =
-            model.positions(&prompts, &padded, mask, &image_grids, &video_grids)?;
         let budget = opts.iter().map(|o| o.max_new_tokens).max().unwrap_or(0);
-        let mut cache = model.text.new_cache_with_capacity(max_len + budget);
-        let has_moe = model.text.layers.iter().any(|l| l.is_moe());
-        let tracing = has_moe && opts.iter().any(|o| o.trace_routing);
-        let mut traces = tracing.then(|| vec![RoutingTrace::new(); prompts.len()]);
-        let out = model.text.forward(
-            DecoderInput::new(embeds, &positions).valid(mask),
-            &mut cache,
-            traces.as_deref_mut(),
-        )?;
-        let mut logits = read_logits(out.logits)?;
-        let prefill_ms = ms(t_prefill);
+        let tracing = opts.iter().any(|o| o.trace_routing);
+        let Prefill {
+            mut cache,
+            mut logits,
+            deltas,
+            traces,
+            vision_ms,
+            prefill_ms,
+        } = model.prefill(&prompts, budget, tracing)?;
 
         let vocab = model.text.config.vocab_size;
         let mut added = Vec::with_capacity(prompts.len());

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use echovlm_moe::{RoutingSummary, RoutingTrace};
-use echovlm_text::{DecoderInput, Positions, PromptError, Qwen2Tokenizer, rope_index_timed};
+use echovlm_text::{
+    DecoderInput, KvCache, Positions, PromptError, Qwen2Tokenizer, rope_index_timed,
+};
 use echovlm_vision::preprocess::PixelValues;
 
 use super::{EchoVlm, PreparedPrompt};
@@ -104,50 +106,14 @@ impl EchoVlm {
             }
             .into());
         }
-        let padded: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![self.pad_id; max_len - p.ids.len()];
-                row.extend(&p.ids);
-                row
-            })
-            .collect();
-        let valid: Vec<Vec<bool>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![false; max_len - p.ids.len()];
-                row.extend(std::iter::repeat_n(true, p.ids.len()));
-                row
-            })
-            .collect();
-        let any_padding = prompts.iter().any(|p| p.ids.len() != max_len);
-        let mask = any_padding.then_some(valid.as_slice());
-
-        // vision
-        let t_vision = Instant::now();
-        let (embeds, image_grids, video_grids) = self.embed_prompts(&prompts, &padded)?;
-        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
-            0.0
-        } else {
-            ms(t_vision)
-        };
-
-        // prefill
-        let t_prefill = Instant::now();
-        let (positions, deltas) =
-            self.positions(&prompts, &padded, mask, &image_grids, &video_grids)?;
-        let mut cache = self
-            .text
-            .new_cache_with_capacity(max_len + opts.max_new_tokens);
-        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
-        let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new(); b]);
-        let out = self.text.forward(
-            DecoderInput::new(embeds, &positions).valid(mask),
-            &mut cache,
-            traces.as_deref_mut(),
-        )?;
-        let mut logits = read_logits(out.logits)?;
-        let prefill_ms = ms(t_prefill);
+        let Prefill {
+            mut cache,
+            mut logits,
+            deltas,
+            mut traces,
+            vision_ms,
+            prefill_ms,
+        } = self.prefill(&prompts, opts.max_new_tokens, opts.trace_routing)?;
 
         // decode
         let t_decode = Instant::now();
@@ -210,6 +176,67 @@ impl EchoVlm {
             outputs.push(self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?);
         }
         Ok(outputs)
+    }
+
+    /// Runs prompts (several: left-padded into one batch) through the vision tower and the
+    /// prefill, in a cache with room for `budget` more tokens per row; routing is traced when
+    /// `trace` is set and the model has MoE layers.
+    pub(super) fn prefill(
+        &self,
+        prompts: &[PreparedPrompt],
+        budget: usize,
+        trace: bool,
+    ) -> Result<Prefill, EchoError> {
+        let max_len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![self.pad_id; max_len - p.ids.len()];
+                row.extend(&p.ids);
+                row
+            })
+            .collect();
+        let valid: Vec<Vec<bool>> = prompts
+            .iter()
+            .map(|p| {
+                let mut row = vec![false; max_len - p.ids.len()];
+                row.extend(std::iter::repeat_n(true, p.ids.len()));
+                row
+            })
+            .collect();
+        let any_padding = prompts.iter().any(|p| p.ids.len() != max_len);
+        let mask = any_padding.then_some(valid.as_slice());
+
+        // vision
+        let t_vision = Instant::now();
+        let (embeds, image_grids, video_grids) = self.embed_prompts(prompts, &padded)?;
+        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
+            0.0
+        } else {
+            ms(t_vision)
+        };
+
+        // prefill
+        let t_prefill = Instant::now();
+        let (positions, deltas) =
+            self.positions(prompts, &padded, mask, &image_grids, &video_grids)?;
+        let mut cache = self.text.new_cache_with_capacity(max_len + budget);
+        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
+        let mut traces = (trace && has_moe).then(|| vec![RoutingTrace::new(); prompts.len()]);
+        let out = self.text.forward(
+            DecoderInput::new(embeds, &positions).valid(mask),
+            &mut cache,
+            traces.as_deref_mut(),
+        )?;
+        let logits = read_logits(out.logits)?;
+        Ok(Prefill {
+            cache,
+            logits,
+            deltas,
+            traces,
+            vision_ms,
+            prefill_ms: ms(t_prefill),
+        })
     }
 
     /// The output of a finished sequence.
@@ -371,6 +398,17 @@ impl EchoVlm {
         let idx = Tensor::<1, Int>::from_data(TensorData::new(index, [b * s]), &self.device());
         Ok(source.select(0, idx).reshape([b, s, h]))
     }
+}
+
+/// What a prefill leaves: the cache, the last-position logits of every row (`[rows × vocab]`),
+/// each row's decoding offset, the routing traces when asked for, and the times taken.
+pub(super) struct Prefill {
+    pub(super) cache: KvCache,
+    pub(super) logits: Vec<f32>,
+    pub(super) deltas: Vec<i64>,
+    pub(super) traces: Option<Vec<RoutingTrace>>,
+    pub(super) vision_ms: f64,
+    pub(super) prefill_ms: f64,
 }
 
 /// The decoding state of one sequence: its sampler, the tokens so far, why it finished, and
