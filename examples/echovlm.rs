@@ -86,8 +86,9 @@ struct Cli {
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// On the CPU, how linear weights are kept: auto (the checkpoint's storage type, bf16 for
-    /// the released EchoVLM, or int8 when that would not fit in the available memory), f32,
-    /// bf16 or int8 (int8 fits the full EchoVLM in 24 GB), or "portable" for Burn's own matmul.
+    /// the released EchoVLM, or int8, then int4, when that would not fit in the available
+    /// memory), f32, bf16, int8 (the full EchoVLM in 12.4 GB) or int4 (6.6 GB), or "portable"
+    /// for Burn's own matmul.
     #[arg(long, default_value = "auto")]
     weights: String,
     /// Threads of the CPU path (default: RAYON_NUM_THREADS when set, else the physical cores).

@@ -7,7 +7,8 @@
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use echovlm_core::cpu::{
-    CpuError, INT8_BLOCK, KERNEL_ENV, Kernel, PackedWeight, SMALL_M, WeightFormat, active_kernel,
+    CpuError, INT4_GROUP, INT8_BLOCK, KERNEL_ENV, Kernel, PackedWeight, SMALL_M, WeightFormat,
+    active_kernel,
 };
 use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Linear, StorageDtype};
@@ -40,6 +41,53 @@ fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, m: usize) -> Vec<f3
     y
 }
 
+/// Every format.
+const FORMATS: [WeightFormat; 4] = [
+    WeightFormat::F32,
+    WeightFormat::Bf16,
+    WeightFormat::Int8,
+    WeightFormat::Int4,
+];
+
+/// The activations an int4 product with few rows multiplies with, written independently of
+/// the library: per block of 32 values, `d = max|x| / 127`, `q = round(x / d)`, `x̂ = d · q`.
+fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols).take(m) {
+        for block in row.chunks(INT4_GROUP) {
+            let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            out.extend(block.iter().map(|&v| {
+                if d > 0.0 {
+                    (v * (1.0 / d)).round() * d
+                } else {
+                    0.0
+                }
+            }));
+        }
+    }
+    out
+}
+
+/// The activations the product of `format` weights with `m` rows sees: int4 quantises them
+/// for matrix-vector products, every other case multiplies them as they are.
+fn seen_activations(format: WeightFormat, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
+    if format == WeightFormat::Int4 && m <= SMALL_M {
+        int8_activations(x, m, cols)
+    } else {
+        x.to_vec()
+    }
+}
+
+/// Largest relative error a kernel may make against the f64 reference: f32 accumulation, and
+/// for int4 the subtraction of the weights' offset at the end.
+fn tolerance(format: WeightFormat) -> f32 {
+    if format == WeightFormat::Int4 {
+        1e-5
+    } else {
+        2e-6
+    }
+}
+
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     a.iter()
@@ -51,21 +99,34 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn every_format_matches_the_reference_on_its_own_weights() {
-    // odd sizes exercise the tails; 64-multiples the vector int8 path
-    for &(rows, cols) in &[(37, 100), (130, 128), (64, 3584 / 4), (9, 70)] {
+    // odd sizes exercise the tails; 64-multiples the vector int8 path; 896 = 28 int4 groups
+    // (three passes of eight and a tail of four), 100 and 70 a partial last group
+    for &(rows, cols) in &[
+        (37, 100),
+        (130, 128),
+        (64, 3584 / 4),
+        (9, 70),
+        (3, 8 * INT4_GROUP),
+    ] {
         let w = values(rows * cols, (rows * cols) as u64);
         for m in [1, 2, 3, 4, 5, SMALL_M, SMALL_M + 1, 23] {
             let x = values(m * cols, m as u64 + 7);
-            for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+            for format in FORMATS {
                 let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
                 // the reference uses exactly the weights the format stores
                 let stored = p.to_f32();
-                let want = reference(&stored, &x, rows, cols, m);
+                let want = reference(
+                    &stored,
+                    &seen_activations(format, &x, m, cols),
+                    rows,
+                    cols,
+                    m,
+                );
                 let mut got = vec![0f32; m * rows];
                 p.matmul(&x, m, &mut got).unwrap();
                 let e = max_rel(&got, &want);
                 assert!(
-                    e < 2e-6,
+                    e < tolerance(format),
                     "{format:?} {rows}x{cols} m={m}: relative error {e}"
                 );
             }
@@ -95,6 +156,61 @@ fn quantisation_error_is_bounded_by_half_a_step() {
     for (x, y) in b.iter().zip(&w) {
         assert!((x - y).abs() <= y.abs() / 256.0, "bf16 rounding {x} vs {y}");
     }
+    // int4: step = |m| / 8 for the group's value m of largest magnitude (scale rounded to f16);
+    // m itself lands on level −8 exactly, values of the other sign beyond 7 steps clamp to 7
+    let q = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int4)
+        .unwrap()
+        .to_f32();
+    for r in 0..rows {
+        for (g, chunk) in w[r * cols..(r + 1) * cols].chunks(INT4_GROUP).enumerate() {
+            let m = chunk
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let step = half::f16::from_f32(m / -8.0).to_f32().abs();
+            for (i, &v) in chunk.iter().enumerate() {
+                let got = q[r * cols + g * INT4_GROUP + i];
+                let clamped = v.signum() != m.signum() && v.abs() > 7.5 * step;
+                let bound = if clamped {
+                    v.abs() - 7.0 * step
+                } else {
+                    step * 0.5
+                };
+                assert!(
+                    (got - v).abs() <= bound + 1e-5,
+                    "int4 row {r} group {g}: {v} stored as {got} (step {step})"
+                );
+            }
+            let at = chunk.iter().position(|&v| v == m).unwrap();
+            assert!((q[r * cols + g * INT4_GROUP + at] - m).abs() <= m.abs() * 1e-3);
+        }
+    }
+}
+
+#[test]
+fn int4_levels_round_trip_exactly_and_short_groups_are_padded() {
+    // −4.0, −3.5, …, 3.5: the largest magnitude is −4 → scale 0.5, and every value is a level
+    let cols = INT4_GROUP + 8;
+    let row: Vec<f32> = (0..cols).map(|i| (i % 16) as f32 * 0.5 - 4.0).collect();
+    let w: Vec<f32> = row
+        .iter()
+        .chain(row.iter().map(|v| v * -0.25).collect::<Vec<_>>().iter())
+        .copied()
+        .collect();
+    let p = PackedWeight::from_f32(2, cols, &w, WeightFormat::Int4).unwrap();
+    // the second row's largest magnitude is +1 (from −4 · −0.25): levels of scale −0.125
+    assert_eq!(p.to_f32(), w);
+    // 2 groups per row (the second padded), 16 bytes and an f16 scale each
+    assert_eq!(p.nbytes(), 2 * 2 * (16 + 2));
+    assert_eq!(p.format(), WeightFormat::Int4);
+    let mut r = vec![0f32; cols];
+    p.row(1, &mut r).unwrap();
+    assert_eq!(r, w[cols..]);
+    // a zero group has scale 0 and stays zero
+    let z = PackedWeight::from_f32(1, 40, &[0.0; 40], WeightFormat::Int4).unwrap();
+    assert_eq!(z.to_f32(), vec![0.0; 40]);
+    let mut y = [1f32; 2];
+    z.matmul(&values(80, 2), 2, &mut y).unwrap();
+    assert_eq!(y, [0.0; 2]);
 }
 
 #[test]
@@ -127,6 +243,26 @@ fn storage_bytes_pack_like_f32_values() {
     let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8).unwrap();
     assert_eq!(a.to_f32(), b.to_f32());
     assert_eq!(a.nbytes(), rows * cols + rows * 2 * 4);
+    let a = PackedWeight::from_storage(
+        rows,
+        cols,
+        &bf16_bytes,
+        StorageDtype::BF16,
+        WeightFormat::Int4,
+    )
+    .unwrap();
+    let rounded: Vec<f32> = w
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect();
+    let b = PackedWeight::from_f32(rows, cols, &rounded, WeightFormat::Int4).unwrap();
+    assert_eq!(a.to_f32(), b.to_f32());
+    // 4 groups of 16 bytes and an f16 scale per row: 0.5625 bytes per weight
+    assert_eq!(a.nbytes(), rows * cols / 2 + rows * 4 * 2);
+    assert_eq!(
+        a.nbytes() as f64,
+        (rows * cols) as f64 * WeightFormat::Int4.bytes_per_weight()
+    );
 }
 
 #[test]
@@ -135,7 +271,7 @@ fn packed_linear_equals_portable_linear() {
     let (d_in, d_out) = (192, 75);
     let w = values(d_out * d_in, 5);
     let bias = Tensor::<1>::random([d_out], Distribution::Normal(0.0, 1.0), &device);
-    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+    for format in FORMATS {
         let packed = PackedWeight::from_f32(d_out, d_in, &w, format).unwrap();
         let stored = packed.to_f32();
         let fast = Linear::packed(packed, Some(bias.clone()));
@@ -145,8 +281,14 @@ fn packed_linear_equals_portable_linear() {
         );
         for tokens in [1, 3, 40] {
             let x = Tensor::<3>::random([2, tokens, d_in], Distribution::Normal(0.0, 1.0), &device);
-            let a = flex_f32_vec(fast.forward(x.clone()));
-            let b = flex_f32_vec(portable.forward(x));
+            let xs = flex_f32_vec(x.clone());
+            // the portable layer gets the activations the packed product sees
+            let seen = seen_activations(format, &xs, 2 * tokens, d_in);
+            let a = flex_f32_vec(fast.forward(x));
+            let b = flex_f32_vec(portable.forward(Tensor::<3>::from_data(
+                TensorData::new(seen, [2, tokens, d_in]),
+                &device,
+            )));
             let e = max_rel(&a, &b);
             assert!(e < 1e-5, "{format:?}, {tokens} tokens: {e}");
         }
@@ -156,19 +298,38 @@ fn packed_linear_equals_portable_linear() {
 #[test]
 fn every_kernel_matches_the_reference() {
     // the kernels this CPU has, each called by name in this one process
-    let (rows, cols) = (70, 3 * INT8_BLOCK);
+    // 9 int4 groups per row: one pass of eight groups and a tail
+    let (rows, cols) = (70, 3 * INT8_BLOCK + INT4_GROUP);
     let w = values(rows * cols, 21);
-    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+    for format in FORMATS {
         let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
         let stored = p.to_f32();
-        for m in [1, 4, SMALL_M] {
+        for m in [1, 4, 5, SMALL_M] {
             let x = values(m * cols, 31 + m as u64);
-            let want = reference(&stored, &x, rows, cols, m);
+            let want = reference(
+                &stored,
+                &seen_activations(format, &x, m, cols),
+                rows,
+                cols,
+                m,
+            );
+            let mut portable = vec![0f32; m * rows];
+            p.matmul_with(Kernel::Portable, &x, m, &mut portable)
+                .unwrap();
             for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
                 let mut got = vec![0f32; m * rows];
                 p.matmul_with(kernel, &x, m, &mut got).unwrap();
                 let e = max_rel(&got, &want);
-                assert!(e < 2e-6, "{kernel} {format:?} m={m}: relative error {e}");
+                assert!(
+                    e < tolerance(format),
+                    "{kernel} {format:?} m={m}: relative error {e}"
+                );
+                // the vector kernels compute what the portable loop computes
+                let e = max_rel(&got, &portable);
+                assert!(
+                    e < 2e-6,
+                    "{kernel} {format:?} m={m}: {e} from the portable kernel"
+                );
             }
         }
     }
@@ -248,8 +409,12 @@ fn kernel_names_parse_and_unknown_ones_are_refused() {
         "sse9".parse::<Kernel>(),
         Err(CpuError::UnknownName { .. })
     ));
+    for format in FORMATS {
+        assert_eq!(format.to_string().parse::<WeightFormat>(), Ok(format));
+    }
+    assert_eq!("q4".parse::<WeightFormat>(), Ok(WeightFormat::Int4));
     assert!(matches!(
-        "int4".parse::<WeightFormat>(),
+        "int3".parse::<WeightFormat>(),
         Err(CpuError::UnknownName { .. })
     ));
 }
@@ -272,7 +437,7 @@ fn overflowing_shapes_are_refused() {
         (usize::MAX / 4 + 1, 1),
     ];
     for (rows, cols) in shapes {
-        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+        for format in FORMATS {
             overflow(PackedWeight::from_f32(rows, cols, &[1.0; 6], format));
             for storage in [StorageDtype::F32, StorageDtype::BF16, StorageDtype::F16] {
                 overflow(PackedWeight::from_storage(
@@ -332,7 +497,7 @@ fn lengths_that_do_not_match_the_shape_are_refused() {
     );
 
     let w = values(12, 1);
-    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+    for format in FORMATS {
         let p = PackedWeight::from_f32(4, 3, &w, format).unwrap();
         // x must be m · 3, y must be m · 4
         for (m, xl, yl) in [(2, 5, 8), (2, 6, 7), (9, 27, 35), (9, 28, 36), (1, 0, 4)] {
@@ -352,7 +517,7 @@ fn lengths_that_do_not_match_the_shape_are_refused() {
 
 #[test]
 fn empty_matrices_multiply_to_zeros() {
-    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+    for format in FORMATS {
         // no inputs: every output is an empty sum
         let p = PackedWeight::from_f32(5, 0, &[], format).unwrap();
         assert!(p.to_f32().is_empty());

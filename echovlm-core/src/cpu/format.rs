@@ -1,9 +1,18 @@
-//! Storage formats of packed weights and the int8 quantisation.
+//! Storage formats of packed weights, their quantisation, and the int8 quantisation of
+//! activations that the int4 kernels multiply with.
 
 use super::CpuError;
+use super::aligned::Aligned;
 
 /// Values per int8 quantisation block (one f32 scale each).
 pub const INT8_BLOCK: usize = 64;
+
+/// Weights per int4 group (one f16 scale each), and activations per int8 block of the int4
+/// products.
+pub const INT4_GROUP: usize = 32;
+
+/// Bytes of one packed int4 group: two weights per byte.
+pub(super) const INT4_GROUP_BYTES: usize = INT4_GROUP / 2;
 
 /// How packed weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,6 +25,12 @@ pub enum WeightFormat {
     /// Symmetric int8 with one f32 scale per [`INT8_BLOCK`] consecutive weights of a row
     /// (1.0625 bytes per weight).
     Int8,
+    /// Symmetric 4-bit with one f16 scale per [`INT4_GROUP`] consecutive weights of a row
+    /// (0.5625 bytes per weight): `w = scale · (q − 8)`, `q` in 0..=15, the value of largest
+    /// magnitude mapped to −8. Products with a few activation rows (decode) quantise the
+    /// activations to int8 per block of 32 and multiply in integers; prompt-sized products widen
+    /// the weights to f32.
+    Int4,
 }
 
 impl WeightFormat {
@@ -25,17 +40,19 @@ impl WeightFormat {
             WeightFormat::F32 => 4.0,
             WeightFormat::Bf16 => 2.0,
             WeightFormat::Int8 => 1.0 + 4.0 / INT8_BLOCK as f64,
+            WeightFormat::Int4 => 0.5 + 2.0 / INT4_GROUP as f64,
         }
     }
 }
 
-/// The name [`FromStr`](std::str::FromStr) reads: `f32`, `bf16` or `int8`.
+/// The name [`FromStr`](std::str::FromStr) reads: `f32`, `bf16`, `int8` or `int4`.
 impl std::fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
+            WeightFormat::Int4 => "int4",
         })
     }
 }
@@ -47,10 +64,11 @@ impl std::str::FromStr for WeightFormat {
             "f32" => Ok(WeightFormat::F32),
             "bf16" => Ok(WeightFormat::Bf16),
             "int8" | "q8" => Ok(WeightFormat::Int8),
+            "int4" | "q4" => Ok(WeightFormat::Int4),
             other => Err(CpuError::UnknownName {
                 what: "weight format",
                 name: other.to_string(),
-                expected: "f32, bf16 or int8",
+                expected: "f32, bf16, int8 or int4",
             }),
         }
     }
@@ -69,5 +87,104 @@ pub(super) fn quantize_row(w: &[f32], q: &mut [i8], scales: &mut [f32]) {
         for (qi, &x) in q[lo..hi].iter_mut().zip(&w[lo..hi]) {
             *qi = (x * inv).round().clamp(-127.0, 127.0) as i8;
         }
+    }
+}
+
+/// Symmetric per-group int4 of one row (`w`, any length): `scale = m / −8` where `m` is the
+/// group's value of largest magnitude, `q = round(w / scale) + 8` clamped to 0..=15, the scale
+/// stored as f16 (and the values quantised with the rounded scale). Group `g` fills bytes
+/// `16g..16g + 16` of `q`: byte `j` holds weight `j` in its low nibble and weight `j + 16` in its
+/// high one. A last partial group is padded with zero weights (`q = 8`).
+pub(super) fn quantize_row_int4(w: &[f32], q: &mut [u8], scales: &mut [u16]) {
+    for (g, (s, bytes)) in scales
+        .iter_mut()
+        .zip(q.chunks_exact_mut(INT4_GROUP_BYTES))
+        .enumerate()
+    {
+        let lo = g * INT4_GROUP;
+        let hi = (lo + INT4_GROUP).min(w.len());
+        let group = &w[lo..hi];
+        let m = group
+            .iter()
+            .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+        let scale = half::f16::from_f32(m / -8.0);
+        *s = scale.to_bits();
+        let scale = scale.to_f32();
+        let inv = if scale != 0.0 && scale.is_finite() {
+            1.0 / scale
+        } else {
+            0.0
+        };
+        let nibble = |i: usize| -> u8 {
+            let x = group.get(i).copied().unwrap_or(0.0);
+            ((x * inv).round() + 8.0).clamp(0.0, 15.0) as u8
+        };
+        for (j, b) in bytes.iter_mut().enumerate() {
+            *b = nibble(j) | (nibble(j + INT4_GROUP_BYTES) << 4);
+        }
+    }
+}
+
+/// The weight at position `i` of an int4 group (`bytes`: its 16 bytes), before scaling.
+#[inline]
+pub(super) fn int4_level(bytes: &[u8], i: usize) -> i32 {
+    let b = bytes[i % INT4_GROUP_BYTES];
+    let q = if i < INT4_GROUP_BYTES {
+        b & 0x0f
+    } else {
+        b >> 4
+    };
+    q as i32 - 8
+}
+
+/// Activation rows quantised for the int4 products: per block of [`INT4_GROUP`] values,
+/// `d = max|x| / 127`, `q = round(x / d)` (int8), and `o = 8 · d · Σq` (what the `q − 8` offset
+/// of the weights subtracts). Rows are padded with zeros to whole blocks.
+pub(super) struct QuantizedRows {
+    /// `m · blocks · 32` values.
+    pub(super) q: Aligned<i8>,
+    /// `m · blocks` scales.
+    pub(super) d: Vec<f32>,
+    /// `m · blocks` offsets, `8 · d · Σq`.
+    pub(super) o: Vec<f32>,
+    /// Blocks per row.
+    pub(super) blocks: usize,
+}
+
+impl QuantizedRows {
+    /// Quantises the `m` rows of `x` (`m · cols` values, checked by the caller).
+    pub(super) fn new(x: &[f32], m: usize, cols: usize) -> Result<Self, CpuError> {
+        let blocks = cols.div_ceil(INT4_GROUP);
+        let width = super::error::checked_bytes("quantised activations", m, blocks, INT4_GROUP)?;
+        let mut q = Aligned::<i8>::zeroed(width)?;
+        let mut d = vec![0f32; m * blocks];
+        let mut o = vec![0f32; m * blocks];
+        if cols > 0 {
+            for (((xr, qr), dr), or) in x
+                .chunks_exact(cols)
+                .zip(q.chunks_exact_mut(blocks * INT4_GROUP))
+                .zip(d.chunks_exact_mut(blocks))
+                .zip(o.chunks_exact_mut(blocks))
+            {
+                for (b, (xb, qb)) in xr
+                    .chunks(INT4_GROUP)
+                    .zip(qr.chunks_exact_mut(INT4_GROUP))
+                    .enumerate()
+                {
+                    let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                    let scale = amax / 127.0;
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (qi, &v) in qb.iter_mut().zip(xb) {
+                        let r = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                        *qi = r;
+                        sum += r as i32;
+                    }
+                    dr[b] = scale;
+                    or[b] = 8.0 * scale * sum as f32;
+                }
+            }
+        }
+        Ok(Self { q, d, o, blocks })
     }
 }

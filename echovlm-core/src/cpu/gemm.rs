@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes};
+use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::kernels::Dots;
 use super::packed::{Data, PackedWeight};
 use super::select::{Kernel, active_kernel, resolve_kernel};
@@ -59,11 +60,18 @@ impl PackedWeight {
         }
     }
 
-    /// One pass over the weights; every weight row is dotted with all `m` activation rows.
+    /// One pass over the weights; every weight row is dotted with all `m` activation rows
+    /// (quantised to int8 first for int4 weights).
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn matvec(&self, dots: Dots, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
-        let x_aligned = Aligned::from_slice(x)?;
-        let x: &[f32] = &x_aligned;
+        let (aligned, quantized);
+        let x = if let Data::Int4 { .. } = self.data {
+            quantized = QuantizedRows::new(x, m, self.cols)?;
+            Input::Int8(&quantized)
+        } else {
+            aligned = Aligned::from_slice(x)?;
+            Input::F32(&aligned)
+        };
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well
         let chunk = (self.rows.div_ceil(threads * 8)).clamp(8, 1024);
@@ -90,19 +98,23 @@ impl PackedWeight {
         Ok(())
     }
 
-    /// Row `r` dotted with the `m` rows of `x` (`m · cols` long) into `out` (`m` long).
-    fn dot_row(&self, dots: Dots, r: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    /// Row `r` dotted with the `m` rows of `x` into `out` (`m` long).
+    fn dot_row(&self, dots: Dots, r: usize, x: Input, m: usize, out: &mut [f32]) {
         let c = self.cols;
-        assert!(x.len() >= m * c && out.len() >= m, "dot_row lengths");
+        assert!(out.len() >= m, "dot_row lengths");
+        if let Input::F32(x) = x {
+            assert!(x.len() >= m * c, "dot_row lengths");
+        }
         // SAFETY: `dots` holds kernels the CPU supports (`Dots::new` after `resolve_kernel`),
         // int8 vector kernels only for `c` a multiple of INT8_BLOCK; each weight slice is one
-        // row of `c` values (with `c / INT8_BLOCK` scales for int8); `x` and `out` are at least
-        // `m · c` and `m` long (asserted above).
+        // row of `c` values (with `c / INT8_BLOCK` scales for int8, and `c / INT4_GROUP` groups
+        // and scales, rounded up, for int4); f32 `x` and `out` are at least `m · c` and `m`
+        // long (asserted above), quantised `x` holds `m` rows (the kernel asserts it).
         unsafe {
-            match &self.data {
-                Data::F32(w) => (dots.f32)(&w[r * c..(r + 1) * c], x, m, c, out),
-                Data::Bf16(w) => (dots.bf16)(&w[r * c..(r + 1) * c], x, m, c, out),
-                Data::Int8 { q, scales } => {
+            match (&self.data, x) {
+                (Data::F32(w), Input::F32(x)) => (dots.f32)(&w[r * c..(r + 1) * c], x, m, c, out),
+                (Data::Bf16(w), Input::F32(x)) => (dots.bf16)(&w[r * c..(r + 1) * c], x, m, c, out),
+                (Data::Int8 { q, scales }, Input::F32(x)) => {
                     let blocks = c.div_ceil(INT8_BLOCK);
                     (dots.int8)(
                         &q[r * c..(r + 1) * c],
@@ -113,6 +125,18 @@ impl PackedWeight {
                         out,
                     )
                 }
+                (Data::Int4 { q, scales }, Input::Int8(x)) => {
+                    let g = c.div_ceil(INT4_GROUP);
+                    let gb = g * INT4_GROUP_BYTES;
+                    (dots.int4)(
+                        &q[r * gb..(r + 1) * gb],
+                        &scales[r * g..(r + 1) * g],
+                        x,
+                        m,
+                        out,
+                    )
+                }
+                _ => unreachable!("matvec quantises the activations exactly for int4 weights"),
             }
         }
     }
@@ -185,6 +209,13 @@ impl PackedWeight {
         );
         Ok(())
     }
+}
+
+/// The activations of a matrix-vector product: f32 rows, or their int8 form for int4 weights.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    F32(&'a [f32]),
+    Int8(&'a QuantizedRows),
 }
 
 #[derive(Clone, Copy)]

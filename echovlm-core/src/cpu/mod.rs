@@ -40,7 +40,7 @@ mod select;
 mod threads;
 
 pub use error::CpuError;
-pub use format::{INT8_BLOCK, WeightFormat};
+pub use format::{INT4_GROUP, INT8_BLOCK, WeightFormat};
 pub use gemm::SMALL_M;
 pub use packed::PackedWeight;
 pub use select::{KERNEL_ENV, Kernel, active_kernel};

@@ -7,13 +7,24 @@ use rayon::prelude::*;
 use super::CpuError;
 use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes, matrix_elements};
-use super::format::{INT8_BLOCK, WeightFormat, quantize_row};
+use super::format::{
+    INT4_GROUP, INT4_GROUP_BYTES, INT8_BLOCK, WeightFormat, int4_level, quantize_row,
+    quantize_row_int4,
+};
 
 #[derive(Clone)]
 pub(super) enum Data {
     F32(Aligned<f32>),
     Bf16(Aligned<u16>),
-    Int8 { q: Aligned<i8>, scales: Box<[f32]> },
+    Int8 {
+        q: Aligned<i8>,
+        scales: Box<[f32]>,
+    },
+    /// `cols.div_ceil(INT4_GROUP)` groups per row, 16 bytes and one f16 scale each.
+    Int4 {
+        q: Aligned<u8>,
+        scales: Aligned<u16>,
+    },
 }
 
 /// A `[rows, cols]` weight matrix (rows = outputs, the HF `[out, in]` layout) in host memory.
@@ -39,7 +50,7 @@ impl std::fmt::Debug for PackedWeight {
 
 impl PackedWeight {
     /// Packs row-major f32 weights in `format` (int8: symmetric, scale = max|w| / 127 per
-    /// block, rounded to nearest).
+    /// block, rounded to nearest; int4: see [`WeightFormat::Int4`]).
     ///
     /// Fails when `w` does not hold `rows · cols` values or that size overflows.
     pub fn from_f32(
@@ -72,6 +83,17 @@ impl PackedWeight {
                     q,
                     scales: scales.into(),
                 }
+            }
+            WeightFormat::Int4 => {
+                let (mut q, mut scales) = int4_buffers(rows, cols)?;
+                if n > 0 {
+                    let groups = cols.div_ceil(INT4_GROUP);
+                    q.par_chunks_mut(groups * INT4_GROUP_BYTES)
+                        .zip(scales.par_chunks_mut(groups))
+                        .zip(w.par_chunks(cols))
+                        .for_each(|((qr, sr), wr)| quantize_row_int4(wr, qr, sr));
+                }
+                Data::Int4 { q, scales }
             }
         };
         Ok(Self { rows, cols, data })
@@ -170,6 +192,21 @@ impl PackedWeight {
                     scales: scales.into(),
                 }
             }
+            WeightFormat::Int4 => {
+                let groups = cols.div_ceil(INT4_GROUP);
+                let (mut q, mut scales) = int4_buffers(rows, cols)?;
+                q.par_chunks_mut(groups * INT4_GROUP_BYTES)
+                    .zip(scales.par_chunks_mut(groups))
+                    .zip(bytes.par_chunks(row_bytes))
+                    .for_each_init(
+                        || vec![0f32; cols],
+                        |tmp, ((qr, sr), raw)| {
+                            widen(raw, tmp);
+                            quantize_row_int4(tmp, qr, sr);
+                        },
+                    );
+                Data::Int4 { q, scales }
+            }
         };
         Ok(Self { rows, cols, data })
     }
@@ -202,6 +239,7 @@ impl PackedWeight {
             Data::F32(_) => WeightFormat::F32,
             Data::Bf16(_) => WeightFormat::Bf16,
             Data::Int8 { .. } => WeightFormat::Int8,
+            Data::Int4 { .. } => WeightFormat::Int4,
         }
     }
 
@@ -211,6 +249,7 @@ impl PackedWeight {
             Data::F32(w) => w.len() * 4,
             Data::Bf16(w) => w.len() * 2,
             Data::Int8 { q, scales } => q.len() + scales.len() * 4,
+            Data::Int4 { q, scales } => q.len() + scales.len() * 2,
         }
     }
 
@@ -260,6 +299,26 @@ impl PackedWeight {
                     }
                 }
             }
+            Data::Int4 { q, scales } => {
+                let groups = c.div_ceil(INT4_GROUP);
+                let row = &q[r * groups * INT4_GROUP_BYTES..(r + 1) * groups * INT4_GROUP_BYTES];
+                for (g, chunk) in out.chunks_mut(INT4_GROUP).enumerate() {
+                    let s = half::f16::from_bits(scales[r * groups + g]).to_f32();
+                    let bytes = &row[g * INT4_GROUP_BYTES..(g + 1) * INT4_GROUP_BYTES];
+                    if let Ok(full) = <&mut [f32; INT4_GROUP]>::try_from(&mut *chunk) {
+                        // whole groups: both nibbles of each byte, in a loop that vectorises
+                        let (lo, hi) = full.split_at_mut(INT4_GROUP_BYTES);
+                        for ((l, h), &b) in lo.iter_mut().zip(hi).zip(bytes) {
+                            *l = ((b & 0x0f) as i32 - 8) as f32 * s;
+                            *h = ((b >> 4) as i32 - 8) as f32 * s;
+                        }
+                    } else {
+                        for (i, o) in chunk.iter_mut().enumerate() {
+                            *o = int4_level(bytes, i) as f32 * s;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -274,4 +333,15 @@ fn int8_buffers(rows: usize, cols: usize) -> Result<(Aligned<i8>, Vec<f32>), Cpu
         .map_err(|_| CpuError::Alloc { bytes: n * 4 })?;
     scales.resize(n, 0f32);
     Ok((q, scales))
+}
+
+/// Zeroed int4 groups (16 bytes each) and scales for a `[rows, cols]` matrix. Fails when their
+/// size overflows (short rows are padded to a whole group, so it can exceed the f32 size).
+fn int4_buffers(rows: usize, cols: usize) -> Result<(Aligned<u8>, Aligned<u16>), CpuError> {
+    let groups = cols.div_ceil(INT4_GROUP);
+    let bytes = checked_bytes("int4 weights", rows, groups, INT4_GROUP_BYTES)?;
+    Ok((
+        Aligned::<u8>::zeroed(bytes)?,
+        Aligned::<u16>::zeroed(rows * groups)?,
+    ))
 }

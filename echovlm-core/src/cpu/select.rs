@@ -13,7 +13,7 @@ pub const KERNEL_ENV: &str = "ECHOVLM_CPU_KERNEL";
 pub enum Kernel {
     /// Plain Rust loops the compiler vectorises for the target's baseline.
     Portable,
-    /// AVX2 with FMA (x86-64).
+    /// AVX2 with FMA and F16C (x86-64).
     Avx2,
     /// AVX-512F (x86-64).
     Avx512,
@@ -40,6 +40,7 @@ impl Kernel {
             Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),

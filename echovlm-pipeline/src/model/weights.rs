@@ -18,9 +18,9 @@ use echovlm_core::{Checkpoint, LinearOptions, StorageDtype};
 #[non_exhaustive]
 pub enum Weights {
     /// Chosen at load. On the CPU: the checkpoint's own storage type (bf16 for the released
-    /// EchoVLM, so nothing is rounded) where the CPU has a vector kernel for it, else f32; int8
-    /// when that would not fit in the memory available (`MemAvailable`, and the cgroup's limit
-    /// in a container) with headroom for the KV cache and activations. f32 only when the
+    /// EchoVLM, so nothing is rounded) where the CPU has a vector kernel for it, else f32; int8,
+    /// then int4, when that would not fit in the memory available (`MemAvailable`, and the
+    /// cgroup's limit in a container) with headroom for the KV cache and activations. f32 only when the
     /// checkpoint is stored in f32 or f16. Off the CPU: Burn tensors of the model's float type.
     /// [`EchoVlm::weight_choice`](crate::EchoVlm::weight_choice) says what was chosen and why.
     #[default]
@@ -81,19 +81,27 @@ pub(crate) fn choose_format(
             ),
         );
     }
-    let int8 = WeightFormat::Int8;
-    let tail = if fits(int8) {
+    // the preferred format does not fit: the largest quantised one that does, else the smallest
+    let fallback = [WeightFormat::Int8, WeightFormat::Int4]
+        .into_iter()
+        .filter(|&f| need(f) < need(preferred));
+    let chosen = fallback
+        .clone()
+        .find(|&f| fits(f))
+        .or_else(|| fallback.last())
+        .unwrap_or(preferred);
+    let tail = if fits(chosen) {
         "fits"
     } else {
-        "may not fit either; pass a smaller format or free memory"
+        "may not fit either; free memory or run on a larger machine"
     };
     (
-        int8,
+        chosen,
         format!(
-            "{int8} ({preferred} would need {:.1} GB of weights plus headroom, {:.1} GB available; int8 needs {:.1} GB and {tail})",
+            "{chosen} ({preferred} would need {:.1} GB of weights plus headroom, {:.1} GB available; {chosen} needs {:.1} GB and {tail})",
             gb(need(preferred)),
             gb(available),
-            gb(need(int8)),
+            gb(need(chosen)),
         ),
     )
 }
@@ -204,18 +212,26 @@ mod tests {
     }
 
     #[test]
-    fn too_little_memory_falls_back_to_int8_and_says_so() {
+    fn too_little_memory_falls_back_to_int8_then_int4_and_says_so() {
         // 23.4 GB of bf16 weights + headroom do not fit in 24 GB; 12.4 GB of int8 do
         let (f, why) = choose_format(StorageDtype::BF16, RELEASED, Some(24 * GB), true);
         assert_eq!(f, WeightFormat::Int8, "{why}");
         assert!(
-            why.contains("bf16 would need 23.4 GB") && why.ends_with("fits)"),
+            why.contains("bf16 would need 23.4 GB")
+                && why.ends_with("int8 needs 12.4 GB and fits)"),
             "{why}"
         );
-        // not even int8 fits: still int8, with a warning in the reason
+        // int8 and its headroom (14.7 GB) do not fit in 12 GB; 6.6 GB of int4 do
+        let (f, why) = choose_format(StorageDtype::BF16, RELEASED, Some(12 * GB), true);
+        assert_eq!(f, WeightFormat::Int4, "{why}");
+        assert!(why.ends_with("int4 needs 6.6 GB and fits)"), "{why}");
+        // not even int4 fits: still int4, with a warning in the reason
         let (f, why) = choose_format(StorageDtype::BF16, RELEASED, Some(8 * GB), true);
-        assert_eq!(f, WeightFormat::Int8);
+        assert_eq!(f, WeightFormat::Int4);
         assert!(why.contains("may not fit"), "{why}");
+        // an f32 checkpoint falls back the same way
+        let (f, _) = choose_format(StorageDtype::F32, RELEASED, Some(24 * GB), true);
+        assert_eq!(f, WeightFormat::Int8);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! `unsafe` contract is that the CPU supports their instruction set: they assert the lengths
 //! they read within.
 
+use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::{INT8_BLOCK, Kernel};
 
 /// Bytes ahead of the current position that are prefetched.
@@ -25,6 +26,26 @@ fn check_int8(q: &[i8], scales: &[f32], x: &[f32], m: usize, c: usize, out: &[f3
             && m.checked_mul(c).is_some_and(|n| x.len() >= n)
             && out.len() >= m,
         "int8 kernel lengths"
+    );
+}
+
+/// The lengths the int4 kernels read within, asserted: `q` and `scales` hold the row's
+/// `x.blocks` groups, `x` at least `m` quantised rows, `out` at least `m` values.
+#[cfg(target_arch = "x86_64")]
+fn check_int4(q: &[u8], scales: &[u16], x: &QuantizedRows, m: usize, out: &[f32]) {
+    let g = x.blocks;
+    assert!(
+        INT4_GROUP == 32
+            && g.checked_mul(INT4_GROUP_BYTES)
+                .is_some_and(|n| q.len() >= n)
+            && scales.len() >= g
+            && m.checked_mul(g).is_some_and(|n| {
+                x.d.len() >= n
+                    && x.o.len() >= n
+                    && n.checked_mul(INT4_GROUP).is_some_and(|n| x.q.len() >= n)
+            })
+            && out.len() >= m,
+        "int4 kernel lengths"
     );
 }
 
@@ -59,6 +80,9 @@ pub(super) type DotF32 = unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]);
 pub(super) type DotBf16 = unsafe fn(&[u16], &[f32], usize, usize, &mut [f32]);
 /// [`DotF32`] for an int8 row with its `c / INT8_BLOCK` (rounded up) scales.
 pub(super) type DotInt8 = unsafe fn(&[i8], &[f32], &[f32], usize, usize, &mut [f32]);
+/// A dot product of one int4 row (its groups' bytes and f16 scales) with `m` activation rows
+/// quantised to int8 into `out` (`m` values).
+pub(super) type DotInt4 = unsafe fn(&[u8], &[u16], &QuantizedRows, usize, &mut [f32]);
 
 /// The row kernels of one [`Kernel`], chosen once per product.
 ///
@@ -71,16 +95,20 @@ pub(super) struct Dots {
     pub(super) f32: DotF32,
     pub(super) bf16: DotBf16,
     pub(super) int8: DotInt8,
+    pub(super) int4: DotInt4,
 }
 
 impl Dots {
     /// The row kernels of `kernel`, which the CPU must support, for rows of `cols` weights
-    /// (int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop).
+    /// (int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
+    /// takes the AVX2 kernel under AVX-512 too: its products are bound by memory, not by the
+    /// vector width).
     pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
         let portable = Dots {
             f32: portable::dot_f32,
             bf16: portable::dot_bf16,
             int8: portable::dot_int8,
+            int4: portable::dot_int4,
         };
         let int8_vector = cols.is_multiple_of(INT8_BLOCK);
         debug_assert!(kernel.is_supported());
@@ -94,6 +122,11 @@ impl Dots {
                 } else {
                     portable.int8
                 },
+                int4: if Kernel::Avx2.is_supported() {
+                    avx2::dot_int4
+                } else {
+                    portable.int4
+                },
             },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => Dots {
@@ -104,6 +137,7 @@ impl Dots {
                 } else {
                     portable.int8
                 },
+                int4: avx2::dot_int4,
             },
             _ => {
                 let _ = int8_vector;
