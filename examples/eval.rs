@@ -20,7 +20,9 @@ use std::process::ExitCode;
 use clap::{Parser, error::ErrorKind};
 use echovlm_eval::runner::{evaluate, read_samples};
 use echovlm_eval::score_jsonl;
-use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions};
+use echovlm_pipeline::{
+    EchoVlm, GenerationOptions, LinearOptions, LoadOptions, WeightFormat, Weights,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Scores EchoVLM outputs with the report metrics of the literature.
@@ -45,6 +47,10 @@ struct Cli {
     /// Stop after this many samples.
     #[arg(long)]
     limit: Option<usize>,
+    /// On the CPU, how linear weights are kept: auto, f32, bf16, int8, int4 or portable (as in
+    /// the `echovlm` example); to measure what a compact format costs in accuracy.
+    #[arg(long, default_value = "auto")]
+    weights: String,
 }
 
 fn main() -> ExitCode {
@@ -105,7 +111,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = cli.limit {
         samples.truncate(n);
     }
-    let model = EchoVlm::load(&model_dir, &LoadOptions::default())?;
+    let weights = match cli.weights.as_str() {
+        "auto" => Weights::Auto,
+        "portable" => Weights::Exact(LinearOptions::portable()),
+        w => Weights::Exact(LinearOptions::cpu(w.parse::<WeightFormat>()?)),
+    };
+    let model = EchoVlm::load(&model_dir, &LoadOptions::default().weights(weights))?;
+    eprintln!("note: weights: {}", model.weight_choice());
     let mut opts: GenerationOptions = model.default_generation();
     opts.max_new_tokens = cli.max_new_tokens;
 

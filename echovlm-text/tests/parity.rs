@@ -328,8 +328,16 @@ fn portable_path_and_packed_cpu_formats() {
         assert_eq!(greedy(&portable, &prompt, want.len(), true), want);
     }
     // compact formats: report how far logits move and how often greedy tokens agree
-    // tolerances: the measured error (bf16 0.04, int8 0.17) plus a margin of half of it
-    for (format, logit_tol) in [(WeightFormat::Bf16, 0.06f32), (WeightFormat::Int8, 0.26)] {
+    // tolerances: the measured error (bf16 0.04, int8 0.16, int4 2.4) plus a margin of half of
+    // it; greedy agreement measured 80/80 for bf16 and int8 (4 tokens of margin allowed). int4
+    // diverges after a few tokens here (4/80): the random weights of this fixture leave no
+    // margin between the top logits. How often int4 changes the answers of a trained model is
+    // pinned on the demo model (`tests/demo_model.rs`: 171 of 200 reports identical).
+    for (format, logit_tol, min_rate) in [
+        (WeightFormat::Bf16, 0.06f32, 0.95),
+        (WeightFormat::Int8, 0.26, 0.95),
+        (WeightFormat::Int4, 3.6, 0.0),
+    ] {
         let model = load_text_with("tiny-echovlm", LinearOptions::cpu(format));
         let (mut same, mut total, mut worst) = (0usize, 0usize, 0f32);
         for lang in ["en", "zh"] {
@@ -351,8 +359,7 @@ fn portable_path_and_packed_cpu_formats() {
         );
         assert!(worst <= logit_tol, "{format:?}: logits moved by {worst}");
         assert!(
-            // measured: 80/80 identical; allowed: 4 tokens of margin
-            rate >= 0.95,
+            rate >= min_rate,
             "{format:?}: only {same}/{total} greedy tokens agree"
         );
     }
