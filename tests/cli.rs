@@ -222,7 +222,8 @@ fn cli_with_cuda_runs_or_says_there_is_no_device() {
 }
 
 /// `--threads` sizes the CPU thread pool and gives the same tokens as the default; zero is a
-/// one-line error; `--weights auto` (the default) keeps the f32 fixture in f32 and says why.
+/// one-line error; `--weights auto` (the default) keeps the f32 fixture in f32 and says why;
+/// `--weights int4` runs and says so, an unknown format is refused by name.
 #[test]
 fn cli_threads_and_automatic_weights() {
     let model = path(model_dir("tiny-echovlm"));
@@ -265,6 +266,21 @@ fn cli_threads_and_automatic_weights() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot run on 0 threads"), "{stderr}");
+    // int4 by name; an unknown format is a one-line error that lists the formats
+    let mut a = args(None);
+    a.extend(["--weights".into(), "int4".into()]);
+    let int4 = run_json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(int4["weights"], "int4 (as asked)", "{int4}");
+    assert_eq!(int4["generated_token_ids"].as_array().unwrap().len(), 6);
+    let mut a = args(None);
+    a.extend(["--weights".into(), "int3".into()]);
+    let out = cli().args(&a).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown weight format \"int3\" (use f32, bf16, int8 or int4)"),
+        "{stderr}"
+    );
 }
 
 /// The default thread count the CLI should pick: RAYON_NUM_THREADS when set, else the

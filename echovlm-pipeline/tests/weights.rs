@@ -87,6 +87,22 @@ fn asked_formats_are_kept() {
     );
     assert_eq!(m.weight_format(), Some(WeightFormat::Int8));
     let m = load(
+        "tiny-echovlm-bf16",
+        LoadOptions::default().linear(LinearOptions::cpu(WeightFormat::Int4)),
+    );
+    assert_eq!(m.weight_format(), Some(WeightFormat::Int4));
+    let int8_bytes = load(
+        "tiny-echovlm-bf16",
+        LoadOptions::default().linear(LinearOptions::cpu(WeightFormat::Int8)),
+    )
+    .weight_bytes();
+    // 0.5625 bytes per packed weight against 1.0625 (norms and biases stay f32)
+    assert!(
+        m.weight_bytes() < int8_bytes * 6 / 10,
+        "{} vs {int8_bytes}",
+        m.weight_bytes()
+    );
+    let m = load(
         "tiny-echovlm",
         LoadOptions::default().weights(Weights::Exact(LinearOptions::portable())),
     );
