@@ -62,6 +62,7 @@ fn e2e(c: &mut Criterion) {
         ("f32", WeightFormat::F32),
         ("bf16", WeightFormat::Bf16),
         ("int8", WeightFormat::Int8),
+        ("int4", WeightFormat::Int4),
     ] {
         if !(only.is_empty() || only.split(',').any(|o| o == name)) {
             continue;

@@ -8,7 +8,11 @@
 //! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches;
 //! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
 //!   112-pixel windows against a full-attention block, on 1024 and 4096 patches;
-//! * the MoE block alone, sparse dispatch against running every expert.
+//! * the MoE block alone, sparse dispatch against running every expert;
+//! * `matvec`: one activation row times a dense-MLP-sized matrix (18944 x 3584) in each packed
+//!   format, cycling over four copies (1.1 GB in f32) so that every call streams from memory:
+//!   the read bandwidth each kernel reaches (criterion prints it as throughput). Needs no
+//!   checkpoint.
 //!
 //! Run with `cargo bench --bench layers`; `tools/bench_side_by_side.py` runs it next to PyTorch.
 
@@ -46,6 +50,7 @@ fn formats() -> Vec<(&'static str, LinearOptions)> {
         ("f32", LinearOptions::cpu(WeightFormat::F32)),
         ("bf16", LinearOptions::cpu(WeightFormat::Bf16)),
         ("int8", LinearOptions::cpu(WeightFormat::Int8)),
+        ("int4", LinearOptions::cpu(WeightFormat::Int4)),
     ]
     .into_iter()
     .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o == *n))
@@ -283,8 +288,52 @@ fn moe_block(c: &mut Criterion) {
     g.finish();
 }
 
+/// One decode-sized product (`m = 1`) per format against a matrix streamed from memory.
+fn matvec(c: &mut Criterion) {
+    use criterion::Throughput;
+    use echovlm_core::cpu::PackedWeight;
+    let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
+    let (rows, cols) = (18944usize, 3584usize);
+    let w: Vec<f32> = Tensor::<1>::random(
+        [rows * cols],
+        Distribution::Normal(0.0, 0.02),
+        &Device::default(),
+    )
+    .into_data()
+    .try_into_vec::<f32>()
+    .expect("f32 values");
+    let x: Vec<f32> = (0..cols).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
+    let mut g = c.benchmark_group("matvec");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1));
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Int8,
+        WeightFormat::Int4,
+    ] {
+        let name = format.to_string();
+        if !(only.is_empty() || only.split(',').any(|o| o == name)) {
+            continue;
+        }
+        let copies: Vec<PackedWeight> = (0..4)
+            .map(|_| PackedWeight::from_f32(rows, cols, &w, format).expect("packs"))
+            .collect();
+        g.throughput(Throughput::Bytes(copies[0].nbytes() as u64));
+        let mut y = vec![0f32; rows];
+        let mut next = 0;
+        g.bench_function(&name, |b| {
+            b.iter(|| {
+                copies[next % 4].matmul(&x, 1, &mut y).expect("product");
+                next += 1;
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    matvec,
     decoder_layer,
     vision_block,
     vision25_block,

@@ -356,7 +356,7 @@ def main():
     t_vis = {dt: torch_vision_times(torch, ckpt / "vision", d, args.quick) for dt, d in dtypes} if "vision_block" in only else None
     cfg = json.loads((ckpt / "layer/config.json").read_text())
 
-    bpw = {"portable": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 64}
+    bpw = {"portable": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 64, "int4": 0.5 + 2.0 / 32}
     rows = []
     if t_layer or t_vis:
         print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
@@ -364,7 +364,7 @@ def main():
         for case in ("prefill_256", "prefill_1024", "decode_kv1k", "decode_kv4k"):
             tf, tb = t_layer["f32"][case], t_layer["bf16"][case]
             cells = []
-            for fmt in ("portable", "f32", "bf16", "int8"):
+            for fmt in ("portable", "f32", "bf16", "int8", "int4"):
                 r = rust.get(f"decoder_layer/{case}/{fmt}")
                 if r:
                     cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
@@ -385,7 +385,7 @@ def main():
     if "decoder_layer" in only:
         print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached:")
         for ctx, case in ((1024, "decode_kv1k"), (4096, "decode_kv4k")):
-            for fmt in ("f32", "bf16", "int8"):
+            for fmt in ("f32", "bf16", "int8", "int4"):
                 r = rust.get(f"decoder_layer/{case}/{fmt}")
                 if not r:
                     continue
@@ -405,7 +405,7 @@ def main():
                         print(f"  {label:<6} {tokens:>4} tokens {fmt:<5} sparse {s * 1e3:7.2f} ms  all {a * 1e3:7.2f} ms  ratio {s / a:.2f}")
     if "e2e" in only:
         print("\nend to end on the benchmark checkpoint (target/bench-ckpt/e2e, Rust only):")
-        for fmt in ("f32", "bf16", "int8"):
+        for fmt in ("f32", "bf16", "int8", "int4"):
             v = rust.get(f"e2e/vision_encode/{fmt}")
             p = rust.get(f"e2e/prefill/{fmt}")
             d = rust.get(f"e2e/decode_step/{fmt}")

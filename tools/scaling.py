@@ -3,7 +3,7 @@
 
   cargo build --release --example echovlm
   tools/.venv/bin/python tools/make_bench_checkpoint.py      # once: target/bench-ckpt/e2e
-  python3 tools/scaling.py [--model target/bench-ckpt/e2e] [--threads 1,2,4,8,16] [--weights bf16,int8]
+  python3 tools/scaling.py [--model target/bench-ckpt/e2e] [--threads 1,2,4,8,16] [--weights bf16,int8,int4]
 
 Each configuration runs the CLI once as a fresh process (`--threads N --json`; the thread pool
 is sized once per process) on one 280x224 frame and a report prompt with 32 generated tokens
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "target/bench-ckpt/e2e"))
     ap.add_argument("--image", default=str(ROOT / "fixtures/images/demo_ultrasound.png"))
     ap.add_argument("--threads", default="1,2,4,8,16")
-    ap.add_argument("--weights", default="bf16,int8")
+    ap.add_argument("--weights", default="bf16,int8,int4")
     ap.add_argument("--tokens", type=int, default=32)
     args = ap.parse_args()
     exe = Path(args.exe)

@@ -1,6 +1,6 @@
 //! The linear layer every EchoVLM module uses.
 //!
-//! On Burn's flex (CPU) device the weights can live in host memory in f32, bf16 or int8
+//! On Burn's flex (CPU) device the weights can live in host memory in f32, bf16, int8 or int4
 //! ([`WeightFormat`]) and run through the kernels of [`crate::cpu`]; everywhere else, and when
 //! no CPU format is chosen, the layer is a Burn tensor multiplied by Burn's matmul.
 

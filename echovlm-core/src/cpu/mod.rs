@@ -1,5 +1,5 @@
-//! The CPU fast path: linear-layer weights packed in host memory (f32, bf16 or int8 with
-//! per-block scales) and the kernels that multiply them.
+//! The CPU fast path: linear-layer weights packed in host memory (f32, bf16, or int8 / int4
+//! with per-block scales) and the kernels that multiply them.
 //!
 //! Decoding one token multiplies a vector by every weight matrix once, so its speed is set by
 //! how fast weights stream from memory. Burn's flex backend runs matrix-vector products far
@@ -9,7 +9,8 @@
 //!
 //! * `m ≤ SMALL_M` rows of activations (decode, small batches): one pass over the weights,
 //!   each weight row dotted with every activation row (AVX-512 or AVX2+FMA when the CPU has
-//!   them, a portable loop otherwise);
+//!   them, a portable loop otherwise); int4 weights are multiplied in integers with the
+//!   activations quantised to int8 per block of 32 (AVX2, or the portable loop);
 //! * larger `m` (prefill): the weights are widened tile by tile into an f32 scratch buffer and
 //!   multiplied with the `gemm` crate, so prefill runs at matrix-multiply speed.
 //!
@@ -18,7 +19,8 @@
 //! reference.
 //!
 //! One concept per file: `error` (the error type and size checks), `aligned` (aligned and
-//! huge-page buffers), `format` (storage formats and int8 quantisation), `packed` (the packed
+//! huge-page buffers), `format` (storage formats, their quantisation, and the int8 activations
+//! of int4 products), `packed` (the packed
 //! matrix), `select` (which kernel runs), `threads` (the size of the thread pool), `gemm` (the products, dispatching to `kernels`: one
 //! file per instruction set).
 //!

@@ -82,13 +82,15 @@ pub(crate) fn choose_format(
         );
     }
     // the preferred format does not fit: the largest quantised one that does, else the smallest
-    let fallback = [WeightFormat::Int8, WeightFormat::Int4]
+    let smaller: Vec<WeightFormat> = [WeightFormat::Int8, WeightFormat::Int4]
         .into_iter()
-        .filter(|&f| need(f) < need(preferred));
-    let chosen = fallback
-        .clone()
+        .filter(|&f| need(f) < need(preferred))
+        .collect();
+    let chosen = smaller
+        .iter()
+        .copied()
         .find(|&f| fits(f))
-        .or_else(|| fallback.last())
+        .or(smaller.last().copied())
         .unwrap_or(preferred);
     let tail = if fits(chosen) {
         "fits"
