@@ -383,11 +383,19 @@ pub(crate) fn top_logits(v: &[f32], n: usize) -> Vec<(u32, f32)> {
 
 /// Turns generated ids into text deltas that never split a UTF-8 character: text is held back
 /// while it ends in an incomplete byte sequence.
+///
+/// Each token decodes only a short window of ids: those since the last point where the text
+/// was complete, and the ones before it up to the point before that (so that a token whose text
+/// depends on its predecessor decodes as in the whole sequence). A report of `n` tokens costs
+/// `O(n)` decoding, not `O(n²)`. The deltas concatenate to the whole sequence's decoded text.
 #[derive(Debug)]
 pub struct TextStream<'a> {
     tokenizer: &'a Qwen2Tokenizer,
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the window decoded for each token.
+    prefix: usize,
+    /// End of the text already emitted (a complete point).
+    read: usize,
 }
 
 impl<'a> TextStream<'a> {
@@ -396,32 +404,105 @@ impl<'a> TextStream<'a> {
         Self {
             tokenizer,
             ids: Vec::new(),
-            emitted: 0,
+            prefix: 0,
+            read: 0,
         }
     }
 
     /// Adds a token; returns the text that became complete, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, EchoError> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        Ok(self.take(&text))
+        self.advance(false)
     }
 
-    fn take(&mut self, text: &str) -> Option<String> {
-        let delta = text
-            .get(self.emitted..)
-            .filter(|d| !d.is_empty())?
-            .to_string();
-        self.emitted = text.len();
-        Some(delta)
+    /// The text after the emitted point, when it is complete (or `force`): the window decoded
+    /// from `prefix`, less the text of `prefix..read` that was already emitted.
+    fn advance(&mut self, force: bool) -> Result<Option<String>, EchoError> {
+        let done = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..self.read], true)?;
+        let text = self.tokenizer.decode(&self.ids[self.prefix..], true)?;
+        if !force && text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        // `done` ended at a complete point, so it is a prefix of `text`; should a decoder
+        // rewrite earlier text, everything after the common prefix is emitted rather than lost
+        let common = done
+            .char_indices()
+            .zip(text.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(done.len().min(text.len()), |((i, _), _)| i);
+        let delta = &text[common..];
+        if delta.is_empty() {
+            return Ok(None);
+        }
+        let delta = delta.to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(Some(delta))
     }
 
     /// The text not yet emitted (an incomplete tail included).
     pub fn finish(&mut self) -> Result<Option<String>, EchoError> {
-        let text = self.tokenizer.decode(&self.ids, true)?;
-        Ok(self.take(&text))
+        self.advance(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> Qwen2Tokenizer {
+        Qwen2Tokenizer::from_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/models/tiny-echovlm/tokenizer.json"),
+        )
+        .unwrap()
+    }
+
+    /// The deltas of a stream over `ids`, and the text `finish` adds.
+    fn stream(t: &Qwen2Tokenizer, ids: &[u32]) -> (Vec<String>, Option<String>) {
+        let mut s = TextStream::new(t);
+        let deltas = ids.iter().filter_map(|&id| s.push(id).unwrap()).collect();
+        (deltas, s.finish().unwrap())
+    }
+
+    #[test]
+    fn streamed_deltas_are_whole_characters_that_add_up_to_the_text() {
+        let t = tokenizer();
+        // Chinese, accents and an emoji: most of them several byte-level tokens each
+        let text = "肝脏大小正常，回声均匀。 Liver: normal size, échogénicité homogène 🫀 ok";
+        let ids = t.encode(text).unwrap();
+        let (deltas, tail) = stream(&t, &ids);
+        assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+        assert!(deltas.len() > 10, "{deltas:?}");
+        assert_eq!(tail, None);
+        assert_eq!(deltas.concat(), t.decode(&ids, true).unwrap());
+        assert_eq!(deltas.concat(), text);
+    }
+
+    #[test]
+    fn any_id_sequence_streams_to_its_decoded_text() {
+        // arbitrary ids: broken byte sequences, special tokens, lone continuation bytes
+        let t = tokenizer();
+        let vocab = t.vocab_size() as u64;
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for len in [1usize, 2, 5, 17, 64, 200] {
+            for _ in 0..20 {
+                let ids: Vec<u32> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed % vocab) as u32
+                    })
+                    .collect();
+                let (deltas, tail) = stream(&t, &ids);
+                let streamed = deltas.concat() + tail.as_deref().unwrap_or("");
+                assert_eq!(streamed, t.decode(&ids, true).unwrap(), "{ids:?}");
+                // only the tail may end inside a character
+                assert!(deltas.iter().all(|d| !d.ends_with('\u{FFFD}')), "{ids:?}");
+            }
+        }
     }
 }
