@@ -50,7 +50,8 @@ const FORMATS: [WeightFormat; 4] = [
 ];
 
 /// The activations an int4 product with few rows multiplies with, written independently of
-/// the library: per block of 32 values, `d = max|x| / 127`, `q = round(x / d)`, `x̂ = d · q`.
+/// the library: per block of 32 values, `d = max|x| / 127`, `q = round(x / d)` (ties to
+/// even), `x̂ = d · q`.
 fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols).take(m) {
@@ -58,7 +59,7 @@ fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
             let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
             out.extend(block.iter().map(|&v| {
                 if d > 0.0 {
-                    (v * (1.0 / d)).round() * d
+                    (v * (1.0 / d)).round_ties_even() * d
                 } else {
                     0.0
                 }
@@ -205,6 +206,21 @@ fn int4_levels_round_trip_exactly_and_short_groups_are_padded() {
     let mut r = vec![0f32; cols];
     p.row(1, &mut r).unwrap();
     assert_eq!(r, w[cols..]);
+    // one-hot rows read single activations back as quantised: a block whose largest value is
+    // 127 has scale 1, and halves round to even (2.5 → 2, 3.5 → 4, −2.5 → −2)
+    let mut x = vec![0f32; INT4_GROUP];
+    x[..4].copy_from_slice(&[127.0, 2.5, 3.5, -2.5]);
+    let mut one_hot = vec![0f32; 3 * INT4_GROUP];
+    for r in 0..3 {
+        one_hot[r * INT4_GROUP + r + 1] = 1.0;
+    }
+    let p = PackedWeight::from_f32(3, INT4_GROUP, &one_hot, WeightFormat::Int4).unwrap();
+    assert_eq!(p.to_f32(), one_hot);
+    for kernel in Kernel::ALL {
+        let mut y = [0f32; 3];
+        p.matmul_with(kernel, &x, 1, &mut y).unwrap();
+        assert_eq!(y, [2.0, 4.0, -2.0], "{kernel}");
+    }
     // a zero group has scale 0 and stays zero
     let z = PackedWeight::from_f32(1, 40, &[0.0; 40], WeightFormat::Int4).unwrap();
     assert_eq!(z.to_f32(), vec![0.0; 40]);

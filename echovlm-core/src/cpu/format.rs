@@ -138,7 +138,7 @@ pub(super) fn int4_level(bytes: &[u8], i: usize) -> i32 {
 }
 
 /// Activation rows quantised for the int4 products: per block of [`INT4_GROUP`] values,
-/// `d = max|x| / 127`, `q = round(x / d)` (int8), and `o = 8 · d · Σq` (what the `q − 8` offset
+/// `d = max|x| / 127`, `q = round(x / d)` (int8, ties to even), and `o = 8 · d · Σq` (what the `q − 8` offset
 /// of the weights subtracts). Rows are padded with zeros to whole blocks.
 pub(super) struct QuantizedRows {
     /// `m · blocks · 32` values.
@@ -176,7 +176,10 @@ impl QuantizedRows {
                     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                     let mut sum = 0i32;
                     for (qi, &v) in qb.iter_mut().zip(xb) {
-                        let r = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                        // round to nearest, ties to even, without a call into libm: adding
+                        // 1.5 · 2²³ leaves no fraction bits for values of magnitude ≤ 2²²
+                        const SHIFT: f32 = 12_582_912.0;
+                        let r = ((v * inv + SHIFT) - SHIFT).clamp(-127.0, 127.0) as i8;
                         *qi = r;
                         sum += r as i32;
                     }
