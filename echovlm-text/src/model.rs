@@ -403,7 +403,23 @@ impl TextModel {
     /// * `cache`: keys and values of earlier steps; this step's are appended.
     /// * `trace`: when given (one trace per batch row), the routing of every real token is
     ///   appended to its row's trace.
+    ///
+    /// On the CPU it runs on a thread of the CPU path's pool ([`echovlm_core::cpu::on_pool`]).
     pub fn forward(
+        &self,
+        input: DecoderInput<'_>,
+        cache: &mut KvCache,
+        trace: Option<&mut [RoutingTrace]>,
+    ) -> Result<TextOutput, ForwardError> {
+        if echovlm_core::backend::is_flex(&self.device) {
+            echovlm_core::cpu::on_pool(|| self.forward_here(input, cache, trace))
+        } else {
+            self.forward_here(input, cache, trace)
+        }
+    }
+
+    /// [`forward`](Self::forward) on the calling thread.
+    fn forward_here(
         &self,
         input: DecoderInput<'_>,
         cache: &mut KvCache,

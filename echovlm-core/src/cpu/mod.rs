@@ -46,4 +46,4 @@ pub use format::{INT4_GROUP, INT8_BLOCK, WeightFormat};
 pub use gemm::SMALL_M;
 pub use packed::PackedWeight;
 pub use select::{KERNEL_ENV, Kernel, active_kernel};
-pub use threads::{physical_cores, set_threads};
+pub use threads::{on_pool, physical_cores, set_threads};
