@@ -142,7 +142,7 @@ impl PackedWeight {
     }
 
     /// Splits the weight rows into tiles, one per task on the thread pool; each tile is
-    /// multiplied single-threaded by the `gemm` crate (f32 rows in place, bf16/int8 rows widened
+    /// multiplied single-threaded by the `gemm` crate (f32 rows in place, bf16/int8/int4 rows widened
     /// into a per-thread scratch first). Tiling beats handing `gemm` the whole matrix: its
     /// packing of a column-major right-hand side is the costly part, and per-tile calls keep
     /// that packing in cache.
