@@ -333,7 +333,22 @@ impl VisionModel {
     /// Encodes the patches of one or more images/videos (`pixel_values`, `[N, 1176]`, rows in
     /// processor order) into merged embeddings `[N/4, out_hidden_size]`, in the same order as
     /// the prompt's placeholder tokens.
+    ///
+    /// On the CPU it runs on a thread of the CPU path's pool ([`echovlm_core::cpu::on_pool`]).
     pub fn forward(
+        &self,
+        pixel_values: Tensor<2>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<2>, VisionError> {
+        if echovlm_core::backend::is_flex(&self.device) {
+            echovlm_core::cpu::on_pool(|| self.forward_here(pixel_values, grids))
+        } else {
+            self.forward_here(pixel_values, grids)
+        }
+    }
+
+    /// [`forward`](Self::forward) on the calling thread.
+    fn forward_here(
         &self,
         pixel_values: Tensor<2>,
         grids: &[[usize; 3]],
