@@ -4,9 +4,9 @@
 //! The x86-64 kernels are one per (instruction set, weight type), monomorphised over the
 //! number `M` of activation rows handled per pass (1 to 4) so that every accumulator stays in
 //! a register; 4 independent accumulators per row hide the FMA latency. Everything is inlined
-//! into `#[target_feature]` functions (closures would not inherit the features). Their only
-//! `unsafe` contract is that the CPU supports their instruction set: they assert the lengths
-//! they read within.
+//! into `#[target_feature]` functions (closures defined inside them inherit their features).
+//! Their only `unsafe` contract is that the CPU supports their instruction set: they assert the
+//! lengths they read within.
 
 use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::{INT8_BLOCK, Kernel};
