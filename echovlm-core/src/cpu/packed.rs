@@ -70,31 +70,14 @@ impl PackedWeight {
                     .for_each(|(b, &x)| *b = bf16::from_f32(x).to_bits());
                 Data::Bf16(bits)
             }
-            WeightFormat::Int8 => {
-                let (mut q, mut scales) = int8_buffers(rows, cols)?;
-                if n > 0 {
-                    let blocks = cols.div_ceil(INT8_BLOCK);
-                    q.par_chunks_mut(cols)
-                        .zip(scales.par_chunks_mut(blocks))
-                        .zip(w.par_chunks(cols))
-                        .for_each(|((qr, sr), wr)| quantize_row(wr, qr, sr));
-                }
-                Data::Int8 {
-                    q,
-                    scales: scales.into(),
-                }
-            }
-            WeightFormat::Int4 => {
-                let (mut q, mut scales) = int4_buffers(rows, cols)?;
-                if n > 0 {
-                    let groups = cols.div_ceil(INT4_GROUP);
-                    q.par_chunks_mut(groups * INT4_GROUP_BYTES)
-                        .zip(scales.par_chunks_mut(groups))
-                        .zip(w.par_chunks(cols))
-                        .for_each(|((qr, sr), wr)| quantize_row_int4(wr, qr, sr));
-                }
-                Data::Int4 { q, scales }
-            }
+            WeightFormat::Int8 | WeightFormat::Int4 => quantized(
+                rows,
+                cols,
+                format == WeightFormat::Int4,
+                w,
+                cols,
+                |row, out| out.copy_from_slice(row),
+            )?,
         };
         Ok(Self { rows, cols, data })
     }
@@ -174,39 +157,14 @@ impl PackedWeight {
                     );
                 Data::Bf16(w)
             }
-            WeightFormat::Int8 => {
-                let blocks = cols.div_ceil(INT8_BLOCK);
-                let (mut q, mut scales) = int8_buffers(rows, cols)?;
-                q.par_chunks_mut(cols)
-                    .zip(scales.par_chunks_mut(blocks))
-                    .zip(bytes.par_chunks(row_bytes))
-                    .for_each_init(
-                        || vec![0f32; cols],
-                        |tmp, ((qr, sr), raw)| {
-                            widen(raw, tmp);
-                            quantize_row(tmp, qr, sr);
-                        },
-                    );
-                Data::Int8 {
-                    q,
-                    scales: scales.into(),
-                }
-            }
-            WeightFormat::Int4 => {
-                let groups = cols.div_ceil(INT4_GROUP);
-                let (mut q, mut scales) = int4_buffers(rows, cols)?;
-                q.par_chunks_mut(groups * INT4_GROUP_BYTES)
-                    .zip(scales.par_chunks_mut(groups))
-                    .zip(bytes.par_chunks(row_bytes))
-                    .for_each_init(
-                        || vec![0f32; cols],
-                        |tmp, ((qr, sr), raw)| {
-                            widen(raw, tmp);
-                            quantize_row_int4(tmp, qr, sr);
-                        },
-                    );
-                Data::Int4 { q, scales }
-            }
+            WeightFormat::Int8 | WeightFormat::Int4 => quantized(
+                rows,
+                cols,
+                format == WeightFormat::Int4,
+                bytes,
+                row_bytes,
+                widen,
+            )?,
         };
         Ok(Self { rows, cols, data })
     }
@@ -323,25 +281,69 @@ impl PackedWeight {
     }
 }
 
-/// Zeroed int8 values and scales for a `[rows, cols]` matrix whose size was checked.
-fn int8_buffers(rows: usize, cols: usize) -> Result<(Aligned<i8>, Vec<f32>), CpuError> {
-    let q = Aligned::<i8>::zeroed(rows * cols)?;
-    let n = rows * cols.div_ceil(INT8_BLOCK);
-    let mut scales = Vec::new();
-    scales
-        .try_reserve_exact(n)
-        .map_err(|_| CpuError::Alloc { bytes: n * 4 })?;
-    scales.resize(n, 0f32);
-    Ok((q, scales))
-}
-
-/// Zeroed int4 groups (16 bytes each) and scales for a `[rows, cols]` matrix. Fails when their
-/// size overflows (short rows are padded to a whole group, so it can exceed the f32 size).
-fn int4_buffers(rows: usize, cols: usize) -> Result<(Aligned<u8>, Aligned<u16>), CpuError> {
-    let groups = cols.div_ceil(INT4_GROUP);
-    let bytes = checked_bytes("int4 weights", rows, groups, INT4_GROUP_BYTES)?;
-    Ok((
-        Aligned::<u8>::zeroed(bytes)?,
-        Aligned::<u16>::zeroed(rows * groups)?,
-    ))
+/// The `[rows, cols]` matrix in int4 (`int4`) or int8, quantised row by row in parallel:
+/// row `i` of `src` (`src_row` elements) is widened to `cols` f32 values by `widen`, then
+/// quantised into row `i` of the values and scales.
+fn quantized<T: Sync>(
+    rows: usize,
+    cols: usize,
+    int4: bool,
+    src: &[T],
+    src_row: usize,
+    widen: impl Fn(&[T], &mut [f32]) + Sync,
+) -> Result<Data, CpuError> {
+    /// Fills `q` and `scales`, `q_row` and `s_row` elements per row, with `quantize`.
+    fn fill<T: Sync, Q: Send, S: Send>(
+        (cols, src, src_row): (usize, &[T], usize),
+        (q, q_row, scales, s_row): (&mut [Q], usize, &mut [S], usize),
+        widen: impl Fn(&[T], &mut [f32]) + Sync,
+        quantize: fn(&[f32], &mut [Q], &mut [S]),
+    ) {
+        if cols == 0 {
+            return;
+        }
+        q.par_chunks_mut(q_row)
+            .zip(scales.par_chunks_mut(s_row))
+            .zip(src.par_chunks(src_row))
+            .for_each_init(
+                || vec![0f32; cols],
+                |tmp, ((qr, sr), raw)| {
+                    widen(raw, tmp);
+                    quantize(tmp, qr, sr);
+                },
+            );
+    }
+    let source = (cols, src, src_row);
+    Ok(if int4 {
+        let groups = cols.div_ceil(INT4_GROUP);
+        let bytes = checked_bytes("int4 weights", rows, groups, INT4_GROUP_BYTES)?;
+        let mut q = Aligned::<u8>::zeroed(bytes)?;
+        let mut scales = Aligned::<u16>::zeroed(rows * groups)?;
+        fill(
+            source,
+            (&mut q, groups * INT4_GROUP_BYTES, &mut scales, groups),
+            widen,
+            quantize_row_int4,
+        );
+        Data::Int4 { q, scales }
+    } else {
+        let blocks = cols.div_ceil(INT8_BLOCK);
+        let mut q = Aligned::<i8>::zeroed(rows * cols)?;
+        let n = rows * blocks;
+        let mut scales = Vec::new();
+        scales
+            .try_reserve_exact(n)
+            .map_err(|_| CpuError::Alloc { bytes: n * 4 })?;
+        scales.resize(n, 0f32);
+        fill(
+            source,
+            (&mut q, cols, &mut scales, blocks),
+            widen,
+            quantize_row,
+        );
+        Data::Int8 {
+            q,
+            scales: scales.into(),
+        }
+    })
 }
