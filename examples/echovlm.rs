@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, HubId, Lang, LinearOptions, LoadOptions, Output, PreparedPrompt,
-    Request, Task, WeightFormat, Weights, device_from_name, dtype_for, probe_device, routing_png,
+    EchoVlm, GenerationOptions, HubId, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
+    Weights, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -231,11 +231,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let pb = spinner(interactive, &format!("loading {}", model_dir.display()));
     let started = std::time::Instant::now();
-    let weights = match cli.weights.as_str() {
-        "auto" => Weights::Auto,
-        "portable" => Weights::Exact(LinearOptions::portable()),
-        w => Weights::Exact(LinearOptions::cpu(w.parse::<WeightFormat>()?)),
-    };
+    let weights: Weights = cli.weights.parse()?;
     let mut load = LoadOptions::default()
         .device(device)
         .dtype(dtype)

@@ -20,9 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, error::ErrorKind};
 use echovlm_eval::runner::{evaluate, read_samples};
 use echovlm_eval::score_jsonl;
-use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, LinearOptions, LoadOptions, WeightFormat, Weights,
-};
+use echovlm_pipeline::{EchoVlm, GenerationOptions, LoadOptions, Weights};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Scores EchoVLM outputs with the report metrics of the literature.
@@ -111,11 +109,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = cli.limit {
         samples.truncate(n);
     }
-    let weights = match cli.weights.as_str() {
-        "auto" => Weights::Auto,
-        "portable" => Weights::Exact(LinearOptions::portable()),
-        w => Weights::Exact(LinearOptions::cpu(w.parse::<WeightFormat>()?)),
-    };
+    let weights: Weights = cli.weights.parse()?;
     let model = EchoVlm::load(&model_dir, &LoadOptions::default().weights(weights))?;
     eprintln!("note: weights: {}", model.weight_choice());
     let mut opts: GenerationOptions = model.default_generation();

@@ -29,6 +29,19 @@ pub enum Weights {
     Exact(LinearOptions),
 }
 
+/// Reads the names the CLI's `--weights` takes: `auto`, `portable` (Burn tensors and Burn's
+/// matmul), or a [`WeightFormat`] for the CPU kernels (`f32`, `bf16`, `int8`, `int4`).
+impl std::str::FromStr for Weights {
+    type Err = echovlm_core::cpu::CpuError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "auto" => Weights::Auto,
+            "portable" => Weights::Exact(LinearOptions::portable()),
+            format => Weights::Exact(LinearOptions::cpu(format.parse::<WeightFormat>()?)),
+        })
+    }
+}
+
 /// Memory kept free beside the weights: a tenth of them plus 1 GiB (KV cache, activations,
 /// the tokenizer, the process itself).
 pub(crate) fn headroom(weight_bytes: u64) -> u64 {
@@ -234,6 +247,23 @@ mod tests {
         // an f32 checkpoint falls back the same way
         let (f, _) = choose_format(StorageDtype::F32, RELEASED, Some(24 * GB), true);
         assert_eq!(f, WeightFormat::Int8);
+    }
+
+    #[test]
+    fn weights_parse_from_the_cli_names() {
+        assert_eq!("auto".parse::<Weights>(), Ok(Weights::Auto));
+        assert_eq!(
+            "portable".parse::<Weights>(),
+            Ok(Weights::Exact(LinearOptions::portable()))
+        );
+        for f in ["f32", "bf16", "int8", "int4"] {
+            assert_eq!(
+                f.parse::<Weights>(),
+                Ok(Weights::Exact(LinearOptions::cpu(f.parse().unwrap())))
+            );
+        }
+        let err = "int3".parse::<Weights>().unwrap_err().to_string();
+        assert!(err.contains("unknown weight format \"int3\""), "{err}");
     }
 
     #[test]
