@@ -26,6 +26,16 @@ pub fn is_flex(device: &Device) -> bool {
     }
 }
 
+/// Runs a forward pass `f` over weights on `device`: on the flex CPU backend on a thread of
+/// the CPU path's pool ([`crate::cpu::on_pool`]), elsewhere on the calling thread.
+pub fn forward_on<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if is_flex(device) {
+        crate::cpu::on_pool(f)
+    } else {
+        f()
+    }
+}
+
 /// How a key/value cache keeps its keys and values on a device ([`kv_storage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

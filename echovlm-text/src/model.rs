@@ -411,11 +411,7 @@ impl TextModel {
         cache: &mut KvCache,
         trace: Option<&mut [RoutingTrace]>,
     ) -> Result<TextOutput, ForwardError> {
-        if echovlm_core::backend::is_flex(&self.device) {
-            echovlm_core::cpu::on_pool(|| self.forward_here(input, cache, trace))
-        } else {
-            self.forward_here(input, cache, trace)
-        }
+        echovlm_core::backend::forward_on(&self.device, || self.forward_here(input, cache, trace))
     }
 
     /// [`forward`](Self::forward) on the calling thread.

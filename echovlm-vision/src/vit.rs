@@ -340,11 +340,7 @@ impl VisionModel {
         pixel_values: Tensor<2>,
         grids: &[[usize; 3]],
     ) -> Result<Tensor<2>, VisionError> {
-        if echovlm_core::backend::is_flex(&self.device) {
-            echovlm_core::cpu::on_pool(|| self.forward_here(pixel_values, grids))
-        } else {
-            self.forward_here(pixel_values, grids)
-        }
+        echovlm_core::backend::forward_on(&self.device, || self.forward_here(pixel_values, grids))
     }
 
     /// [`forward`](Self::forward) on the calling thread.
