@@ -13,6 +13,9 @@
 //!   format, cycling over four copies (1.1 GB in f32) so that every call streams from memory:
 //!   the read bandwidth each kernel reaches (criterion prints it as throughput). Needs no
 //!   checkpoint.
+//! * `attention`: the CPU path's tiled attention against Burn's (flex) on a vision block's
+//!   shapes (16 heads of 80, 1024 and 4096 patches) and a prompt's (28 query and 4 key/value
+//!   heads of 128, 1024 tokens, causal). Needs no checkpoint.
 //!
 //! Run with `cargo bench --bench layers`; `tools/bench_side_by_side.py` runs it next to PyTorch.
 
@@ -331,8 +334,78 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
+/// The CPU tiled attention against Burn's on vision and prompt shapes.
+fn attention(c: &mut Criterion) {
+    use burn::tensor::ops::AttentionModuleOptions;
+    use echovlm_core::backend::repeat_kv;
+    use echovlm_core::cpu::HostAttention;
+    use echovlm_core::host::flex_f32_vec;
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    let device = Device::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (name, heads, kv_heads, len, dim, causal) in [
+        ("vision_1024", 16, 16, 1024, 80, false),
+        ("vision_4096", 16, 16, 4096, 80, false),
+        ("prompt_1024", 28, 4, 1024, 128, true),
+    ] {
+        let q = Tensor::<4>::random([1, heads, len, dim], normal, &device);
+        let k = Tensor::<4>::random([1, kv_heads, len, dim], normal, &device);
+        let v = Tensor::<4>::random([1, kv_heads, len, dim], normal, &device);
+        let (qv, kv, vv) = (
+            flex_f32_vec(q.clone()),
+            flex_f32_vec(k.clone()),
+            flex_f32_vec(v.clone()),
+        );
+        g.measurement_time(Duration::from_secs(if len > 1024 { 20 } else { 8 }));
+        g.bench_function(format!("{name}/tiled"), |b| {
+            b.iter(|| {
+                HostAttention {
+                    q: &qv,
+                    k: &kv,
+                    v: &vv,
+                    batch: 1,
+                    heads,
+                    kv_heads,
+                    queries: len,
+                    keys: len,
+                    capacity: len,
+                    dim,
+                    mask: None,
+                    causal,
+                }
+                .run()
+                .expect("attention")
+            })
+        });
+        let (k, v) = (
+            repeat_kv(k, heads / kv_heads),
+            repeat_kv(v, heads / kv_heads),
+        );
+        g.bench_function(format!("{name}/burn"), |b| {
+            b.iter(|| {
+                let o = burn::tensor::module::attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    None,
+                    None,
+                    AttentionModuleOptions {
+                        scale: None,
+                        softcap: None,
+                        is_causal: causal,
+                    },
+                );
+                flex_f32_vec(o.narrow(2, 0, 1))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    attention,
     matvec,
     decoder_layer,
     vision_block,

@@ -3,6 +3,7 @@
 
   tools/.venv/bin/python tools/make_bench_checkpoint.py          # once: writes target/bench-ckpt
   tools/.venv/bin/python tools/bench_side_by_side.py [--skip-rust] [--threads N] [--quick] [--only GROUPS]
+                                                      [--torch-dtypes f32[,bf16]]
 
 1. runs the Rust criterion benchmarks (`cargo bench --bench layers --bench e2e`) unless --skip-rust, then
    reads their medians from target/criterion;
@@ -16,7 +17,9 @@
 4. prints every Rust/PyTorch ratio and the fraction of the decode bound reached.
 
 --only takes a comma-separated list of benchmark groups (decoder_layer, vision_block,
-vision25_block, moe_block, e2e) and runs and prints just those.
+vision25_block, moe_block, e2e) and runs and prints just those. --torch-dtypes f32 leaves out
+PyTorch's bf16 timings (minutes on a CPU without native bf16 arithmetic; the ratios are taken
+against f32 anyway).
 """
 
 from __future__ import annotations
@@ -240,7 +243,7 @@ def vision25_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     res = {dt: torch_vision25_times(torch, Path(args.ckpt) / "vision25", d, args.quick)
-           for dt, d in (("f32", torch.float32), ("bf16", torch.bfloat16))}
+           for dt, d in torch_dtypes(torch, args)}
     Path(args.vision25_worker).write_text(json.dumps(res, indent=1))
 
 
@@ -263,9 +266,24 @@ def torch_vision25(args) -> dict:
         cmd = [str(py)]
         print(f"(Qwen2.5-VL blocks: transformers {QWEN25_TRANSFORMERS} in {py})", flush=True)
     cmd += [str(Path(__file__).resolve()), "--vision25-worker", str(out), "--ckpt", args.ckpt,
-            "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            "--threads", str(args.threads), "--torch-dtypes", args.torch_dtypes] + (["--quick"] if args.quick else [])
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
+
+
+def torch_dtypes(torch, args) -> list:
+    """The PyTorch dtypes timed: (name, dtype) for each of --torch-dtypes."""
+    known = {"f32": torch.float32, "bf16": torch.bfloat16}
+    names = [n for n in args.torch_dtypes.split(",") if n]
+    if "f32" not in names or any(n not in known for n in names):
+        sys.exit(f"--torch-dtypes: f32 and optionally bf16, not {args.torch_dtypes!r}")
+    return [(n, known[n]) for n in names]
+
+
+def ms(t: dict, dt: str, key: str) -> str:
+    """A PyTorch time in milliseconds for the table, or '-' when that dtype was not timed."""
+    v = t.get(dt, {}).get(key)
+    return f"{v * 1e3:>9.1f}ms" if v else f"{'-':>11}"
 
 
 def layer_bytes(cfg: dict, bytes_per_weight: float, ctx: int) -> float:
@@ -290,7 +308,7 @@ def print_vision25(t: dict, rust: dict) -> None:
     print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}{'f32 batched':>13}   rust")
     for n in (1024, 4096):
         for kind in ("window", "full"):
-            tf, tb = t["f32"][f"{kind}_{n}"], t["bf16"][f"{kind}_{n}"]
+            tf = t["f32"][f"{kind}_{n}"]
             wb = t["f32"].get(f"window_batched_{n}") if kind == "window" else None
             cells = []
             for fmt in ("portable", "f32"):
@@ -299,11 +317,12 @@ def print_vision25(t: dict, rust: dict) -> None:
                     cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
             label = f"vision25_block/{kind}_{n}"
             batched = f"{wb * 1e3:>11.1f}ms" if wb else f"{'':>13}"
-            print(f"{label:<34}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms{batched}   " + "; ".join(cells))
+            print(f"{label:<34}{tf * 1e3:>9.1f}ms{ms(t, 'bf16', f'{kind}_{n}')}{batched}   " + "; ".join(cells))
     print("window / full attention block time (below 1: the windows are cheaper):")
     for n in (1024, 4096):
-        parts = [f"torch f32 {t['f32'][f'window_{n}'] / t['f32'][f'full_{n}']:.2f}",
-                 f"torch bf16 {t['bf16'][f'window_{n}'] / t['bf16'][f'full_{n}']:.2f}"]
+        parts = [f"torch f32 {t['f32'][f'window_{n}'] / t['f32'][f'full_{n}']:.2f}"]
+        if "bf16" in t:
+            parts.append(f"torch bf16 {t['bf16'][f'window_{n}'] / t['bf16'][f'full_{n}']:.2f}")
         if f"window_batched_{n}" in t["f32"]:
             parts.append(f"torch f32 batched windows {t['f32'][f'window_batched_{n}'] / t['f32'][f'full_{n}']:.2f}")
         for fmt in ("portable", "f32"):
@@ -311,7 +330,7 @@ def print_vision25(t: dict, rust: dict) -> None:
             if w and f:
                 parts.append(f"rust {fmt} {w / f:.2f}")
         print(f"  {n} patches ({t['f32'][f'windows_{n}']} windows): " + "; ".join(parts))
-    diffs = [f"{t[dt][k]:.1e}" for dt in ("f32", "bf16") for k in t[dt] if k.endswith("max_abs_diff")]
+    diffs = [f"{t[dt][k]:.1e}" for dt in t for k in t[dt] if k.endswith("max_abs_diff")]
     if diffs:
         print(f"  (batched windows against the block's own cu_seqlens path, max abs diff: {', '.join(diffs)})")
 
@@ -323,6 +342,7 @@ def main():
     ap.add_argument("--skip-rust", action="store_true", help="reuse the last criterion results")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
+    ap.add_argument("--torch-dtypes", default="f32,bf16", help="PyTorch dtypes to time: f32[,bf16]")
     ap.add_argument("--vision25-worker", metavar="OUT_JSON", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vision25_worker:
@@ -351,7 +371,7 @@ def main():
     torch.set_num_threads(args.threads)
     bw = stream_copy_gbs(torch)
     print(f"\nthreads: {args.threads}; STREAM-like copy bandwidth: {bw:.1f} GB/s (read + write)\n")
-    dtypes = (("f32", torch.float32), ("bf16", torch.bfloat16))
+    dtypes = torch_dtypes(torch, args)
     t_layer = {dt: torch_layer_times(torch, ckpt / "layer", d, args.quick) for dt, d in dtypes} if "decoder_layer" in only else None
     t_vis = {dt: torch_vision_times(torch, ckpt / "vision", d, args.quick) for dt, d in dtypes} if "vision_block" in only else None
     cfg = json.loads((ckpt / "layer/config.json").read_text())
@@ -362,23 +382,23 @@ def main():
         print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
     if t_layer:
         for case in ("prefill_256", "prefill_1024", "decode_kv1k", "decode_kv4k"):
-            tf, tb = t_layer["f32"][case], t_layer["bf16"][case]
+            tf, tb = t_layer["f32"][case], t_layer.get("bf16", {}).get(case)
             cells = []
             for fmt in ("portable", "f32", "bf16", "int8", "int4"):
                 r = rust.get(f"decoder_layer/{case}/{fmt}")
                 if r:
                     cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
                     rows.append({"op": f"decoder_layer/{case}", "format": fmt, "rust_s": r, "torch_f32_s": tf, "torch_bf16_s": tb})
-            print(f"decoder_layer/{case:<20}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+            print(f"decoder_layer/{case:<20}{tf * 1e3:>9.1f}ms{ms(t_layer, 'bf16', case)}   " + "; ".join(cells))
     if t_vis:
         for case in ("patches_1024", "patches_4096"):
-            tf, tb = t_vis["f32"][case], t_vis["bf16"][case]
+            tf = t_vis["f32"][case]
             cells = []
             for fmt in ("portable", "f32"):
                 r = rust.get(f"vision_block/{case}/{fmt}")
                 if r:
                     cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")
-            print(f"vision_block/{case:<21}{tf * 1e3:>9.1f}ms{tb * 1e3:>9.1f}ms   " + "; ".join(cells))
+            print(f"vision_block/{case:<21}{tf * 1e3:>9.1f}ms{ms(t_vis, 'bf16', case)}   " + "; ".join(cells))
     if t_v25:
         print_vision25(t_v25, rust)
 

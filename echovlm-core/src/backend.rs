@@ -36,6 +36,39 @@ pub fn forward_on<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// `x · σ(α·x)` element-wise: SiLU for `α = 1`, Qwen2-VL's quick GELU for `α = 1.702`. On the
+/// flex device in f32, one pass of the CPU kernel ([`crate::cpu::scaled_silu`]); elsewhere tensor
+/// operations.
+pub fn scaled_silu<const D: usize>(x: Tensor<D>, alpha: f64) -> Tensor<D> {
+    if is_flex(&x.device()) && x.dtype() == DType::F32 {
+        let (shape, device) = (x.dims(), x.device());
+        let mut v = flex_f32_vec(x);
+        crate::cpu::scaled_silu(&mut v, alpha as f32);
+        return from_f32_vec(v, shape, &device, DType::F32);
+    }
+    if alpha == 1.0 {
+        burn::tensor::activation::silu(x)
+    } else {
+        x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(alpha))
+    }
+}
+
+/// `silu(gate) · up` element-wise (the SwiGLU product); on the flex device in f32 one pass of
+/// the CPU kernel ([`crate::cpu::silu_mul`]), elsewhere tensor operations.
+///
+/// # Panics
+/// If the shapes differ.
+pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    assert_eq!(gate.dims(), up.dims(), "silu_mul shapes");
+    if is_flex(&gate.device()) && gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
+        let (shape, device) = (gate.dims(), gate.device());
+        let mut g = flex_f32_vec(gate);
+        crate::cpu::silu_mul(&mut g, &flex_f32_vec(up));
+        return from_f32_vec(g, shape, &device, DType::F32);
+    }
+    burn::tensor::activation::silu(gate) * up
+}
+
 /// How a key/value cache keeps its keys and values on a device ([`kv_storage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -83,7 +116,9 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 /// * `causal`: additionally hide key `j` from query `i` when `j > i + (s_kv − s_q)`.
 ///
 /// The softmax runs in f32 for f32 inputs; backends with a fused kernel (flex, CubeCL) never
-/// build the full score matrix for long sequences.
+/// build the full score matrix for long sequences. On the flex device, up to
+/// [`HOST_ATTENTION_MAX_QUERIES`] queries take [`decode_attention`] and more queries in f32 the
+/// CPU path's tiled attention ([`crate::cpu::HostAttention`]); other float types take Burn's.
 pub fn attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -93,8 +128,23 @@ pub fn attention(
 ) -> Tensor<4> {
     let heads = q.dims()[1];
     let kv_heads = k.dims()[1];
-    if is_flex(&q.device()) && q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
-        return decode_attention(q, k, v, mask, causal);
+    if is_flex(&q.device()) {
+        if q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
+            return decode_attention(q, k, v, mask, causal);
+        }
+        if [q.dtype(), k.dtype(), v.dtype()] == [DType::F32; 3] {
+            let [batch, heads, len, dim] = k.dims();
+            let (kd, vd) = (flex_f32_vec(k), flex_f32_vec(v));
+            let view = |data| HostKv {
+                data,
+                batch,
+                heads,
+                capacity: len,
+                len,
+                dim,
+            };
+            return tiled_attention(q, view(&kd), view(&vd), mask, causal);
+        }
     }
     let (k, v) = if heads != kv_heads && !native_grouped_attention(&q.device()) {
         let n_rep = heads / kv_heads;
@@ -161,8 +211,9 @@ impl HostKv<'_> {
 ///
 /// Up to [`HOST_ATTENTION_MAX_QUERIES`] queries per row (decode steps), each key and value row
 /// is read in place, once per group of query heads that share it, in f32, on all cores, with
-/// no copy of the cache and one small allocation per task. More queries (a prompt) copy the
-/// filled positions into tensors and take [`attention`].
+/// no copy of the cache and one small allocation per task. More queries (a prompt) take the
+/// CPU path's tiled attention ([`crate::cpu::HostAttention`]), which also reads the cache in
+/// place.
 pub fn host_attention(
     q: Tensor<4>,
     k: HostKv<'_>,
@@ -171,8 +222,7 @@ pub fn host_attention(
     causal: bool,
 ) -> Tensor<4> {
     if q.dims()[2] > HOST_ATTENTION_MAX_QUERIES {
-        let device = q.device();
-        return attention(q, k.to_tensor(&device), v.to_tensor(&device), mask, causal);
+        return tiled_attention(q, k, v, mask, causal);
     }
     let [b, h, s_q, d] = q.dims();
     let (h_kv, s_kv) = (k.heads, k.len);
@@ -237,6 +287,59 @@ pub fn host_attention(
                 }
             }
         });
+    from_f32_vec(out, [b, h, s_q, d], &device, dtype)
+}
+
+/// Attention of many queries (a prompt, an image) against keys and values on the host, with
+/// the CPU path's tiled kernel ([`crate::cpu::HostAttention`]): the keys and values are read
+/// in place and no full score matrix is built. Same contract as [`attention`]; `q` is read back
+/// as f32 and the output has its float type.
+fn tiled_attention(
+    q: Tensor<4>,
+    k: HostKv<'_>,
+    v: HostKv<'_>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let [b, h, s_q, d] = q.dims();
+    assert!(
+        k.batch == b
+            && v.batch == b
+            && v.heads == k.heads
+            && v.len == k.len
+            && v.capacity == k.capacity
+            && k.dim == d
+            && v.dim == d,
+        "keys/values [{}, {}, {}, {}] do not fit queries [{b}, {h}, {s_q}, {d}]",
+        k.batch,
+        k.heads,
+        k.len,
+        k.dim
+    );
+    let (dtype, device) = (q.dtype(), q.device());
+    let qv = flex_f32_vec(q);
+    let hidden: Option<Vec<bool>> = mask.map(|m| {
+        m.expand([b, 1, s_q, k.len])
+            .into_data()
+            .iter::<bool>()
+            .collect()
+    });
+    let out = crate::cpu::HostAttention {
+        q: &qv,
+        k: k.data,
+        v: v.data,
+        batch: b,
+        heads: h,
+        kv_heads: k.heads,
+        queries: s_q,
+        keys: k.len,
+        capacity: k.capacity,
+        dim: d,
+        mask: hidden.as_deref(),
+        causal,
+    }
+    .run()
+    .unwrap_or_else(|e| panic!("attention: {e}"));
     from_f32_vec(out, [b, h, s_q, d], &device, dtype)
 }
 

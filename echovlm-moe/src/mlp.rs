@@ -1,5 +1,5 @@
-use burn::tensor::{Tensor, activation};
-use echovlm_core::{Linear, WeightLoader};
+use burn::tensor::Tensor;
+use echovlm_core::{Linear, WeightLoader, backend};
 
 /// The Qwen2 SwiGLU feed-forward, `down(silu(gate(x)) · up(x))`, without biases.
 ///
@@ -31,8 +31,8 @@ impl Mlp {
 
     /// Applies the MLP to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
+        let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
-        self.down_proj.forward(gate * up)
+        self.down_proj.forward(backend::silu_mul(gate, up))
     }
 }

@@ -15,7 +15,8 @@
 //! the merged tokens are put back into processor order.
 
 use burn::tensor::{DType, Device, Tensor, TensorData, activation};
-use echovlm_core::host::int_tensor;
+use echovlm_core::cpu::HostAttention;
+use echovlm_core::host::{flex_f32_vec, from_f32_vec, int_tensor};
 use echovlm_core::{Linear, LoadError, RmsNorm, WeightLoader, backend, rope};
 
 use crate::config::{VisionAct, VisionArch, VisionConfig};
@@ -488,6 +489,15 @@ impl VisionAttention {
         let heads = self.heads;
         let hd = e / heads;
         let dtype = x.dtype();
+        if backend::is_flex(&x.device()) && dtype == DType::F32 {
+            let device = x.device();
+            let qkv = flex_f32_vec(self.qkv.forward(x));
+            let (cos, sin) = (flex_f32_vec(cos.clone()), flex_f32_vec(sin.clone()));
+            let o = self.host_attention(&qkv, n, &cos, &sin, runs);
+            return self
+                .proj
+                .forward(from_f32_vec(o, [n, e], &device, DType::F32));
+        }
         // [n, 3, heads, hd] -> three [1, heads, n, hd]
         let qkv = self.qkv.forward(x).reshape([n, 3, heads, hd]);
         let part = |i: usize| {
@@ -542,12 +552,103 @@ impl VisionAttention {
     }
 }
 
+impl VisionAttention {
+    /// The attention of [`forward`](Self::forward) on the host (flex device, f32): `qkv` is the
+    /// fused product `[n, 3, heads, hd]`, `cos`/`sin` the rotary tables `[n, hd]`. Each run's
+    /// queries, keys and values are rotated and laid out per segment in one pass, attended with
+    /// the CPU path's tiled attention, and written back as `[n, heads · hd]`. The rotation is
+    /// the tensor path's `x·cos + rotate_half(x)·sin`, in the same order of operations.
+    fn host_attention(
+        &self,
+        qkv: &[f32],
+        n: usize,
+        cos: &[f32],
+        sin: &[f32],
+        runs: &[Run],
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let heads = self.heads;
+        let e = qkv.len() / (3 * n);
+        let hd = e / heads;
+        let half = hd / 2;
+        let rotate = |x: &[f32], c: &[f32], s: &[f32], dst: &mut [f32]| {
+            for j in 0..half {
+                dst[j] = x[j] * c[j] + -x[j + half] * s[j];
+                dst[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
+            }
+        };
+        let mut out = vec![0f32; n * e];
+        for r in runs {
+            let seg = heads * r.len * hd;
+            let mut q = vec![0f32; r.count * seg];
+            let mut k = vec![0f32; r.count * seg];
+            let mut v = vec![0f32; r.count * seg];
+            // segment c of the run: [heads, len, hd] for each of q, k, v
+            q.par_chunks_mut(seg)
+                .zip(k.par_chunks_mut(seg))
+                .zip(v.par_chunks_mut(seg))
+                .enumerate()
+                .for_each(|(c, ((q, k), v))| {
+                    for t in 0..r.len {
+                        let row = r.start + c * r.len + t;
+                        let src = &qkv[row * 3 * e..(row + 1) * 3 * e];
+                        let (cr, sr) = (
+                            &cos[row * hd..(row + 1) * hd],
+                            &sin[row * hd..(row + 1) * hd],
+                        );
+                        for h in 0..heads {
+                            let d = (h * r.len + t) * hd;
+                            rotate(&src[h * hd..(h + 1) * hd], cr, sr, &mut q[d..d + hd]);
+                            rotate(
+                                &src[e + h * hd..e + (h + 1) * hd],
+                                cr,
+                                sr,
+                                &mut k[d..d + hd],
+                            );
+                            v[d..d + hd]
+                                .copy_from_slice(&src[2 * e + h * hd..2 * e + (h + 1) * hd]);
+                        }
+                    }
+                });
+            let o = HostAttention {
+                q: &q,
+                k: &k,
+                v: &v,
+                batch: r.count,
+                heads,
+                kv_heads: heads,
+                queries: r.len,
+                keys: r.len,
+                capacity: r.len,
+                dim: hd,
+                mask: None,
+                causal: false,
+            }
+            .run()
+            .expect("buffers laid out for the run's shape");
+            out[r.start * e..(r.start + r.count * r.len) * e]
+                .par_chunks_mut(r.len * e)
+                .zip(o.par_chunks(seg))
+                .for_each(|(dst, o)| {
+                    for h in 0..heads {
+                        for t in 0..r.len {
+                            dst[t * e + h * hd..t * e + (h + 1) * hd].copy_from_slice(
+                                &o[(h * r.len + t) * hd..(h * r.len + t + 1) * hd],
+                            );
+                        }
+                    }
+                });
+        }
+        out
+    }
+}
+
 impl VisionAct {
     /// Applies the activation element-wise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
-            Self::Silu => activation::silu(x),
+            Self::QuickGelu => backend::scaled_silu(x, 1.702),
+            Self::Silu => backend::scaled_silu(x, 1.0),
             Self::Gelu => activation::gelu(x),
             Self::GeluTanh => activation::gelu_approximate(x),
             Self::Relu => activation::relu(x),
@@ -565,7 +666,11 @@ impl VisionMlp {
                 down_proj,
                 act,
             } => {
-                let h = act.forward(gate_proj.forward(x.clone())) * up_proj.forward(x);
+                let (g, u) = (gate_proj.forward(x.clone()), up_proj.forward(x));
+                let h = match act {
+                    VisionAct::Silu => backend::silu_mul(g, u),
+                    act => act.forward(g) * u,
+                };
                 down_proj.forward(h)
             }
         }

@@ -22,6 +22,14 @@ pub enum CpuError {
         /// Length given.
         found: usize,
     },
+    /// Dimensions that do not fit together.
+    #[error("{what}: dimensions {dims:?} do not fit together")]
+    Shape {
+        /// What was being shaped, and the order of `dims`.
+        what: &'static str,
+        /// The dimensions given.
+        dims: Vec<usize>,
+    },
     /// A row index past the last row.
     #[error("row {row} of a matrix with {rows} rows")]
     Row {
@@ -78,6 +86,22 @@ pub(super) fn checked_bytes(
         .ok_or_else(|| CpuError::Overflow {
             what,
             dims: vec![a, b, size],
+        })
+}
+
+/// The product of `dims` as elements of `size` bytes, checked like [`checked_bytes`]; returns
+/// the number of elements.
+pub(super) fn checked_elements(
+    what: &'static str,
+    dims: &[usize],
+    size: usize,
+) -> Result<usize, CpuError> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n.checked_mul(size).is_some_and(|b| b <= MAX_BYTES))
+        .ok_or_else(|| CpuError::Overflow {
+            what,
+            dims: dims.to_vec(),
         })
 }
 

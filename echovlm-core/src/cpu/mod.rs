@@ -14,12 +14,18 @@
 //! * larger `m` (prefill): the weights are widened tile by tile into an f32 scratch buffer and
 //!   multiplied with the `gemm` crate, so prefill runs at matrix-multiply speed.
 //!
-//! Only [`crate::Linear`] uses this module, and only on the flex device; every other
-//! backend takes Burn's own matmul. `tests/cpu_kernels.rs` pins the kernels to a plain
+//! Beside the products, two more kernels serve the long sequences of prompts and images:
+//! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,
+//! causal tiles skipped) and the element-wise activations ([`scaled_silu`], [`silu_mul`]), all
+//! on one vectorised exponential.
+//!
+//! Only [`crate::Linear`] and [`crate::backend`] use this module, and only on the flex device;
+//! every other backend takes Burn's own operations. `tests/cpu_kernels.rs` pins the kernels to a plain
 //! reference.
 //!
 //! One concept per file: `error` (the error type and size checks), `aligned` (aligned and
-//! huge-page buffers), `format` (storage formats, their quantisation, and the int8 activations
+//! huge-page buffers), `attention` (tiled attention), `elementwise` (the exponential and the
+//! activations), `format` (storage formats, their quantisation, and the int8 activations
 //! of int4 products), `packed` (the packed
 //! matrix), `select` (which kernel runs), `threads` (the size of the thread pool), `gemm` (the products, dispatching to `kernels`: one
 //! file per instruction set).
@@ -33,6 +39,8 @@
 //! once on standard error; an unknown value falls back to `auto` the same way.
 
 mod aligned;
+mod attention;
+mod elementwise;
 mod error;
 mod format;
 mod gemm;
@@ -41,6 +49,8 @@ mod packed;
 mod select;
 mod threads;
 
+pub use attention::{BLOCK_KV, BLOCK_Q, HostAttention};
+pub use elementwise::{scaled_silu, scaled_silu_with, silu_mul, silu_mul_with};
 pub use error::CpuError;
 pub use format::{INT4_GROUP, INT8_BLOCK, WeightFormat};
 pub use gemm::SMALL_M;
