@@ -5,7 +5,7 @@
 //! * one decoder layer (hidden 3584, 28/4 heads, dense 18944, 4 × 1408 experts top-2, shared
 //!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens,
 //!   for each weight format;
-//! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches;
+//! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches, f32 and bf16 weights;
 //! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
 //!   112-pixel windows against a full-attention block, on 1024 and 4096 patches;
 //! * the MoE block alone, sparse dispatch against running every expert;
@@ -147,7 +147,7 @@ fn vision_block(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(1));
     for (name, options) in formats()
         .into_iter()
-        .filter(|(n, _)| *n == "portable" || *n == "f32")
+        .filter(|(n, _)| matches!(*n, "portable" | "f32" | "bf16"))
     {
         let model = load(&ckpt, &Device::default(), DType::F32, options, |l| {
             l.ignore_prefix("model.");

@@ -394,7 +394,7 @@ def main():
         for case in ("patches_1024", "patches_4096"):
             tf = t_vis["f32"][case]
             cells = []
-            for fmt in ("portable", "f32"):
+            for fmt in ("portable", "f32", "bf16"):
                 r = rust.get(f"vision_block/{case}/{fmt}")
                 if r:
                     cells.append(f"{fmt}: {r * 1e3:.1f} ms x{tf / r:.2f}")

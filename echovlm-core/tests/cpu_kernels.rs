@@ -74,9 +74,17 @@ fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
 fn seen_activations(format: WeightFormat, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     if format == WeightFormat::Int4 && m <= SMALL_M {
         int8_activations(x, m, cols)
+    } else if format == WeightFormat::Bf16 && m > SMALL_M {
+        x.iter().map(|&v| bf16_round(v)).collect()
     } else {
         x.to_vec()
     }
+}
+
+/// `v` rounded to bf16 (to nearest, ties to even; finite values), as an f32.
+fn bf16_round(v: f32) -> f32 {
+    let b = v.to_bits();
+    f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
 }
 
 /// Largest relative error a kernel may make against the f64 reference: f32 accumulation, and
@@ -314,39 +322,75 @@ fn packed_linear_equals_portable_linear() {
 #[test]
 fn every_kernel_matches_the_reference() {
     // the kernels this CPU has, each called by name in this one process
-    // 9 int4 groups per row: one pass of eight groups and a tail
-    let (rows, cols) = (70, 3 * INT8_BLOCK + INT4_GROUP);
-    let w = values(rows * cols, 21);
-    for format in FORMATS {
-        let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
-        let stored = p.to_f32();
-        for m in [1, 4, 5, SMALL_M] {
-            let x = values(m * cols, 31 + m as u64);
-            let want = reference(
-                &stored,
-                &seen_activations(format, &x, m, cols),
-                rows,
-                cols,
-                m,
-            );
-            let mut portable = vec![0f32; m * rows];
-            p.matmul_with(Kernel::Portable, &x, m, &mut portable)
-                .unwrap();
-            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
-                let mut got = vec![0f32; m * rows];
-                p.matmul_with(kernel, &x, m, &mut got).unwrap();
-                let e = max_rel(&got, &want);
-                assert!(
-                    e < tolerance(format),
-                    "{kernel} {format:?} m={m}: relative error {e}"
+    // 9 int4 groups per row: one pass of eight groups and a tail; 100 columns: a partial last
+    // vector of 32 bf16; 70 and 37 weight rows and 23 activation rows: partial micro-tiles
+    for (rows, cols) in [(70, 3 * INT8_BLOCK + INT4_GROUP), (37, 100)] {
+        let w = values(rows * cols, 21);
+        for format in FORMATS {
+            let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
+            let stored = p.to_f32();
+            for m in [1, 4, 5, SMALL_M, SMALL_M + 1, 23] {
+                let x = values(m * cols, 31 + m as u64);
+                let want = reference(
+                    &stored,
+                    &seen_activations(format, &x, m, cols),
+                    rows,
+                    cols,
+                    m,
                 );
-                // the vector kernels compute what the portable loop computes
-                let e = max_rel(&got, &portable);
-                assert!(
-                    e < 2e-6,
-                    "{kernel} {format:?} m={m}: {e} from the portable kernel"
-                );
+                let mut portable = vec![0f32; m * rows];
+                p.matmul_with(Kernel::Portable, &x, m, &mut portable)
+                    .unwrap();
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                    let mut got = vec![0f32; m * rows];
+                    p.matmul_with(kernel, &x, m, &mut got).unwrap();
+                    let e = max_rel(&got, &want);
+                    assert!(
+                        e < tolerance(format),
+                        "{kernel} {format:?} {rows}x{cols} m={m}: relative error {e}"
+                    );
+                    // the vector kernels compute what the portable loop computes
+                    let e = max_rel(&got, &portable);
+                    assert!(
+                        e < 2e-6,
+                        "{kernel} {format:?} {rows}x{cols} m={m}: {e} from the portable kernel"
+                    );
+                }
             }
+        }
+    }
+}
+
+#[test]
+fn prompt_sized_bf16_products_round_the_activations() {
+    // bf16 weights beyond SMALL_M activation rows compute with bf16 activations on every
+    // kernel; at most SMALL_M rows keep them in f32. Values with low bits set tell the two apart.
+    let (rows, cols) = (12, 96);
+    let w = values(rows * cols, 5);
+    let p = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16).unwrap();
+    let stored = p.to_f32();
+    for m in [SMALL_M, SMALL_M + 1] {
+        let x: Vec<f32> = values(m * cols, 9)
+            .iter()
+            .map(|v| v * (1.0 + 1.0 / 300.0))
+            .collect();
+        let exact = reference(&stored, &x, rows, cols, m);
+        let rounded_x: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
+        assert_ne!(rounded_x, x, "the activations must lose bits in bf16");
+        let rounded = reference(&stored, &rounded_x, rows, cols, m);
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+            let mut got = vec![0f32; m * rows];
+            p.matmul_with(kernel, &x, m, &mut got).unwrap();
+            let (near, far) = if m > SMALL_M {
+                (&rounded, &exact)
+            } else {
+                (&exact, &rounded)
+            };
+            assert!(max_rel(&got, near) < 2e-6, "{kernel} m={m}");
+            assert!(
+                max_rel(&got, far) > 1e-4,
+                "{kernel} m={m}: rounding not told apart"
+            );
         }
     }
 }

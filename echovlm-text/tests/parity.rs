@@ -274,7 +274,9 @@ const NATIVE_HALF_TOL: f32 = 0.16;
 fn bf16_checkpoint_with_nested_config() {
     let native = check_variant("tiny-echovlm-bf16");
     assert!(native <= NATIVE_HALF_TOL, "vs native bf16: {native}");
-    // kept in bf16 by the CPU kernels, the weights are exact: same logits as the f32 reference
+    // kept in bf16 by the CPU kernels, the weights are exact; the prompt's products take its
+    // activations rounded to bf16 (as a bf16 model does), which moves the last logits by up to 0.033
+    // (measured; tolerance: plus half of it), a quarter of what computing natively in bf16 does
     let model = load_text_with("tiny-echovlm-bf16", LinearOptions::cpu(WeightFormat::Bf16));
     let g = Golden::load("tiny-echovlm-bf16");
     for lang in ["en", "zh"] {
@@ -282,7 +284,12 @@ fn bf16_checkpoint_with_nested_config() {
         let prompt = g.ids(&[&key, "input_ids"]);
         let logits = step(&model, &prompt, &mut model.new_cache(), None);
         let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
-        assert!(diff <= LOGIT_TOL, "bf16 weights {lang}: {diff}");
+        eprintln!("bf16 weights {lang}: last-logit max abs diff to the f32 reference {diff:.4}");
+        assert!(diff <= 0.05, "bf16 weights {lang}: {diff}");
+        assert!(
+            diff <= native / 2.0,
+            "bf16 weights {lang}: {diff} against native {native}"
+        );
         let want = g.ids(&[&key, "greedy"]);
         assert_eq!(greedy(&model, &prompt, want.len(), true), want);
     }
@@ -328,13 +335,14 @@ fn portable_path_and_packed_cpu_formats() {
         assert_eq!(greedy(&portable, &prompt, want.len(), true), want);
     }
     // compact formats: report how far logits move and how often greedy tokens agree
-    // tolerances: the measured error (bf16 0.04, int8 0.16, int4 2.4) plus a margin of half of
-    // it; greedy agreement measured 80/80 for bf16 and int8 (4 tokens of margin allowed). int4
+    // tolerances: the measured error (bf16 0.053 with the prompt's activations rounded to bf16,
+    // int8 0.16, int4 2.4) plus a margin of half of it; greedy agreement measured 80/80 for bf16
+    // and int8 (4 tokens of margin allowed). int4
     // diverges after a few tokens here (4/80): the random weights of this fixture leave no
     // margin between the top logits. How often int4 changes the answers of a trained model is
     // pinned on the demo model (`tests/demo_model.rs`: 171 of 200 reports identical).
     for (format, logit_tol, min_rate) in [
-        (WeightFormat::Bf16, 0.06f32, 0.95),
+        (WeightFormat::Bf16, 0.08f32, 0.95),
         (WeightFormat::Int8, 0.26, 0.95),
         (WeightFormat::Int4, 3.6, 0.0),
     ] {

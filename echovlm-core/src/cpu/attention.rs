@@ -277,7 +277,7 @@ fn softmax_tile(
     match kernel {
         // SAFETY: the kernel was resolved against the CPU's features.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { softmax_avx512(tile, scores, max, sum, o) },
+        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { softmax_avx512(tile, scores, max, sum, o) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { softmax_avx2(tile, scores, max, sum, o) },
         _ => softmax_generic(tile, scores, max, sum, o),

@@ -69,7 +69,7 @@ pub fn scaled_silu_with(kernel: Kernel, x: &mut [f32], alpha: f32) {
     match resolve_kernel(kernel, Kernel::is_supported) {
         // SAFETY: the kernel was resolved against the CPU's features.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512(x, alpha) },
+        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(x, alpha) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { avx2(x, alpha) },
@@ -107,7 +107,7 @@ pub fn silu_mul_with(kernel: Kernel, gate: &mut [f32], up: &[f32]) {
     match resolve_kernel(kernel, Kernel::is_supported) {
         // SAFETY: the kernel was resolved against the CPU's features.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512(gate, up) },
+        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(gate, up) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { avx2(gate, up) },

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes};
 use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
-use super::kernels::Dots;
+use super::kernels::{self, Dots};
 use super::packed::{Data, PackedWeight};
 use super::select::{Kernel, active_kernel, resolve_kernel};
 use super::{CpuError, INT8_BLOCK};
@@ -56,7 +56,7 @@ impl PackedWeight {
             let dots = Dots::new(resolve_kernel(kernel, Kernel::is_supported), self.cols);
             self.matvec(dots, x, m, y)
         } else {
-            self.tiled_gemm(x, m, y)
+            self.tiled_gemm(resolve_kernel(kernel, Kernel::is_supported), x, m, y)
         }
     }
 
@@ -146,8 +146,18 @@ impl PackedWeight {
     /// into a per-thread scratch first). Tiling beats handing `gemm` the whole matrix: its
     /// packing of a column-major right-hand side is the costly part, and per-tile calls keep
     /// that packing in cache.
+    ///
+    /// bf16 weights meet the activations rounded to bf16 on every kernel: on
+    /// [`Kernel::Avx512Bf16`] (which `kernel`, already resolved, names only where the CPU has
+    /// it) with `vdpbf16ps` on the bf16 rows as stored, elsewhere widened to f32 for `gemm`.
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
-    fn tiled_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+    fn tiled_gemm(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), CpuError> {
         const TILE: usize = 128;
         let rows = self.rows;
         let cols = self.cols;
@@ -157,6 +167,52 @@ impl PackedWeight {
         );
         let tiles = rows.div_ceil(TILE);
         let y_ptr = SendPtr(y.as_mut_ptr());
+        let rounded;
+        let x = if let Data::Bf16(w) = &self.data {
+            // rows padded to whole vectors of 32 bf16, zeros past `cols`
+            let stride = cols.div_ceil(32) * 32;
+            let xb = bf16_rows(x, m, cols, stride)?;
+            #[cfg(target_arch = "x86_64")]
+            if kernel == Kernel::Avx512Bf16 {
+                // 64 rows of a 3584-wide matrix (448 KiB) stay in L2 while every activation
+                // row meets them
+                const BF16_TILE: usize = 64;
+                (0..rows.div_ceil(BF16_TILE)).into_par_iter().for_each(|t| {
+                    let r0 = t * BF16_TILE;
+                    let n = BF16_TILE.min(rows - r0);
+                    // SAFETY: the kernel was resolved against the CPU's features; the tile
+                    // writes y[i · rows + r0 + j] for i < m, j < n: inside y ([m, rows],
+                    // asserted above) and in columns no other tile writes.
+                    unsafe {
+                        kernels::gemm_bf16(
+                            &xb,
+                            m,
+                            stride,
+                            &w[r0 * cols..(r0 + n) * cols],
+                            n,
+                            cols,
+                            y_ptr.get().add(r0),
+                            rows,
+                        )
+                    }
+                });
+                return Ok(());
+            }
+            let _ = kernel;
+            let mut widened = vec![0f32; x.len()];
+            widened
+                .par_chunks_mut(cols)
+                .zip(xb.par_chunks(stride))
+                .for_each(|(d, b)| {
+                    for (o, &v) in d.iter_mut().zip(b) {
+                        *o = f32::from_bits((v as u32) << 16);
+                    }
+                });
+            rounded = widened;
+            &rounded[..]
+        } else {
+            x
+        };
         let run = |w: &[f32], r0: usize, n: usize| {
             assert!(w.len() >= n * cols && r0 + n <= rows, "gemm tile");
             // SAFETY: `w` holds n rows of `cols` f32 (used as wᵀ [cols, n]); x is [m, cols]; the
@@ -209,6 +265,20 @@ impl PackedWeight {
         );
         Ok(())
     }
+}
+
+/// The `m` rows of `x` (`cols` each) rounded to bf16 (to nearest, ties to even), each row
+/// zero-padded to `stride` values.
+fn bf16_rows(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Aligned<u16>, CpuError> {
+    let mut out = Aligned::<u16>::zeroed(checked_bytes("bf16 activations", m, stride, 2)? / 2)?;
+    out.par_chunks_mut(stride)
+        .zip(x.par_chunks(cols))
+        .for_each(|(d, s)| {
+            for (o, &v) in d.iter_mut().zip(s) {
+                *o = half::bf16::from_f32(v).to_bits();
+            }
+        });
+    Ok(out)
 }
 
 /// The activations of a matrix-vector product: f32 rows, or their int8 form for int4 weights.

@@ -71,7 +71,12 @@ macro_rules! dispatch_rows {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod portable;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512bf16::gemm_bf16;
 
 /// A dot product of one f32 weight row (`w`, `c` values) with `m` activation rows (`x`,
 /// `m · c` values) into `out` (`m` values).
@@ -100,7 +105,8 @@ pub(super) struct Dots {
 
 impl Dots {
     /// The row kernels of `kernel`, which the CPU must support, for rows of `cols` weights
-    /// (int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
+    /// (AVX512_BF16 runs the AVX-512 row kernels: a few activation rows keep them bound by
+    /// memory; int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
     /// takes the AVX2 kernel under AVX-512 too: its products are bound by memory, not by the
     /// vector width).
     pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
@@ -114,7 +120,7 @@ impl Dots {
         debug_assert!(kernel.is_supported());
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => Dots {
+            Kernel::Avx512 | Kernel::Avx512Bf16 => Dots {
                 f32: avx512::dot_f32,
                 bf16: avx512::dot_bf16,
                 int8: if int8_vector {
