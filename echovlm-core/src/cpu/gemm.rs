@@ -186,10 +186,8 @@ impl PackedWeight {
                     unsafe {
                         kernels::gemm_bf16(
                             &xb,
-                            m,
                             stride,
                             &w[r0 * cols..(r0 + n) * cols],
-                            n,
                             cols,
                             y_ptr.get().add(r0),
                             rows,

@@ -101,40 +101,37 @@ macro_rules! tile_of {
     };
 }
 
-/// `y[i · ys + j] = Σ_k x[i · xs + k] · w[j · c + k]` for the `m` activation rows of `x` (bf16,
-/// each zero-padded from `c` to `xs` values) and the `n` weight rows of `w` (bf16, `c` each).
+/// `y[i · ys + j] = Σ_k x[i · xs + k] · w[j · c + k]` for the activation rows of `x` (bf16,
+/// each zero-padded from `c` to `xs` values: `m = x.len() / xs` rows) and the weight rows of `w`
+/// (bf16, `c` each: `n = w.len() / c` rows).
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX512_BF16, and `y` must be writable at
 /// `i · ys + j` for every `i < m`, `j < n`, with no other thread touching those values. (The
-/// slice lengths are checked: `xs` a multiple of 32 and at least `c`, `x` at least `m · xs`
-/// long and `w` at least `n · c`, or this panics.)
+/// slice shapes are checked: `c` positive, `xs` a multiple of 32 and at least `c`, or this
+/// panics.)
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(in crate::cpu) unsafe fn gemm_bf16(
     x: &[u16],
-    m: usize,
     xs: usize,
     w: &[u16],
-    n: usize,
     c: usize,
     y: *mut f32,
     ys: usize,
 ) {
     assert!(
-        xs.is_multiple_of(LANES)
-            && xs >= c
-            && m.checked_mul(xs).is_some_and(|l| x.len() >= l)
-            && n.checked_mul(c).is_some_and(|l| w.len() >= l),
-        "bf16 product lengths"
+        c > 0 && xs.is_multiple_of(LANES) && xs >= c,
+        "bf16 product shapes"
     );
+    let (m, n) = (x.len() / xs, w.len() / c);
     // one group of activation rows stays in L1 while it meets every weight row of the tile
     for i0 in (0..m).step_by(MR) {
         let a = MR.min(m - i0);
         for j0 in (0..n).step_by(NR) {
             let b = NR.min(n - j0);
             // SAFETY: rows i0..i0+a of x (xs apart, each xs ≥ c.div_ceil(32)·32 long since xs
-            // is a multiple of 32 and ≥ c) and rows j0..j0+b of w (c apart) are within the
-            // asserted lengths; y is writable there by the caller's contract.
+            // is a multiple of 32 and ≥ c) and rows j0..j0+b of w (c apart) lie within x and w
+            // (m = x.len() / xs, n = w.len() / c whole rows); y is writable there by contract.
             unsafe {
                 tile_of!(
                     a,
