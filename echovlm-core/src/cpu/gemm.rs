@@ -65,12 +65,19 @@ impl PackedWeight {
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn matvec(&self, dots: Dots, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (aligned, quantized);
-        let x = if let Data::Int4 { .. } = self.data {
-            quantized = QuantizedRows::new(x, m, self.cols)?;
-            Input::Int8(&quantized)
-        } else {
-            aligned = Aligned::from_slice(x)?;
-            Input::F32(&aligned)
+        let x = match self.data {
+            Data::Int4 { .. } => {
+                quantized = QuantizedRows::new(x, m, self.cols)?;
+                Input::Int8(&quantized)
+            }
+            Data::Bf16(_) if dots.bf16_pairs => {
+                aligned = Aligned::from_slice(&kernels::pair_split(x, self.cols))?;
+                Input::F32(&aligned)
+            }
+            _ => {
+                aligned = Aligned::from_slice(x)?;
+                Input::F32(&aligned)
+            }
         };
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well

@@ -94,16 +94,98 @@ avx512_kernel!(
     |w, i| _mm512_loadu_ps(w.as_ptr().add(i)),
     |w, j| w[j]
 );
-avx512_kernel!(
-    dot_bf16,
-    bf16_avx512,
-    u16,
-    |w, i| _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i)),
-        16
-    )),
-    |w, j| f32::from_bits((w[j] as u32) << 16)
-);
+/// bf16 values per pass of the bf16 kernel: two 512-bit loads.
+const BF16_PASS: usize = 64;
+
+/// The activation layout the AVX-512 bf16 kernel reads: each row's values below
+/// `c / 64 · 64` are reordered within every 32 into the 16 at even positions, then the 16 at odd
+/// positions; the rest of the row stays in place.
+///
+/// A 512-bit load of 32 bf16 weights then becomes two f32 vectors with one instruction each
+/// (the even weights shifted into the high halves of their lanes, the odd weights masked in
+/// place), each meeting a contiguous vector of activations: no widening shuffle.
+pub(in crate::cpu) fn pair_split(x: &[f32], c: usize) -> Vec<f32> {
+    let full = c / BF16_PASS * BF16_PASS;
+    let mut out = x.to_vec();
+    if c == 0 {
+        return out;
+    }
+    for (row, dst) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        for (s, d) in row[..full]
+            .chunks_exact(32)
+            .zip(dst[..full].chunks_exact_mut(32))
+        {
+            for i in 0..16 {
+                d[i] = s[2 * i];
+                d[16 + i] = s[2 * i + 1];
+            }
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_avx512<const M: usize>(m0: usize, w: &[u16], x: &[f32], c: usize, out: &mut [f32]) {
+    let full = c / BF16_PASS * BF16_PASS;
+    let mut acc = [[_mm512_setzero_ps(); 4]; M];
+    let xp = unsafe { x.as_ptr().add(m0 * c) };
+    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let mut i = 0;
+    while i < full {
+        _mm_prefetch::<_MM_HINT_T0>(
+            (w.as_ptr().wrapping_add(i) as *const i8).wrapping_add(PREFETCH),
+        );
+        _mm_prefetch::<_MM_HINT_T0>(
+            (w.as_ptr().wrapping_add(i + 32) as *const i8).wrapping_add(PREFETCH),
+        );
+        // SAFETY: i + 64 ≤ full ≤ c ≤ w.len() (asserted by the caller)
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_si512(w.as_ptr().add(i) as *const __m512i),
+                _mm512_loadu_si512(w.as_ptr().add(i + 32) as *const __m512i),
+            )
+        };
+        let wv = [
+            _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),
+            _mm512_castsi512_ps(_mm512_and_si512(a, high)),
+            _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)),
+            _mm512_castsi512_ps(_mm512_and_si512(b, high)),
+        ];
+        for k in 0..M {
+            let xr = unsafe { xp.add(k * c + i) };
+            for u in 0..4 {
+                let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
+                acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+            }
+        }
+        i += BF16_PASS;
+    }
+    for k in 0..M {
+        let a = _mm512_add_ps(
+            _mm512_add_ps(acc[k][0], acc[k][1]),
+            _mm512_add_ps(acc[k][2], acc[k][3]),
+        );
+        let mut s = _mm512_reduce_add_ps(a);
+        for j in full..c {
+            s += f32::from_bits((w[j] as u32) << 16) * x[(m0 + k) * c + j];
+        }
+        out[m0 + k] = s;
+    }
+}
+
+/// Dots one bf16 weight row (`c` values) with `m` activation rows laid out by [`pair_split`].
+///
+/// # Safety
+/// The CPU must support AVX-512F. (Lengths are checked: `w` at least `c` long, `x` at least
+/// `m · c`, `out` at least `m`, or this panics.)
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot_bf16(w: &[u16], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
+    assert!(
+        w.len() >= c && m.checked_mul(c).is_some_and(|n| x.len() >= n) && out.len() >= m,
+        "kernel lengths"
+    );
+    unsafe { dispatch_rows!(bf16_avx512, m, w, x, c, out) }
+}
 
 /// int8 with one scale per 64 weights: each block is widened, scaled and accumulated.
 #[target_feature(enable = "avx512f")]

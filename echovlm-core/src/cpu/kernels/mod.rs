@@ -76,7 +76,15 @@ mod avx512bf16;
 mod portable;
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use avx512::pair_split;
+#[cfg(target_arch = "x86_64")]
 pub(super) use avx512bf16::gemm_bf16;
+
+/// Without x86-64 no kernel reads the split layout.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn pair_split(x: &[f32], _c: usize) -> Vec<f32> {
+    x.to_vec()
+}
 
 /// A dot product of one f32 weight row (`w`, `c` values) with `m` activation rows (`x`,
 /// `m · c` values) into `out` (`m` values).
@@ -101,6 +109,9 @@ pub(super) struct Dots {
     pub(super) bf16: DotBf16,
     pub(super) int8: DotInt8,
     pub(super) int4: DotInt4,
+    /// Whether `bf16` reads its activations laid out by [`pair_split`] (AVX-512) rather than
+    /// as they are.
+    pub(super) bf16_pairs: bool,
 }
 
 impl Dots {
@@ -115,6 +126,7 @@ impl Dots {
             bf16: portable::dot_bf16,
             int8: portable::dot_int8,
             int4: portable::dot_int4,
+            bf16_pairs: false,
         };
         let int8_vector = cols.is_multiple_of(INT8_BLOCK);
         debug_assert!(kernel.is_supported());
@@ -133,6 +145,7 @@ impl Dots {
                 } else {
                     portable.int4
                 },
+                bf16_pairs: true,
             },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => Dots {
@@ -144,6 +157,7 @@ impl Dots {
                     portable.int8
                 },
                 int4: avx2::dot_int4,
+                bf16_pairs: false,
             },
             _ => {
                 let _ = int8_vector;
