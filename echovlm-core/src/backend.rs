@@ -128,23 +128,13 @@ pub fn attention(
 ) -> Tensor<4> {
     let heads = q.dims()[1];
     let kv_heads = k.dims()[1];
-    if is_flex(&q.device()) {
-        if q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES {
-            return decode_attention(q, k, v, mask, causal);
-        }
-        if [q.dtype(), k.dtype(), v.dtype()] == [DType::F32; 3] {
-            let [batch, heads, len, dim] = k.dims();
-            let (kd, vd) = (flex_f32_vec(k), flex_f32_vec(v));
-            let view = |data| HostKv {
-                data,
-                batch,
-                heads,
-                capacity: len,
-                len,
-                dim,
-            };
-            return tiled_attention(q, view(&kd), view(&vd), mask, causal);
-        }
+    // on the host: a few queries over the keys in place, longer f32 runs tiled (both behind
+    // `decode_attention`)
+    if is_flex(&q.device())
+        && (q.dims()[2] <= HOST_ATTENTION_MAX_QUERIES
+            || [q.dtype(), k.dtype(), v.dtype()] == [DType::F32; 3])
+    {
+        return decode_attention(q, k, v, mask, causal);
     }
     let (k, v) = if heads != kv_heads && !native_grouped_attention(&q.device()) {
         let n_rep = heads / kv_heads;

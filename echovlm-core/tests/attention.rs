@@ -59,11 +59,7 @@ fn decode_attention_matches_burn() {
             let m = masked.then(mask);
             let want = burn_attention(q.clone(), k.clone(), v.clone(), m.clone(), causal);
             let got = flex_f32_vec(decode_attention(q.clone(), k.clone(), v.clone(), m, causal));
-            let diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_abs_diff(&got, &want);
             assert!(
                 diff < 1e-5,
                 "b{b} h{h}/{h_kv} s_q {s_q} s_kv {s_kv} masked {masked} causal {causal}: {diff}"
@@ -74,6 +70,14 @@ fn decode_attention_matches_burn() {
 
 /// `softmax(q·kᵀ/√d + mask)·v` in f64, one query at a time; zeros for a query that sees no key.
 #[allow(clippy::too_many_arguments)]
+/// Largest absolute difference between two equally long slices.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn reference(
     q: &[f32],
     k: &[f32],
@@ -186,11 +190,7 @@ fn tiled_attention_matches_a_plain_reference_on_every_kernel() {
                 .unwrap()
             };
             let portable = run(Kernel::Portable);
-            let diff = portable
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_abs_diff(&portable, &want);
             let what = format!(
                 "b{b} h{h}/{h_kv} s_q {s_q} s_kv {s_kv} cap {cap} d {d} masked {masked} causal {causal}"
             );
@@ -280,11 +280,7 @@ fn prompt_attention_on_the_cpu_matches_burn() {
         ] {
             let want = burn_attention(q.clone(), k.clone(), v.clone(), m.clone(), causal);
             let got = flex_f32_vec(attention(q.clone(), k.clone(), v.clone(), m, causal));
-            let diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_abs_diff(&got, &want);
             assert!(
                 diff < 1e-5,
                 "b{b} h{h}/{h_kv} s_q {s_q} s_kv {s_kv}: {diff}"
