@@ -65,19 +65,18 @@ impl PackedWeight {
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn matvec(&self, dots: Dots, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (aligned, quantized);
-        let x = match self.data {
-            Data::Int4 { .. } => {
-                quantized = QuantizedRows::new(x, m, self.cols)?;
-                Input::Int8(&quantized)
-            }
-            Data::Bf16(_) if dots.bf16_pairs => {
-                aligned = Aligned::from_slice(&kernels::pair_split(x, self.cols))?;
-                Input::F32(&aligned)
-            }
-            _ => {
-                aligned = Aligned::from_slice(x)?;
-                Input::F32(&aligned)
-            }
+        let x = if let Data::Int4 { .. } = self.data {
+            quantized = QuantizedRows::new(x, m, self.cols)?;
+            Input::Int8(&quantized)
+        } else {
+            aligned = {
+                let mut a = Aligned::from_slice(x)?;
+                if matches!(self.data, Data::Bf16(_)) && dots.bf16_pairs {
+                    kernels::pair_split(&mut a, self.cols);
+                }
+                a
+            };
+            Input::F32(&aligned)
         };
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well
@@ -176,11 +175,11 @@ impl PackedWeight {
         let y_ptr = SendPtr(y.as_mut_ptr());
         let rounded;
         let x = if let Data::Bf16(w) = &self.data {
-            // rows padded to whole vectors of 32 bf16, zeros past `cols`
-            let stride = cols.div_ceil(32) * 32;
-            let xb = bf16_rows(x, m, cols, stride)?;
             #[cfg(target_arch = "x86_64")]
             if kernel == Kernel::Avx512Bf16 {
+                // rows padded to whole vectors of 32 bf16, zeros past `cols`
+                let stride = cols.div_ceil(32) * 32;
+                let xb = bf16_rows(x, m, cols, stride)?;
                 // 64 rows of a 3584-wide matrix (448 KiB) stay in L2 while every activation
                 // row meets them
                 const BF16_TILE: usize = 64;
@@ -203,17 +202,12 @@ impl PackedWeight {
                 });
                 return Ok(());
             }
-            let _ = kernel;
-            let mut widened = vec![0f32; x.len()];
-            widened
-                .par_chunks_mut(cols)
-                .zip(xb.par_chunks(stride))
-                .for_each(|(d, b)| {
-                    for (o, &v) in d.iter_mut().zip(b) {
-                        *o = f32::from_bits((v as u32) << 16);
-                    }
-                });
-            rounded = widened;
+            let _ = (kernel, w);
+            // the same rounding, then the f32 product below
+            rounded = x
+                .par_iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect::<Vec<f32>>();
             &rounded[..]
         } else {
             x

@@ -97,31 +97,27 @@ avx512_kernel!(
 /// bf16 values per pass of the bf16 kernel: two 512-bit loads.
 const BF16_PASS: usize = 64;
 
-/// The activation layout the AVX-512 bf16 kernel reads: each row's values below
+/// Lays out `x` (rows of `c`) as the AVX-512 bf16 kernel reads it: each row's values below
 /// `c / 64 · 64` are reordered within every 32 into the 16 at even positions, then the 16 at odd
 /// positions; the rest of the row stays in place.
 ///
 /// A 512-bit load of 32 bf16 weights then becomes two f32 vectors with one instruction each
 /// (the even weights shifted into the high halves of their lanes, the odd weights masked in
 /// place), each meeting a contiguous vector of activations: no widening shuffle.
-pub(in crate::cpu) fn pair_split(x: &[f32], c: usize) -> Vec<f32> {
+pub(in crate::cpu) fn pair_split(x: &mut [f32], c: usize) {
     let full = c / BF16_PASS * BF16_PASS;
-    let mut out = x.to_vec();
     if c == 0 {
-        return out;
+        return;
     }
-    for (row, dst) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-        for (s, d) in row[..full]
-            .chunks_exact(32)
-            .zip(dst[..full].chunks_exact_mut(32))
-        {
+    for row in x.chunks_exact_mut(c) {
+        for chunk in row[..full].chunks_exact_mut(32) {
+            let src: [f32; 32] = chunk.try_into().expect("chunks of 32");
             for i in 0..16 {
-                d[i] = s[2 * i];
-                d[16 + i] = s[2 * i + 1];
+                chunk[i] = src[2 * i];
+                chunk[16 + i] = src[2 * i + 1];
             }
         }
     }
-    out
 }
 
 #[target_feature(enable = "avx512f")]
