@@ -362,6 +362,34 @@ fn every_kernel_matches_the_reference() {
 }
 
 #[test]
+fn f32_panels_cover_partial_panels_column_passes_and_row_blocks() {
+    // f32 weights live in panels of 32 rows; prompt-sized products run 512 columns per pass
+    // (1100: two whole passes and a partial one, which add to the first) and 256 activation
+    // rows per task (300: a second, partial block); 45, 52 and 48 rows end in partial panels
+    // of 13, 20 and 16 rows (the last two split across the two 16-lane halves)
+    for (rows, cols) in [(45, 1100), (52, 70), (48, 40)] {
+        let w = values(rows * cols, 5);
+        let p = PackedWeight::from_f32(rows, cols, &w, WeightFormat::F32).unwrap();
+        // the panel layout reads back row by row exactly
+        assert_eq!(p.to_f32(), w, "{rows}x{cols}: rows read back");
+        let mut row = vec![0f32; cols];
+        p.row(rows - 1, &mut row).unwrap();
+        assert_eq!(row, w[(rows - 1) * cols..], "{rows}x{cols}: last row");
+        for m in [1, 3, SMALL_M + 1, 300] {
+            let x = values(m * cols, 77 + m as u64);
+            let want = reference(&w, &x, rows, cols, m);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                // stale values in the output must not leak into the sums
+                let mut got = vec![f32::NAN; m * rows];
+                p.matmul_with(kernel, &x, m, &mut got).unwrap();
+                let e = max_rel(&got, &want);
+                assert!(e < 2e-6, "{kernel} {rows}x{cols} m={m}: relative error {e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn prompt_sized_bf16_products_round_the_activations() {
     // bf16 weights beyond SMALL_M activation rows compute with bf16 activations on every
     // kernel; at most SMALL_M rows keep them in f32. Values with low bits set tell the two apart.

@@ -7,12 +7,19 @@ use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes};
 use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::kernels::{self, Dots};
-use super::packed::{Data, PackedWeight};
+use super::packed::{Data, PANEL, PackedWeight};
 use super::select::{Kernel, active_kernel, resolve_kernel};
 use super::{CpuError, INT8_BLOCK};
 
 /// Activation rows up to which the matrix-vector kernels run (beyond: tiled gemm).
 pub const SMALL_M: usize = 8;
+
+/// Activation rows per task of the f32 panel product.
+const PANEL_MC: usize = 256;
+/// Columns per pass of the f32 panel product (prompt-sized products).
+const PANEL_KC: usize = 512;
+/// Panels per task of the f32 panel product (prompt-sized products).
+const PANEL_GROUP: usize = 4;
 
 /// Multiply-accumulates below which a matrix-vector product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
@@ -52,11 +59,80 @@ impl PackedWeight {
             y.fill(0.0);
             return Ok(());
         }
+        if let Data::F32(w) = &self.data {
+            self.panel_product(resolve_kernel(kernel, Kernel::is_supported), w, x, m, y);
+            return Ok(());
+        }
         if m <= SMALL_M {
             let dots = Dots::new(resolve_kernel(kernel, Kernel::is_supported), self.cols);
             self.matvec(dots, x, m, y)
         } else {
             self.tiled_gemm(resolve_kernel(kernel, Kernel::is_supported), x, m, y)
+        }
+    }
+
+    /// f32 weights (stored in panels, see `Data::F32`) times `m` activation rows, on the
+    /// panel kernel of `kernel` (already resolved against the CPU).
+    ///
+    /// A task multiplies a block of up to [`PANEL_MC`] activation rows with a group of
+    /// panels, [`PANEL_KC`] columns at a time (columns at once for `m ≤ SMALL_M`): the block's
+    /// `PANEL_MC · PANEL_KC` activations (512 KiB) stay in L2 while every panel of the group meets
+    /// them, and each panel's `PANEL_KC · 32` weights stay in L1/L2 while all of the block's
+    /// rows meet them. Nothing is packed per call. `x` is `m · cols` long and `y` `m · rows`
+    /// (checked by the caller).
+    fn panel_product(&self, kernel: Kernel, w: &[f32], x: &[f32], m: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(
+            x.len() == m * cols
+                && y.len() == m * rows
+                && w.len() >= rows.div_ceil(PANEL) * PANEL * cols,
+            "panel product lengths"
+        );
+        let f = kernels::panel_f32(kernel);
+        let panels = rows.div_ceil(PANEL);
+        let threads = rayon::current_num_threads().max(1);
+        let (kc, mc, group) = if m <= SMALL_M {
+            // one pass over the weights: about eight groups per thread to balance
+            (cols, m, panels.div_ceil(threads * 8).clamp(1, 32))
+        } else {
+            (PANEL_KC, PANEL_MC, PANEL_GROUP)
+        };
+        let groups = panels.div_ceil(group);
+        let tasks = m.div_ceil(mc) * groups;
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        let task = |t: usize| {
+            let (i0, p0) = (t / groups * mc, t % groups * group);
+            let mm = mc.min(m - i0);
+            for k0 in (0..cols).step_by(kc) {
+                let kl = kc.min(cols - k0);
+                for p in p0..(p0 + group).min(panels) {
+                    let n = PANEL.min(rows - p * PANEL);
+                    // SAFETY: the kernel was resolved against the CPU's features; the slices are
+                    // checked by the kernel; the task writes y[i · rows + p · 32 + j] for
+                    // i0 ≤ i < i0 + mm, j < n: inside y ([m, rows], asserted above) and in a
+                    // block of rows and columns no other task writes.
+                    unsafe {
+                        f(
+                            &x[i0 * cols + k0..],
+                            cols,
+                            mm,
+                            &w[(p * cols + k0) * PANEL..],
+                            kl,
+                            y_ptr.get().add(i0 * rows + p * PANEL),
+                            rows,
+                            n,
+                            k0 > 0,
+                        )
+                    }
+                }
+            }
+        };
+        // waking the thread pool costs tens of microseconds: small products stay on this thread
+        let macs = rows.saturating_mul(cols).saturating_mul(m);
+        if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
         }
     }
 
@@ -118,7 +194,6 @@ impl PackedWeight {
         // long (asserted above), quantised `x` holds `m` rows (the kernel asserts it).
         unsafe {
             match (&self.data, x) {
-                (Data::F32(w), Input::F32(x)) => (dots.f32)(&w[r * c..(r + 1) * c], x, m, c, out),
                 (Data::Bf16(w), Input::F32(x)) => (dots.bf16)(&w[r * c..(r + 1) * c], x, m, c, out),
                 (Data::Int8 { q, scales }, Input::F32(x)) => {
                     let blocks = c.div_ceil(INT8_BLOCK);
@@ -241,14 +316,6 @@ impl PackedWeight {
                 );
             }
         };
-        if let Data::F32(w) = &self.data {
-            (0..tiles).into_par_iter().for_each(|t| {
-                let r0 = t * TILE;
-                let n = TILE.min(rows - r0);
-                run(&w[r0 * cols..(r0 + n) * cols], r0, n);
-            });
-            return Ok(());
-        }
         // at most `rows · cols` f32: fits, as checked when the matrix was packed
         let scratch_len = TILE.min(rows) * cols;
         (0..tiles).into_par_iter().for_each_init(

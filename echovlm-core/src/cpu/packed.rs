@@ -12,8 +12,16 @@ use super::format::{
     quantize_row_int4,
 };
 
+/// Weight rows per panel of the f32 layout.
+pub(super) const PANEL: usize = 32;
+
 #[derive(Clone)]
 pub(super) enum Data {
+    /// Panels of [`PANEL`] rows, the layout the product kernels read: row `r`, column `c` at
+    /// `(r / PANEL) · cols · PANEL + c · PANEL + r % PANEL`; the rows are padded with zeros to
+    /// whole panels. A kernel then loads the 32 weights of one column of a panel with two
+    /// contiguous 512-bit loads (four 256-bit ones) and multiplies them with one broadcast
+    /// activation per row: no packing per call and no horizontal sums.
     F32(Aligned<f32>),
     Bf16(Aligned<u16>),
     Int8 {
@@ -62,7 +70,9 @@ impl PackedWeight {
         let n = matrix_elements(rows, cols)?;
         check_len("weights", n, w.len())?;
         let data = match format {
-            WeightFormat::F32 => Data::F32(Aligned::from_slice(w)?),
+            WeightFormat::F32 => Data::F32(panels(rows, cols, w, cols, |row, out| {
+                out.copy_from_slice(row)
+            })?),
             WeightFormat::Bf16 => {
                 let mut bits = Aligned::<u16>::zeroed(n)?;
                 bits.par_iter_mut()
@@ -129,13 +139,7 @@ impl PackedWeight {
         };
         let row_bytes = cols * size;
         let data = match format {
-            WeightFormat::F32 => {
-                let mut w = Aligned::<f32>::zeroed(n)?;
-                w.par_chunks_mut(cols)
-                    .zip(bytes.par_chunks(row_bytes))
-                    .for_each(|(o, raw)| widen(raw, o));
-                Data::F32(w)
-            }
+            WeightFormat::F32 => Data::F32(panels(rows, cols, bytes, row_bytes, widen)?),
             WeightFormat::Bf16 => {
                 let mut w = Aligned::<u16>::zeroed(n)?;
                 w.par_chunks_mut(cols)
@@ -241,7 +245,12 @@ impl PackedWeight {
     pub(super) fn widen_row(&self, r: usize, out: &mut [f32]) {
         let c = self.cols;
         match &self.data {
-            Data::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Data::F32(w) => {
+                let panel = &w[r / PANEL * c * PANEL..];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = panel[j * PANEL + r % PANEL];
+                }
+            }
             Data::Bf16(w) => {
                 for (o, &b) in out.iter_mut().zip(&w[r * c..(r + 1) * c]) {
                     *o = f32::from_bits((b as u32) << 16);
@@ -279,6 +288,46 @@ impl PackedWeight {
             }
         }
     }
+}
+
+/// The `[rows, cols]` matrix in the f32 panel layout (see [`Data::F32`]), a panel per task:
+/// row `i` of `src` (`src_row` elements) is widened to `cols` f32 values by `widen`, then
+/// scattered into its panel a block of columns at a time (the block's lines stay in L1).
+fn panels<T: Sync>(
+    rows: usize,
+    cols: usize,
+    src: &[T],
+    src_row: usize,
+    widen: impl Fn(&[T], &mut [f32]) + Sync,
+) -> Result<Aligned<f32>, CpuError> {
+    if cols == 0 || rows == 0 {
+        return Aligned::zeroed(0);
+    }
+    // rows · cols f32 fit in isize (checked by the caller), so rows + PANEL does not overflow
+    let padded = rows.div_ceil(PANEL) * PANEL;
+    let mut out = Aligned::<f32>::zeroed(matrix_elements(padded, cols)?)?;
+    const BLOCK: usize = 64;
+    out.par_chunks_mut(cols * PANEL)
+        .zip(src.par_chunks(src_row * PANEL))
+        .for_each_init(
+            || vec![0f32; PANEL * cols],
+            |tmp, (panel, raw)| {
+                let n = raw.len() / src_row;
+                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                    widen(raw, &mut tmp[j * cols..(j + 1) * cols]);
+                }
+                for c0 in (0..cols).step_by(BLOCK) {
+                    let c1 = (c0 + BLOCK).min(cols);
+                    for j in 0..n {
+                        let row = &tmp[j * cols..(j + 1) * cols];
+                        for c in c0..c1 {
+                            panel[c * PANEL + j] = row[c];
+                        }
+                    }
+                }
+            },
+        );
+    Ok(out)
 }
 
 /// The `[rows, cols]` matrix in int4 (`int4`) or int8, quantised row by row in parallel:

@@ -98,13 +98,100 @@ macro_rules! avx2_kernel {
     };
 }
 
-avx2_kernel!(
-    dot_f32,
-    f32_avx2,
-    f32,
-    |w, i| _mm256_loadu_ps(w.as_ptr().add(i)),
-    |w, j| w[j]
-);
+/// `R` activation rows times one weight panel (see [`PanelF32`](super::PanelF32)): four
+/// accumulators per row (the panel's 32 columns), one broadcast activation per row and step.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + kk` and `w` at `kk · 32 + j`
+/// for `i < R`, `kk < kc`, `j < 32`; `y` is writable (and, with `accumulate`, readable) at
+/// `i · ldy + j` for `i < R`, `j < n`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn panel_rows<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    for kk in 0..kc {
+        let wk = w.wrapping_add(kk * 32);
+        _mm_prefetch::<_MM_HINT_T0>((wk as *const i8).wrapping_add(PREFETCH));
+        _mm_prefetch::<_MM_HINT_T0>((wk as *const i8).wrapping_add(PREFETCH + 64));
+        let mut a = [_mm256_setzero_ps(); R];
+        for i in 0..R {
+            a[i] = _mm256_set1_ps(unsafe { *x.add(i * ldx + kk) });
+        }
+        for u in 0..4 {
+            let b = unsafe { _mm256_loadu_ps(wk.add(8 * u)) };
+            for i in 0..R {
+                acc[i][u] = _mm256_fmadd_ps(a[i], b, acc[i][u]);
+            }
+        }
+    }
+    for i in 0..R {
+        let mut vals = [0f32; 32];
+        for u in 0..4 {
+            unsafe { _mm256_storeu_ps(vals.as_mut_ptr().add(8 * u), acc[i][u]) };
+        }
+        let row = unsafe { y.add(i * ldy) };
+        if n == 32 {
+            for u in 0..4 {
+                let p = unsafe { row.add(8 * u) };
+                let mut v = acc[i][u];
+                if accumulate {
+                    v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(p) });
+                }
+                unsafe { _mm256_storeu_ps(p, v) };
+            }
+        } else {
+            for (j, &v) in vals.iter().enumerate().take(n) {
+                let p = unsafe { row.add(j) };
+                unsafe { *p = if accumulate { *p + v } else { v } };
+            }
+        }
+    }
+}
+
+/// The AVX2 [`PanelF32`](super::PanelF32): blocks of 3 activation rows (12 accumulators, 3
+/// broadcasts and one weight vector fill the 16 registers).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `y` must be as [`PanelF32`](super::PanelF32)
+/// describes. (The slices are checked by `super::check_panel`, or this panics.)
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn panel_f32(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[f32],
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_panel(x, ldx, m, w, kc, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(3);
+        // SAFETY: rows i0..i0 + r of x and the kc · 32 panel values lie within the slices
+        // (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => panel_rows::<1>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
+                2 => panel_rows::<2>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
+                _ => panel_rows::<3>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
+            }
+        }
+        i0 += r;
+    }
+}
 avx2_kernel!(
     dot_bf16,
     bf16_avx2,

@@ -5,95 +5,90 @@ use std::arch::x86_64::*;
 
 use super::{INT8_BLOCK, PREFETCH, check_int8};
 
-macro_rules! avx512_kernel {
-    ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $inner<const M: usize>(
-            m0: usize,
-            $w: &[$wty],
-            x: &[f32],
-            c: usize,
-            out: &mut [f32],
-        ) {
-            let full = c / 64 * 64;
-            let mut acc = [[_mm512_setzero_ps(); 4]; M];
-            let xp = unsafe { x.as_ptr().add(m0 * c) };
-            let mut $i = 0;
-            let line_elems = 64 / std::mem::size_of::<$wty>();
-            while $i < full {
-                let mut l = 0;
-                while l < 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        ($w.as_ptr().wrapping_add($i + l) as *const i8).wrapping_add(PREFETCH),
-                    );
-                    l += line_elems;
-                }
-                let wv: [__m512; 4] = unsafe {
-                    [
-                        {
-                            let $i = $i;
-                            $load
-                        },
-                        {
-                            let $i = $i + 16;
-                            $load
-                        },
-                        {
-                            let $i = $i + 32;
-                            $load
-                        },
-                        {
-                            let $i = $i + 48;
-                            $load
-                        },
-                    ]
-                };
-                for k in 0..M {
-                    let xr = unsafe { xp.add(k * c + $i) };
-                    for u in 0..4 {
-                        let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
-                        acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
-                    }
-                }
-                $i += 64;
-            }
-            for k in 0..M {
-                let a = _mm512_add_ps(
-                    _mm512_add_ps(acc[k][0], acc[k][1]),
-                    _mm512_add_ps(acc[k][2], acc[k][3]),
-                );
-                let mut s = _mm512_reduce_add_ps(a);
-                for $j in full..c {
-                    let $wt = $w;
-                    s += $tail * x[(m0 + k) * c + $j];
-                }
-                out[m0 + k] = s;
-            }
+/// `R` activation rows times one weight panel (see [`PanelF32`](super::PanelF32)): two
+/// accumulators per row (the panel's 32 columns), one broadcast activation per row and step.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `x` is readable at `i · ldx + kk` and `w` at `kk · 32 + j` for
+/// `i < R`, `kk < kc`, `j < 32`; `y` is writable (and, with `accumulate`, readable) at
+/// `i · ldy + j` for `i < R` and the lanes set in `masks`.
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_rows<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    masks: [__mmask16; 2],
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for kk in 0..kc {
+        let wk = w.wrapping_add(kk * 32);
+        _mm_prefetch::<_MM_HINT_T0>((wk as *const i8).wrapping_add(PREFETCH));
+        _mm_prefetch::<_MM_HINT_T0>((wk as *const i8).wrapping_add(PREFETCH + 64));
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(wk), _mm512_loadu_ps(wk.add(16))) };
+        for i in 0..R {
+            let a = _mm512_set1_ps(unsafe { *x.add(i * ldx + kk) });
+            acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
         }
-
-        /// Dots one weight row (`c` values) with `m` activation rows.
-        ///
-        /// # Safety
-        /// The CPU must support AVX-512F. (Lengths are checked: `w` at least `c`
-        /// long, `x` at least `m · c`, `out` at least `m`, or this panics.)
-        #[target_feature(enable = "avx512f")]
-        pub(super) unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            assert!(
-                $w.len() >= c && m.checked_mul(c).is_some_and(|n| x.len() >= n) && out.len() >= m,
-                "kernel lengths"
-            );
-            unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
+    }
+    for i in 0..R {
+        for (h, &mask) in masks.iter().enumerate() {
+            let p = unsafe { y.add(i * ldy + 16 * h) };
+            let mut v = acc[i][h];
+            if accumulate {
+                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
+            }
+            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
         }
-    };
+    }
 }
 
-avx512_kernel!(
-    dot_f32,
-    f32_avx512,
-    f32,
-    |w, i| _mm512_loadu_ps(w.as_ptr().add(i)),
-    |w, j| w[j]
-);
+/// The AVX-512 [`PanelF32`](super::PanelF32): blocks of 8 activation rows.
+///
+/// # Safety
+/// The CPU must support AVX-512F, and `y` must be as [`PanelF32`](super::PanelF32) describes.
+/// (The slices are checked by `super::check_panel`, or this panics.)
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn panel_f32(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[f32],
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_panel(x, ldx, m, w, kc, n);
+    let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let masks = [lanes(n), lanes(n.saturating_sub(16))];
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(8);
+        // SAFETY: rows i0..i0 + r of x and the kc · 32 panel values lie within the slices
+        // (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => panel_rows::<1>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                2 => panel_rows::<2>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                3 => panel_rows::<3>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                4 => panel_rows::<4>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                5 => panel_rows::<5>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                6 => panel_rows::<6>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                7 => panel_rows::<7>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+                _ => panel_rows::<8>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
+            }
+        }
+        i0 += r;
+    }
+}
 /// bf16 values per pass of the bf16 kernel: two 512-bit loads.
 const BF16_PASS: usize = 64;
 

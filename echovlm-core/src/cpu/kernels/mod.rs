@@ -84,12 +84,50 @@ pub(super) use avx512bf16::gemm_bf16;
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) fn pair_split(_x: &mut [f32], _c: usize) {}
 
-/// A dot product of one f32 weight row (`w`, `c` values) with `m` activation rows (`x`,
-/// `m · c` values) into `out` (`m` values).
-pub(super) type DotF32 = unsafe fn(&[f32], &[f32], usize, usize, &mut [f32]);
-/// [`DotF32`] for a bf16 row (raw bits).
+/// One panel of f32 weights (`PANEL` = 32 rows, stored column by column: `w[kk · 32 + j]` is
+/// row `j`, column `kk`) times `m` activation rows, over `kc` columns:
+/// `y[i · ldy + j] (+)= Σ_{kk < kc} x[i · ldx + kk] · w[kk · 32 + j]` for `i < m`, `j < n`
+/// (`n ≤ 32`: the panel's real rows), added to `y` when `accumulate`, else stored.
+///
+/// Arguments: `(x, ldx, m, w, kc, y, ldy, n, accumulate)`. Unsafe to call: the CPU must
+/// support the kernel's instruction set, and `y` must be writable (and readable) at every
+/// `i · ldy + j` above, with no other thread touching those values. The slices are checked.
+pub(super) type PanelF32 =
+    unsafe fn(&[f32], usize, usize, &[f32], usize, *mut f32, usize, usize, bool);
+
+/// The lengths a [`PanelF32`] reads within, asserted: `x` holds `m` rows `ldx` apart with
+/// `kc` values each, `w` `kc` columns of 32, and `n ≤ 32`.
+fn check_panel(x: &[f32], ldx: usize, m: usize, w: &[f32], kc: usize, n: usize) {
+    assert!(
+        n <= 32
+            && kc <= ldx
+            && kc.checked_mul(32).is_some_and(|l| w.len() >= l)
+            && (m == 0
+                || (m - 1)
+                    .checked_mul(ldx)
+                    .and_then(|l| l.checked_add(kc))
+                    .is_some_and(|l| x.len() >= l)),
+        "panel kernel lengths"
+    );
+}
+
+/// The [`PanelF32`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
+/// one).
+pub(super) fn panel_f32(kernel: Kernel) -> PanelF32 {
+    debug_assert!(kernel.is_supported());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Bf16 => avx512::panel_f32,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::panel_f32,
+        _ => portable::panel_f32,
+    }
+}
+
+/// A dot product of one bf16 weight row (`w`, `c` values, raw bits) with `m` activation rows
+/// (`x`, `m · c` values) into `out` (`m` values).
 pub(super) type DotBf16 = unsafe fn(&[u16], &[f32], usize, usize, &mut [f32]);
-/// [`DotF32`] for an int8 row with its `c / INT8_BLOCK` (rounded up) scales.
+/// [`DotBf16`] for an int8 row with its `c / INT8_BLOCK` (rounded up) scales.
 pub(super) type DotInt8 = unsafe fn(&[i8], &[f32], &[f32], usize, usize, &mut [f32]);
 /// A dot product of one int4 row (its groups' bytes and f16 scales) with `m` activation rows
 /// quantised to int8 into `out` (`m` values).
@@ -97,13 +135,12 @@ pub(super) type DotInt4 = unsafe fn(&[u8], &[u16], &QuantizedRows, usize, &mut [
 
 /// The row kernels of one [`Kernel`], chosen once per product.
 ///
-/// Every function is `unsafe` to call: the slices must be as long as described on [`DotF32`]
+/// Every function is `unsafe` to call: the slices must be as long as described on [`DotBf16`]
 /// (the vector kernels read them through raw pointers), and the CPU must support the kernel
 /// the functions were taken from, which [`Dots::new`] ensures for a kernel it is given after
 /// `select::resolve_kernel`.
 #[derive(Clone, Copy)]
 pub(super) struct Dots {
-    pub(super) f32: DotF32,
     pub(super) bf16: DotBf16,
     pub(super) int8: DotInt8,
     pub(super) int4: DotInt4,
@@ -120,7 +157,6 @@ impl Dots {
     /// vector width).
     pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
         let portable = Dots {
-            f32: portable::dot_f32,
             bf16: portable::dot_bf16,
             int8: portable::dot_int8,
             int4: portable::dot_int4,
@@ -131,7 +167,6 @@ impl Dots {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 | Kernel::Avx512Bf16 => Dots {
-                f32: avx512::dot_f32,
                 bf16: avx512::dot_bf16,
                 int8: if int8_vector {
                     avx512::dot_int8
@@ -147,7 +182,6 @@ impl Dots {
             },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => Dots {
-                f32: avx2::dot_f32,
                 bf16: avx2::dot_bf16,
                 int8: if int8_vector {
                     avx2::dot_int8

@@ -5,9 +5,60 @@
 use crate::cpu::INT8_BLOCK;
 use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 
-/// Portable f32 row kernel (see `DotF32`); safe, bounds-checked.
-pub fn dot_f32(w: &[f32], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-    portable(m, c, x, out, |i| w[i])
+/// The portable [`PanelF32`](super::PanelF32): blocks of 4 activation rows, 32 accumulators
+/// each, in loops the compiler vectorises.
+///
+/// # Safety
+/// `y` must be as [`PanelF32`](super::PanelF32) describes. (The slices are checked by
+/// `super::check_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelF32 signature
+pub unsafe fn panel_f32(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[f32],
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_panel(x, ldx, m, w, kc, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(4);
+        let out = match r {
+            1 => panel_rows::<1>(&x[i0 * ldx..], ldx, w, kc),
+            2 => panel_rows::<2>(&x[i0 * ldx..], ldx, w, kc),
+            3 => panel_rows::<3>(&x[i0 * ldx..], ldx, w, kc),
+            _ => panel_rows::<4>(&x[i0 * ldx..], ldx, w, kc),
+        };
+        for (i, vals) in out.iter().enumerate().take(r) {
+            for (j, &v) in vals.iter().enumerate().take(n) {
+                // SAFETY: (i0 + i) · ldy + j with i0 + i < m and j < n is writable (and
+                // readable) by the caller's guarantee.
+                unsafe {
+                    let p = y.add((i0 + i) * ldy + j);
+                    *p = if accumulate { *p + v } else { v };
+                }
+            }
+        }
+        i0 += r;
+    }
+}
+
+/// `R` (at most 4) rows of `x` times one panel; the rows past `R` stay zero.
+fn panel_rows<const R: usize>(x: &[f32], ldx: usize, w: &[f32], kc: usize) -> [[f32; 32]; 4] {
+    let mut acc = [[0f32; 32]; 4];
+    for (kk, b) in w.chunks_exact(32).take(kc).enumerate() {
+        for i in 0..R {
+            let a = x[i * ldx + kk];
+            for (o, &bj) in acc[i].iter_mut().zip(b) {
+                *o += a * bj;
+            }
+        }
+    }
+    acc
 }
 
 /// Portable bf16 row kernel; safe, bounds-checked.
