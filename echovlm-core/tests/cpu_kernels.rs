@@ -362,28 +362,38 @@ fn every_kernel_matches_the_reference() {
 }
 
 #[test]
-fn f32_panels_cover_partial_panels_column_passes_and_row_blocks() {
-    // f32 weights live in panels of 32 rows; prompt-sized products run 512 columns per pass
-    // (1100: two whole passes and a partial one, which add to the first) and 256 activation
-    // rows per task (300: a second, partial block); 45, 52 and 48 rows end in partial panels
-    // of 13, 20 and 16 rows (the last two split across the two 16-lane halves)
-    for (rows, cols) in [(45, 1100), (52, 70), (48, 40)] {
+fn panel_products_cover_partial_panels_column_passes_and_row_blocks() {
+    // f32 weights live in panels of 32 rows, and prompt-sized products of the other formats
+    // widen tiles of 128 rows into that layout; products run 512 columns per pass (1100: two
+    // whole passes and a partial one, which add to the first) and 256 activation rows per task
+    // (300: a second, partial block); 45, 52 and 48 rows end in partial panels of 13, 20 and 16
+    // rows (the last two split across the two 16-lane halves); 150 rows: a second, partial tile
+    for (rows, cols) in [(45, 1100), (52, 70), (48, 40), (150, 64)] {
         let w = values(rows * cols, 5);
-        let p = PackedWeight::from_f32(rows, cols, &w, WeightFormat::F32).unwrap();
-        // the panel layout reads back row by row exactly
-        assert_eq!(p.to_f32(), w, "{rows}x{cols}: rows read back");
-        let mut row = vec![0f32; cols];
-        p.row(rows - 1, &mut row).unwrap();
-        assert_eq!(row, w[(rows - 1) * cols..], "{rows}x{cols}: last row");
-        for m in [1, 3, SMALL_M + 1, 300] {
-            let x = values(m * cols, 77 + m as u64);
-            let want = reference(&w, &x, rows, cols, m);
-            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
-                // stale values in the output must not leak into the sums
-                let mut got = vec![f32::NAN; m * rows];
-                p.matmul_with(kernel, &x, m, &mut got).unwrap();
-                let e = max_rel(&got, &want);
-                assert!(e < 2e-6, "{kernel} {rows}x{cols} m={m}: relative error {e}");
+        for format in FORMATS {
+            let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
+            let stored = p.to_f32();
+            if format == WeightFormat::F32 {
+                // the panel layout reads back row by row exactly
+                assert_eq!(stored, w, "{rows}x{cols}: rows read back");
+                let mut row = vec![0f32; cols];
+                p.row(rows - 1, &mut row).unwrap();
+                assert_eq!(row, w[(rows - 1) * cols..], "{rows}x{cols}: last row");
+            }
+            for m in [1, 3, SMALL_M + 1, 300] {
+                let x = values(m * cols, 77 + m as u64);
+                let seen = seen_activations(format, &x, m, cols);
+                let want = reference(&stored, &seen, rows, cols, m);
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                    // stale values in the output must not leak into the sums
+                    let mut got = vec![f32::NAN; m * rows];
+                    p.matmul_with(kernel, &x, m, &mut got).unwrap();
+                    let e = max_rel(&got, &want);
+                    assert!(
+                        e < tolerance(format),
+                        "{kernel} {format:?} {rows}x{cols} m={m}: relative error {e}"
+                    );
+                }
             }
         }
     }

@@ -21,6 +21,9 @@ const PANEL_KC: usize = 512;
 /// Panels per task of the f32 panel product (prompt-sized products).
 const PANEL_GROUP: usize = 4;
 
+/// Weight rows widened together into the panel layout (one 32-byte run per column).
+const WIDEN_ROWS: usize = 8;
+
 /// Multiply-accumulates below which a matrix-vector product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -222,15 +225,14 @@ impl PackedWeight {
         }
     }
 
-    /// Splits the weight rows into tiles, one per task on the thread pool; each tile is
-    /// multiplied single-threaded by the `gemm` crate (f32 rows in place, bf16/int8/int4 rows widened
-    /// into a per-thread scratch first). Tiling beats handing `gemm` the whole matrix: its
-    /// packing of a column-major right-hand side is the costly part, and per-tile calls keep
-    /// that packing in cache.
+    /// Prompt-sized products of bf16, int8 and int4 weights: the weight rows are split into
+    /// tiles of 128, one per task on the thread pool; each task widens its tile once into a
+    /// per-thread scratch in the f32 panel layout and multiplies it with every activation row on
+    /// the panel kernel, as `panel_product` does for f32 weights.
     ///
     /// bf16 weights meet the activations rounded to bf16 on every kernel: on
     /// [`Kernel::Avx512Bf16`] (which `kernel`, already resolved, names only where the CPU has
-    /// it) with `vdpbf16ps` on the bf16 rows as stored, elsewhere widened to f32 for `gemm`.
+    /// it) with `vdpbf16ps` on the bf16 rows as stored, elsewhere widened to f32 panels.
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn tiled_gemm(
         &self,
@@ -287,46 +289,60 @@ impl PackedWeight {
         } else {
             x
         };
-        let run = |w: &[f32], r0: usize, n: usize| {
-            assert!(w.len() >= n * cols && r0 + n <= rows, "gemm tile");
-            // SAFETY: `w` holds n rows of `cols` f32 (used as wᵀ [cols, n]); x is [m, cols]; the
-            // tile writes the disjoint columns r0..r0+n of y [m, rows] (lengths asserted above;
-            // `rows` and `cols` are below isize::MAX since the matrix fits in memory).
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    cols,
-                    y_ptr.get().add(r0),
-                    1,
-                    rows as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    cols as isize,
-                    w.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        };
-        // at most `rows · cols` f32: fits, as checked when the matrix was packed
-        let scratch_len = TILE.min(rows) * cols;
+        // at most `rows · cols` f32 (plus padding to whole panels): fits, as checked when the
+        // matrix was packed
+        let f = kernels::panel_f32(kernel);
+        let panels_len = TILE * cols;
         (0..tiles).into_par_iter().for_each_init(
-            || vec![0f32; scratch_len],
-            |scratch, t| {
+            || (vec![0f32; WIDEN_ROWS * cols], vec![0f32; panels_len]),
+            |(wide, panels), t| {
                 let r0 = t * TILE;
                 let n = TILE.min(rows - r0);
-                for i in 0..n {
-                    self.widen_row(r0 + i, &mut scratch[i * cols..(i + 1) * cols]);
+                // the tile's rows widened into the panel layout, WIDEN_ROWS rows at a time so
+                // that each column's values land in one contiguous run
+                for j0 in (0..TILE).step_by(WIDEN_ROWS) {
+                    let valid = n.saturating_sub(j0).min(WIDEN_ROWS);
+                    for j in 0..WIDEN_ROWS {
+                        let row = &mut wide[j * cols..(j + 1) * cols];
+                        if j < valid {
+                            self.widen_row(r0 + j0 + j, row);
+                        } else {
+                            row.fill(0.0);
+                        }
+                    }
+                    let panel = &mut panels[j0 / PANEL * cols * PANEL..];
+                    let lane = j0 % PANEL;
+                    for c in 0..cols {
+                        let dst = &mut panel[c * PANEL + lane..c * PANEL + lane + WIDEN_ROWS];
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = wide[j * cols + c];
+                        }
+                    }
                 }
-                run(&scratch[..n * cols], r0, n);
+                for i0 in (0..m).step_by(PANEL_MC) {
+                    let mm = PANEL_MC.min(m - i0);
+                    for k0 in (0..cols).step_by(PANEL_KC) {
+                        let kl = PANEL_KC.min(cols - k0);
+                        for p in 0..n.div_ceil(PANEL) {
+                            // SAFETY: as in `panel_product`: the kernel suits the CPU, the
+                            // slices are checked by it, and the task writes rows i0..i0 + mm,
+                            // columns r0 + 32p .. r0 + 32p + nn of y, which no other task writes.
+                            unsafe {
+                                f(
+                                    &x[i0 * cols + k0..],
+                                    cols,
+                                    mm,
+                                    &panels[(p * cols + k0) * PANEL..],
+                                    kl,
+                                    y_ptr.get().add(i0 * rows + r0 + p * PANEL),
+                                    rows,
+                                    PANEL.min(n - p * PANEL),
+                                    k0 > 0,
+                                )
+                            }
+                        }
+                    }
+                }
             },
         );
         Ok(())
