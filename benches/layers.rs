@@ -13,6 +13,9 @@
 //!   format, cycling over four copies (1.1 GB in f32) so that every call streams from memory:
 //!   the read bandwidth each kernel reaches (criterion prints it as throughput). Needs no
 //!   checkpoint.
+//! * `prompt_product`: 256 activation rows times the same matrix in each packed format, the
+//!   arithmetic rate of the prompt-sized product (criterion prints floating-point operations
+//!   per second as throughput). Needs no checkpoint.
 //! * `attention`: the CPU path's tiled attention against Burn's (flex) on a vision block's
 //!   shapes (16 heads of 80, 1024 and 4096 patches) and a prompt's (28 query and 4 key/value
 //!   heads of 128, 1024 tokens, causal). Needs no checkpoint.
@@ -334,6 +337,44 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
+/// One prompt-sized product (`m = 256`, a dense-MLP-sized 18944 x 3584 matrix) per format:
+/// criterion prints the arithmetic rate as throughput (elements = floating-point operations,
+/// two per multiply-add).
+fn prompt_product(c: &mut Criterion) {
+    use criterion::Throughput;
+    use echovlm_core::cpu::PackedWeight;
+    let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
+    let (m, rows, cols) = (256usize, 18944usize, 3584usize);
+    let device = Device::default();
+    let values = |n: usize| -> Vec<f32> {
+        Tensor::<1>::random([n], Distribution::Normal(0.0, 0.02), &device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 values")
+    };
+    let (w, x) = (values(rows * cols), values(m * cols));
+    let mut g = c.benchmark_group("prompt_product");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
+    for format in [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Int8,
+        WeightFormat::Int4,
+    ] {
+        let name = format.to_string();
+        if !(only.is_empty() || only.split(',').any(|o| o == name)) {
+            continue;
+        }
+        let p = PackedWeight::from_f32(rows, cols, &w, format).expect("packs");
+        let mut y = vec![0f32; m * rows];
+        g.bench_function(&name, |b| {
+            b.iter(|| p.matmul(&x, m, &mut y).expect("product"))
+        });
+    }
+    g.finish();
+}
+
 /// The CPU tiled attention against Burn's on vision and prompt shapes.
 fn attention(c: &mut Criterion) {
     use burn::tensor::ops::AttentionModuleOptions;
@@ -407,6 +448,7 @@ criterion_group!(
     benches,
     attention,
     matvec,
+    prompt_product,
     decoder_layer,
     vision_block,
     vision25_block,

@@ -7,15 +7,23 @@
 //! The kernels here read each weight once, convert it in registers and accumulate in f32, on
 //! every core:
 //!
-//! * `m ≤ SMALL_M` rows of activations (decode, small batches): one pass over the weights,
-//!   each weight row dotted with every activation row (AVX-512 or AVX2+FMA when the CPU has
-//!   them, a portable loop otherwise); int4 weights are multiplied in integers with the
-//!   activations quantised to int8 per block of 32 (AVX2, or the portable loop);
-//! * larger `m` (prefill): the weights are widened tile by tile into an f32 scratch buffer and
-//!   multiplied with the `gemm` crate, so prefill runs at matrix-multiply speed. bf16 weights
-//!   meet activations rounded to bf16 there (as a bf16 model computes), on every kernel: where
-//!   the CPU has AVX512_BF16 the product runs on `vdpbf16ps` without widening, twice the f32
-//!   rate; elsewhere the widened rows meet the rounded activations in f32, the same products.
+//! * f32 weights are stored in panels of 32 rows, column by column (`packed::Data::F32`): the
+//!   layout one kernel per instruction set reads for every product. It keeps up to 8 activation
+//!   rows times the panel's 32 outputs in registers, broadcasts one activation per row and
+//!   column from the rows as they are, and loads the panel's 32 weights of that column with
+//!   two contiguous loads: no packing per call, no horizontal sums. Decode runs it in one pass
+//!   over the weights; prompts in blocks of 256 activation rows and 512 columns, so that the
+//!   block's activations stay in L2 while every panel of a task meets them;
+//! * bf16, int8 and int4 weights with `m ≤ SMALL_M` rows of activations (decode, small
+//!   batches): one pass over the weights, each weight row dotted with every activation row
+//!   (AVX-512 or AVX2+FMA when the CPU has them, a portable loop otherwise); int4 weights are
+//!   multiplied in integers with the activations quantised to int8 per block of 32 (AVX2, or
+//!   the portable loop);
+//! * larger `m` (prefill): each task widens a tile of 128 weight rows once into the f32 panel
+//!   layout and runs the panel kernel. bf16 weights meet activations rounded to bf16 there (as
+//!   a bf16 model computes), on every kernel: where the CPU has AVX512_BF16 the product runs on
+//!   `vdpbf16ps` without widening, twice the f32 rate; elsewhere the widened rows meet the
+//!   rounded activations in f32, the same products.
 //!
 //! Beside the products, two more kernels serve the long sequences of prompts and images:
 //! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,
@@ -31,7 +39,7 @@
 //! activations), `format` (storage formats, their quantisation, and the int8 activations
 //! of int4 products), `packed` (the packed
 //! matrix), `select` (which kernel runs), `threads` (the size of the thread pool), `gemm` (the products, dispatching to `kernels`: one
-//! file per instruction set).
+//! file per instruction set; the `gemm` crate serves only the attention tiles).
 //!
 //! # Choosing the kernel
 //!
