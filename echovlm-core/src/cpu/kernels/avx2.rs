@@ -105,6 +105,7 @@ macro_rules! avx2_kernel {
 /// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + kk` and `w` at `kk · 32 + j`
 /// for `i < R`, `kk < kc`, `j < 32`; `y` is writable (and, with `accumulate`, readable) at
 /// `i · ldy + j` for `i < R`, `j < n`.
+#[allow(clippy::too_many_arguments)] // the PanelF32 signature and its parts
 #[target_feature(enable = "avx2,fma")]
 unsafe fn panel_rows<const R: usize>(
     x: *const f32,
@@ -162,6 +163,7 @@ unsafe fn panel_rows<const R: usize>(
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `y` must be as [`PanelF32`](super::PanelF32)
 /// describes. (The slices are checked by `super::check_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelF32 signature and its parts
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn panel_f32(
     x: &[f32],

@@ -12,6 +12,7 @@ use super::{INT8_BLOCK, PREFETCH, check_int8};
 /// The CPU supports AVX-512F; `x` is readable at `i · ldx + kk` and `w` at `kk · 32 + j` for
 /// `i < R`, `kk < kc`, `j < 32`; `y` is writable (and, with `accumulate`, readable) at
 /// `i · ldy + j` for `i < R` and the lanes set in `masks`.
+#[allow(clippy::too_many_arguments)] // the PanelF32 signature and its parts
 #[target_feature(enable = "avx512f")]
 unsafe fn panel_rows<const R: usize>(
     x: *const f32,
@@ -52,6 +53,7 @@ unsafe fn panel_rows<const R: usize>(
 /// # Safety
 /// The CPU must support AVX-512F, and `y` must be as [`PanelF32`](super::PanelF32) describes.
 /// (The slices are checked by `super::check_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelF32 signature and its parts
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn panel_f32(
     x: &[f32],
