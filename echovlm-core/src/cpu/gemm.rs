@@ -106,28 +106,22 @@ impl PackedWeight {
         let task = |t: usize| {
             let (i0, p0) = (t / groups * mc, t % groups * group);
             let mm = mc.min(m - i0);
-            for k0 in (0..cols).step_by(kc) {
-                let kl = kc.min(cols - k0);
-                for p in p0..(p0 + group).min(panels) {
-                    let n = PANEL.min(rows - p * PANEL);
-                    // SAFETY: the kernel was resolved against the CPU's features; the slices are
-                    // checked by the kernel; the task writes y[i · rows + p · 32 + j] for
-                    // i0 ≤ i < i0 + mm, j < n: inside y ([m, rows], asserted above) and in a
-                    // block of rows and columns no other task writes.
-                    unsafe {
-                        f(
-                            &x[i0 * cols + k0..],
-                            cols,
-                            mm,
-                            &w[(p * cols + k0) * PANEL..],
-                            kl,
-                            y_ptr.get().add(i0 * rows + p * PANEL),
-                            rows,
-                            n,
-                            k0 > 0,
-                        )
-                    }
-                }
+            // SAFETY: the kernel was resolved against the CPU's features; rows i0..i0 + mm of
+            // y, at the columns of panels p0.. (rows of the matrix), lie inside y ([m, rows],
+            // asserted above) in a block no other task writes.
+            unsafe {
+                panel_block(
+                    f,
+                    &x[i0 * cols..],
+                    cols,
+                    mm,
+                    w,
+                    p0..(p0 + group).min(panels),
+                    kc,
+                    y_ptr.get().add(i0 * rows),
+                    rows,
+                    rows,
+                )
             }
         };
         // waking the thread pool costs tens of microseconds: small products stay on this thread
@@ -321,31 +315,69 @@ impl PackedWeight {
                 }
                 for i0 in (0..m).step_by(PANEL_MC) {
                     let mm = PANEL_MC.min(m - i0);
-                    for k0 in (0..cols).step_by(PANEL_KC) {
-                        let kl = PANEL_KC.min(cols - k0);
-                        for p in 0..n.div_ceil(PANEL) {
-                            // SAFETY: as in `panel_product`: the kernel suits the CPU, the
-                            // slices are checked by it, and the task writes rows i0..i0 + mm,
-                            // columns r0 + 32p .. r0 + 32p + nn of y, which no other task writes.
-                            unsafe {
-                                f(
-                                    &x[i0 * cols + k0..],
-                                    cols,
-                                    mm,
-                                    &panels[(p * cols + k0) * PANEL..],
-                                    kl,
-                                    y_ptr.get().add(i0 * rows + r0 + p * PANEL),
-                                    rows,
-                                    PANEL.min(n - p * PANEL),
-                                    k0 > 0,
-                                )
-                            }
-                        }
+                    // SAFETY: the kernel suits the CPU; rows i0..i0 + mm of y at columns
+                    // r0..r0 + n (this tile's) lie inside y and no other task writes them.
+                    unsafe {
+                        panel_block(
+                            f,
+                            &x[i0 * cols..],
+                            cols,
+                            mm,
+                            panels,
+                            0..n.div_ceil(PANEL),
+                            PANEL_KC,
+                            y_ptr.get().add(i0 * rows + r0),
+                            rows,
+                            n,
+                        )
                     }
                 }
             },
         );
         Ok(())
+    }
+}
+
+/// `mm` activation rows (`x`, `cols` apart) times the panels `ps` of `w` (f32 panel layout,
+/// `cols` columns; its first panel's row 0 is the matrix row `y` points at, and `valid` rows
+/// are real), `kc` columns per pass, into `y` (rows `ldy` apart): the first pass stores, the
+/// others add.
+///
+/// # Safety
+/// `f` suits the CPU, and `y` is writable at `i · ldy + j` for `i < mm` and every real row `j`
+/// of the panels `ps`, with no other thread touching those values. (The slices are checked by
+/// the kernel.)
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_block(
+    f: kernels::PanelF32,
+    x: &[f32],
+    cols: usize,
+    mm: usize,
+    w: &[f32],
+    ps: std::ops::Range<usize>,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    valid: usize,
+) {
+    for k0 in (0..cols).step_by(kc) {
+        let kl = kc.min(cols - k0);
+        for p in ps.clone() {
+            // SAFETY: as the caller guarantees; the kernel checks the slices.
+            unsafe {
+                f(
+                    &x[k0..],
+                    cols,
+                    mm,
+                    &w[(p * cols + k0) * PANEL..],
+                    kl,
+                    y.add(p * PANEL),
+                    ldy,
+                    PANEL.min(valid - p * PANEL),
+                    k0 > 0,
+                )
+            }
+        }
     }
 }
 
