@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
     EchoVlm, GenerationOptions, HubId, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
-    Weights, device_from_name, dtype_for, probe_device, routing_png,
+    Timings, Weights, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -98,6 +98,11 @@ struct Cli {
     /// the checkpoint.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Run the request this many times and report the last run (the first run on a GPU also
+    /// compiles and tunes its kernels); with --json, every run's timings are listed under
+    /// `runs`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
     /// Print one JSON object instead of streaming the text.
     #[arg(long)]
     json: bool,
@@ -316,6 +321,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         opts.top_p = cli.top_p.unwrap_or(1.0);
     }
 
+    let mut runs = Vec::new();
+    for _ in 1..cli.runs {
+        runs.push(
+            model
+                .run(vec![prepared.clone()], &opts, None)?
+                .remove(0)
+                .timings,
+        );
+    }
     let output = if cli.json {
         model.run(vec![prepared], &opts, None)?.remove(0)
     } else {
@@ -330,7 +344,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("routing plot written to {}", path.display());
     }
     if cli.json {
-        print_json(&output, &model, load_s)?;
+        runs.push(output.timings.clone());
+        print_json(&output, &model, load_s, &runs)?;
     } else {
         let t = &output.timings;
         eprintln!(
@@ -407,6 +422,7 @@ fn print_json(
     out: &Output,
     model: &EchoVlm,
     load_s: f64,
+    runs: &[Timings],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let top: Vec<serde_json::Value> = out
         .first_step_top_logits
@@ -424,6 +440,7 @@ fn print_json(
         "video_grid_thw": out.video_grid_thw,
         "first_step_top_logits": top,
         "timings": out.timings,
+        "runs": runs,
         "load_s": load_s,
         "weight_bytes": model.weight_bytes(),
         "weights": model.weight_choice(),

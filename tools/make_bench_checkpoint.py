@@ -2,6 +2,7 @@
 """Random-weight checkpoints for benchmarks, in the real Hugging Face layout.
 
   tools/.venv/bin/python tools/make_bench_checkpoint.py [--out target/bench-ckpt] [--full] [--full-v2]
+      [--gen-device cuda]
 
 writes under --out:
   layer/    one EchoVLM decoder layer at the released model's dimensions (hidden 3584, 28 query /
@@ -45,7 +46,12 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from make_fixtures import CHAT_TEMPLATE  # noqa: E402
+try:
+    from make_fixtures import CHAT_TEMPLATE  # noqa: E402
+except ImportError:  # another transformers than tools/requirements.txt pins: the fixtures carry it
+    CHAT_TEMPLATE = json.loads((ROOT / "fixtures/models/tiny-echovlm/tokenizer_config.json").read_text())[
+        "chat_template"
+    ]
 
 REAL = {
     "hidden": 3584,
@@ -95,7 +101,21 @@ def zeros(name: str, n: int) -> Spec:
     return (name, (n,), "zeros", 0.0)
 
 
-def rand(gen: np.random.Generator, shape, fan_in: float, dtype) -> torch.Tensor:
+class TorchRandom:
+    """Normal values drawn by torch on `device` (on a GPU the full-size checkpoints take seconds
+    to generate; the values differ from numpy's stream)."""
+
+    def __init__(self, device: str, seed: int):
+        self.device = device
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+
+
+def rand(gen, shape, fan_in: float, dtype) -> torch.Tensor:
+    if isinstance(gen, TorchRandom):
+        a = torch.randn(tuple(shape), generator=gen.gen, device=gen.device, dtype=torch.float32)
+        a *= 1.0 / math.sqrt(fan_in)
+        return a.to(dtype).cpu()
     a = gen.standard_normal(size=shape, dtype=np.float32)
     a *= 1.0 / math.sqrt(fan_in)
     return torch.from_numpy(a).to(dtype)
@@ -433,9 +453,12 @@ def main():
     ap.add_argument("--only-full", action="store_true", help="write only full/")
     ap.add_argument("--full-v2", action="store_true", help="also write the 16.6 GB EchoVLM V2 checkpoint (full-v2/)")
     ap.add_argument("--only-full-v2", action="store_true", help="write only full-v2/")
+    ap.add_argument(
+        "--gen-device", metavar="DEVICE", help="draw the random values with torch on DEVICE (e.g. cuda) instead of numpy"
+    )
     args = ap.parse_args()
     out = Path(args.out)
-    gen = np.random.default_rng(2026)
+    gen = TorchRandom(args.gen_device, 2026) if args.gen_device else np.random.default_rng(2026)
     if not (args.only_full or args.only_full_v2):
         # a one-layer model with a 1024-token vocabulary: the decoder layer is all that costs
         (out / "layer").mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 //! Moving small tensors to and from the host.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// A tensor could not be read back from its device to the host.
@@ -11,9 +13,36 @@ pub struct ReadBackError {
     pub reason: String,
 }
 
+static READ_BACKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many tensors this process has read back to the host from a device other than the CPU
+/// backend, through [`to_f32_vec`] and [`to_i64_vec`]: every read the inference path makes.
+///
+/// Each such read waits for the device to finish its queued work, so on a GPU it is what a
+/// decode step must do as rarely as possible. Reads of CPU-backend tensors, which are plain
+/// copies, are not counted.
+pub fn read_backs() -> u64 {
+    READ_BACKS.load(Ordering::Relaxed)
+}
+
+fn count_read<const D: usize, K: burn::tensor::kind::Basic>(t: &Tensor<D, K>) {
+    if !crate::backend::is_flex(&t.device()) {
+        READ_BACKS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads a float tensor back as f32 values in row-major order, on any device.
 pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ReadBackError> {
+    count_read(&t);
     t.try_into_vec_as::<f32>().map_err(|e| ReadBackError {
+        reason: format!("{e:?}"),
+    })
+}
+
+/// Reads an integer tensor back as i64 values in row-major order, on any device.
+pub fn to_i64_vec<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, ReadBackError> {
+    count_read(&t);
+    t.try_into_vec_as::<i64>().map_err(|e| ReadBackError {
         reason: format!("{e:?}"),
     })
 }

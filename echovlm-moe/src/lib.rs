@@ -10,7 +10,10 @@
 //!
 //! Weight names mirror the HF checkpoint (`mlp.*`, `moe.gate`, `moe.experts.{e}.*`,
 //! `moe.shared_expert.*`, `moe.shared_expert_gate`, `coefficient`), so each module loads from
-//! its own prefix. The sparse block runs every expert only on the tokens routed to it.
+//! its own prefix. On the CPU backend the routing is read to the host and the sparse block runs
+//! every expert only on the tokens routed to it; on a GPU the routing stays on the device
+//! ([`DeviceRouting`]) and every expert runs on every token, weighted by its routed weight (zero
+//! where not chosen), so a decode step never waits for a read-back.
 //!
 //! Routing can be recorded ([`RoutingTrace`]) and fed to the Switch/Mixtral load-balancing loss
 //! ([`load_balancing_loss`]).
@@ -24,5 +27,5 @@ mod trace;
 
 pub use loss::{load_balancing_loss, load_balancing_loss_host};
 pub use mlp::Mlp;
-pub use sparse::{DynamicFfn, MixOutput, MoeConfig, Routing, SparseMoeBlock};
+pub use sparse::{DeviceRouting, DynamicFfn, MixOutput, MoeConfig, Routing, SparseMoeBlock};
 pub use trace::{LayerRouting, RoutingSummary, RoutingTrace};

@@ -1,6 +1,6 @@
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, activation};
 use echovlm_core::host::{ReadBackError, int_tensor, to_f32_vec};
-use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader};
+use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader, backend};
 
 use crate::mlp::Mlp;
 
@@ -93,6 +93,92 @@ impl Routing {
             }
         }
         out
+    }
+}
+
+/// A routing decision computed where the tensors live (on a GPU: no read-back to the host).
+///
+/// The same numerics as [`Routing::from_logits`]: softmax of the router logits in f32, the
+/// `top_k` largest probabilities, optionally renormalised. Ties between equal probabilities may
+/// be broken differently from the host routing.
+#[derive(Debug, Clone)]
+pub struct DeviceRouting {
+    /// Router logits, `[tokens, num_experts]`, in the activations' float type.
+    pub router_logits: Tensor<2>,
+    /// Chosen experts per token, best first, `[tokens, top_k]`.
+    pub experts: Tensor<2, Int>,
+    /// Weights of the chosen experts, `[tokens, top_k]`, f32.
+    pub weights: Tensor<2>,
+}
+
+impl DeviceRouting {
+    /// Routes from router logits (`[tokens, num_experts]`) on their device.
+    pub fn from_logits(logits: Tensor<2>, top_k: usize, renorm: bool) -> Self {
+        let probs = activation::softmax(logits.clone().cast(DType::F32), 1);
+        let (weights, experts) = probs.topk_with_indices(top_k, 1);
+        let weights = if renorm {
+            weights.clone() / weights.sum_dim(1)
+        } else {
+            weights
+        };
+        Self {
+            router_logits: logits,
+            experts,
+            weights,
+        }
+    }
+
+    /// The weight of every expert for every token, `[tokens, num_experts]` in `dtype`: the
+    /// routed weight where the expert was chosen, zero elsewhere.
+    pub fn dense_weights(&self, dtype: DType) -> Tensor<2> {
+        let [tokens, num_experts] = self.router_logits.dims();
+        let device = self.weights.device();
+        Tensor::<2>::zeros([tokens, num_experts], (&device, DType::F32))
+            .scatter(
+                1,
+                self.experts.clone(),
+                self.weights.clone(),
+                IndexingUpdateOp::Add,
+            )
+            .cast(dtype)
+    }
+
+    /// Reads the routing back to the host, with `extra` (`[tokens, n]`, any float type) read in
+    /// the same transfer: one read-back in all. Returns the routing and `extra`'s values.
+    pub fn read_back_with(&self, extra: Tensor<2>) -> Result<(Routing, Vec<f32>), ReadBackError> {
+        let [tokens, num_experts] = self.router_logits.dims();
+        let [_, top_k] = self.weights.dims();
+        let [_, n] = extra.dims();
+        let all = Tensor::cat(
+            vec![
+                self.router_logits.clone().cast(DType::F32),
+                self.experts.clone().float().cast(DType::F32),
+                self.weights.clone(),
+                extra.cast(DType::F32),
+            ],
+            1,
+        );
+        let values = to_f32_vec(all)?;
+        let width = num_experts + 2 * top_k + n;
+        let mut routing = Routing {
+            num_experts,
+            top_k,
+            router_logits: Vec::with_capacity(tokens * num_experts),
+            experts: Vec::with_capacity(tokens * top_k),
+            weights: Vec::with_capacity(tokens * top_k),
+        };
+        let mut rest = Vec::with_capacity(tokens * n);
+        for row in values.chunks_exact(width.max(1)) {
+            let (logits, row) = row.split_at(num_experts);
+            let (experts, row) = row.split_at(top_k);
+            let (weights, row) = row.split_at(top_k);
+            routing.router_logits.extend_from_slice(logits);
+            // expert indices are small integers, exact in f32
+            routing.experts.extend(experts.iter().map(|&e| e as u32));
+            routing.weights.extend_from_slice(weights);
+            rest.extend_from_slice(row);
+        }
+        Ok((routing, rest))
     }
 }
 
@@ -199,6 +285,30 @@ impl SparseMoeBlock {
             self.config.num_experts_per_tok,
             self.config.norm_topk_prob,
         ))
+    }
+
+    /// Routes `h` (`[tokens, hidden]`) on its device, without any read-back.
+    pub fn route_on_device(&self, h: Tensor<2>) -> DeviceRouting {
+        DeviceRouting::from_logits(
+            self.gate.forward(h),
+            self.config.num_experts_per_tok,
+            self.config.norm_topk_prob,
+        )
+    }
+
+    /// Runs the block on `h` (`[tokens, hidden]`) without leaving its device: the routing is
+    /// computed there, every expert runs on every token and is weighted by its routed weight
+    /// (zero where not chosen), then the gated shared expert is added. For GPUs, where a
+    /// read-back costs a synchronisation and the extra expert work is cheap; on the CPU,
+    /// [`forward`](Self::forward) runs each expert on its own tokens only.
+    pub fn forward_on_device(&self, h: Tensor<2>) -> (Tensor<2>, DeviceRouting) {
+        let routing = self.route_on_device(h.clone());
+        let w = routing.dense_weights(h.dtype());
+        let mut out = self.shared(h.clone());
+        for (e, expert) in self.experts.iter().enumerate() {
+            out = out + expert.forward(h.clone()) * w.clone().narrow(1, e, 1);
+        }
+        (out, routing)
     }
 
     /// Runs the block on `h` (`[tokens, hidden]`): each expert runs only on the tokens routed to
@@ -395,7 +505,23 @@ impl DynamicFfn {
 
     /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns
     /// the routing of these tokens and their mix coefficients (`[tokens, 2]`).
+    ///
+    /// On the CPU backend the routing is read to the host and each expert runs on its own
+    /// tokens; on any other device everything stays there ([`SparseMoeBlock::forward_on_device`])
+    /// and only a recorded routing is read back, in one transfer.
     pub fn forward(&self, h: Tensor<2>, record: bool) -> Result<MixOutput, ReadBackError> {
+        if !backend::is_flex(&h.device()) {
+            let (m, routing) = self.moe.forward_on_device(h.clone());
+            let c = self.coefficients(h.clone());
+            let d = self.mlp.forward(h);
+            let recorded = match record {
+                true => Some(routing.read_back_with(c.clone())?),
+                false => None,
+            };
+            let c0 = c.clone().narrow(1, 0, 1);
+            let c1 = c.narrow(1, 1, 1);
+            return Ok((c0 * m + c1 * d, recorded));
+        }
         let (m, routing) = self.moe.forward(h.clone())?;
         let c = self.coefficients(h.clone());
         let d = self.mlp.forward(h);

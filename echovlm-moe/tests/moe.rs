@@ -45,6 +45,49 @@ fn sparse_dispatch_equals_running_every_expert() {
     }
 }
 
+/// The device-resident block (routing on the device, every expert weighted densely), used on
+/// GPUs, run here on the CPU backend: same output and same routing as the host routing with
+/// sparse dispatch, renormalised or not, and the routing plus the coefficients read back in one
+/// transfer.
+#[test]
+fn device_routing_equals_host_routing() {
+    let device = Device::default();
+    for renorm in [false, true] {
+        let ffn = block(
+            1,
+            MoeConfig {
+                num_experts_per_tok: 2,
+                norm_topk_prob: renorm,
+            },
+        );
+        for tokens in [1, 3, 33] {
+            let h = Tensor::<2>::random([tokens, 64], Distribution::Normal(0.0, 1.0), &device);
+            let (want, host) = ffn.moe.forward(h.clone()).unwrap();
+            let (got, on_device) = ffn.moe.forward_on_device(h.clone());
+            let d = max_abs_diff(&flex_f32_vec(got), &flex_f32_vec(want));
+            assert!(
+                d < 1e-5,
+                "renorm {renorm}, {tokens} tokens: outputs differ by {d}"
+            );
+            let c = ffn.coefficients(h);
+            let (read, coef) = on_device.read_back_with(c.clone()).unwrap();
+            assert_eq!(
+                read.experts, host.experts,
+                "renorm {renorm}, {tokens} tokens"
+            );
+            assert_eq!((read.num_experts, read.top_k), (4, 2));
+            assert!(max_abs_diff(&read.weights, &host.weights) < 1e-6);
+            assert!(max_abs_diff(&read.router_logits, &host.router_logits) < 1e-6);
+            assert_eq!(coef, flex_f32_vec(c));
+            if renorm {
+                for w in read.weights.chunks_exact(2) {
+                    assert!((w[0] + w[1] - 1.0).abs() < 1e-6);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn routing_takes_top_k_of_the_softmax_without_renormalising() {
     let logits = vec![1.0, 3.0, 2.0, 0.0, /* tie */ 0.5, 0.5, 0.5, -1.0];

@@ -289,6 +289,12 @@ impl Sampler {
         }
     }
 
+    /// Draws the uniform number in `[0, 1)` that the next sampling step of [`next`](Self::next)
+    /// would draw (for choosing the token elsewhere, with the same random stream).
+    pub(crate) fn uniform(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
     /// Applies the processors to `logits` in place (`history`: every token of the sequence so
     /// far, prompt included) and returns the chosen token.
     pub fn next(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
@@ -327,7 +333,7 @@ impl Sampler {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let probs: Vec<f64> = logits.iter().map(|&x| ((x - max) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
-        let u = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * total;
+        let u = self.uniform() * total;
         let mut acc = 0.0;
         let mut last = 0;
         for (i, &q) in probs.iter().enumerate() {

@@ -17,6 +17,7 @@
 
 mod chat;
 mod device;
+mod device_sample;
 mod error;
 mod generate;
 pub mod hub;

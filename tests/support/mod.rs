@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use echovlm_core::{Checkpoint, StorageDtype};
 
-/// `fixtures/` at the repository root.
+/// `fixtures/` at the repository root (or `$ECHOVLM_FIXTURES`, for a test binary run on
+/// another machine than the one that built it).
 pub fn fixtures() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ECHOVLM_FIXTURES") {
+        return PathBuf::from(dir);
+    }
     let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     loop {
         let candidate = dir.join("fixtures");

@@ -12,6 +12,7 @@ use echovlm_text::{
 use echovlm_vision::preprocess::PixelValues;
 
 use super::{EchoVlm, PreparedPrompt};
+use crate::device_sample::DeviceSampler;
 use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
 use crate::output::{Output, Timings};
@@ -122,12 +123,24 @@ impl EchoVlm {
             .iter()
             .map(|p| Sequence::new(&p.ids, opts, on_text.is_some().then_some(&self.tokenizer)))
             .collect();
+        // Off the CPU backend, every step after the first chooses its tokens on the device and
+        // reads back only their ids; the first reads the logits (for `first_step_top_logits`).
+        let on_device = !echovlm_core::backend::is_flex(&self.text.device());
+        let mut sampler = DeviceSampler::new(opts);
+        let mut device_logits: Option<Tensor<2>> = None;
         loop {
+            let chosen = match device_logits.take() {
+                Some(t) => Some(self.choose_on_device(&mut sampler, t, &mut seqs, opts)?),
+                None => None,
+            };
             for (r, seq) in seqs.iter_mut().enumerate() {
                 if seq.finished.is_some() {
                     continue;
                 }
-                let delta = seq.accept(&mut logits[r * vocab..(r + 1) * vocab], opts)?;
+                let delta = match &chosen {
+                    Some(ids) => seq.accept_chosen(ids[r], opts)?,
+                    None => seq.accept(&mut logits[r * vocab..(r + 1) * vocab], opts)?,
+                };
                 if let (Some(delta), Some(cb)) = (delta, on_text.as_mut())
                     && cb(&delta).is_break()
                 {
@@ -161,7 +174,14 @@ impl EchoVlm {
                 &mut cache,
                 traces.as_deref_mut(),
             )?;
-            logits = read_logits(out.logits)?;
+            if on_device {
+                let t = out
+                    .logits
+                    .ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
+                device_logits = Some(t.reshape([b, vocab]));
+            } else {
+                logits = read_logits(out.logits)?;
+            }
         }
         if let Some(cb) = on_text.as_mut()
             && let Some(rest) = seqs[0].finish_text()?
@@ -176,6 +196,36 @@ impl EchoVlm {
             outputs.push(self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?);
         }
         Ok(outputs)
+    }
+
+    /// Chooses the next token of every row on the logits' device and reads back only the ids
+    /// (one read-back); the uniform numbers come from each live row's own random stream, as
+    /// the host sampler would draw them.
+    fn choose_on_device(
+        &self,
+        sampler: &mut DeviceSampler,
+        logits: Tensor<2>,
+        seqs: &mut [Sequence<'_>],
+        opts: &GenerationOptions,
+    ) -> Result<Vec<u32>, EchoError> {
+        let uniforms: Vec<f64> = seqs
+            .iter_mut()
+            .map(|s| match (opts.do_sample, s.finished.is_none()) {
+                (true, true) => s.sampler.uniform(),
+                _ => 0.0,
+            })
+            .collect();
+        let histories: Vec<&[u32]> = seqs.iter().map(|s| s.history.as_slice()).collect();
+        let ids = sampler.choose(logits, &histories, &uniforms);
+        let ids = echovlm_core::host::to_i64_vec(ids).map_err(|e| {
+            EchoError::Device(format!(
+                "reading the chosen tokens back failed: {}",
+                e.reason
+            ))
+        })?;
+        let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+        sampler.record(&ids);
+        Ok(ids)
     }
 
     /// Runs prompts (several: left-padded into one batch) through the vision tower and the
@@ -213,6 +263,13 @@ impl EchoVlm {
         let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
             0.0
         } else {
+            // a GPU runs asynchronously: wait for the encoder before reading the clock
+            let device = self.text.device();
+            if !echovlm_core::backend::is_flex(&device) {
+                device.sync().map_err(|e| {
+                    EchoError::Device(format!("waiting for the device failed: {e:?}"))
+                })?;
+            }
             ms(t_vision)
         };
 
@@ -451,6 +508,17 @@ impl<'t> Sequence<'t> {
             self.first_top = top_logits(logits, 20);
         }
         let tok = self.sampler.next(logits, &self.history);
+        self.accept_chosen(tok, opts)
+    }
+
+    /// Takes `tok` (chosen elsewhere, with this sequence's sampler's random stream) as the
+    /// next token: notes whether that ends the sequence, and returns the text it completes
+    /// when streaming.
+    pub(super) fn accept_chosen(
+        &mut self,
+        tok: u32,
+        opts: &GenerationOptions,
+    ) -> Result<Option<String>, EchoError> {
         self.history.push(tok);
         self.generated.push(tok);
         if !opts.ignore_eos && opts.stop_token_ids.contains(&tok) {
@@ -495,9 +563,8 @@ fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
 pub(super) fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
     let logits =
         logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
-    logits
-        .try_into_vec_as::<f32>()
-        .map_err(|e| EchoError::Device(format!("reading the logits back failed: {e:?}")))
+    echovlm_core::host::to_f32_vec(logits)
+        .map_err(|e| EchoError::Device(format!("reading the logits back failed: {}", e.reason)))
 }
 
 pub(super) fn ms(t: Instant) -> f64 {

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Everything the GPU table in README.md needs, in one run on a machine with an NVIDIA GPU,
+# CUDA's driver and NVRTC, and python3 with torch + transformers (it reaches no network):
+#
+#   tools/gpu_check.sh BIN OUT [SECONDS] [STEPS]
+#
+# BIN holds two programs built on another machine (the `cuda` feature needs the LLVM of
+# tools/setup-cuda-llvm.sh there):
+#   echovlm  cargo build --release --features cuda,wgpu --example echovlm
+#   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
+# STEPS (default "parity v2 v1 tests") run in that order, each skipped once the time budget
+# (default 420 s) runs short:
+#   parity  the CUDA parity test on the tiny fixtures (f32);
+#   v2, v1  a full-size random checkpoint (v2: Qwen2.5-VL-7B shapes, 16.6 GB; v1: the released
+#           EchoVLM's, 23.4 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
+#           --dtype bf16, 128 greedy tokens after one image, three runs: the first compiles and
+#           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
+#           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
+#   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
+#           then the wgpu tests on the NVIDIA Vulkan driver.
+# OUT receives log.txt, tests.txt, rust-v2.json, torch-v2.json, rust-v1.json, torch-v1.json.
+set -u
+bin=$(cd "$1" && pwd)
+out=$2
+budget=${3:-420}
+steps=${4:-parity v2 v1 tests}
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export ECHOVLM_FIXTURES=$root/fixtures
+start=$(date +%s)
+exec > >(tee -a "$out/log.txt") 2>&1
+
+left() { echo $((budget - ($(date +%s) - start))); }
+step() { echo "== [$(($(date +%s) - start)) s] $*"; }
+# runs "$@" with at most $1 seconds, and not past the budget
+run_for() {
+    local want=$1
+    shift
+    local have
+    have=$(left)
+    if [ "$have" -lt 20 ]; then
+        echo "skipped (budget spent): $*"
+        return 124
+    fi
+    [ "$want" -gt "$((have - 5))" ] && want=$((have - 5))
+    timeout -k 5 "$want" "$@"
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+nproc
+# NVRTC and friends: the CUDA toolkit's, else the ones the torch wheels carry
+libs=$(python3 - <<'EOF'
+import glob, os, site
+dirs = ["/usr/local/cuda/lib64"]
+for s in site.getsitepackages():
+    dirs += sorted(glob.glob(os.path.join(s, "nvidia", "*", "lib")))
+print(":".join(d for d in dirs if os.path.isdir(d)))
+EOF
+)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
+
+parity() {
+    step "CUDA parity, tiny fixtures, f32"
+    run_for 120 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
+}
+
+# bench NAME FLAG: checkpoint, Rust, PyTorch
+bench() {
+    local name=$1 flag=$2 dir=/tmp/echovlm-bench
+    step "$name: full-size checkpoint"
+    rm -rf "$dir"
+    run_for 150 python3 tools/make_bench_checkpoint.py --out "$dir" "$flag" --gen-device cuda || return
+    local ckpt
+    ckpt=$(dirname "$(ls "$dir"/*/config.json)")
+    [ -f /tmp/scan.png ] || python3 -c "from PIL import Image; import numpy as np; Image.fromarray((np.random.default_rng(0).random((504, 504, 3)) * 255).astype('uint8')).save('/tmp/scan.png')"
+    step "$name: Rust, cuda bf16"
+    run_for 240 "$bin/echovlm" --model "$ckpt" --image /tmp/scan.png --device cuda --dtype bf16 \
+        --prompt "Describe this ultrasound image." --temperature 0 --repetition-penalty 1.0 \
+        --ignore-eos --max-new-tokens 128 --runs 3 --json > "$out/rust-$name.json"
+    tail -c 1500 "$out/rust-$name.json"
+    echo
+    step "$name: PyTorch eager, bf16"
+    run_for 200 python3 tools/bench_gpu_torch.py --ckpt "$ckpt" --rust-json "$out/rust-$name.json" \
+        --new-tokens 128 --out "$out/torch-$name.json"
+}
+
+tests() {
+    step "the other GPU tests"
+    export CUBECL_AUTOTUNE_LEVEL=minimal
+    run_for 150 "$bin/gpu" --test-threads 1 --nocapture cuda_ 2>&1 | tee -a "$out/tests.txt"
+    if ! ldconfig -p | grep -q libvulkan; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+    run_for 150 "$bin/gpu" --test-threads 1 --nocapture --skip cuda_ 2>&1 | tee -a "$out/tests.txt"
+}
+
+for s in $steps; do
+    case $s in
+        parity) parity ;;
+        v2) bench v2 --only-full-v2 ;;
+        v1) bench v1 --only-full ;;
+        tests) tests ;;
+        *) echo "unknown step $s" ;;
+    esac
+done
+step "done"
