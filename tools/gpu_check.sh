@@ -8,12 +8,12 @@
 # tools/setup-cuda-llvm.sh there):
 #   echovlm  cargo build --release --features cuda,wgpu --example echovlm
 #   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
-# STEPS (default "parity v2 v1 tests") run in that order, each skipped once the time budget
+# STEPS (default "parity v1 v2 tests") run in that order, each skipped once the time budget
 # (default 420 s) runs short:
 #   parity  the CUDA parity test on the tiny fixtures (f32);
-#   v2, v1  a full-size random checkpoint (v2: Qwen2.5-VL-7B shapes, 16.6 GB; v1: the released
-#           EchoVLM's, 23.4 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
-#           --dtype bf16, 128 greedy tokens after one image, three runs: the first compiles and
+#   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
+#           Qwen2.5-VL-7B's, 16.6 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
+#           --dtype bf16, 64 greedy tokens after one image, two runs: the first compiles and
 #           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
 #           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
@@ -23,7 +23,7 @@ set -u
 bin=$(cd "$1" && pwd)
 out=$2
 budget=${3:-420}
-steps=${4:-parity v2 v1 tests}
+steps=${4:-parity v1 v2 tests}
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -64,7 +64,7 @@ ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
 
 parity() {
     step "CUDA parity, tiny fixtures, f32"
-    run_for 120 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
+    run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
 }
 
 # bench NAME FLAG: checkpoint, Rust, PyTorch
@@ -72,19 +72,19 @@ bench() {
     local name=$1 flag=$2 dir=/tmp/echovlm-bench
     step "$name: full-size checkpoint"
     rm -rf "$dir"
-    run_for 150 python3 tools/make_bench_checkpoint.py --out "$dir" "$flag" --gen-device cuda || return
+    run_for 120 python3 tools/make_bench_checkpoint.py --out "$dir" "$flag" --gen-device cuda || return
     local ckpt
     ckpt=$(dirname "$(ls "$dir"/*/config.json)")
     [ -f /tmp/scan.png ] || python3 -c "from PIL import Image; import numpy as np; Image.fromarray((np.random.default_rng(0).random((504, 504, 3)) * 255).astype('uint8')).save('/tmp/scan.png')"
     step "$name: Rust, cuda bf16"
-    run_for 240 "$bin/echovlm" --model "$ckpt" --image /tmp/scan.png --device cuda --dtype bf16 \
+    run_for 180 "$bin/echovlm" --model "$ckpt" --image /tmp/scan.png --device cuda --dtype bf16 \
         --prompt "Describe this ultrasound image." --temperature 0 --repetition-penalty 1.0 \
-        --ignore-eos --max-new-tokens 128 --runs 3 --json > "$out/rust-$name.json"
+        --ignore-eos --max-new-tokens 64 --runs 2 --json > "$out/rust-$name.json"
     tail -c 1500 "$out/rust-$name.json"
     echo
     step "$name: PyTorch eager, bf16"
-    run_for 200 python3 tools/bench_gpu_torch.py --ckpt "$ckpt" --rust-json "$out/rust-$name.json" \
-        --new-tokens 128 --out "$out/torch-$name.json"
+    run_for 150 python3 tools/bench_gpu_torch.py --ckpt "$ckpt" --rust-json "$out/rust-$name.json" \
+        --new-tokens 64 --out "$out/torch-$name.json"
 }
 
 tests() {
