@@ -14,6 +14,7 @@ pub struct ReadBackError {
 }
 
 static READ_BACKS: AtomicU64 = AtomicU64::new(0);
+static READ_BACK_VALUES: AtomicU64 = AtomicU64::new(0);
 
 /// How many tensors this process has read back to the host from a device other than the CPU
 /// backend, through [`to_f32_vec`] and [`to_i64_vec`]: every read the inference path makes.
@@ -25,9 +26,15 @@ pub fn read_backs() -> u64 {
     READ_BACKS.load(Ordering::Relaxed)
 }
 
+/// How many values (elements) the reads counted by [`read_backs`] moved to the host.
+pub fn read_back_values() -> u64 {
+    READ_BACK_VALUES.load(Ordering::Relaxed)
+}
+
 fn count_read<const D: usize, K: burn::tensor::kind::Basic>(t: &Tensor<D, K>) {
     if !crate::backend::is_flex(&t.device()) {
         READ_BACKS.fetch_add(1, Ordering::Relaxed);
+        READ_BACK_VALUES.fetch_add(t.shape().num_elements() as u64, Ordering::Relaxed);
     }
 }
 

@@ -32,15 +32,25 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Largest last-position logit difference allowed per float type (logits of magnitude ~10).
-fn tolerance(dtype: DType) -> f32 {
+/// Largest last-position logit difference allowed for `dtype` on `backend` (logits of
+/// magnitude ~10).
+fn tolerance(dtype: DType, backend: &str) -> f32 {
     match dtype {
+        // cubek's matmul multiplies f32 operands in TF32 (10-bit mantissa) on GPUs whose
+        // tensor cores have it (CUDA), as PyTorch does with allow_tf32: measured 5.1e-3 on an
+        // H200 (text case); f16's tolerance
+        DType::F32 if tf32(backend) => 0.03,
         // measured on lavapipe: f32 5e-6, f16 1.3e-2; tolerances add a stated margin
         DType::F32 => 5e-5,
         DType::F16 => 0.03,
         // bf16 keeps 8 bits of mantissa against f16's 11: eight times f16's tolerance
         _ => 0.25,
     }
+}
+
+/// Whether f32 matrix products run in TF32 on this backend.
+fn tf32(backend: &str) -> bool {
+    backend == "cuda"
 }
 
 /// The wgpu device (the default adapter).
@@ -126,7 +136,7 @@ fn check(model: &EchoVlm, dtype: DType, backend: &str) {
         };
         let d = max_abs_diff(&logits, &g.f32(&key));
         eprintln!("{backend} {dtype:?} {name}: last-position logits max abs diff {d:.2e}");
-        assert!(d <= tolerance(dtype), "{name}: {d}");
+        assert!(d <= tolerance(dtype, backend), "{name}: {d}");
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&request, &greedy(want.len())).unwrap();
         let same = out
@@ -139,7 +149,7 @@ fn check(model: &EchoVlm, dtype: DType, backend: &str) {
             "{backend} {dtype:?} {name}: {same}/{} greedy tokens identical",
             want.len()
         );
-        if dtype == DType::F32 {
+        if dtype == DType::F32 && !tf32(backend) {
             assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
         } else {
             // measured 40/40 on lavapipe; 2 tokens of margin
@@ -167,7 +177,7 @@ fn reference_fixtures_in_f16() {
 }
 
 /// EchoVLM V2's architecture in f32: last logits within 1e-4 of max |logit| and 32 greedy
-/// tokens identical, as on the CPU.
+/// tokens identical, as on the CPU (with TF32 products: within 3e-3, 30 tokens).
 fn check_qwen25(model: &EchoVlm, backend: &str) {
     let g = Golden::load("tiny-qwen25vl");
     let mut cases = vec![("text_en".to_string(), g.meta["text_en"].clone())];
@@ -193,10 +203,26 @@ fn check_qwen25(model: &EchoVlm, backend: &str) {
             .unwrap();
         let d = max_abs_diff(&logits, &want_logits);
         eprintln!("{backend} F32 qwen25 {name}: last-position logits max abs diff {d:.2e}");
-        assert!(d <= 1e-4 * max, "{name}: {d}");
+        // TF32 products: f16's tolerance relative to the largest logit, and 2 tokens of margin
+        let rel = if tf32(backend) { 3e-3 } else { 1e-4 };
+        assert!(d <= rel * max, "{name}: {d}");
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&r, &greedy(want.len())).unwrap();
-        assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
+        if tf32(backend) {
+            let same = out
+                .generated_token_ids
+                .iter()
+                .zip(&want)
+                .take_while(|(a, b)| a == b)
+                .count();
+            eprintln!(
+                "{backend} F32 qwen25 {name}: {same}/{} greedy tokens identical",
+                want.len()
+            );
+            assert!(same + 2 >= want.len(), "{name}: only {same} tokens agree");
+        } else {
+            assert_eq!(out.generated_token_ids, want, "{name}: greedy tokens");
+        }
     }
 }
 
@@ -209,10 +235,10 @@ fn qwen25_fixtures_in_f32() {
     }
 }
 
-/// A decode step reads back exactly one tensor (the chosen token ids): the MoE routing, the
-/// dynamic mix and the sampling stay on the device. Greedy and sampled, one image.
+/// A decode step reads back exactly one tensor, of one value (the chosen token id): the MoE
+/// routing, the dynamic mix and the sampling stay on the device. Greedy and sampled, one image.
 fn check_read_backs(model: &EchoVlm, backend: &str) {
-    use echovlm_core::host::read_backs;
+    use echovlm_core::host::{read_back_values, read_backs};
     let g = Golden::load("tiny-echovlm");
     let case = g.meta["e2e"]["one_image"].clone();
     let mut r = Request::new(case["prompt"].as_str().unwrap());
@@ -233,14 +259,15 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
         ("sampled", sampled(3), sampled(9)),
     ] {
         let count = |opts: &GenerationOptions| {
-            let before = read_backs();
+            let before = (read_backs(), read_back_values());
             let out = model.generate(&r, opts).unwrap();
             assert_eq!(out.generated_token_ids.len(), opts.max_new_tokens);
-            read_backs() - before
+            (read_backs() - before.0, read_back_values() - before.1)
         };
-        let (a, b) = (count(&short), count(&long));
-        eprintln!("{backend} {what}: {a} read-backs for 3 tokens, {b} for 9");
+        let ((a, va), (b, vb)) = (count(&short), count(&long));
+        eprintln!("{backend} {what}: {a} read-backs ({va} values) for 3 tokens, {b} ({vb}) for 9");
         assert_eq!(b - a, 6, "{what}: read-backs per decode step");
+        assert_eq!(vb - va, 6, "{what}: values read back per decode step");
     }
     // tracing the routing reads it back, once per MoE layer and step
     let traced = greedy(3).trace_routing(true);
