@@ -103,6 +103,11 @@ fn load_model(device: Option<Device>, name: &str, dtype: DType) -> Option<EchoVl
     )
 }
 
+/// How many leading tokens two generations share.
+fn same_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 fn greedy(n: usize) -> GenerationOptions {
     GenerationOptions::greedy(n)
         .ignore_eos(true)
@@ -139,12 +144,7 @@ fn check(model: &EchoVlm, dtype: DType, backend: &str) {
         assert!(d <= tolerance(dtype, backend), "{name}: {d}");
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&request, &greedy(want.len())).unwrap();
-        let same = out
-            .generated_token_ids
-            .iter()
-            .zip(&want)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let same = same_prefix(&out.generated_token_ids, &want);
         eprintln!(
             "{backend} {dtype:?} {name}: {same}/{} greedy tokens identical",
             want.len()
@@ -209,12 +209,7 @@ fn check_qwen25(model: &EchoVlm, backend: &str) {
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
         let out = model.generate(&r, &greedy(want.len())).unwrap();
         if tf32(backend) {
-            let same = out
-                .generated_token_ids
-                .iter()
-                .zip(&want)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let same = same_prefix(&out.generated_token_ids, &want);
             eprintln!(
                 "{backend} F32 qwen25 {name}: {same}/{} greedy tokens identical",
                 want.len()
