@@ -8,7 +8,7 @@
 # tools/setup-cuda-llvm.sh there):
 #   echovlm  cargo build --release --features cuda,wgpu --example echovlm
 #   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
-# STEPS (default "parity v1 v2 tests") run in that order, each skipped once the time budget
+# STEPS (default "parity v1 v2 tests scaling") run in that order, each skipped once the time budget
 # (default 600 s) runs short. Measured on an H200: parity 32 s; v1's checkpoint 31 s, its Rust
 # runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s);
 # v2's checkpoint 27 s, its Rust runs 132 s, PyTorch about 60 s.
@@ -19,13 +19,16 @@
 #           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
 #           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
-#           then the wgpu tests on the NVIDIA Vulkan driver.
-# OUT receives log.txt, tests.txt, rust-v2.json, torch-v2.json, rust-v1.json, torch-v1.json.
+#           then the wgpu tests on the NVIDIA Vulkan driver;
+#   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
+#           checkpoint's e2e model, bf16, int8 and int4 weights).
+# OUT receives log.txt, tests.txt, rust-v1.json, torch-v1.json, rust-v2.json, torch-v2.json and
+# scaling.md.
 set -u
 bin=$(cd "$1" && pwd)
 out=$2
 budget=${3:-600}
-steps=${4:-parity v1 v2 tests}
+steps=${4:-parity v1 v2 tests scaling}
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -102,12 +105,21 @@ tests() {
     run_for 150 "$bin/gpu" --test-threads 1 --nocapture --skip cuda_ 2>&1 | tee -a "$out/tests.txt"
 }
 
+scaling() {
+    step "CPU scaling"
+    local dir=/tmp/echovlm-cpu
+    [ -f "$dir/e2e/config.json" ] || run_for 90 python3 tools/make_bench_checkpoint.py --out "$dir" --gen-device cuda || return
+    run_for 300 python3 tools/scaling.py --exe "$bin/echovlm" --model "$dir/e2e" --threads 1,2,4,8,16 \
+        --weights bf16,int8,int4 | tee "$out/scaling.md"
+}
+
 for s in $steps; do
     case $s in
         parity) parity ;;
         v2) bench v2 --only-full-v2 ;;
         v1) bench v1 --only-full ;;
         tests) tests ;;
+        scaling) scaling ;;
         *) echo "unknown step $s" ;;
     esac
 done
