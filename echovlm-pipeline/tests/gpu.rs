@@ -231,7 +231,8 @@ fn qwen25_fixtures_in_f32() {
 }
 
 /// A decode step reads back exactly one tensor, of one value (the chosen token id): the MoE
-/// routing, the dynamic mix and the sampling stay on the device. Greedy and sampled, one image.
+/// routing, the dynamic mix and the sampling stay on the device. Greedy and sampled, one image;
+/// a traced routing, read back from the device, counts the experts as the reference does.
 fn check_read_backs(model: &EchoVlm, backend: &str) {
     use echovlm_core::host::{read_back_values, read_backs};
     let g = Golden::load("tiny-echovlm");
@@ -271,6 +272,21 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
     assert!(read_backs() - before > 3);
     let routing = out.routing.expect("a traced run returns its routing");
     assert!(!routing.layers.is_empty());
+    // and what it reads back is the reference's routing: the text prompt's expert counts
+    let text = &g.meta["text_en"];
+    let out = model
+        .generate(
+            &Request::new(text["prompt"].as_str().unwrap()),
+            &greedy(1).trace_routing(true),
+        )
+        .unwrap();
+    let want: Vec<Vec<u64>> = serde_json::from_value(text["expert_counts"].clone()).unwrap();
+    let got = out
+        .routing
+        .expect("a traced run returns its routing")
+        .expert_counts;
+    eprintln!("{backend}: expert counts of the text prompt {got:?}");
+    assert_eq!(got, want, "expert counts of the text prompt");
 }
 
 #[cfg(feature = "wgpu")]
