@@ -19,106 +19,78 @@ use crate::GenerationOptions;
 /// Bisection steps of the top-p cut-off: the interval shrinks to `max_prob · 2⁻⁴⁰`.
 const TOP_P_STEPS: usize = 40;
 
-/// Picks next tokens from `[batch, vocab]` logits without leaving their device.
-#[derive(Debug)]
-pub(crate) struct DeviceSampler {
-    opts: GenerationOptions,
-    /// `[batch, vocab]`, 1 where the token is in the row's history (repetition penalty only).
-    seen: Option<Tensor<2>>,
+/// Chooses one token per row of `logits` (`[batch, vocab]`, any float type) with the
+/// processors of `opts`, without leaving their device. `histories` are the rows' tokens so far
+/// (for the repetition penalty: uploaded as a `[batch, vocab]` mask when the penalty is on),
+/// `uniforms` one number in `[0, 1)` per row, used when sampling. Returns `[batch]` ids.
+pub(crate) fn choose(
+    opts: &GenerationOptions,
+    logits: Tensor<2>,
+    histories: &[&[u32]],
+    uniforms: &[f64],
+) -> Tensor<1, Int> {
+    let [b, vocab] = logits.dims();
+    let device = logits.device();
+    let mut logits = logits.cast(DType::F32);
+    let p = opts.repetition_penalty;
+    if p != 1.0 {
+        let mut mask = vec![0f32; b * vocab];
+        for (r, h) in histories.iter().enumerate() {
+            for &t in h.iter().filter(|&&t| (t as usize) < vocab) {
+                mask[r * vocab + t as usize] = 1.0;
+            }
+        }
+        let seen = Tensor::<2>::from_data(TensorData::new(mask, [b, vocab]), (&device, DType::F32))
+            .greater_elem(0.5);
+        let penalised = logits
+            .clone()
+            .mask_where(logits.clone().lower_elem(0.0), logits.clone() * p)
+            .mask_where(logits.clone().greater_equal_elem(0.0), logits.clone() / p);
+        logits = logits.mask_where(seen, penalised);
+    }
+    if !opts.do_sample {
+        return logits.argmax(1).reshape([b]);
+    }
+    if opts.temperature != 1.0 {
+        logits = logits / opts.temperature;
+    }
+    let k = opts.top_k;
+    if k > 0 && k < vocab {
+        let kth = logits.clone().topk(k, 1).narrow(1, k - 1, 1);
+        let below = logits.clone().lower(kth);
+        logits = logits.mask_fill(below, f32::NEG_INFINITY);
+    }
+    if opts.top_p < 1.0 {
+        let drop = top_p_cut(logits.clone(), opts.top_p);
+        logits = logits.mask_fill(drop, f32::NEG_INFINITY);
+    }
+    let max = logits.clone().max_dim(1);
+    let probs = (logits - max).exp();
+    let cum = probs.clone().cumsum(1);
+    let total = cum.clone().narrow(1, vocab - 1, 1);
+    let u: Vec<f32> = uniforms.iter().map(|&u| u as f32).collect();
+    let u = Tensor::<2>::from_data(TensorData::new(u, [b, 1]), (&device, DType::F32));
+    let threshold = u * total;
+    // the first token whose cumulative mass passes the threshold
+    let chosen = cum.lower_equal(threshold).int().sum_dim(1);
+    // a threshold rounded up to the total falls back to the last possible token
+    let order = Tensor::<1, Int>::arange(0..vocab as i64, &device)
+        .reshape([1, vocab])
+        .expand([b, vocab]);
+    let last = order.mask_fill(probs.lower_equal_elem(0.0), -1).max_dim(1);
+    let past = chosen.clone().greater(last.clone());
+    chosen.mask_where(past, last).reshape([b])
 }
 
-impl DeviceSampler {
-    pub(crate) fn new(opts: &GenerationOptions) -> Self {
-        Self {
-            opts: opts.clone(),
-            seen: None,
-        }
-    }
-
-    /// Chooses one token per row of `logits` (`[batch, vocab]`, any float type). `histories`
-    /// are the rows' tokens so far (read once, when the repetition penalty first needs them);
-    /// `uniforms` one number in `[0, 1)` per row, used when sampling. Returns `[batch]` ids.
-    pub(crate) fn choose(
-        &mut self,
-        logits: Tensor<2>,
-        histories: &[&[u32]],
-        uniforms: &[f64],
-    ) -> Tensor<1, Int> {
-        let [b, vocab] = logits.dims();
-        let device = logits.device();
-        let mut logits = logits.cast(DType::F32);
-        let p = self.opts.repetition_penalty;
-        if p != 1.0 {
-            let seen = self
-                .seen
-                .get_or_insert_with(|| {
-                    let mut mask = vec![0f32; b * vocab];
-                    for (r, h) in histories.iter().enumerate() {
-                        for &t in h.iter().filter(|&&t| (t as usize) < vocab) {
-                            mask[r * vocab + t as usize] = 1.0;
-                        }
-                    }
-                    Tensor::from_data(TensorData::new(mask, [b, vocab]), (&device, DType::F32))
-                })
-                .clone()
-                .greater_elem(0.5);
-            let penalised = logits
-                .clone()
-                .mask_where(logits.clone().lower_elem(0.0), logits.clone() * p)
-                .mask_where(logits.clone().greater_equal_elem(0.0), logits.clone() / p);
-            logits = logits.mask_where(seen, penalised);
-        }
-        if !self.opts.do_sample {
-            return logits.argmax(1).reshape([b]);
-        }
-        if self.opts.temperature != 1.0 {
-            logits = logits / self.opts.temperature;
-        }
-        let k = self.opts.top_k;
-        if k > 0 && k < vocab {
-            let kth = logits.clone().topk(k, 1).narrow(1, k - 1, 1);
-            let below = logits.clone().lower(kth);
-            logits = logits.mask_fill(below, f32::NEG_INFINITY);
-        }
-        if self.opts.top_p < 1.0 {
-            let drop = top_p_cut(logits.clone(), self.opts.top_p);
-            logits = logits.mask_fill(drop, f32::NEG_INFINITY);
-        }
-        let max = logits.clone().max_dim(1);
-        let probs = (logits - max).exp();
-        let cum = probs.clone().cumsum(1);
-        let total = cum.clone().narrow(1, vocab - 1, 1);
-        let u: Vec<f32> = uniforms.iter().map(|&u| u as f32).collect();
-        let u = Tensor::<2>::from_data(TensorData::new(u, [b, 1]), (&device, DType::F32));
-        let threshold = u * total;
-        // the first token whose cumulative mass passes the threshold
-        let chosen = cum.lower_equal(threshold).int().sum_dim(1);
-        // a threshold rounded up to the total falls back to the last possible token
-        let order = Tensor::<1, Int>::arange(0..vocab as i64, &device)
-            .reshape([1, vocab])
-            .expand([b, vocab]);
-        let last = order.mask_fill(probs.lower_equal_elem(0.0), -1).max_dim(1);
-        let past = chosen.clone().greater(last.clone());
-        chosen.mask_where(past, last).reshape([b])
-    }
-
-    /// Notes the tokens just chosen (`[batch]`, all rows) for the repetition penalty.
-    pub(crate) fn record(&mut self, ids: &[u32]) {
-        if let Some(seen) = self.seen.take() {
-            let [b, vocab] = seen.dims();
-            let device = seen.device();
-            let idx: Vec<i64> = ids
-                .iter()
-                .map(|&t| (t as usize).min(vocab - 1) as i64)
-                .collect();
-            let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, 1]), &device);
-            let ones = Tensor::<2>::ones([b, 1], (&device, DType::F32));
-            let seen = seen
-                .scatter(1, idx, ones, burn::tensor::IndexingUpdateOp::Add)
-                .clamp_max(1.0);
-            self.seen = Some(seen);
-        }
-    }
+/// Whether two option sets choose tokens the same way (seeds aside: each row draws from its own
+/// stream), so that their rows can share one pass of [`choose`].
+pub(crate) fn same_processors(a: &GenerationOptions, b: &GenerationOptions) -> bool {
+    a.do_sample == b.do_sample
+        && a.repetition_penalty.to_bits() == b.repetition_penalty.to_bits()
+        && (!a.do_sample
+            || (a.temperature.to_bits() == b.temperature.to_bits()
+                && a.top_k == b.top_k
+                && a.top_p.to_bits() == b.top_p.to_bits()))
 }
 
 /// transformers' `TopPLogitsWarper` without a sort: the tokens to remove are those whose
@@ -161,12 +133,11 @@ mod tests {
             .collect()
     }
 
-    /// Runs the device sampler and the host sampler over the same logits and draws for
+    /// Runs the device chooser and the host sampler over the same logits and draws for
     /// `steps` steps and counts the steps whose tokens agree.
     fn agree(opts: &GenerationOptions, vocab: usize, steps: usize) -> usize {
         let b = 3;
         let device = Device::default();
-        let mut dev = DeviceSampler::new(opts);
         let mut host: Vec<Sampler> = (0..b)
             .map(|r| Sampler::new(&opts.clone().seed(opts.seed + r as u64)))
             .collect();
@@ -181,7 +152,7 @@ mod tests {
                 .map(|s| if opts.do_sample { s.uniform() } else { 0.0 })
                 .collect();
             let refs: Vec<&[u32]> = histories.iter().map(Vec::as_slice).collect();
-            let ids = dev.choose(t, &refs, &uniforms);
+            let ids = choose(opts, t, &refs, &uniforms);
             let ids: Vec<u32> = ids.into_data().iter::<i64>().map(|x| x as u32).collect();
             let want: Vec<u32> = (0..b)
                 .map(|r| {
@@ -192,7 +163,6 @@ mod tests {
             if ids == want {
                 same += 1;
             }
-            dev.record(&ids);
             for (h, &t) in histories.iter_mut().zip(&want) {
                 h.push(t);
             }
@@ -223,6 +193,19 @@ mod tests {
             let same = agree(&opts, 300, 60);
             assert!(same >= 59, "{opts:?}: {same}/60 steps agree");
         }
+    }
+
+    #[test]
+    fn rows_share_a_pass_only_when_their_processors_agree() {
+        let g = GenerationOptions::greedy(8);
+        assert!(same_processors(&g, &g.clone().seed(3).temperature(0.5)));
+        assert!(!same_processors(&g, &g.clone().repetition_penalty(1.1)));
+        let s = g.clone().do_sample(true);
+        assert!(!same_processors(&g, &s));
+        assert!(same_processors(&s, &s.clone().seed(9)));
+        assert!(!same_processors(&s, &s.clone().top_p(0.9)));
+        assert!(!same_processors(&s, &s.clone().top_k(3)));
+        assert!(!same_processors(&s, &s.clone().temperature(0.7)));
     }
 
     #[test]

@@ -289,6 +289,57 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
     assert_eq!(got, want, "expert counts of the text prompt");
 }
 
+/// Continuous batching on the device: three rows with different sampling options decode
+/// together, each gets the tokens it gets alone, and a step reads back one tensor of one value
+/// per row.
+fn check_continuous(model: &EchoVlm, backend: &str) {
+    use echovlm_core::host::{read_back_values, read_backs};
+    use echovlm_pipeline::{BatchEvent, ContinuousBatch};
+    let g = Golden::load("tiny-echovlm");
+    let request = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());
+    let opts = [
+        greedy(8),
+        greedy(8).do_sample(true).top_k(20).top_p(0.9).seed(3),
+        greedy(8).do_sample(true).temperature(0.7).seed(4),
+    ];
+    let alone: Vec<Vec<u32>> = opts
+        .iter()
+        .map(|o| model.generate(&request, o).unwrap().generated_token_ids)
+        .collect();
+    let prepared = model.prepare(&request).unwrap();
+    let mut batch = ContinuousBatch::new(model);
+    let added = batch
+        .add_all(opts.iter().map(|o| (prepared.clone(), o.clone())).collect())
+        .unwrap();
+    let ids: Vec<_> = added.iter().map(|(id, _)| *id).collect();
+    let mut done = std::collections::HashMap::new();
+    let (reads, values, mut steps) = (read_backs(), read_back_values(), 0u64);
+    while !batch.is_empty() {
+        for e in batch.step().unwrap() {
+            if let BatchEvent::Finished { id, output } = e {
+                done.insert(id, output.generated_token_ids);
+            }
+        }
+        steps += 1;
+    }
+    let (reads, values) = (read_backs() - reads, read_back_values() - values);
+    eprintln!("{backend}: continuous batch, {steps} steps, {reads} read-backs of {values} values");
+    assert_eq!(reads, steps, "read-backs per step");
+    assert_eq!(values, 3 * steps, "values read back per step");
+    for (r, id) in ids.iter().enumerate() {
+        assert_eq!(done[id], alone[r], "row {r}: tokens in the batch and alone");
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn continuous_batching_chooses_tokens_on_the_device() {
+    let _turn = turn();
+    if let Some(model) = load(wgpu(), DType::F32) {
+        check_continuous(&model, "wgpu");
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_decode_step_reads_back_only_the_token_ids() {
@@ -359,5 +410,6 @@ fn cuda_decode_step_reads_back_only_the_token_ids() {
     let _turn = turn();
     if let Some(model) = load(cuda(), DType::F32) {
         check_read_backs(&model, "cuda");
+        check_continuous(&model, "cuda");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use echovlm_moe::RoutingTrace;
 use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
 
-use super::run::{Prefill, Sequence, ms, read_logits};
+use super::run::{Prefill, Sequence, choose_on_device, ms, read_logits};
 use super::{EchoVlm, PreparedPrompt};
 use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions};
@@ -299,15 +299,35 @@ impl<'m> ContinuousBatch<'m> {
                 }
             }
         }
-        let mut logits = read_logits(out?.logits)?;
+        let out = out?;
         self.steps += 1;
         let vocab = model.text.config.vocab_size;
-        for (r, row) in self.rows.iter_mut().enumerate() {
-            let text = row
-                .seq
-                .accept(&mut logits[r * vocab..(r + 1) * vocab], &row.opts)?;
-            if let Some(text) = text {
-                events.push(BatchEvent::Text { id: row.id, text });
+        if echovlm_core::backend::is_flex(&model.text.device()) {
+            let mut logits = read_logits(out.logits)?;
+            for (r, row) in self.rows.iter_mut().enumerate() {
+                let text = row
+                    .seq
+                    .accept(&mut logits[r * vocab..(r + 1) * vocab], &row.opts)?;
+                if let Some(text) = text {
+                    events.push(BatchEvent::Text { id: row.id, text });
+                }
+            }
+        } else {
+            // on a GPU the tokens are chosen there: one read-back of the ids per step
+            let logits = out
+                .logits
+                .ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
+            let b = self.rows.len();
+            let mut rows: Vec<_> = self
+                .rows
+                .iter_mut()
+                .map(|row| (&mut row.seq, &row.opts))
+                .collect();
+            let ids = choose_on_device(logits.reshape([b, vocab]), &mut rows)?;
+            for (row, id) in self.rows.iter_mut().zip(ids) {
+                if let Some(text) = row.seq.accept_chosen(id, &row.opts)? {
+                    events.push(BatchEvent::Text { id: row.id, text });
+                }
             }
         }
         events.extend(self.remove_finished()?);

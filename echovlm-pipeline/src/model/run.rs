@@ -12,7 +12,7 @@ use echovlm_text::{
 use echovlm_vision::preprocess::PixelValues;
 
 use super::{EchoVlm, PreparedPrompt};
-use crate::device_sample::DeviceSampler;
+use crate::device_sample;
 use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions, Sampler, TextStream, top_logits};
 use crate::output::{Output, Timings};
@@ -126,11 +126,13 @@ impl EchoVlm {
         // Off the CPU backend, every step after the first chooses its tokens on the device and
         // reads back only their ids; the first reads the logits (for `first_step_top_logits`).
         let on_device = !echovlm_core::backend::is_flex(&self.text.device());
-        let mut sampler = DeviceSampler::new(opts);
         let mut device_logits: Option<Tensor<2>> = None;
         loop {
             let chosen = match device_logits.take() {
-                Some(t) => Some(self.choose_on_device(&mut sampler, t, &mut seqs, opts)?),
+                Some(t) => {
+                    let mut rows: Vec<_> = seqs.iter_mut().map(|s| (s, opts)).collect();
+                    Some(choose_on_device(t, &mut rows)?)
+                }
                 None => None,
             };
             for (r, seq) in seqs.iter_mut().enumerate() {
@@ -196,36 +198,6 @@ impl EchoVlm {
             outputs.push(self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?);
         }
         Ok(outputs)
-    }
-
-    /// Chooses the next token of every row on the logits' device and reads back only the ids
-    /// (one read-back); the uniform numbers come from each live row's own random stream, as
-    /// the host sampler would draw them.
-    fn choose_on_device(
-        &self,
-        sampler: &mut DeviceSampler,
-        logits: Tensor<2>,
-        seqs: &mut [Sequence<'_>],
-        opts: &GenerationOptions,
-    ) -> Result<Vec<u32>, EchoError> {
-        let uniforms: Vec<f64> = seqs
-            .iter_mut()
-            .map(|s| match (opts.do_sample, s.finished.is_none()) {
-                (true, true) => s.sampler.uniform(),
-                _ => 0.0,
-            })
-            .collect();
-        let histories: Vec<&[u32]> = seqs.iter().map(|s| s.history.as_slice()).collect();
-        let ids = sampler.choose(logits, &histories, &uniforms);
-        let ids = echovlm_core::host::to_i64_vec(ids).map_err(|e| {
-            EchoError::Device(format!(
-                "reading the chosen tokens back failed: {}",
-                e.reason
-            ))
-        })?;
-        let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
-        sampler.record(&ids);
-        Ok(ids)
     }
 
     /// Runs prompts (several: left-padded into one batch) through the vision tower and the
@@ -557,6 +529,71 @@ fn single(mut outputs: Vec<Output>) -> Result<Output, EchoError> {
             "a run of one request did not return one output".into(),
         )),
     }
+}
+
+/// Chooses the next token of every row of `logits` (`[rows, vocab]`) on their device, each
+/// row with its own options, and reads back only the ids: rows whose processors agree share one
+/// pass, and the ids of every pass come back in one read. Live rows draw their uniform number
+/// from their own random stream, as the host sampler would.
+pub(super) fn choose_on_device(
+    logits: Tensor<2>,
+    rows: &mut [(&mut Sequence<'_>, &GenerationOptions)],
+) -> Result<Vec<u32>, EchoError> {
+    let b = rows.len();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for r in 0..b {
+        match groups
+            .iter_mut()
+            .find(|g| device_sample::same_processors(rows[g[0]].1, rows[r].1))
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    let device = logits.device();
+    let mut parts = Vec::with_capacity(groups.len());
+    for members in &groups {
+        let part = if members.len() == b {
+            logits.clone()
+        } else {
+            let idx: Vec<i64> = members.iter().map(|&r| r as i64).collect();
+            logits.clone().select(
+                0,
+                echovlm_core::host::int_tensor(idx, [members.len()], &device),
+            )
+        };
+        let uniforms: Vec<f64> = members
+            .iter()
+            .map(|&r| {
+                let (seq, opts) = &mut rows[r];
+                match opts.do_sample && seq.finished.is_none() {
+                    true => seq.sampler.uniform(),
+                    false => 0.0,
+                }
+            })
+            .collect();
+        let histories: Vec<&[u32]> = members
+            .iter()
+            .map(|&r| rows[r].0.history.as_slice())
+            .collect();
+        parts.push(device_sample::choose(
+            rows[members[0]].1,
+            part,
+            &histories,
+            &uniforms,
+        ));
+    }
+    let ids = echovlm_core::host::to_i64_vec(Tensor::cat(parts, 0)).map_err(|e| {
+        EchoError::Device(format!(
+            "reading the chosen tokens back failed: {}",
+            e.reason
+        ))
+    })?;
+    let mut out = vec![0u32; b];
+    for (&r, id) in groups.iter().flatten().zip(ids) {
+        out[r] = id as u32;
+    }
+    Ok(out)
 }
 
 /// Reads the decoder's logits back to the host.
