@@ -11,7 +11,9 @@
 # STEPS (default "parity v1 v2 tests scaling") run in that order, each skipped once the time budget
 # (default 600 s) runs short. Measured on an H200: parity 32 s; v1's checkpoint 31 s, its Rust
 # runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s);
-# v2's checkpoint 27 s, its Rust runs 132 s, PyTorch about 60 s.
+# v2's checkpoint 27 s, its Rust runs 132 s, PyTorch about 60 s. Every step together takes about
+# 16 minutes, more than a 15-minute device lease: split them over two, e.g. `parity v1 v2` in
+# one and `tests scaling` in the other.
 #   parity  the CUDA parity test on the tiny fixtures (f32);
 #   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
 #           Qwen2.5-VL-7B's, 16.6 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
