@@ -1,8 +1,8 @@
 //! Checkpoints named by a Hugging Face Hub id (`org/name` or `org/name@revision`).
 //!
 //! [`HubId`] parses and recognises ids (always available). With the `hub` feature,
-//! [`download`] fetches a checkpoint's files into the standard Hugging Face cache and
-//! [`EchoVlm::load_pretrained`](crate::EchoVlm::load_pretrained) loads it from there.
+//! `download` fetches a checkpoint's files into the standard Hugging Face cache and
+//! `EchoVlm::load_pretrained` loads it from there.
 //!
 //! The environment is read the way the Python `huggingface_hub` reads it:
 //!
