@@ -5,7 +5,7 @@
 #   tools/gpu_check.sh BIN OUT [SECONDS] [STEPS]
 #
 # BIN holds two programs built on another machine (the `cuda` feature needs the LLVM of
-# tools/setup-cuda-llvm.sh there):
+# tools/setup-cuda-llvm.sh there; tools/gpu_pack.sh builds both and packs them to send):
 #   echovlm  cargo build --release --features cuda,wgpu --example echovlm
 #   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
 # STEPS (default "parity v1 v2 tests scaling") run in that order, each skipped once the time budget
