@@ -89,6 +89,46 @@ fn cli_greedy_tokens_match_reference() {
     }
 }
 
+/// `--runs 3` repeats the request in one process: the reported run gives the reference's
+/// tokens, and `runs` lists three runs' timings, the last being the reported one.
+#[test]
+fn cli_repeats_a_request_with_runs() {
+    let g = Golden::load("tiny-echovlm");
+    let model = path(model_dir("tiny-echovlm"));
+    let case = &g.meta["text_en"];
+    let steps = ids(&case["greedy"]).len().to_string();
+    let v = run_json(&[
+        "--model",
+        &model,
+        "--json",
+        "--max-new-tokens",
+        &steps,
+        "--temperature",
+        "0",
+        "--repetition-penalty",
+        "1",
+        "--ignore-eos",
+        "--runs",
+        "3",
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+    ]);
+    assert_eq!(ids(&v["generated_token_ids"]), ids(&case["greedy"]));
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[2], v["timings"]);
+    for r in runs {
+        assert_eq!(r["generated_tokens"].as_u64(), Some(steps.parse().unwrap()));
+    }
+    // zero runs is refused
+    let out = cli()
+        .args(["--model", &model, "--runs", "0", "--prompt", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--runs"));
+}
+
 #[test]
 fn cli_runs_qwen25_cine_loops_at_the_given_frame_rate() {
     let g = Golden::load("tiny-qwen25vl");
