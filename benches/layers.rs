@@ -48,19 +48,46 @@ fn bench_dir() -> Option<PathBuf> {
     }
 }
 
-/// The formats compared: Burn's portable matmul and the CPU kernels' formats.
-fn formats() -> Vec<(&'static str, LinearOptions)> {
+/// Whether the format named `name` is benchmarked: `ECHOVLM_BENCH_FORMATS` (comma-separated
+/// names) picks formats; unset, every one is.
+fn selected(name: &str) -> bool {
     let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
+    only.is_empty() || only.split(',').any(|o| o == name)
+}
+
+/// The CPU kernels' weight formats that are benchmarked.
+fn kernel_formats() -> Vec<WeightFormat> {
     [
-        ("portable", LinearOptions::portable()),
-        ("f32", LinearOptions::cpu(WeightFormat::F32)),
-        ("bf16", LinearOptions::cpu(WeightFormat::Bf16)),
-        ("int8", LinearOptions::cpu(WeightFormat::Int8)),
-        ("int4", LinearOptions::cpu(WeightFormat::Int4)),
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Int8,
+        WeightFormat::Int4,
     ]
     .into_iter()
-    .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o == *n))
+    .filter(|f| selected(&f.to_string()))
     .collect()
+}
+
+/// The formats compared: Burn's portable matmul and the CPU kernels' formats.
+fn formats() -> Vec<(String, LinearOptions)> {
+    let portable =
+        selected("portable").then(|| ("portable".to_string(), LinearOptions::portable()));
+    portable
+        .into_iter()
+        .chain(
+            kernel_formats()
+                .into_iter()
+                .map(|f| (f.to_string(), LinearOptions::cpu(f))),
+        )
+        .collect()
+}
+
+/// `n` values drawn from N(0, 0.02²), a weight's scale.
+fn random_values(n: usize) -> Vec<f32> {
+    Tensor::<1>::random([n], Distribution::Normal(0.0, 0.02), &Device::default())
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 values")
 }
 
 fn load_layer(dir: &std::path::Path, options: LinearOptions) -> TextModel {
@@ -150,7 +177,7 @@ fn vision_block(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(1));
     for (name, options) in formats()
         .into_iter()
-        .filter(|(n, _)| matches!(*n, "portable" | "f32" | "bf16"))
+        .filter(|(n, _)| matches!(n.as_str(), "portable" | "f32" | "bf16"))
     {
         let model = load(&ckpt, &Device::default(), DType::F32, options, |l| {
             l.ignore_prefix("model.");
@@ -298,29 +325,13 @@ fn moe_block(c: &mut Criterion) {
 fn matvec(c: &mut Criterion) {
     use criterion::Throughput;
     use echovlm_core::cpu::PackedWeight;
-    let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
     let (rows, cols) = (18944usize, 3584usize);
-    let w: Vec<f32> = Tensor::<1>::random(
-        [rows * cols],
-        Distribution::Normal(0.0, 0.02),
-        &Device::default(),
-    )
-    .into_data()
-    .try_into_vec::<f32>()
-    .expect("f32 values");
+    let w = random_values(rows * cols);
     let x: Vec<f32> = (0..cols).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
     let mut g = c.benchmark_group("matvec");
     g.sample_size(20).warm_up_time(Duration::from_secs(1));
-    for format in [
-        WeightFormat::F32,
-        WeightFormat::Bf16,
-        WeightFormat::Int8,
-        WeightFormat::Int4,
-    ] {
+    for format in kernel_formats() {
         let name = format.to_string();
-        if !(only.is_empty() || only.split(',').any(|o| o == name)) {
-            continue;
-        }
         let copies: Vec<PackedWeight> = (0..4)
             .map(|_| PackedWeight::from_f32(rows, cols, &w, format).expect("packs"))
             .collect();
@@ -343,29 +354,13 @@ fn matvec(c: &mut Criterion) {
 fn prompt_product(c: &mut Criterion) {
     use criterion::Throughput;
     use echovlm_core::cpu::PackedWeight;
-    let only = std::env::var("ECHOVLM_BENCH_FORMATS").unwrap_or_default();
     let (m, rows, cols) = (256usize, 18944usize, 3584usize);
-    let device = Device::default();
-    let values = |n: usize| -> Vec<f32> {
-        Tensor::<1>::random([n], Distribution::Normal(0.0, 0.02), &device)
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32 values")
-    };
-    let (w, x) = (values(rows * cols), values(m * cols));
+    let (w, x) = (random_values(rows * cols), random_values(m * cols));
     let mut g = c.benchmark_group("prompt_product");
     g.sample_size(10).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
-    for format in [
-        WeightFormat::F32,
-        WeightFormat::Bf16,
-        WeightFormat::Int8,
-        WeightFormat::Int4,
-    ] {
+    for format in kernel_formats() {
         let name = format.to_string();
-        if !(only.is_empty() || only.split(',').any(|o| o == name)) {
-            continue;
-        }
         let p = PackedWeight::from_f32(rows, cols, &w, format).expect("packs");
         let mut y = vec![0f32; m * rows];
         g.bench_function(&name, |b| {
