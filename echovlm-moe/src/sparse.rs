@@ -497,10 +497,7 @@ impl DynamicFfn {
     pub fn forward_train(&self, h: Tensor<2>) -> Result<(Tensor<2>, Tensor<2>), ReadBackError> {
         let (m, _, logits) = self.moe.forward_train(h.clone())?;
         let c = self.coefficients(h.clone());
-        let d = self.mlp.forward(h);
-        let c0 = c.clone().narrow(1, 0, 1);
-        let c1 = c.narrow(1, 1, 1);
-        Ok((c0 * m + c1 * d, logits))
+        Ok((mix(c, m, self.mlp.forward(h)), logits))
     }
 
     /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns
@@ -510,27 +507,30 @@ impl DynamicFfn {
     /// tokens; on any other device everything stays there ([`SparseMoeBlock::forward_on_device`])
     /// and only a recorded routing is read back, in one transfer.
     pub fn forward(&self, h: Tensor<2>, record: bool) -> Result<MixOutput, ReadBackError> {
-        if !backend::is_flex(&h.device()) {
+        let c = self.coefficients(h.clone());
+        let (m, recorded) = if backend::is_flex(&h.device()) {
+            let (m, routing) = self.moe.forward(h.clone())?;
+            let recorded = match record {
+                true => Some((routing, to_f32_vec(c.clone())?)),
+                false => None,
+            };
+            (m, recorded)
+        } else {
             let (m, routing) = self.moe.forward_on_device(h.clone());
-            let c = self.coefficients(h.clone());
-            let d = self.mlp.forward(h);
             let recorded = match record {
                 true => Some(routing.read_back_with(c.clone())?),
                 false => None,
             };
-            let c0 = c.clone().narrow(1, 0, 1);
-            let c1 = c.narrow(1, 1, 1);
-            return Ok((c0 * m + c1 * d, recorded));
-        }
-        let (m, routing) = self.moe.forward(h.clone())?;
-        let c = self.coefficients(h.clone());
-        let d = self.mlp.forward(h);
-        let recorded = match record {
-            true => Some((routing, to_f32_vec(c.clone())?)),
-            false => None,
+            (m, recorded)
         };
-        let c0 = c.clone().narrow(1, 0, 1);
-        let c1 = c.narrow(1, 1, 1);
-        Ok((c0 * m + c1 * d, recorded))
+        Ok((mix(c, m, self.mlp.forward(h)), recorded))
     }
+}
+
+/// `c[:, 0] · moe + c[:, 1] · dense`, the mix of the two branches by their coefficients
+/// (`[tokens, 2]`).
+fn mix(c: Tensor<2>, moe: Tensor<2>, dense: Tensor<2>) -> Tensor<2> {
+    let c0 = c.clone().narrow(1, 0, 1);
+    let c1 = c.narrow(1, 1, 1);
+    c0 * moe + c1 * dense
 }

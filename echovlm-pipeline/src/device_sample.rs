@@ -42,9 +42,8 @@ pub(crate) fn choose(
         }
         let seen = Tensor::<2>::from_data(TensorData::new(mask, [b, vocab]), (&device, DType::F32))
             .greater_elem(0.5);
-        let penalised = logits
-            .clone()
-            .mask_where(logits.clone().lower_elem(0.0), logits.clone() * p)
+        // negative logits are multiplied by the penalty, the others divided
+        let penalised = (logits.clone() * p)
             .mask_where(logits.clone().greater_equal_elem(0.0), logits.clone() / p);
         logits = logits.mask_where(seen, penalised);
     }

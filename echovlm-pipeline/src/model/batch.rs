@@ -5,7 +5,7 @@ use std::time::Instant;
 use echovlm_moe::RoutingTrace;
 use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
 
-use super::run::{Prefill, Sequence, choose_on_device, ms, read_logits};
+use super::run::{Prefill, Sequence, choose_on_device, decoder_logits, ms, read_logits};
 use super::{EchoVlm, PreparedPrompt};
 use crate::error::EchoError;
 use crate::generate::{FinishReason, GenerationOptions};
@@ -314,9 +314,7 @@ impl<'m> ContinuousBatch<'m> {
             }
         } else {
             // on a GPU the tokens are chosen there: one read-back of the ids per step
-            let logits = out
-                .logits
-                .ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
+            let logits = decoder_logits(out.logits)?;
             let b = self.rows.len();
             let mut rows: Vec<_> = self
                 .rows

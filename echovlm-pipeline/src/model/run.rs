@@ -177,10 +177,7 @@ impl EchoVlm {
                 traces.as_deref_mut(),
             )?;
             if on_device {
-                let t = out
-                    .logits
-                    .ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
-                device_logits = Some(t.reshape([b, vocab]));
+                device_logits = Some(decoder_logits(out.logits)?.reshape([b, vocab]));
             } else {
                 logits = read_logits(out.logits)?;
             }
@@ -596,11 +593,14 @@ pub(super) fn choose_on_device(
     Ok(out)
 }
 
+/// The decoder's logits, which a decoding forward pass always asks for.
+pub(super) fn decoder_logits(logits: Option<Tensor<3>>) -> Result<Tensor<3>, EchoError> {
+    logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))
+}
+
 /// Reads the decoder's logits back to the host.
 pub(super) fn read_logits(logits: Option<Tensor<3>>) -> Result<Vec<f32>, EchoError> {
-    let logits =
-        logits.ok_or_else(|| EchoError::Device("the decoder returned no logits".into()))?;
-    echovlm_core::host::to_f32_vec(logits)
+    echovlm_core::host::to_f32_vec(decoder_logits(logits)?)
         .map_err(|e| EchoError::Device(format!("reading the logits back failed: {}", e.reason)))
 }
 
