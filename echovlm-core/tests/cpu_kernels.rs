@@ -109,9 +109,11 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn every_format_matches_the_reference_on_its_own_weights() {
     // odd sizes exercise the tails; 64-multiples the vector int8 path; 896 = 28 int4 groups
-    // (three passes of eight and a tail of four), 100 and 70 a partial last group
+    // (three passes of eight and a tail of four), 100 and 70 a partial last group; 101 an odd
+    // last column (bf16 panels store columns in pairs)
     for &(rows, cols) in &[
         (37, 100),
+        (11, 101),
         (130, 128),
         (64, 3584 / 4),
         (9, 70),
@@ -367,14 +369,21 @@ fn panel_products_cover_partial_panels_column_passes_and_row_blocks() {
     // widen tiles of 128 rows into that layout; products run 512 columns per pass (1100: two
     // whole passes and a partial one, which add to the first) and 256 activation rows per task
     // (300: a second, partial block); 45, 52 and 48 rows end in partial panels of 13, 20 and 16
-    // rows (the last two split across the two 16-lane halves); 150 rows: a second, partial tile
-    for (rows, cols) in [(45, 1100), (52, 70), (48, 40), (150, 64)] {
+    // rows (the last two split across the two 16-lane halves); 150 rows: a second, partial
+    // tile. bf16 panels hold column pairs, 256 pairs per pass: 1101 columns end in a lone
+    // column (and three passes, the last partial)
+    for (rows, cols) in [(45, 1100), (20, 1101), (52, 70), (48, 40), (150, 64)] {
         let w = values(rows * cols, 5);
         for format in FORMATS {
             let p = PackedWeight::from_f32(rows, cols, &w, format).unwrap();
             let stored = p.to_f32();
-            if format == WeightFormat::F32 {
-                // the panel layout reads back row by row exactly
+            if format == WeightFormat::F32 || format == WeightFormat::Bf16 {
+                // the panel layouts read back row by row exactly (bf16: its rounded values)
+                let w: Vec<f32> = if format == WeightFormat::Bf16 {
+                    w.iter().map(|&v| bf16_round(v)).collect()
+                } else {
+                    w.clone()
+                };
                 assert_eq!(stored, w, "{rows}x{cols}: rows read back");
                 let mut row = vec![0f32; cols];
                 p.row(rows - 1, &mut row).unwrap();

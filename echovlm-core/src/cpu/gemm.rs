@@ -62,43 +62,129 @@ impl PackedWeight {
             y.fill(0.0);
             return Ok(());
         }
+        let kernel = resolve_kernel(kernel, Kernel::is_supported);
         if let Data::F32(w) = &self.data {
-            self.panel_product(resolve_kernel(kernel, Kernel::is_supported), w, x, m, y);
+            let layout = Layout {
+                kcols: self.cols,
+                xcol: 1,
+                wcol: PANEL,
+            };
+            self.panel_product(kernels::panel_f32(kernel), layout, w, x, self.cols, m, y);
             return Ok(());
         }
+        if let Data::Bf16(w) = &self.data {
+            return self.bf16_product(kernel, w, x, m, y);
+        }
         if m <= SMALL_M {
-            let dots = Dots::new(resolve_kernel(kernel, Kernel::is_supported), self.cols);
-            self.matvec(dots, x, m, y)
+            self.matvec(Dots::new(kernel, self.cols), x, m, y)
         } else {
-            self.tiled_gemm(resolve_kernel(kernel, Kernel::is_supported), x, m, y)
+            self.tiled_gemm(kernel, x, m, y)
         }
     }
 
-    /// f32 weights (stored in panels, see `Data::F32`) times `m` activation rows, on the
-    /// panel kernel of `kernel` (already resolved against the CPU).
+    /// bf16 weights (stored in panels of column pairs, see `Data::Bf16`) times `m` activation
+    /// rows, on the panel kernels of `kernel` (already resolved against the CPU): decode
+    /// (`m ≤ SMALL_M`) multiplies the f32 activations as they are; prompt-sized products round
+    /// them to bf16 (as a bf16 model computes) and run on `vdpbf16ps` where the CPU has
+    /// AVX512_BF16, else in f32 on the same rounded values. `x` is `m · cols` long and `y`
+    /// `m · rows` (checked by the caller).
+    fn bf16_product(
+        &self,
+        kernel: Kernel,
+        w: &[u16],
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), CpuError> {
+        let cols = self.cols;
+        let pairs = cols.div_ceil(2);
+        let layout = Layout {
+            kcols: pairs,
+            xcol: 2,
+            wcol: kernels::PAIR,
+        };
+        // activation rows of a whole number of pairs (an odd last column meets zero weights)
+        let stride = 2 * pairs;
+        if m > SMALL_M {
+            if let Some(f) = kernels::panel_bf16_dot(kernel) {
+                let xb = bf16_rows(x, m, cols, stride)?;
+                self.panel_product(f, layout, w, &xb, stride, m, y);
+                return Ok(());
+            }
+            let mut rounded =
+                Aligned::<f32>::zeroed(checked_bytes("activations", m, stride, 4)? / 4)?;
+            rounded
+                .par_chunks_mut(stride)
+                .zip(x.par_chunks(cols))
+                .for_each(|(d, s)| {
+                    for (o, &v) in d.iter_mut().zip(s) {
+                        *o = half::bf16::from_f32(v).to_f32();
+                    }
+                });
+            self.panel_product(
+                kernels::panel_bf16(kernel),
+                layout,
+                w,
+                &rounded,
+                stride,
+                m,
+                y,
+            );
+        } else if stride == cols {
+            self.panel_product(kernels::panel_bf16(kernel), layout, w, x, cols, m, y);
+        } else {
+            let mut padded = vec![0f32; m * stride];
+            for (d, s) in padded.chunks_exact_mut(stride).zip(x.chunks_exact(cols)) {
+                d[..cols].copy_from_slice(s);
+            }
+            self.panel_product(
+                kernels::panel_bf16(kernel),
+                layout,
+                w,
+                &padded,
+                stride,
+                m,
+                y,
+            );
+        }
+        Ok(())
+    }
+
+    /// Panels of weights (f32 or bf16 pairs, as `layout` says) times `m` activation rows
+    /// (`ldx` apart), on the panel kernel `f` (resolved against the CPU).
     ///
     /// A task multiplies a block of up to [`PANEL_MC`] activation rows with a group of
-    /// panels, [`PANEL_KC`] columns at a time (columns at once for `m ≤ SMALL_M`): the block's
-    /// `PANEL_MC · PANEL_KC` activations (512 KiB) stay in L2 while every panel of the group meets
-    /// them, and each panel's `PANEL_KC · 32` weights stay in L1/L2 while all of the block's
-    /// rows meet them. Nothing is packed per call. `x` is `m · cols` long and `y` `m · rows`
-    /// (checked by the caller).
-    fn panel_product(&self, kernel: Kernel, w: &[f32], x: &[f32], m: usize, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
+    /// panels, [`PANEL_KC`] activation values at a time (all of them for `m ≤ SMALL_M`): the
+    /// block's `PANEL_MC · PANEL_KC` activations (512 KiB in f32) stay in L2 while every panel of
+    /// the group meets them, and each panel's weights of those columns stay in L1/L2 while all
+    /// of the block's rows meet them. Nothing is packed per call. `x` holds `m` rows of
+    /// `layout.kcols · layout.xcol` values `ldx` apart, and `y` is `m · rows`.
+    #[allow(clippy::too_many_arguments)] // the kernel, its layout and the operands
+    fn panel_product<X: Sync, W: Sync>(
+        &self,
+        f: Panel<X, W>,
+        layout: Layout,
+        w: &[W],
+        x: &[X],
+        ldx: usize,
+        m: usize,
+        y: &mut [f32],
+    ) {
+        let rows = self.rows;
+        let panels = rows.div_ceil(PANEL);
         assert!(
-            x.len() == m * cols
+            layout.kcols * layout.xcol <= ldx
+                && x.len() >= m * ldx
                 && y.len() == m * rows
-                && w.len() >= rows.div_ceil(PANEL) * PANEL * cols,
+                && w.len() >= panels * layout.kcols * layout.wcol,
             "panel product lengths"
         );
-        let f = kernels::panel_f32(kernel);
-        let panels = rows.div_ceil(PANEL);
         let threads = rayon::current_num_threads().max(1);
         let (kc, mc, group) = if m <= SMALL_M {
             // one pass over the weights: about eight groups per thread to balance
-            (cols, m, panels.div_ceil(threads * 8).clamp(1, 32))
+            (layout.kcols, m, panels.div_ceil(threads * 8).clamp(1, 32))
         } else {
-            (PANEL_KC, PANEL_MC, PANEL_GROUP)
+            (PANEL_KC / layout.xcol, PANEL_MC, PANEL_GROUP)
         };
         let groups = panels.div_ceil(group);
         let tasks = m.div_ceil(mc) * groups;
@@ -112,8 +198,9 @@ impl PackedWeight {
             unsafe {
                 panel_block(
                     f,
-                    &x[i0 * cols..],
-                    cols,
+                    layout,
+                    &x[i0 * ldx..],
+                    ldx,
                     mm,
                     w,
                     p0..(p0 + group).min(panels),
@@ -125,7 +212,7 @@ impl PackedWeight {
             }
         };
         // waking the thread pool costs tens of microseconds: small products stay on this thread
-        let macs = rows.saturating_mul(cols).saturating_mul(m);
+        let macs = rows.saturating_mul(self.cols).saturating_mul(m);
         if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
             (0..tasks).for_each(task);
         } else {
@@ -142,13 +229,7 @@ impl PackedWeight {
             quantized = QuantizedRows::new(x, m, self.cols)?;
             Input::Int8(&quantized)
         } else {
-            aligned = {
-                let mut a = Aligned::from_slice(x)?;
-                if matches!(self.data, Data::Bf16(_)) && dots.bf16_pairs {
-                    kernels::pair_split(&mut a, self.cols);
-                }
-                a
-            };
+            aligned = Aligned::from_slice(x)?;
             Input::F32(&aligned)
         };
         let threads = rayon::current_num_threads().max(1);
@@ -191,7 +272,6 @@ impl PackedWeight {
         // long (asserted above), quantised `x` holds `m` rows (the kernel asserts it).
         unsafe {
             match (&self.data, x) {
-                (Data::Bf16(w), Input::F32(x)) => (dots.bf16)(&w[r * c..(r + 1) * c], x, m, c, out),
                 (Data::Int8 { q, scales }, Input::F32(x)) => {
                     let blocks = c.div_ceil(INT8_BLOCK);
                     (dots.int8)(
@@ -219,14 +299,10 @@ impl PackedWeight {
         }
     }
 
-    /// Prompt-sized products of bf16, int8 and int4 weights: the weight rows are split into
-    /// tiles of 128, one per task on the thread pool; each task widens its tile once into a
+    /// Prompt-sized products of int8 and int4 weights: the weight rows are split into tiles
+    /// of 128, one per task on the thread pool; each task widens its tile once into a
     /// per-thread scratch in the f32 panel layout and multiplies it with every activation row on
     /// the panel kernel, as `panel_product` does for f32 weights.
-    ///
-    /// bf16 weights meet the activations rounded to bf16 on every kernel: on
-    /// [`Kernel::Avx512Bf16`] (which `kernel`, already resolved, names only where the CPU has
-    /// it) with `vdpbf16ps` on the bf16 rows as stored, elsewhere widened to f32 panels.
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn tiled_gemm(
         &self,
@@ -244,44 +320,10 @@ impl PackedWeight {
         );
         let tiles = rows.div_ceil(TILE);
         let y_ptr = SendPtr(y.as_mut_ptr());
-        let rounded;
-        let x = if let Data::Bf16(w) = &self.data {
-            #[cfg(target_arch = "x86_64")]
-            if kernel == Kernel::Avx512Bf16 {
-                // rows padded to whole vectors of 32 bf16, zeros past `cols`
-                let stride = cols.div_ceil(32) * 32;
-                let xb = bf16_rows(x, m, cols, stride)?;
-                // 64 rows of a 3584-wide matrix (448 KiB) stay in L2 while every activation
-                // row meets them
-                const BF16_TILE: usize = 64;
-                (0..rows.div_ceil(BF16_TILE)).into_par_iter().for_each(|t| {
-                    let r0 = t * BF16_TILE;
-                    let n = BF16_TILE.min(rows - r0);
-                    // SAFETY: the kernel was resolved against the CPU's features; the tile
-                    // writes y[i · rows + r0 + j] for i < m, j < n: inside y ([m, rows],
-                    // asserted above) and in columns no other tile writes.
-                    unsafe {
-                        kernels::gemm_bf16(
-                            &xb,
-                            stride,
-                            &w[r0 * cols..(r0 + n) * cols],
-                            cols,
-                            y_ptr.get().add(r0),
-                            rows,
-                        )
-                    }
-                });
-                return Ok(());
-            }
-            let _ = (kernel, w);
-            // the same rounding, then the f32 product below
-            rounded = x
-                .par_iter()
-                .map(|&v| half::bf16::from_f32(v).to_f32())
-                .collect::<Vec<f32>>();
-            &rounded[..]
-        } else {
-            x
+        let layout = Layout {
+            kcols: cols,
+            xcol: 1,
+            wcol: PANEL,
         };
         // at most `rows · cols` f32 (plus padding to whole panels): fits, as checked when the
         // matrix was packed
@@ -320,6 +362,7 @@ impl PackedWeight {
                     unsafe {
                         panel_block(
                             f,
+                            layout,
                             &x[i0 * cols..],
                             cols,
                             mm,
@@ -338,38 +381,53 @@ impl PackedWeight {
     }
 }
 
-/// `mm` activation rows (`x`, `cols` apart) times the panels `ps` of `w` (f32 panel layout,
-/// `cols` columns; its first panel's row 0 is the matrix row `y` points at, and `valid` rows
-/// are real), `kc` columns per pass, into `y` (rows `ldy` apart): the first pass stores, the
-/// others add.
+/// A panel kernel: `(x, ldx, m, w, kc, y, ldy, n, accumulate)` as [`kernels::PanelF32`]
+/// describes, for activations of type `X` and weights of type `W`.
+type Panel<X, W> = unsafe fn(&[X], usize, usize, &[W], usize, *mut f32, usize, usize, bool);
+
+/// How a panel kernel's columns map to the operands: `kcols` kernel columns (matrix columns,
+/// or column pairs), each `xcol` activation values and `wcol` weight values of a panel.
+#[derive(Clone, Copy)]
+struct Layout {
+    kcols: usize,
+    xcol: usize,
+    wcol: usize,
+}
+
+/// `mm` activation rows (`x`, `ldx` apart) times the panels `ps` of `w` (in `layout`; its
+/// first panel's row 0 is the matrix row `y` points at, and `valid` rows are real), `kc`
+/// kernel columns per pass, into `y` (rows `ldy` apart): the first pass stores, the others
+/// add.
 ///
 /// # Safety
 /// `f` suits the CPU, and `y` is writable at `i · ldy + j` for `i < mm` and every real row `j`
 /// of the panels `ps`, with no other thread touching those values. (The slices are checked by
 /// the kernel.)
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_block(
-    f: kernels::PanelF32,
-    x: &[f32],
-    cols: usize,
+unsafe fn panel_block<X, W>(
+    f: Panel<X, W>,
+    layout: Layout,
+    x: &[X],
+    ldx: usize,
     mm: usize,
-    w: &[f32],
+    w: &[W],
     ps: std::ops::Range<usize>,
     kc: usize,
     y: *mut f32,
     ldy: usize,
     valid: usize,
 ) {
-    for k0 in (0..cols).step_by(kc) {
-        let kl = kc.min(cols - k0);
+    let Layout { kcols, xcol, wcol } = layout;
+    for k0 in (0..kcols).step_by(kc) {
+        let kl = kc.min(kcols - k0);
         for p in ps.clone() {
             // SAFETY: as the caller guarantees; the kernel checks the slices.
             unsafe {
                 f(
-                    &x[k0..],
-                    cols,
+                    &x[k0 * xcol..],
+                    ldx,
                     mm,
-                    &w[(p * cols + k0) * PANEL..],
+                    &w[(p * kcols + k0) * wcol..],
                     kl,
                     y.add(p * PANEL),
                     ldy,

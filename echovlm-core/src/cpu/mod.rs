@@ -14,16 +14,19 @@
 //!   two contiguous loads: no packing per call, no horizontal sums. Decode runs it in one pass
 //!   over the weights; prompts in blocks of 256 activation rows and 512 columns, so that the
 //!   block's activations stay in L2 while every panel of a task meets them;
-//! * bf16, int8 and int4 weights with `m ≤ SMALL_M` rows of activations (decode, small
-//!   batches): one pass over the weights, each weight row dotted with every activation row
-//!   (AVX-512 or AVX2+FMA when the CPU has them, a portable loop otherwise); int4 weights are
-//!   multiplied in integers with the activations quantised to int8 per block of 32 (AVX2, or
-//!   the portable loop);
-//! * larger `m` (prefill): each task widens a tile of 128 weight rows once into the f32 panel
-//!   layout and runs the panel kernel. bf16 weights meet activations rounded to bf16 there (as
-//!   a bf16 model computes), on every kernel: where the CPU has AVX512_BF16 the product runs on
-//!   `vdpbf16ps` without widening, twice the f32 rate; elsewhere the widened rows meet the
-//!   rounded activations in f32, the same products.
+//! * bf16 weights are stored in panels of 32 rows too, by column pairs (`packed::Data::Bf16`):
+//!   one 512-bit load holds 16 rows of two columns. Decode widens them in registers (a shift
+//!   for the even column, a mask for the odd one) and multiplies the f32 activations as they
+//!   are, streaming half the bytes of f32 panels through the same driver. Prompt-sized products
+//!   round the activations to bf16 (as a bf16 model computes) and, where the CPU has
+//!   AVX512_BF16, multiply the stored pairs with broadcast activation pairs on `vdpbf16ps`:
+//!   twice the f32 rate, without widening; elsewhere the same panels in f32;
+//! * int8 and int4 weights with `m ≤ SMALL_M` rows of activations (decode, small batches): one
+//!   pass over the weights, each weight row dotted with every activation row (AVX-512 or
+//!   AVX2+FMA when the CPU has them, a portable loop otherwise); int4 weights are multiplied in
+//!   integers with the activations quantised to int8 per block of 32 (AVX2, or the portable
+//!   loop); larger `m` (prefill): each task widens a tile of 128 weight rows once into the f32
+//!   panel layout and runs the panel kernel.
 //!
 //! Beside the products, two more kernels serve the long sequences of prompts and images:
 //! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,

@@ -11,6 +11,7 @@ use super::format::{
     INT4_GROUP, INT4_GROUP_BYTES, INT8_BLOCK, WeightFormat, int4_level, quantize_row,
     quantize_row_int4,
 };
+use super::kernels::{PAIR, pair_index};
 
 /// Weight rows per panel of the f32 layout.
 pub(super) const PANEL: usize = 32;
@@ -23,6 +24,12 @@ pub(super) enum Data {
     /// contiguous 512-bit loads (four 256-bit ones) and multiplies them with one broadcast
     /// activation per row: no packing per call and no horizontal sums.
     F32(Aligned<f32>),
+    /// Panels of [`PANEL`] rows in column pairs (raw bf16 bits): row `r`, column `c` at
+    /// `(r / PANEL · pairs + c / 2) · PAIR + pair_index(r % PANEL, c % 2)` with
+    /// `pairs = cols.div_ceil(2)`; rows padded with zeros to whole panels, and an odd last
+    /// column with a zero column. One 512-bit load holds 16 rows of a column pair, which a
+    /// shift and a mask widen to two f32 vectors (or `vdpbf16ps` multiplies as they are):
+    /// decode streams the weights as f32 panels do, at half the bytes.
     Bf16(Aligned<u16>),
     Int8 {
         q: Aligned<i8>,
@@ -73,13 +80,11 @@ impl PackedWeight {
             WeightFormat::F32 => Data::F32(panels(rows, cols, w, cols, |row, out| {
                 out.copy_from_slice(row)
             })?),
-            WeightFormat::Bf16 => {
-                let mut bits = Aligned::<u16>::zeroed(n)?;
-                bits.par_iter_mut()
-                    .zip(w.par_iter())
-                    .for_each(|(b, &x)| *b = bf16::from_f32(x).to_bits());
-                Data::Bf16(bits)
-            }
+            WeightFormat::Bf16 => Data::Bf16(bf16_panels(rows, cols, w, cols, |row, out| {
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = bf16::from_f32(x).to_bits();
+                }
+            })?),
             WeightFormat::Int8 | WeightFormat::Int4 => quantized(
                 rows,
                 cols,
@@ -141,25 +146,19 @@ impl PackedWeight {
         let data = match format {
             WeightFormat::F32 => Data::F32(panels(rows, cols, bytes, row_bytes, widen)?),
             WeightFormat::Bf16 => {
-                let mut w = Aligned::<u16>::zeroed(n)?;
-                w.par_chunks_mut(cols)
-                    .zip(bytes.par_chunks(row_bytes))
-                    .for_each_init(
-                        || vec![0f32; cols],
-                        |tmp, (o, raw)| {
-                            if storage == S::BF16 {
-                                for (o, c) in o.iter_mut().zip(raw.chunks_exact(2)) {
-                                    *o = u16::from_le_bytes([c[0], c[1]]);
-                                }
-                            } else {
-                                widen(raw, tmp);
-                                for (o, &x) in o.iter_mut().zip(tmp.iter()) {
-                                    *o = bf16::from_f32(x).to_bits();
-                                }
-                            }
-                        },
-                    );
-                Data::Bf16(w)
+                Data::Bf16(bf16_panels(rows, cols, bytes, row_bytes, |raw, o| {
+                    if storage == S::BF16 {
+                        for (o, c) in o.iter_mut().zip(raw.chunks_exact(2)) {
+                            *o = u16::from_le_bytes([c[0], c[1]]);
+                        }
+                    } else {
+                        let mut tmp = vec![0f32; o.len()];
+                        widen(raw, &mut tmp);
+                        for (o, &x) in o.iter_mut().zip(tmp.iter()) {
+                            *o = bf16::from_f32(x).to_bits();
+                        }
+                    }
+                })?)
             }
             WeightFormat::Int8 | WeightFormat::Int4 => quantized(
                 rows,
@@ -181,7 +180,9 @@ impl PackedWeight {
         Ok(Self {
             rows,
             cols,
-            data: Data::Bf16(Aligned::from_slice(w)?),
+            data: Data::Bf16(bf16_panels(rows, cols, w, cols, |row, out| {
+                out.copy_from_slice(row)
+            })?),
         })
     }
 
@@ -252,7 +253,10 @@ impl PackedWeight {
                 }
             }
             Data::Bf16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[r * c..(r + 1) * c]) {
+                let pairs = c.div_ceil(2);
+                let panel = &w[r / PANEL * pairs * PAIR..];
+                for (k, o) in out.iter_mut().enumerate() {
+                    let b = panel[k / 2 * PAIR + pair_index(r % PANEL, k % 2)];
                     *o = f32::from_bits((b as u32) << 16);
                 }
             }
@@ -322,6 +326,47 @@ fn panels<T: Sync>(
                         let row = &tmp[j * cols..(j + 1) * cols];
                         for c in c0..c1 {
                             panel[c * PANEL + j] = row[c];
+                        }
+                    }
+                }
+            },
+        );
+    Ok(out)
+}
+
+/// The `[rows, cols]` matrix in the bf16 panel layout (see [`Data::Bf16`]), a panel per task:
+/// row `i` of `src` (`src_row` elements) is converted to `cols` bf16 values by `convert`, then
+/// scattered into its panel's column pairs.
+fn bf16_panels<T: Sync>(
+    rows: usize,
+    cols: usize,
+    src: &[T],
+    src_row: usize,
+    convert: impl Fn(&[T], &mut [u16]) + Sync,
+) -> Result<Aligned<u16>, CpuError> {
+    if cols == 0 || rows == 0 {
+        return Aligned::zeroed(0);
+    }
+    // rows · cols f32 fit in isize (checked by the caller), so the padding to whole panels
+    // and an even column count does not overflow, and neither do half as many bytes
+    let pairs = cols.div_ceil(2);
+    let panel_len = pairs * PAIR;
+    let mut out = Aligned::<u16>::zeroed(matrix_elements(rows.div_ceil(PANEL), panel_len)?)?;
+    out.par_chunks_mut(panel_len)
+        .zip(src.par_chunks(src_row * PANEL))
+        .for_each_init(
+            || vec![0u16; PANEL * cols],
+            |tmp, (panel, raw)| {
+                let n = raw.len() / src_row;
+                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                    convert(raw, &mut tmp[j * cols..(j + 1) * cols]);
+                }
+                for (q, pair) in panel.chunks_exact_mut(PAIR).enumerate() {
+                    for j in 0..n {
+                        for e in 0..2 {
+                            if let Some(&v) = tmp[j * cols..(j + 1) * cols].get(2 * q + e) {
+                                pair[pair_index(j, e)] = v;
+                            }
                         }
                     }
                 }

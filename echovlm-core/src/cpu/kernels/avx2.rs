@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows, check_int4};
-use super::{INT8_BLOCK, PREFETCH, check_int8};
+use super::{INT8_BLOCK, PAIR, PREFETCH, check_int8};
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum256(v: __m256) -> f32 {
@@ -14,88 +14,6 @@ unsafe fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
-}
-
-macro_rules! avx2_kernel {
-    ($name:ident, $inner:ident, $wty:ty, |$w:ident, $i:ident| $load:expr, |$wt:ident, $j:ident| $tail:expr) => {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $inner<const M: usize>(
-            m0: usize,
-            $w: &[$wty],
-            x: &[f32],
-            c: usize,
-            out: &mut [f32],
-        ) {
-            let full = c / 32 * 32;
-            let mut acc = [[_mm256_setzero_ps(); 4]; M];
-            let xp = unsafe { x.as_ptr().add(m0 * c) };
-            let mut $i = 0;
-            let line_elems = 64 / std::mem::size_of::<$wty>();
-            while $i < full {
-                let mut l = 0;
-                while l < 32 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        ($w.as_ptr().wrapping_add($i + l) as *const i8).wrapping_add(PREFETCH),
-                    );
-                    l += line_elems;
-                }
-                let wv: [__m256; 4] = unsafe {
-                    [
-                        {
-                            let $i = $i;
-                            $load
-                        },
-                        {
-                            let $i = $i + 8;
-                            $load
-                        },
-                        {
-                            let $i = $i + 16;
-                            $load
-                        },
-                        {
-                            let $i = $i + 24;
-                            $load
-                        },
-                    ]
-                };
-                for k in 0..M {
-                    let xr = unsafe { xp.add(k * c + $i) };
-                    for u in 0..4 {
-                        let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
-                        acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
-                    }
-                }
-                $i += 32;
-            }
-            for k in 0..M {
-                let a = _mm256_add_ps(
-                    _mm256_add_ps(acc[k][0], acc[k][1]),
-                    _mm256_add_ps(acc[k][2], acc[k][3]),
-                );
-                let mut s = unsafe { hsum256(a) };
-                for $j in full..c {
-                    let $wt = $w;
-                    s += $tail * x[(m0 + k) * c + $j];
-                }
-                out[m0 + k] = s;
-            }
-        }
-
-        /// Dots one weight row (`c` values) with `m` activation rows.
-        ///
-        /// # Safety
-        /// The CPU must support AVX2 and FMA. (Lengths are checked: `w` at least `c`
-        /// long, `x` at least `m · c`, `out` at least `m`, or this panics.)
-        #[target_feature(enable = "avx2,fma")]
-        pub(super) unsafe fn $name($w: &[$wty], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-            assert!(
-                $w.len() >= c && m.checked_mul(c).is_some_and(|n| x.len() >= n) && out.len() >= m,
-                "kernel lengths"
-            );
-            unsafe { dispatch_rows!($inner, m, $w, x, c, out) }
-        }
-    };
 }
 
 /// `R` activation rows times one weight panel (see [`PanelF32`](super::PanelF32)): four
@@ -133,28 +51,7 @@ unsafe fn panel_rows<const R: usize>(
             }
         }
     }
-    for i in 0..R {
-        let mut vals = [0f32; 32];
-        for u in 0..4 {
-            unsafe { _mm256_storeu_ps(vals.as_mut_ptr().add(8 * u), acc[i][u]) };
-        }
-        let row = unsafe { y.add(i * ldy) };
-        if n == 32 {
-            for u in 0..4 {
-                let p = unsafe { row.add(8 * u) };
-                let mut v = acc[i][u];
-                if accumulate {
-                    v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(p) });
-                }
-                unsafe { _mm256_storeu_ps(p, v) };
-            }
-        } else {
-            for (j, &v) in vals.iter().enumerate().take(n) {
-                let p = unsafe { row.add(j) };
-                unsafe { *p = if accumulate { *p + v } else { v } };
-            }
-        }
-    }
+    unsafe { store_rows(&acc, y, ldy, n, accumulate) };
 }
 
 /// The AVX2 [`PanelF32`](super::PanelF32): blocks of 3 activation rows (12 accumulators, 3
@@ -194,16 +91,131 @@ pub(super) unsafe fn panel_f32(
         i0 += r;
     }
 }
-avx2_kernel!(
-    dot_bf16,
-    bf16_avx2,
-    u16,
-    |w, i| _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)),
-        16
-    )),
-    |w, j| f32::from_bits((w[j] as u32) << 16)
-);
+/// `R` rows of f32 activations times one bf16 panel in column pairs (see
+/// [`PanelBf16`](super::PanelBf16)): per column pair, four 256-bit loads of 8 rows each; a
+/// shift and a mask make the even and the odd column f32, which meet one broadcast activation
+/// each. Four accumulators per row (8 panel rows each) and, per loaded vector, its two columns
+/// and the rows' broadcasts fit the 16 registers for `R ≤ 2`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + k` for `i < R`, `k < 2 kq`,
+/// `w` at `q · PAIR + l` for `q < kq`, `l < PAIR`; `y` is writable (and, with `accumulate`,
+/// readable) at `i · ldy + j` for `i < R`, `j < n`.
+#[allow(clippy::too_many_arguments)] // the PanelBf16 signature and its parts
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_rows<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const u16,
+    kq: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    for q in 0..kq {
+        let wq = w.wrapping_add(q * PAIR);
+        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(PREFETCH));
+        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(PREFETCH + 64));
+        let mut xe = [_mm256_setzero_ps(); R];
+        let mut xo = [_mm256_setzero_ps(); R];
+        for i in 0..R {
+            let xi = unsafe { x.add(i * ldx + 2 * q) };
+            unsafe {
+                xe[i] = _mm256_set1_ps(*xi);
+                xo[i] = _mm256_set1_ps(*xi.add(1));
+            }
+        }
+        for u in 0..4 {
+            // rows 8u..8u + 8 of the pair: pair_index(j, e) = 2j + e for j < 16, 32 + 2(j - 16)
+            // + e beyond, i.e. 16 values per 8 rows in order
+            let v = unsafe { _mm256_loadu_si256(wq.add(16 * u) as *const __m256i) };
+            let e = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            let o = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+            for i in 0..R {
+                acc[i][u] = _mm256_fmadd_ps(xe[i], e, acc[i][u]);
+                acc[i][u] = _mm256_fmadd_ps(xo[i], o, acc[i][u]);
+            }
+        }
+    }
+    unsafe { store_rows(&acc, y, ldy, n, accumulate) };
+}
+
+/// Stores (or, with `accumulate`, adds) `R` rows of 32 accumulated values at `y` (rows `ldy`
+/// apart), the first `n` of each row.
+///
+/// # Safety
+/// The CPU supports AVX2; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j`
+/// for `i < R`, `j < n`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_rows<const R: usize>(
+    acc: &[[__m256; 4]; R],
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    for i in 0..R {
+        let row = unsafe { y.add(i * ldy) };
+        if n == 32 {
+            for u in 0..4 {
+                let p = unsafe { row.add(8 * u) };
+                let mut v = acc[i][u];
+                if accumulate {
+                    v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(p) });
+                }
+                unsafe { _mm256_storeu_ps(p, v) };
+            }
+        } else {
+            let mut vals = [0f32; 32];
+            for u in 0..4 {
+                unsafe { _mm256_storeu_ps(vals.as_mut_ptr().add(8 * u), acc[i][u]) };
+            }
+            for (j, &v) in vals.iter().enumerate().take(n) {
+                let p = unsafe { row.add(j) };
+                unsafe { *p = if accumulate { *p + v } else { v } };
+            }
+        }
+    }
+}
+
+/// The AVX2 [`PanelBf16`](super::PanelBf16): blocks of 2 activation rows.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `y` must be as [`PanelBf16`](super::PanelBf16)
+/// describes. (The slices are checked by `super::check_pairs`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelBf16 signature
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn panel_bf16(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[u16],
+    kq: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_pairs(x, ldx, m, w, kq, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(2);
+        // SAFETY: rows i0..i0 + r of x (2 kq values each) and the kq · PAIR panel values lie
+        // within the slices (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => pair_rows::<1>(xp, ldx, wp, kq, yp, ldy, n, accumulate),
+                _ => pair_rows::<2>(xp, ldx, wp, kq, yp, ldy, n, accumulate),
+            }
+        }
+        i0 += r;
+    }
+}
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn int8_avx2<const M: usize>(

@@ -2,19 +2,17 @@
 //! rounded to bf16, on `vdpbf16ps`, which multiplies and adds two bf16 pairs per f32 lane: 32
 //! multiply-adds per instruction where an f32 FMA does 16.
 //!
-//! Both operands are read row-major along the shared dimension, so the weights stay in the
-//! layout every other kernel reads: each micro-tile keeps `MR x NR` accumulators (one per
-//! activation row and weight row) in registers across the whole dimension and sums each one's
-//! lanes once at the end.
+//! It reads the bf16 panels in column pairs (see [`PanelBf16Dot`](super::PanelBf16Dot)) as
+//! stored: one 512-bit load holds 16 rows of a column pair, the layout `vdpbf16ps` multiplies
+//! with a broadcast pair of activations, so each instruction adds two columns into the
+//! accumulators of 16 rows. As for f32 panels, up to 8 activation rows times the panel's 32
+//! rows stay in registers, and nothing is summed across lanes.
+#![allow(clippy::needless_range_loop)] // kernel loops index several arrays in lockstep
 
 use std::arch::x86_64::*;
 
-/// Activation rows per micro-tile.
-const MR: usize = 4;
-/// Weight rows per micro-tile.
-const NR: usize = 4;
-/// bf16 values per 512-bit vector.
-const LANES: usize = 32;
+use super::avx512::lane_masks;
+use super::{PAIR, PREFETCH};
 
 /// Reinterprets 32 raw bf16 values as the operand type of `vdpbf16ps`.
 #[inline(always)]
@@ -23,127 +21,96 @@ fn bh(v: __m512i) -> __m512bh {
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
 
-/// One micro-tile: `A` activation rows (from `x`, `xs` apart) times `B` weight rows (from `w`,
-/// `c` apart), summed over `c` values into `y[i · ys + j]`.
+/// `R` rows of bf16 activations (pairs read as one 32-bit value) times one bf16 panel.
 ///
 /// # Safety
-/// The CPU supports AVX-512F, AVX-512BW and AVX512_BF16; `x` holds `A` rows of at least
-/// `c.div_ceil(32) · 32` readable values, `w` `B` rows of `c`, and `y` is writable at every
-/// `i · ys + j` for `i < A`, `j < B`.
+/// The CPU supports AVX-512F, AVX-512BW and AVX512_BF16; `x` is readable at `i · ldx + k` for
+/// `i < R`, `k < 2 kq`, `w` at `q · PAIR + l` for `q < kq`, `l < PAIR`; `y` is writable (and,
+/// with `accumulate`, readable) at `i · ldy + j` for `i < R` and the lanes set in `masks`.
+#[allow(clippy::too_many_arguments)] // the PanelBf16Dot signature and its parts
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn tile<const A: usize, const B: usize>(
+unsafe fn pair_rows<const R: usize>(
     x: *const u16,
-    xs: usize,
+    ldx: usize,
     w: *const u16,
-    c: usize,
+    kq: usize,
     y: *mut f32,
-    ys: usize,
+    ldy: usize,
+    masks: [__mmask16; 2],
+    accumulate: bool,
 ) {
-    let full = c / LANES * LANES;
-    let mut acc = [[_mm512_setzero_ps(); B]; A];
-    let mut k = 0;
-    while k < full {
-        let mut wv = [_mm512_setzero_si512(); B];
-        for (j, v) in wv.iter_mut().enumerate() {
-            *v = unsafe { _mm512_loadu_si512(w.add(j * c + k) as *const __m512i) };
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let xv = bh(unsafe { _mm512_loadu_si512(x.add(i * xs + k) as *const __m512i) });
-            for (a, &wj) in row.iter_mut().zip(&wv) {
-                *a = _mm512_dpbf16_ps(*a, xv, bh(wj));
-            }
-        }
-        k += LANES;
-    }
-    if full < c {
-        // the row's last values: the weights masked, the activations zero-padded
-        let mask: __mmask32 = (1u32 << (c - full)) - 1;
-        let mut wv = [_mm512_setzero_si512(); B];
-        for (j, v) in wv.iter_mut().enumerate() {
-            *v = unsafe { _mm512_maskz_loadu_epi16(mask, w.add(j * c + full) as *const i16) };
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let xv =
-                bh(unsafe { _mm512_maskz_loadu_epi16(mask, x.add(i * xs + full) as *const i16) });
-            for (a, &wj) in row.iter_mut().zip(&wv) {
-                *a = _mm512_dpbf16_ps(*a, xv, bh(wj));
-            }
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for q in 0..kq {
+        let wq = w.wrapping_add(q * PAIR);
+        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(PREFETCH));
+        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(PREFETCH + 64));
+        let (v0, v1) = unsafe {
+            (
+                bh(_mm512_loadu_si512(wq as *const __m512i)),
+                bh(_mm512_loadu_si512(wq.add(32) as *const __m512i)),
+            )
+        };
+        for i in 0..R {
+            // the pair (x[2q], x[2q + 1]) as one 32-bit value, the even column low
+            let pair = unsafe { (x.add(i * ldx + 2 * q) as *const i32).read_unaligned() };
+            let a = bh(_mm512_set1_epi32(pair));
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, v0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, v1);
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (j, a) in row.iter().enumerate() {
-            unsafe { *y.add(i * ys + j) = _mm512_reduce_add_ps(*a) };
+    for i in 0..R {
+        for (h, &mask) in masks.iter().enumerate() {
+            let p = unsafe { y.add(i * ldy + 16 * h) };
+            let mut v = acc[i][h];
+            if accumulate {
+                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
+            }
+            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
         }
     }
 }
 
-/// Runs `tile::<A, B>` for the `a x b` corner (`1 ≤ a ≤ MR`, `1 ≤ b ≤ NR`).
-macro_rules! tile_of {
-    ($a:expr, $b:expr, $($arg:expr),*) => {
-        match ($a, $b) {
-            (4, 4) => tile::<4, 4>($($arg),*),
-            (4, 3) => tile::<4, 3>($($arg),*),
-            (4, 2) => tile::<4, 2>($($arg),*),
-            (4, _) => tile::<4, 1>($($arg),*),
-            (3, 4) => tile::<3, 4>($($arg),*),
-            (3, 3) => tile::<3, 3>($($arg),*),
-            (3, 2) => tile::<3, 2>($($arg),*),
-            (3, _) => tile::<3, 1>($($arg),*),
-            (2, 4) => tile::<2, 4>($($arg),*),
-            (2, 3) => tile::<2, 3>($($arg),*),
-            (2, 2) => tile::<2, 2>($($arg),*),
-            (2, _) => tile::<2, 1>($($arg),*),
-            (_, 4) => tile::<1, 4>($($arg),*),
-            (_, 3) => tile::<1, 3>($($arg),*),
-            (_, 2) => tile::<1, 2>($($arg),*),
-            _ => tile::<1, 1>($($arg),*),
-        }
-    };
-}
-
-/// `y[i · ys + j] = Σ_k x[i · xs + k] · w[j · c + k]` for the activation rows of `x` (bf16,
-/// each zero-padded from `c` to `xs` values: `m = x.len() / xs` rows) and the weight rows of `w`
-/// (bf16, `c` each: `n = w.len() / c` rows).
+/// The AVX512_BF16 [`PanelBf16Dot`](super::PanelBf16Dot): blocks of 8 activation rows (16
+/// accumulators).
 ///
 /// # Safety
-/// The CPU must support AVX-512F, AVX-512BW and AVX512_BF16, and `y` must be writable at
-/// `i · ys + j` for every `i < m`, `j < n`, with no other thread touching those values. (The
-/// slice shapes are checked: `c` positive, `xs` a multiple of 32 and at least `c`, or this
-/// panics.)
+/// The CPU must support AVX-512F, AVX-512BW and AVX512_BF16, and `y` must be as
+/// [`PanelBf16Dot`](super::PanelBf16Dot) describes. (The slices are checked by
+/// `super::check_pairs`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelBf16Dot signature
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(in crate::cpu) unsafe fn gemm_bf16(
+pub(super) unsafe fn panel_bf16_dot(
     x: &[u16],
-    xs: usize,
+    ldx: usize,
+    m: usize,
     w: &[u16],
-    c: usize,
+    kq: usize,
     y: *mut f32,
-    ys: usize,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
 ) {
-    assert!(
-        c > 0 && xs.is_multiple_of(LANES) && xs >= c,
-        "bf16 product shapes"
-    );
-    let (m, n) = (x.len() / xs, w.len() / c);
-    // one group of activation rows stays in L1 while it meets every weight row of the tile
-    for i0 in (0..m).step_by(MR) {
-        let a = MR.min(m - i0);
-        for j0 in (0..n).step_by(NR) {
-            let b = NR.min(n - j0);
-            // SAFETY: rows i0..i0+a of x (xs apart, each xs ≥ c.div_ceil(32)·32 long since xs
-            // is a multiple of 32 and ≥ c) and rows j0..j0+b of w (c apart) lie within x and w
-            // (m = x.len() / xs, n = w.len() / c whole rows); y is writable there by contract.
-            unsafe {
-                tile_of!(
-                    a,
-                    b,
-                    x.as_ptr().add(i0 * xs),
-                    xs,
-                    w.as_ptr().add(j0 * c),
-                    c,
-                    y.add(i0 * ys + j0),
-                    ys
-                )
+    super::check_pairs(x, ldx, m, w, kq, n);
+    let masks = lane_masks(n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(8);
+        // SAFETY: rows i0..i0 + r of x (2 kq values each) and the kq · PAIR panel values lie
+        // within the slices (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => pair_rows::<1>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                2 => pair_rows::<2>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                3 => pair_rows::<3>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                4 => pair_rows::<4>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                5 => pair_rows::<5>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                6 => pair_rows::<6>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                7 => pair_rows::<7>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
+                _ => pair_rows::<8>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
             }
         }
+        i0 += r;
     }
 }

@@ -1,7 +1,9 @@
-//! Dot products of one weight row with `m` activation rows: one file per instruction set,
-//! and [`Dots`], the set of them one product runs with.
+//! The product kernels, one file per instruction set: panel kernels for f32 and bf16 weights
+//! (a panel of 32 weight rows times a few activation rows, accumulated in registers), and the
+//! dot products of one weight row with `m` activation rows for int8 and int4 ([`Dots`], the set
+//! of them one product runs with).
 //!
-//! The x86-64 kernels are one per (instruction set, weight type), monomorphised over the
+//! The x86-64 row kernels are one per (instruction set, weight type), monomorphised over the
 //! number `M` of activation rows handled per pass (1 to 4) so that every accumulator stays in
 //! a register; 4 independent accumulators per row hide the FMA latency. Everything is inlined
 //! into `#[target_feature]` functions (closures defined inside them inherit their features).
@@ -75,15 +77,6 @@ mod avx512;
 mod avx512bf16;
 mod portable;
 
-#[cfg(target_arch = "x86_64")]
-pub(super) use avx512::pair_split;
-#[cfg(target_arch = "x86_64")]
-pub(super) use avx512bf16::gemm_bf16;
-
-/// Without x86-64 no kernel reads the split layout.
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) fn pair_split(_x: &mut [f32], _c: usize) {}
-
 /// One panel of f32 weights (`PANEL` = 32 rows, stored column by column: `w[kk · 32 + j]` is
 /// row `j`, column `kk`) times `m` activation rows, over `kc` columns:
 /// `y[i · ldy + j] (+)= Σ_{kk < kc} x[i · ldx + kk] · w[kk · 32 + j]` for `i < m`, `j < n`
@@ -95,20 +88,89 @@ pub(super) fn pair_split(_x: &mut [f32], _c: usize) {}
 pub(super) type PanelF32 =
     unsafe fn(&[f32], usize, usize, &[f32], usize, *mut f32, usize, usize, bool);
 
-/// The lengths a [`PanelF32`] reads within, asserted: `x` holds `m` rows `ldx` apart with
-/// `kc` values each, `w` `kc` columns of 32, and `n ≤ 32`.
-fn check_panel(x: &[f32], ldx: usize, m: usize, w: &[f32], kc: usize, n: usize) {
+/// bf16 values of one column pair of a bf16 panel: 32 rows times 2 columns.
+pub(super) const PAIR: usize = 64;
+
+/// The index of row `j` (`< 32`), column `e` (0 or 1) of a column pair within its [`PAIR`]
+/// values: rows 0-15 fill the first 32 values and rows 16-31 the next, each row's two columns
+/// side by side (the even column in the low half of a 32-bit lane). One 512-bit load then
+/// holds 16 rows of a column pair: a shift gives the even column as f32, a mask the odd one,
+/// and `vdpbf16ps` multiplies both with a broadcast pair of activations.
+pub(super) const fn pair_index(j: usize, e: usize) -> usize {
+    (j / 16) * 32 + 2 * (j % 16) + e
+}
+
+/// One panel of bf16 weights in column pairs (32 rows; pair `q` holds columns `2q` and
+/// `2q + 1` at `w[q · PAIR + pair_index(j, e)]`) times `m` rows of f32 activations, over `kq`
+/// column pairs: `y[i · ldy + j] (+)= Σ_{k < 2 kq} x[i · ldx + k] · w(j, k)`, as for
+/// [`PanelF32`] (the activation rows hold `2 kq` values).
+pub(super) type PanelBf16 =
+    unsafe fn(&[f32], usize, usize, &[u16], usize, *mut f32, usize, usize, bool);
+
+/// [`PanelBf16`] with activations rounded to bf16 (raw bits, `2 kq` per row), multiplied on
+/// `vdpbf16ps`.
+pub(super) type PanelBf16Dot =
+    unsafe fn(&[u16], usize, usize, &[u16], usize, *mut f32, usize, usize, bool);
+
+/// The lengths a panel kernel reads within, asserted: `x` holds `m` rows `ldx` apart with
+/// `kc · xcol` values each, `w` `kc` columns of `wcol` values, and `n ≤ 32`.
+#[allow(clippy::too_many_arguments)] // the two layouts' parameters
+fn check_panel_layout<X, W>(
+    x: &[X],
+    ldx: usize,
+    m: usize,
+    w: &[W],
+    kc: usize,
+    n: usize,
+    xcol: usize,
+    wcol: usize,
+) {
+    let xk = kc.checked_mul(xcol);
     assert!(
         n <= 32
-            && kc <= ldx
-            && kc.checked_mul(32).is_some_and(|l| w.len() >= l)
+            && xk.is_some_and(|xk| xk <= ldx)
+            && kc.checked_mul(wcol).is_some_and(|l| w.len() >= l)
             && (m == 0
                 || (m - 1)
                     .checked_mul(ldx)
-                    .and_then(|l| l.checked_add(kc))
+                    .zip(xk)
+                    .and_then(|(l, xk)| l.checked_add(xk))
                     .is_some_and(|l| x.len() >= l)),
         "panel kernel lengths"
     );
+}
+
+/// The lengths a [`PanelF32`] reads within, asserted.
+fn check_panel(x: &[f32], ldx: usize, m: usize, w: &[f32], kc: usize, n: usize) {
+    check_panel_layout(x, ldx, m, w, kc, n, 1, 32);
+}
+
+/// The lengths a [`PanelBf16`] or [`PanelBf16Dot`] reads within, asserted.
+fn check_pairs<X>(x: &[X], ldx: usize, m: usize, w: &[u16], kq: usize, n: usize) {
+    check_panel_layout(x, ldx, m, w, kq, n, 2, PAIR);
+}
+
+/// The [`PanelBf16`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
+/// one: with f32 activations it multiplies in f32).
+pub(super) fn panel_bf16(kernel: Kernel) -> PanelBf16 {
+    debug_assert!(kernel.is_supported());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Bf16 => avx512::panel_bf16,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::panel_bf16,
+        _ => portable::panel_bf16,
+    }
+}
+
+/// The [`PanelBf16Dot`] of `kernel`, where it has one (AVX512_BF16).
+pub(super) fn panel_bf16_dot(kernel: Kernel) -> Option<PanelBf16Dot> {
+    debug_assert!(kernel.is_supported());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => Some(avx512bf16::panel_bf16_dot),
+        _ => None,
+    }
 }
 
 /// The [`PanelF32`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
@@ -124,10 +186,8 @@ pub(super) fn panel_f32(kernel: Kernel) -> PanelF32 {
     }
 }
 
-/// A dot product of one bf16 weight row (`w`, `c` values, raw bits) with `m` activation rows
-/// (`x`, `m · c` values) into `out` (`m` values).
-pub(super) type DotBf16 = unsafe fn(&[u16], &[f32], usize, usize, &mut [f32]);
-/// [`DotBf16`] for an int8 row with its `c / INT8_BLOCK` (rounded up) scales.
+/// A dot product of one int8 weight row (`q`, `c` values) with its `c / INT8_BLOCK` (rounded
+/// up) scales with `m` activation rows (`x`, `m · c` values) into `out` (`m` values).
 pub(super) type DotInt8 = unsafe fn(&[i8], &[f32], &[f32], usize, usize, &mut [f32]);
 /// A dot product of one int4 row (its groups' bytes and f16 scales) with `m` activation rows
 /// quantised to int8 into `out` (`m` values).
@@ -135,39 +195,31 @@ pub(super) type DotInt4 = unsafe fn(&[u8], &[u16], &QuantizedRows, usize, &mut [
 
 /// The row kernels of one [`Kernel`], chosen once per product.
 ///
-/// Every function is `unsafe` to call: the slices must be as long as described on [`DotBf16`]
+/// Every function is `unsafe` to call: the slices must be as long as described on [`DotInt8`]
 /// (the vector kernels read them through raw pointers), and the CPU must support the kernel
 /// the functions were taken from, which [`Dots::new`] ensures for a kernel it is given after
 /// `select::resolve_kernel`.
 #[derive(Clone, Copy)]
 pub(super) struct Dots {
-    pub(super) bf16: DotBf16,
     pub(super) int8: DotInt8,
     pub(super) int4: DotInt4,
-    /// Whether `bf16` reads its activations laid out by [`pair_split`] (AVX-512) rather than
-    /// as they are.
-    pub(super) bf16_pairs: bool,
 }
 
 impl Dots {
     /// The row kernels of `kernel`, which the CPU must support, for rows of `cols` weights
-    /// (AVX512_BF16 runs the AVX-512 row kernels: a few activation rows keep them bound by
-    /// memory; int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
+    /// (AVX512_BF16 runs the AVX-512 ones; int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
     /// takes the AVX2 kernel under AVX-512 too: its products are bound by memory, not by the
     /// vector width).
     pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
         let portable = Dots {
-            bf16: portable::dot_bf16,
             int8: portable::dot_int8,
             int4: portable::dot_int4,
-            bf16_pairs: false,
         };
         let int8_vector = cols.is_multiple_of(INT8_BLOCK);
         debug_assert!(kernel.is_supported());
         match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 | Kernel::Avx512Bf16 => Dots {
-                bf16: avx512::dot_bf16,
                 int8: if int8_vector {
                     avx512::dot_int8
                 } else {
@@ -178,18 +230,15 @@ impl Dots {
                 } else {
                     portable.int4
                 },
-                bf16_pairs: true,
             },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => Dots {
-                bf16: avx2::dot_bf16,
                 int8: if int8_vector {
                     avx2::dot_int8
                 } else {
                     portable.int8
                 },
                 int4: avx2::dot_int4,
-                bf16_pairs: false,
             },
             _ => {
                 let _ = int8_vector;

@@ -33,16 +33,8 @@ pub unsafe fn panel_f32(
             3 => panel_rows::<3>(&x[i0 * ldx..], ldx, w, kc),
             _ => panel_rows::<4>(&x[i0 * ldx..], ldx, w, kc),
         };
-        for (i, vals) in out.iter().enumerate().take(r) {
-            for (j, &v) in vals.iter().enumerate().take(n) {
-                // SAFETY: (i0 + i) · ldy + j with i0 + i < m and j < n is writable (and
-                // readable) by the caller's guarantee.
-                unsafe {
-                    let p = y.add((i0 + i) * ldy + j);
-                    *p = if accumulate { *p + v } else { v };
-                }
-            }
-        }
+        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
+        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
         i0 += r;
     }
 }
@@ -61,9 +53,80 @@ fn panel_rows<const R: usize>(x: &[f32], ldx: usize, w: &[f32], kc: usize) -> [[
     acc
 }
 
-/// Portable bf16 row kernel; safe, bounds-checked.
-pub fn dot_bf16(w: &[u16], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-    portable(m, c, x, out, |i| f32::from_bits((w[i] as u32) << 16))
+/// The portable [`PanelBf16`](super::PanelBf16): blocks of 4 activation rows, 32
+/// accumulators each, in loops the compiler vectorises.
+///
+/// # Safety
+/// `y` must be as [`PanelBf16`](super::PanelBf16) describes. (The slices are checked by
+/// `super::check_pairs`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelBf16 signature
+pub unsafe fn panel_bf16(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[u16],
+    kq: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_pairs(x, ldx, m, w, kq, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(4);
+        let out = match r {
+            1 => pair_rows::<1>(&x[i0 * ldx..], ldx, w, kq),
+            2 => pair_rows::<2>(&x[i0 * ldx..], ldx, w, kq),
+            3 => pair_rows::<3>(&x[i0 * ldx..], ldx, w, kq),
+            _ => pair_rows::<4>(&x[i0 * ldx..], ldx, w, kq),
+        };
+        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
+        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
+        i0 += r;
+    }
+}
+
+/// `R` (at most 4) rows of `x` times one bf16 panel in column pairs; the rows past `R` stay
+/// zero.
+fn pair_rows<const R: usize>(x: &[f32], ldx: usize, w: &[u16], kq: usize) -> [[f32; 32]; 4] {
+    let mut acc = [[0f32; 32]; 4];
+    let widen = |b: u16| f32::from_bits((b as u32) << 16);
+    for (q, pair) in w.chunks_exact(super::PAIR).take(kq).enumerate() {
+        for i in 0..R {
+            let (xe, xo) = (x[i * ldx + 2 * q], x[i * ldx + 2 * q + 1]);
+            for (j, a) in acc[i].iter_mut().enumerate() {
+                let l = super::pair_index(j, 0);
+                *a += xe * widen(pair[l]) + xo * widen(pair[l + 1]);
+            }
+        }
+    }
+    acc
+}
+
+/// Stores (or, with `accumulate`, adds) the first `n` values of the first `r` rows of `out`
+/// at `y` (rows `ldy` apart).
+///
+/// # Safety
+/// `y` is writable (and readable) at `i · ldy + j` for `i < r`, `j < n`, and no other thread
+/// touches those values.
+unsafe fn store(
+    out: &[[f32; 32]; 4],
+    r: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    for (i, vals) in out.iter().enumerate().take(r) {
+        for (j, &v) in vals.iter().enumerate().take(n) {
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                let p = y.add(i * ldy + j);
+                *p = if accumulate { *p + v } else { v };
+            }
+        }
+    }
 }
 
 /// Portable int8 row kernel; safe, bounds-checked.
@@ -105,24 +168,5 @@ pub fn dot_int4(q: &[u8], scales: &[u16], x: &QuantizedRows, m: usize, out: &mut
             off += dw * x.o[mi * g + b];
         }
         *o = acc - off;
-    }
-}
-
-/// Eight independent accumulators so that the compiler vectorises the loop.
-fn portable(m: usize, c: usize, x: &[f32], out: &mut [f32], w: impl Fn(usize) -> f32) {
-    for (mi, o) in out.iter_mut().enumerate().take(m) {
-        let xr = &x[mi * c..(mi + 1) * c];
-        let mut acc = [0f32; 8];
-        let full = c / 8 * 8;
-        for i in (0..full).step_by(8) {
-            for l in 0..8 {
-                acc[l] += w(i + l) * xr[i + l];
-            }
-        }
-        let mut s: f32 = acc.iter().sum();
-        for i in full..c {
-            s += w(i) * xr[i];
-        }
-        *o = s;
     }
 }
