@@ -268,7 +268,9 @@ fn storage_bytes_pack_like_f32_values() {
     .unwrap();
     let b = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8).unwrap();
     assert_eq!(a.to_f32(), b.to_f32());
-    assert_eq!(a.nbytes(), rows * cols + rows * 2 * 4);
+    // one panel of 32 rows (12 real, the rest zero padding) in two records of 64 columns:
+    // 32 f32 scales and 64 · 32 weights each
+    assert_eq!(a.nbytes(), 2 * (32 * 4 + 64 * 32));
     let a = PackedWeight::from_storage(
         rows,
         cols,

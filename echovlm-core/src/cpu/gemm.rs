@@ -7,7 +7,7 @@ use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes};
 use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::kernels::{self, Dots};
-use super::packed::{Data, PANEL, PackedWeight};
+use super::packed::{Data, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight};
 use super::select::{Kernel, active_kernel, resolve_kernel};
 use super::{CpuError, INT8_BLOCK};
 
@@ -75,8 +75,34 @@ impl PackedWeight {
         if let Data::Bf16(w) = &self.data {
             return self.bf16_product(kernel, w, x, m, y);
         }
+        if let (Data::Int8(w), true) = (&self.data, m <= SMALL_M) {
+            // a column's 32 weights widened and scaled in registers; prompt-sized products
+            // widen tiles once (below) and run the f32 kernel, which keeps 8 rows in registers
+            let blocks = self.cols.div_ceil(INT8_BLOCK);
+            let layout = Layout {
+                kcols: blocks,
+                xcol: INT8_BLOCK,
+                wcol: INT8_RECORD,
+            };
+            let f = kernels::panel_int8(kernel);
+            let stride = blocks * INT8_BLOCK;
+            if stride == self.cols {
+                self.panel_product(f, layout, w, x, stride, m, y);
+            } else {
+                // activation rows of whole blocks (the padded columns meet zero weights)
+                let mut padded = vec![0f32; m * stride];
+                for (d, s) in padded
+                    .chunks_exact_mut(stride)
+                    .zip(x.chunks_exact(self.cols))
+                {
+                    d[..self.cols].copy_from_slice(s);
+                }
+                self.panel_product(f, layout, w, &padded, stride, m, y);
+            }
+            return Ok(());
+        }
         if m <= SMALL_M {
-            self.matvec(Dots::new(kernel, self.cols), x, m, y)
+            self.matvec(Dots::new(kernel), x, m, y)
         } else {
             self.tiled_gemm(kernel, x, m, y)
         }
@@ -220,18 +246,11 @@ impl PackedWeight {
         }
     }
 
-    /// One pass over the weights; every weight row is dotted with all `m` activation rows
-    /// (quantised to int8 first for int4 weights).
+    /// One pass over int4 weights; every weight row is dotted with all `m` activation rows,
+    /// quantised to int8 first.
     /// `x` is `m · cols` long and `y` `m · rows` (checked by the caller).
     fn matvec(&self, dots: Dots, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
-        let (aligned, quantized);
-        let x = if let Data::Int4 { .. } = self.data {
-            quantized = QuantizedRows::new(x, m, self.cols)?;
-            Input::Int8(&quantized)
-        } else {
-            aligned = Aligned::from_slice(x)?;
-            Input::F32(&aligned)
-        };
+        let x = QuantizedRows::new(x, m, self.cols)?;
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well
         let chunk = (self.rows.div_ceil(threads * 8)).clamp(8, 1024);
@@ -239,7 +258,7 @@ impl PackedWeight {
         let work = |(ci, dst): (usize, &mut [f32])| {
             let r0 = ci * chunk;
             for (i, d) in dst.chunks_exact_mut(m).enumerate() {
-                self.dot_row(dots, r0 + i, x, m, d);
+                self.dot_row(dots, r0 + i, &x, m, d);
             }
         };
         // waking the thread pool costs tens of microseconds: small products stay on this thread
@@ -258,44 +277,25 @@ impl PackedWeight {
         Ok(())
     }
 
-    /// Row `r` dotted with the `m` rows of `x` into `out` (`m` long).
-    fn dot_row(&self, dots: Dots, r: usize, x: Input, m: usize, out: &mut [f32]) {
-        let c = self.cols;
-        assert!(out.len() >= m, "dot_row lengths");
-        if let Input::F32(x) = x {
-            assert!(x.len() >= m * c, "dot_row lengths");
-        }
-        // SAFETY: `dots` holds kernels the CPU supports (`Dots::new` after `resolve_kernel`),
-        // int8 vector kernels only for `c` a multiple of INT8_BLOCK; each weight slice is one
-        // row of `c` values (with `c / INT8_BLOCK` scales for int8, and `c / INT4_GROUP` groups
-        // and scales, rounded up, for int4); f32 `x` and `out` are at least `m · c` and `m`
-        // long (asserted above), quantised `x` holds `m` rows (the kernel asserts it).
+    /// Row `r` of int4 weights dotted with the `m` quantised rows of `x` into `out` (`m`
+    /// long).
+    fn dot_row(&self, dots: Dots, r: usize, x: &QuantizedRows, m: usize, out: &mut [f32]) {
+        let Data::Int4 { q, scales } = &self.data else {
+            unreachable!("matvec runs int4 weights only")
+        };
+        let g = self.cols.div_ceil(INT4_GROUP);
+        let gb = g * INT4_GROUP_BYTES;
+        // SAFETY: `dots` holds kernels the CPU supports (`Dots::new` after `resolve_kernel`);
+        // the weight slices are one row's groups and scales; the kernel asserts the lengths of
+        // `x` and `out`.
         unsafe {
-            match (&self.data, x) {
-                (Data::Int8 { q, scales }, Input::F32(x)) => {
-                    let blocks = c.div_ceil(INT8_BLOCK);
-                    (dots.int8)(
-                        &q[r * c..(r + 1) * c],
-                        &scales[r * blocks..(r + 1) * blocks],
-                        x,
-                        m,
-                        c,
-                        out,
-                    )
-                }
-                (Data::Int4 { q, scales }, Input::Int8(x)) => {
-                    let g = c.div_ceil(INT4_GROUP);
-                    let gb = g * INT4_GROUP_BYTES;
-                    (dots.int4)(
-                        &q[r * gb..(r + 1) * gb],
-                        &scales[r * g..(r + 1) * g],
-                        x,
-                        m,
-                        out,
-                    )
-                }
-                _ => unreachable!("matvec quantises the activations exactly for int4 weights"),
-            }
+            (dots.int4)(
+                &q[r * gb..(r + 1) * gb],
+                &scales[r * g..(r + 1) * g],
+                x,
+                m,
+                out,
+            )
         }
     }
 
@@ -334,24 +334,37 @@ impl PackedWeight {
             |(wide, panels), t| {
                 let r0 = t * TILE;
                 let n = TILE.min(rows - r0);
-                // the tile's rows widened into the panel layout, WIDEN_ROWS rows at a time so
-                // that each column's values land in one contiguous run
-                for j0 in (0..TILE).step_by(WIDEN_ROWS) {
-                    let valid = n.saturating_sub(j0).min(WIDEN_ROWS);
-                    for j in 0..WIDEN_ROWS {
-                        let row = &mut wide[j * cols..(j + 1) * cols];
-                        if j < valid {
-                            self.widen_row(r0 + j0 + j, row);
-                        } else {
-                            row.fill(0.0);
-                        }
+                if let Data::Int8(w) = &self.data {
+                    // the tile's int8 panels widened and scaled record by record
+                    let blocks = cols.div_ceil(INT8_BLOCK);
+                    let first = r0 / PANEL;
+                    for (pi, panel) in panels
+                        .chunks_exact_mut(cols * PANEL)
+                        .take(n.div_ceil(PANEL))
+                        .enumerate()
+                    {
+                        widen_int8_panel(&w[(first + pi) * blocks * INT8_RECORD..], cols, panel);
                     }
-                    let panel = &mut panels[j0 / PANEL * cols * PANEL..];
-                    let lane = j0 % PANEL;
-                    for c in 0..cols {
-                        let dst = &mut panel[c * PANEL + lane..c * PANEL + lane + WIDEN_ROWS];
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            *d = wide[j * cols + c];
+                } else {
+                    // the tile's rows widened into the panel layout, WIDEN_ROWS rows at a time
+                    // so that each column's values land in one contiguous run
+                    for j0 in (0..TILE).step_by(WIDEN_ROWS) {
+                        let valid = n.saturating_sub(j0).min(WIDEN_ROWS);
+                        for j in 0..WIDEN_ROWS {
+                            let row = &mut wide[j * cols..(j + 1) * cols];
+                            if j < valid {
+                                self.widen_row(r0 + j0 + j, row);
+                            } else {
+                                row.fill(0.0);
+                            }
+                        }
+                        let panel = &mut panels[j0 / PANEL * cols * PANEL..];
+                        let lane = j0 % PANEL;
+                        for c in 0..cols {
+                            let dst = &mut panel[c * PANEL + lane..c * PANEL + lane + WIDEN_ROWS];
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = wide[j * cols + c];
+                            }
                         }
                     }
                 }
@@ -439,6 +452,32 @@ unsafe fn panel_block<X, W>(
     }
 }
 
+/// One panel of int8 records (`w` from the panel's first record) widened and scaled into the
+/// f32 panel layout (`out`: `cols` columns of 32).
+fn widen_int8_panel(w: &[u8], cols: usize, out: &mut [f32]) {
+    for (b, rec) in w
+        .chunks_exact(INT8_RECORD)
+        .take(cols.div_ceil(INT8_BLOCK))
+        .enumerate()
+    {
+        let mut s = [0f32; PANEL];
+        for (j, v) in s.iter_mut().enumerate() {
+            *v = f32::from_le_bytes(rec[4 * j..4 * j + 4].try_into().expect("4 bytes"));
+        }
+        let c0 = b * INT8_BLOCK;
+        let weights = rec[INT8_SCALES..].chunks_exact(PANEL);
+        for (col, q) in out[c0 * PANEL..]
+            .chunks_exact_mut(PANEL)
+            .zip(weights)
+            .take(cols - c0)
+        {
+            for ((o, &q), &s) in col.iter_mut().zip(q).zip(&s) {
+                *o = q as i8 as f32 * s;
+            }
+        }
+    }
+}
+
 /// The `m` rows of `x` (`cols` each) rounded to bf16 (to nearest, ties to even), each row
 /// zero-padded to `stride` values.
 fn bf16_rows(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Aligned<u16>, CpuError> {
@@ -451,13 +490,6 @@ fn bf16_rows(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Aligned<
             }
         });
     Ok(out)
-}
-
-/// The activations of a matrix-vector product: f32 rows, or their int8 form for int4 weights.
-#[derive(Clone, Copy)]
-enum Input<'a> {
-    F32(&'a [f32]),
-    Int8(&'a QuantizedRows),
 }
 
 #[derive(Clone, Copy)]

@@ -21,12 +21,15 @@
 //!   round the activations to bf16 (as a bf16 model computes) and, where the CPU has
 //!   AVX512_BF16, multiply the stored pairs with broadcast activation pairs on `vdpbf16ps`:
 //!   twice the f32 rate, without widening; elsewhere the same panels in f32;
-//! * int8 and int4 weights with `m ≤ SMALL_M` rows of activations (decode, small batches): one
-//!   pass over the weights, each weight row dotted with every activation row (AVX-512 or
-//!   AVX2+FMA when the CPU has them, a portable loop otherwise); int4 weights are multiplied in
-//!   integers with the activations quantised to int8 per block of 32 (AVX2, or the portable
-//!   loop); larger `m` (prefill): each task widens a tile of 128 weight rows once into the f32
-//!   panel layout and runs the panel kernel.
+//! * int8 weights are stored in panels of 32 rows too, in records of 64 columns
+//!   (`packed::Data::Int8`: the 32 rows' scales, then 64 columns of 32 weights). Decode widens
+//!   and scales each column's 32 weights in registers and streams the records through the same
+//!   driver; prompt-sized products widen each tile of 128 rows once into f32 panels and run the
+//!   f32 kernel, which keeps 8 activation rows in registers;
+//! * int4 weights with `m ≤ SMALL_M` rows of activations (decode, small batches): one pass
+//!   over the weights, each weight row multiplied in integers with every activation row
+//!   quantised to int8 per block of 32 (AVX2, or the portable loop); larger `m`: tiles of 128
+//!   rows widened to f32 panels, as for int8.
 //!
 //! Beside the products, two more kernels serve the long sequences of prompts and images:
 //! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,

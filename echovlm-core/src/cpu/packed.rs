@@ -31,10 +31,14 @@ pub(super) enum Data {
     /// shift and a mask widen to two f32 vectors (or `vdpbf16ps` multiplies as they are):
     /// decode streams the weights as f32 panels do, at half the bytes.
     Bf16(Aligned<u16>),
-    Int8 {
-        q: Aligned<i8>,
-        scales: Box<[f32]>,
-    },
+    /// Panels of [`PANEL`] rows in records of one [`INT8_BLOCK`] of columns
+    /// ([`INT8_RECORD`] bytes each, the panel's records in column order): the 32 rows' f32
+    /// scales of the block (little-endian), then the block's 64 columns of 32 int8 weights
+    /// each. Row `r`, column `c` is at byte `INT8_SCALES + (c % 64) · 32 + r % 32` of record
+    /// `r / 32 · blocks + c / 64` (`blocks = cols.div_ceil(64)`), its scale at `4 · (r % 32)`;
+    /// rows are padded with zeros to whole panels and columns to whole blocks. A kernel loads a
+    /// column's 32 weights at once and widens and scales them in registers.
+    Int8(Aligned<u8>),
     /// `cols.div_ceil(INT4_GROUP)` groups per row, 16 bytes and one f16 scale each.
     Int4 {
         q: Aligned<u8>,
@@ -201,7 +205,7 @@ impl PackedWeight {
         match self.data {
             Data::F32(_) => WeightFormat::F32,
             Data::Bf16(_) => WeightFormat::Bf16,
-            Data::Int8 { .. } => WeightFormat::Int8,
+            Data::Int8(_) => WeightFormat::Int8,
             Data::Int4 { .. } => WeightFormat::Int4,
         }
     }
@@ -211,7 +215,7 @@ impl PackedWeight {
         match &self.data {
             Data::F32(w) => w.len() * 4,
             Data::Bf16(w) => w.len() * 2,
-            Data::Int8 { q, scales } => q.len() + scales.len() * 4,
+            Data::Int8(w) => w.len(),
             Data::Int4 { q, scales } => q.len() + scales.len() * 2,
         }
     }
@@ -260,13 +264,14 @@ impl PackedWeight {
                     *o = f32::from_bits((b as u32) << 16);
                 }
             }
-            Data::Int8 { q, scales } => {
+            Data::Int8(w) => {
                 let blocks = c.div_ceil(INT8_BLOCK);
-                let row = &q[r * c..(r + 1) * c];
+                let j = r % PANEL;
                 for (b, chunk) in out.chunks_mut(INT8_BLOCK).enumerate() {
-                    let s = scales[r * blocks + b];
-                    for (o, &qi) in chunk.iter_mut().zip(&row[b * INT8_BLOCK..]) {
-                        *o = qi as f32 * s;
+                    let rec = &w[(r / PANEL * blocks + b) * INT8_RECORD..][..INT8_RECORD];
+                    let s = f32::from_le_bytes(rec[4 * j..4 * j + 4].try_into().expect("4 bytes"));
+                    for (kk, o) in chunk.iter_mut().enumerate() {
+                        *o = rec[INT8_SCALES + kk * PANEL + j] as i8 as f32 * s;
                     }
                 }
             }
@@ -421,23 +426,66 @@ fn quantized<T: Sync>(
         );
         Data::Int4 { q, scales }
     } else {
-        let blocks = cols.div_ceil(INT8_BLOCK);
-        let mut q = Aligned::<i8>::zeroed(rows * cols)?;
-        let n = rows * blocks;
-        let mut scales = Vec::new();
-        scales
-            .try_reserve_exact(n)
-            .map_err(|_| CpuError::Alloc { bytes: n * 4 })?;
-        scales.resize(n, 0f32);
-        fill(
-            source,
-            (&mut q, cols, &mut scales, blocks),
-            widen,
-            quantize_row,
-        );
-        Data::Int8 {
-            q,
-            scales: scales.into(),
-        }
+        Data::Int8(int8_panels(rows, cols, src, src_row, widen)?)
     })
+}
+
+/// Bytes of the scales at the start of an int8 record: one f32 per row of the panel.
+pub(super) const INT8_SCALES: usize = PANEL * 4;
+/// Bytes of one int8 record (see [`Data::Int8`]): the scales, then 64 columns of 32 weights.
+pub(super) const INT8_RECORD: usize = INT8_SCALES + INT8_BLOCK * PANEL;
+
+/// The `[rows, cols]` matrix in the int8 panel layout (see [`Data::Int8`]), a panel per
+/// task: row `i` of `src` (`src_row` elements) is widened to `cols` f32 values by `widen` and
+/// quantised (`quantize_row`), then scattered into its panel's records.
+fn int8_panels<T: Sync>(
+    rows: usize,
+    cols: usize,
+    src: &[T],
+    src_row: usize,
+    widen: impl Fn(&[T], &mut [f32]) + Sync,
+) -> Result<Aligned<u8>, CpuError> {
+    if cols == 0 || rows == 0 {
+        return Aligned::zeroed(0);
+    }
+    let blocks = cols.div_ceil(INT8_BLOCK);
+    // rows · cols f32 fit in isize (checked by the caller); a record holds 64 · 32 weights
+    // in 2176 bytes, under the 8192 bytes of as many f32, so the padded buffer fits too
+    let panel_len = blocks * INT8_RECORD;
+    let mut out = Aligned::<u8>::zeroed(matrix_elements(rows.div_ceil(PANEL), panel_len)?)?;
+    out.par_chunks_mut(panel_len)
+        .zip(src.par_chunks(src_row * PANEL))
+        .for_each_init(
+            || {
+                (
+                    vec![0f32; cols],
+                    vec![0i8; PANEL * cols],
+                    vec![0f32; PANEL * blocks],
+                )
+            },
+            |(tmp, q, scales), (panel, raw)| {
+                let n = raw.len() / src_row;
+                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                    widen(raw, tmp);
+                    quantize_row(
+                        tmp,
+                        &mut q[j * cols..(j + 1) * cols],
+                        &mut scales[j * blocks..(j + 1) * blocks],
+                    );
+                }
+                for (b, rec) in panel.chunks_exact_mut(INT8_RECORD).enumerate() {
+                    let (sc, w) = rec.split_at_mut(INT8_SCALES);
+                    for j in 0..n {
+                        sc[4 * j..4 * j + 4].copy_from_slice(&scales[j * blocks + b].to_le_bytes());
+                    }
+                    let c0 = b * INT8_BLOCK;
+                    for (kk, col) in w.chunks_exact_mut(PANEL).take(cols - c0).enumerate() {
+                        for (j, v) in col.iter_mut().enumerate().take(n) {
+                            *v = q[j * cols + c0 + kk] as u8;
+                        }
+                    }
+                }
+            },
+        );
+    Ok(out)
 }

@@ -4,7 +4,8 @@
 use std::arch::x86_64::*;
 
 use super::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows, check_int4};
-use super::{INT8_BLOCK, PAIR, PREFETCH, check_int8};
+use super::{INT8_BLOCK, PAIR, PREFETCH};
+use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum256(v: __m256) -> f32 {
@@ -217,73 +218,94 @@ pub(super) unsafe fn panel_bf16(
     }
 }
 
+/// `R` rows of f32 activations times one panel of int8 records (see
+/// [`PanelInt8`](super::PanelInt8)): per column, its 32 weights are sign-extended, converted and
+/// multiplied by the block's scales in four vectors of 8 rows, each meeting one broadcast
+/// activation per row. Four accumulators per row, the block's four scale vectors, one weight
+/// vector and the rows' broadcasts fit the 16 registers for `R ≤ 2`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + k` for `i < R`, `k < 64 kb`,
+/// `w` holds `kb` records; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j`
+/// for `i < R`, `j < n`.
+#[allow(clippy::too_many_arguments)] // the PanelInt8 signature and its parts
 #[target_feature(enable = "avx2,fma")]
-unsafe fn int8_avx2<const M: usize>(
-    m0: usize,
-    q: &[i8],
-    scales: &[f32],
-    x: &[f32],
-    c: usize,
-    out: &mut [f32],
+unsafe fn int8_rows<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const u8,
+    kb: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
 ) {
-    let xp = unsafe { x.as_ptr().add(m0 * c) };
-    let mut acc = [[_mm256_setzero_ps(); 4]; M];
-    for (b, &s) in scales.iter().enumerate() {
-        let sv = _mm256_set1_ps(s);
-        _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(b * INT8_BLOCK + PREFETCH));
-        for half in 0..2 {
-            let i = b * INT8_BLOCK + half * 32;
-            let wv: [__m256; 4] = unsafe {
-                let p = q.as_ptr().add(i) as *const __m128i;
-                let lo = _mm_loadu_si128(p);
-                let hi = _mm_loadu_si128(p.add(1));
-                [
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), sv),
-                    _mm256_mul_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
-                        sv,
-                    ),
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), sv),
-                    _mm256_mul_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
-                        sv,
-                    ),
-                ]
-            };
-            for k in 0..M {
-                let xr = unsafe { xp.add(k * c + i) };
-                for u in 0..4 {
-                    let xv = unsafe { _mm256_loadu_ps(xr.add(8 * u)) };
-                    acc[k][u] = _mm256_fmadd_ps(wv[u], xv, acc[k][u]);
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    for b in 0..kb {
+        let rec = w.wrapping_add(b * INT8_RECORD);
+        let mut s = [_mm256_setzero_ps(); 4];
+        for (u, v) in s.iter_mut().enumerate() {
+            *v = unsafe { _mm256_loadu_ps((rec as *const f32).add(8 * u)) };
+        }
+        let q = rec.wrapping_add(INT8_SCALES);
+        for kk in 0..INT8_BLOCK {
+            let qk = q.wrapping_add(kk * 32);
+            if kk % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>((qk as *const i8).wrapping_add(PREFETCH));
+            }
+            let mut a = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                a[i] = _mm256_set1_ps(unsafe { *x.add(i * ldx + b * INT8_BLOCK + kk) });
+            }
+            for u in 0..4 {
+                // SAFETY: the 8 bytes at qk + 8u lie within the record (kk < 64, u < 4)
+                let v = unsafe {
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(qk.add(8 * u) as *const __m128i))
+                };
+                let wv = _mm256_mul_ps(_mm256_cvtepi32_ps(v), s[u]);
+                for i in 0..R {
+                    acc[i][u] = _mm256_fmadd_ps(a[i], wv, acc[i][u]);
                 }
             }
         }
     }
-    for k in 0..M {
-        let a = _mm256_add_ps(
-            _mm256_add_ps(acc[k][0], acc[k][1]),
-            _mm256_add_ps(acc[k][2], acc[k][3]),
-        );
-        out[m0 + k] = unsafe { hsum256(a) };
-    }
+    unsafe { store_rows(&acc, y, ldy, n, accumulate) };
 }
 
-/// Dots one int8 weight row (`c` values, `c / 64` scales) with `m` activation rows.
+/// The AVX2 [`PanelInt8`](super::PanelInt8): blocks of 2 activation rows.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. (Lengths are checked as in
-/// the AVX-512 `dot_int8`.)
+/// The CPU must support AVX2 and FMA, and `y` must be as [`PanelInt8`](super::PanelInt8)
+/// describes. (The slices are checked by `super::check_int8_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelInt8 signature
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_int8(
-    q: &[i8],
-    scales: &[f32],
+pub(super) unsafe fn panel_int8(
     x: &[f32],
+    ldx: usize,
     m: usize,
-    c: usize,
-    out: &mut [f32],
+    w: &[u8],
+    kb: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
 ) {
-    check_int8(q, scales, x, m, c, out);
-    unsafe { dispatch_rows!(int8_avx2, m, q, scales, x, c, out) }
+    super::check_int8_panel(x, ldx, m, w, kb, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(2);
+        // SAFETY: rows i0..i0 + r of x (64 kb values each) and the kb records lie within the
+        // slices (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => int8_rows::<1>(xp, ldx, wp, kb, yp, ldy, n, accumulate),
+                _ => int8_rows::<2>(xp, ldx, wp, kb, yp, ldy, n, accumulate),
+            }
+        }
+        i0 += r;
+    }
 }
 
 /// int4 groups against int8 activations, eight groups per pass: the nibbles are unpacked to 32

@@ -3,7 +3,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{INT8_BLOCK, PAIR, PREFETCH, check_int8};
+use super::{INT8_BLOCK, PAIR, PREFETCH};
+use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
 
 /// `R` activation rows times one weight panel (see [`PanelF32`](super::PanelF32)): two
 /// accumulators per row (the panel's 32 columns), one broadcast activation per row and step.
@@ -200,75 +201,115 @@ pub(super) fn lane_masks(n: usize) -> [__mmask16; 2] {
     [lanes(n), lanes(n.saturating_sub(16))]
 }
 
-/// int8 with one scale per 64 weights: each block is widened, scaled and accumulated.
+/// `R` rows of f32 activations times one panel of int8 records (see
+/// [`PanelInt8`](super::PanelInt8)): per column, its 32 weights are sign-extended and converted
+/// in registers (two vectors of 16 rows) and meet one broadcast activation per row; each row's
+/// sums over a block are scaled once, at the block's end. Even and odd columns accumulate
+/// apart, so that one row keeps four independent chains.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `x` is readable at `i · ldx + k` for `i < R`, `k < 64 kb`, `w`
+/// holds `kb` records; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j` for
+/// `i < R` and the lanes set in `masks`.
+#[allow(clippy::too_many_arguments)] // the PanelInt8 signature and its parts
 #[target_feature(enable = "avx512f")]
-unsafe fn int8_avx512<const M: usize>(
-    m0: usize,
-    q: &[i8],
-    scales: &[f32],
-    x: &[f32],
-    c: usize,
-    out: &mut [f32],
+unsafe fn int8_rows<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const u8,
+    kb: usize,
+    y: *mut f32,
+    ldy: usize,
+    masks: [__mmask16; 2],
+    accumulate: bool,
 ) {
-    let xp = unsafe { x.as_ptr().add(m0 * c) };
-    let mut acc = [[_mm512_setzero_ps(); 4]; M];
-    for (b, &s) in scales.iter().enumerate() {
-        let i = b * INT8_BLOCK;
-        let sv = _mm512_set1_ps(s);
-        _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(i + PREFETCH));
-        let wv: [__m512; 4] = unsafe {
-            let p = q.as_ptr().add(i) as *const __m128i;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for b in 0..kb {
+        let rec = w.wrapping_add(b * INT8_RECORD);
+        let q = rec.wrapping_add(INT8_SCALES);
+        let mut part = [[[_mm512_setzero_ps(); 2]; 2]; R];
+        for kk in 0..INT8_BLOCK {
+            let qk = q.wrapping_add(kk * 32);
+            if kk % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>((qk as *const i8).wrapping_add(PREFETCH));
+            }
+            // SAFETY: the 32 bytes at qk lie within the record (kk < 64)
+            let (w0, w1) = unsafe {
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qk as *const __m128i))),
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        qk.add(16) as *const __m128i
+                    ))),
+                )
+            };
+            let par = kk % 2;
+            for i in 0..R {
+                let a = _mm512_set1_ps(unsafe { *x.add(i * ldx + b * INT8_BLOCK + kk) });
+                part[i][par][0] = _mm512_fmadd_ps(a, w0, part[i][par][0]);
+                part[i][par][1] = _mm512_fmadd_ps(a, w1, part[i][par][1]);
+            }
+        }
+        let s = unsafe {
             [
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
-                    sv,
-                ),
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(1)))),
-                    sv,
-                ),
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2)))),
-                    sv,
-                ),
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(3)))),
-                    sv,
-                ),
+                _mm512_loadu_ps(rec as *const f32),
+                _mm512_loadu_ps(rec.add(64) as *const f32),
             ]
         };
-        for k in 0..M {
-            let xr = unsafe { xp.add(k * c + i) };
-            for u in 0..4 {
-                let xv = unsafe { _mm512_loadu_ps(xr.add(16 * u)) };
-                acc[k][u] = _mm512_fmadd_ps(wv[u], xv, acc[k][u]);
+        for i in 0..R {
+            for h in 0..2 {
+                let sum = _mm512_add_ps(part[i][0][h], part[i][1][h]);
+                acc[i][h] = _mm512_fmadd_ps(sum, s[h], acc[i][h]);
             }
         }
     }
-    for k in 0..M {
-        let a = _mm512_add_ps(
-            _mm512_add_ps(acc[k][0], acc[k][1]),
-            _mm512_add_ps(acc[k][2], acc[k][3]),
-        );
-        out[m0 + k] = _mm512_reduce_add_ps(a);
+    for i in 0..R {
+        for (h, &mask) in masks.iter().enumerate() {
+            let p = unsafe { y.add(i * ldy + 16 * h) };
+            let mut v = acc[i][h];
+            if accumulate {
+                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
+            }
+            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
+        }
     }
 }
 
-/// Dots one int8 weight row (`c` values, `c / 64` scales) with `m` activation rows.
+/// The AVX-512 [`PanelInt8`](super::PanelInt8): blocks of 4 activation rows (8 accumulators
+/// and 16 sums of the current block).
 ///
 /// # Safety
-/// The CPU must support AVX-512F. (Lengths are checked: `c` a multiple of 64, `q` at
-/// least `c` long, `scales` exactly `c / 64`, `x` at least `m · c`, `out` at least `m`,
-/// or this panics.)
+/// The CPU must support AVX-512F, and `y` must be as [`PanelInt8`](super::PanelInt8)
+/// describes. (The slices are checked by `super::check_int8_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelInt8 signature
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot_int8(
-    q: &[i8],
-    scales: &[f32],
+pub(super) unsafe fn panel_int8(
     x: &[f32],
+    ldx: usize,
     m: usize,
-    c: usize,
-    out: &mut [f32],
+    w: &[u8],
+    kb: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
 ) {
-    check_int8(q, scales, x, m, c, out);
-    unsafe { dispatch_rows!(int8_avx512, m, q, scales, x, c, out) }
+    super::check_int8_panel(x, ldx, m, w, kb, n);
+    let masks = lane_masks(n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(4);
+        // SAFETY: rows i0..i0 + r of x (64 kb values each) and the kb records lie within the
+        // slices (checked above); y is as the caller guarantees.
+        unsafe {
+            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
+            let wp = w.as_ptr();
+            match r {
+                1 => int8_rows::<1>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
+                2 => int8_rows::<2>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
+                3 => int8_rows::<3>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
+                _ => int8_rows::<4>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
+            }
+        }
+        i0 += r;
+    }
 }

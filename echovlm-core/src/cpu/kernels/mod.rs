@@ -17,20 +17,6 @@ use super::{INT8_BLOCK, Kernel};
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 
-/// The lengths the int8 vector kernels read within, asserted.
-#[cfg(target_arch = "x86_64")]
-fn check_int8(q: &[i8], scales: &[f32], x: &[f32], m: usize, c: usize, out: &[f32]) {
-    assert!(
-        INT8_BLOCK == 64
-            && c.is_multiple_of(INT8_BLOCK)
-            && q.len() >= c
-            && scales.len() == c / INT8_BLOCK
-            && m.checked_mul(c).is_some_and(|n| x.len() >= n)
-            && out.len() >= m,
-        "int8 kernel lengths"
-    );
-}
-
 /// The lengths the int4 kernels read within, asserted: `q` and `scales` hold the row's
 /// `x.blocks` groups, `x` at least `m` quantised rows, `out` at least `m` values.
 #[cfg(target_arch = "x86_64")]
@@ -150,6 +136,39 @@ fn check_pairs<X>(x: &[X], ldx: usize, m: usize, w: &[u16], kq: usize, n: usize)
     check_panel_layout(x, ldx, m, w, kq, n, 2, PAIR);
 }
 
+/// One panel of int8 records (see `packed::Data::Int8`: per block of 64 columns, the 32 rows'
+/// f32 scales, then 64 columns of 32 int8 weights; [`INT8_RECORD`](super::packed::INT8_RECORD)
+/// bytes) times `m` rows of f32 activations, over `kb` blocks: `y[i · ldy + j] (+)=
+/// Σ_{k < 64 kb} x[i · ldx + k] · q(j, k) · s(j, k / 64)`, as for [`PanelF32`] (the activation
+/// rows hold `64 kb` values).
+pub(super) type PanelInt8 =
+    unsafe fn(&[f32], usize, usize, &[u8], usize, *mut f32, usize, usize, bool);
+
+/// The lengths a [`PanelInt8`] reads within, asserted.
+fn check_int8_panel(x: &[f32], ldx: usize, m: usize, w: &[u8], kb: usize, n: usize) {
+    check_panel_layout(x, ldx, m, w, kb, n, INT8_BLOCK, super::packed::INT8_RECORD);
+}
+
+/// The f32 scales of an int8 record (its first 128 bytes).
+fn record_scales(rec: &[u8]) -> [f32; 32] {
+    std::array::from_fn(|j| {
+        f32::from_le_bytes([rec[4 * j], rec[4 * j + 1], rec[4 * j + 2], rec[4 * j + 3]])
+    })
+}
+
+/// The [`PanelInt8`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
+/// one).
+pub(super) fn panel_int8(kernel: Kernel) -> PanelInt8 {
+    debug_assert!(kernel.is_supported());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Bf16 => avx512::panel_int8,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::panel_int8,
+        _ => portable::panel_int8,
+    }
+}
+
 /// The [`PanelBf16`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
 /// one: with f32 activations it multiplies in f32).
 pub(super) fn panel_bf16(kernel: Kernel) -> PanelBf16 {
@@ -186,64 +205,36 @@ pub(super) fn panel_f32(kernel: Kernel) -> PanelF32 {
     }
 }
 
-/// A dot product of one int8 weight row (`q`, `c` values) with its `c / INT8_BLOCK` (rounded
-/// up) scales with `m` activation rows (`x`, `m · c` values) into `out` (`m` values).
-pub(super) type DotInt8 = unsafe fn(&[i8], &[f32], &[f32], usize, usize, &mut [f32]);
 /// A dot product of one int4 row (its groups' bytes and f16 scales) with `m` activation rows
 /// quantised to int8 into `out` (`m` values).
 pub(super) type DotInt4 = unsafe fn(&[u8], &[u16], &QuantizedRows, usize, &mut [f32]);
 
 /// The row kernels of one [`Kernel`], chosen once per product.
 ///
-/// Every function is `unsafe` to call: the slices must be as long as described on [`DotInt8`]
+/// Every function is `unsafe` to call: the slices must be as long as described on [`DotInt4`]
 /// (the vector kernels read them through raw pointers), and the CPU must support the kernel
 /// the functions were taken from, which [`Dots::new`] ensures for a kernel it is given after
 /// `select::resolve_kernel`.
 #[derive(Clone, Copy)]
 pub(super) struct Dots {
-    pub(super) int8: DotInt8,
     pub(super) int4: DotInt4,
 }
 
 impl Dots {
-    /// The row kernels of `kernel`, which the CPU must support, for rows of `cols` weights
-    /// (AVX512_BF16 runs the AVX-512 ones; int8 rows whose length is not a multiple of [`INT8_BLOCK`] take the portable loop; int4
-    /// takes the AVX2 kernel under AVX-512 too: its products are bound by memory, not by the
-    /// vector width).
-    pub(super) fn new(kernel: Kernel, cols: usize) -> Self {
-        let portable = Dots {
-            int8: portable::dot_int8,
-            int4: portable::dot_int4,
-        };
-        let int8_vector = cols.is_multiple_of(INT8_BLOCK);
+    /// The row kernels of `kernel`, which the CPU must support (int4 takes the AVX2 kernel
+    /// under AVX-512 too: its products are bound by memory, not by the vector width).
+    pub(super) fn new(kernel: Kernel) -> Self {
         debug_assert!(kernel.is_supported());
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 | Kernel::Avx512Bf16 => Dots {
-                int8: if int8_vector {
-                    avx512::dot_int8
-                } else {
-                    portable.int8
-                },
-                int4: if Kernel::Avx2.is_supported() {
-                    avx2::dot_int4
-                } else {
-                    portable.int4
-                },
-            },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => Dots {
-                int8: if int8_vector {
-                    avx2::dot_int8
-                } else {
-                    portable.int8
-                },
-                int4: avx2::dot_int4,
-            },
-            _ => {
-                let _ = int8_vector;
-                portable
+            Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Avx2 if Kernel::Avx2.is_supported() => {
+                Dots {
+                    int4: avx2::dot_int4,
+                }
             }
+            _ => Dots {
+                int4: portable::dot_int4,
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::cpu::INT8_BLOCK;
 use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
+use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
 
 /// The portable [`PanelF32`](super::PanelF32): blocks of 4 activation rows, 32 accumulators
 /// each, in loops the compiler vectorises.
@@ -129,22 +130,56 @@ unsafe fn store(
     }
 }
 
-/// Portable int8 row kernel; safe, bounds-checked.
-pub fn dot_int8(q: &[i8], scales: &[f32], x: &[f32], m: usize, c: usize, out: &mut [f32]) {
-    for (mi, o) in out.iter_mut().enumerate().take(m) {
-        let xr = &x[mi * c..(mi + 1) * c];
-        let mut acc = 0f32;
-        for (b, s) in scales.iter().enumerate() {
-            let lo = b * INT8_BLOCK;
-            let hi = (lo + INT8_BLOCK).min(c);
-            let mut part = 0f32;
-            for i in lo..hi {
-                part += q[i] as f32 * xr[i];
-            }
-            acc += part * s;
-        }
-        *o = acc;
+/// The portable [`PanelInt8`](super::PanelInt8): blocks of 4 activation rows, 32
+/// accumulators each; each column's weights are widened and scaled once for the block.
+///
+/// # Safety
+/// `y` must be as [`PanelInt8`](super::PanelInt8) describes. (The slices are checked by
+/// `super::check_int8_panel`, or this panics.)
+#[allow(clippy::too_many_arguments)] // the PanelInt8 signature
+pub unsafe fn panel_int8(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[u8],
+    kb: usize,
+    y: *mut f32,
+    ldy: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    super::check_int8_panel(x, ldx, m, w, kb, n);
+    let mut i0 = 0;
+    while i0 < m {
+        let r = (m - i0).min(4);
+        let out = match r {
+            1 => int8_rows::<1>(&x[i0 * ldx..], ldx, w, kb),
+            2 => int8_rows::<2>(&x[i0 * ldx..], ldx, w, kb),
+            3 => int8_rows::<3>(&x[i0 * ldx..], ldx, w, kb),
+            _ => int8_rows::<4>(&x[i0 * ldx..], ldx, w, kb),
+        };
+        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
+        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
+        i0 += r;
     }
+}
+
+/// `R` (at most 4) rows of `x` times one panel of int8 records; the rows past `R` stay zero.
+fn int8_rows<const R: usize>(x: &[f32], ldx: usize, w: &[u8], kb: usize) -> [[f32; 32]; 4] {
+    let mut acc = [[0f32; 32]; 4];
+    for (b, rec) in w.chunks_exact(INT8_RECORD).take(kb).enumerate() {
+        let s = super::record_scales(rec);
+        for (kk, q) in rec[INT8_SCALES..].chunks_exact(32).enumerate() {
+            let wk: [f32; 32] = std::array::from_fn(|j| q[j] as i8 as f32 * s[j]);
+            for i in 0..R {
+                let a = x[i * ldx + b * INT8_BLOCK + kk];
+                for (o, &wj) in acc[i].iter_mut().zip(&wk) {
+                    *o += a * wj;
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// Portable int4 row kernel; safe, bounds-checked. Per group: the exact integer dot of the
