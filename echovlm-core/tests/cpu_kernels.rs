@@ -110,10 +110,12 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 fn every_format_matches_the_reference_on_its_own_weights() {
     // odd sizes exercise the tails; 64-multiples the vector int8 path; 896 = 28 int4 groups
     // (three passes of eight and a tail of four), 100 and 70 a partial last group; 101 an odd
-    // last column (bf16 panels store columns in pairs)
+    // last column (bf16 panels store columns in pairs); 520 x 512 is large enough for the
+    // products to run on the thread pool
     for &(rows, cols) in &[
         (37, 100),
         (11, 101),
+        (520, 512),
         (130, 128),
         (64, 3584 / 4),
         (9, 70),

@@ -254,7 +254,6 @@ impl PackedWeight {
         let threads = rayon::current_num_threads().max(1);
         // enough chunks to balance, each large enough to stream well
         let chunk = (self.rows.div_ceil(threads * 8)).clamp(8, 1024);
-        let mut out = vec![0f32; y.len()];
         let work = |(ci, dst): (usize, &mut [f32])| {
             let r0 = ci * chunk;
             for (i, d) in dst.chunks_exact_mut(m).enumerate() {
@@ -263,11 +262,20 @@ impl PackedWeight {
         };
         // waking the thread pool costs tens of microseconds: small products stay on this thread
         let macs = self.rows.saturating_mul(self.cols).saturating_mul(m);
-        if threads == 1 || macs < PARALLEL_MIN_MACS {
-            out.chunks_mut(chunk * m).enumerate().for_each(work);
-        } else {
-            out.par_chunks_mut(chunk * m).enumerate().for_each(work);
+        let run = |out: &mut [f32]| {
+            if threads == 1 || macs < PARALLEL_MIN_MACS {
+                out.chunks_mut(chunk * m).enumerate().for_each(work);
+            } else {
+                out.par_chunks_mut(chunk * m).enumerate().for_each(work);
+            }
+        };
+        if m == 1 {
+            // one activation row: the [rows, 1] results are y as it is laid out
+            run(y);
+            return Ok(());
         }
+        let mut out = vec![0f32; y.len()];
+        run(&mut out);
         // [rows, m] -> [m, rows]
         for (r, vals) in out.chunks_exact(m).enumerate() {
             for (mi, &v) in vals.iter().enumerate() {
