@@ -75,22 +75,20 @@ pub(super) unsafe fn panel_f32(
     accumulate: bool,
 ) {
     super::check_panel(x, ldx, m, w, kc, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(3);
-        // SAFETY: rows i0..i0 + r of x and the kc · 32 panel values lie within the slices
-        // (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => panel_rows::<1>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
-                2 => panel_rows::<2>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
-                _ => panel_rows::<3>(xp, ldx, wp, kc, yp, ldy, n, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(
+        panel_rows,
+        [1, 2],
+        3,
+        x,
+        ldx,
+        m,
+        w,
+        kc,
+        y,
+        ldy,
+        n,
+        accumulate
+    );
 }
 /// `R` rows of f32 activations times one bf16 panel in column pairs (see
 /// [`PanelBf16`](super::PanelBf16)): per column pair, four 256-bit loads of 8 rows each; a
@@ -201,21 +199,7 @@ pub(super) unsafe fn panel_bf16(
     accumulate: bool,
 ) {
     super::check_pairs(x, ldx, m, w, kq, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(2);
-        // SAFETY: rows i0..i0 + r of x (2 kq values each) and the kq · PAIR panel values lie
-        // within the slices (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => pair_rows::<1>(xp, ldx, wp, kq, yp, ldy, n, accumulate),
-                _ => pair_rows::<2>(xp, ldx, wp, kq, yp, ldy, n, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(pair_rows, [1], 2, x, ldx, m, w, kq, y, ldy, n, accumulate);
 }
 
 /// `R` rows of f32 activations times one panel of int8 records (see
@@ -291,21 +275,7 @@ pub(super) unsafe fn panel_int8(
     accumulate: bool,
 ) {
     super::check_int8_panel(x, ldx, m, w, kb, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(2);
-        // SAFETY: rows i0..i0 + r of x (64 kb values each) and the kb records lie within the
-        // slices (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => int8_rows::<1>(xp, ldx, wp, kb, yp, ldy, n, accumulate),
-                _ => int8_rows::<2>(xp, ldx, wp, kb, yp, ldy, n, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(int8_rows, [1], 2, x, ldx, m, w, kb, y, ldy, n, accumulate);
 }
 
 /// int4 groups against int8 activations, eight groups per pass: the nibbles are unpacked to 32

@@ -37,16 +37,7 @@ unsafe fn panel_rows<const R: usize>(
             acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
         }
     }
-    for i in 0..R {
-        for (h, &mask) in masks.iter().enumerate() {
-            let p = unsafe { y.add(i * ldy + 16 * h) };
-            let mut v = acc[i][h];
-            if accumulate {
-                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
-            }
-            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
-        }
-    }
+    unsafe { store_rows(&acc, y, ldy, masks, accumulate) };
 }
 
 /// The AVX-512 [`PanelF32`](super::PanelF32): blocks of 8 activation rows.
@@ -69,27 +60,20 @@ pub(super) unsafe fn panel_f32(
 ) {
     super::check_panel(x, ldx, m, w, kc, n);
     let masks = lane_masks(n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(8);
-        // SAFETY: rows i0..i0 + r of x and the kc · 32 panel values lie within the slices
-        // (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => panel_rows::<1>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                2 => panel_rows::<2>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                3 => panel_rows::<3>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                4 => panel_rows::<4>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                5 => panel_rows::<5>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                6 => panel_rows::<6>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                7 => panel_rows::<7>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-                _ => panel_rows::<8>(xp, ldx, wp, kc, yp, ldy, masks, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(
+        panel_rows,
+        [1, 2, 3, 4, 5, 6, 7],
+        8,
+        x,
+        ldx,
+        m,
+        w,
+        kc,
+        y,
+        ldy,
+        masks,
+        accumulate
+    );
 }
 /// `R` rows of f32 activations times one bf16 panel in column pairs (see
 /// [`PanelBf16`](super::PanelBf16)): per column pair, two 512-bit loads hold the panel's 32 rows;
@@ -143,16 +127,9 @@ unsafe fn pair_rows<const R: usize>(
             }
         }
     }
-    for i in 0..R {
-        for (h, &mask) in masks.iter().enumerate() {
-            let p = unsafe { y.add(i * ldy + 16 * h) };
-            let mut v = _mm512_add_ps(even[i][h], odd[i][h]);
-            if accumulate {
-                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
-            }
-            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
-        }
-    }
+    let acc: [[__m512; 2]; R] =
+        std::array::from_fn(|i| std::array::from_fn(|h| _mm512_add_ps(even[i][h], odd[i][h])));
+    unsafe { store_rows(&acc, y, ldy, masks, accumulate) };
 }
 
 /// The AVX-512 [`PanelBf16`](super::PanelBf16): blocks of 4 activation rows (16
@@ -176,22 +153,46 @@ pub(super) unsafe fn panel_bf16(
 ) {
     super::check_pairs(x, ldx, m, w, kq, n);
     let masks = lane_masks(n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(4);
-        // SAFETY: rows i0..i0 + r of x (2 kq values each) and the kq · PAIR panel values lie
-        // within the slices (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => pair_rows::<1>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                2 => pair_rows::<2>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                3 => pair_rows::<3>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                _ => pair_rows::<4>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-            }
+    panel_row_blocks!(
+        pair_rows,
+        [1, 2, 3],
+        4,
+        x,
+        ldx,
+        m,
+        w,
+        kq,
+        y,
+        ldy,
+        masks,
+        accumulate
+    );
+}
+
+/// Stores (or, with `accumulate`, adds) `R` rows of a panel's 32 accumulated values at `y`
+/// (rows `ldy` apart), the lanes set in `masks` of each 16-lane half.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `y` is writable (and, with `accumulate`, readable) at
+/// `i · ldy + j` for `i < R` and the lanes set in `masks`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store_rows<const R: usize>(
+    acc: &[[__m512; 2]; R],
+    y: *mut f32,
+    ldy: usize,
+    masks: [__mmask16; 2],
+    accumulate: bool,
+) {
+    for (i, row) in acc.iter().enumerate() {
+        for (h, (&mask, &v)) in masks.iter().zip(row).enumerate() {
+            let p = unsafe { y.add(i * ldy + 16 * h) };
+            let v = if accumulate {
+                _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) })
+            } else {
+                v
+            };
+            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
         }
-        i0 += r;
     }
 }
 
@@ -262,16 +263,7 @@ unsafe fn int8_rows<const R: usize>(
             }
         }
     }
-    for i in 0..R {
-        for (h, &mask) in masks.iter().enumerate() {
-            let p = unsafe { y.add(i * ldy + 16 * h) };
-            let mut v = acc[i][h];
-            if accumulate {
-                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
-            }
-            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
-        }
-    }
+    unsafe { store_rows(&acc, y, ldy, masks, accumulate) };
 }
 
 /// The AVX-512 [`PanelInt8`](super::PanelInt8): blocks of 4 activation rows (8 accumulators
@@ -295,21 +287,18 @@ pub(super) unsafe fn panel_int8(
 ) {
     super::check_int8_panel(x, ldx, m, w, kb, n);
     let masks = lane_masks(n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(4);
-        // SAFETY: rows i0..i0 + r of x (64 kb values each) and the kb records lie within the
-        // slices (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => int8_rows::<1>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
-                2 => int8_rows::<2>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
-                3 => int8_rows::<3>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
-                _ => int8_rows::<4>(xp, ldx, wp, kb, yp, ldy, masks, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(
+        int8_rows,
+        [1, 2, 3],
+        4,
+        x,
+        ldx,
+        m,
+        w,
+        kb,
+        y,
+        ldy,
+        masks,
+        accumulate
+    );
 }

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::lane_masks;
+use super::avx512::{lane_masks, store_rows};
 use super::{PAIR, PREFETCH};
 
 /// Reinterprets 32 raw bf16 values as the operand type of `vdpbf16ps`.
@@ -58,16 +58,7 @@ unsafe fn pair_rows<const R: usize>(
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, v1);
         }
     }
-    for i in 0..R {
-        for (h, &mask) in masks.iter().enumerate() {
-            let p = unsafe { y.add(i * ldy + 16 * h) };
-            let mut v = acc[i][h];
-            if accumulate {
-                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, p) });
-            }
-            unsafe { _mm512_mask_storeu_ps(p, mask, v) };
-        }
-    }
+    unsafe { store_rows(&acc, y, ldy, masks, accumulate) };
 }
 
 /// The AVX512_BF16 [`PanelBf16Dot`](super::PanelBf16Dot): blocks of 8 activation rows (16
@@ -92,25 +83,18 @@ pub(super) unsafe fn panel_bf16_dot(
 ) {
     super::check_pairs(x, ldx, m, w, kq, n);
     let masks = lane_masks(n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(8);
-        // SAFETY: rows i0..i0 + r of x (2 kq values each) and the kq · PAIR panel values lie
-        // within the slices (checked above); y is as the caller guarantees.
-        unsafe {
-            let (xp, yp) = (x.as_ptr().add(i0 * ldx), y.add(i0 * ldy));
-            let wp = w.as_ptr();
-            match r {
-                1 => pair_rows::<1>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                2 => pair_rows::<2>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                3 => pair_rows::<3>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                4 => pair_rows::<4>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                5 => pair_rows::<5>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                6 => pair_rows::<6>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                7 => pair_rows::<7>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-                _ => pair_rows::<8>(xp, ldx, wp, kq, yp, ldy, masks, accumulate),
-            }
-        }
-        i0 += r;
-    }
+    panel_row_blocks!(
+        pair_rows,
+        [1, 2, 3, 4, 5, 6, 7],
+        8,
+        x,
+        ldx,
+        m,
+        w,
+        kq,
+        y,
+        ldy,
+        masks,
+        accumulate
+    );
 }

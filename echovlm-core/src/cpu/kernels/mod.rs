@@ -55,6 +55,37 @@ macro_rules! dispatch_rows {
     }};
 }
 
+/// The body every x86-64 panel kernel shares: `rows::<R>` over the activation rows in blocks of
+/// at most `max` (one monomorphised block function per size listed, `max` for the rest), each
+/// on its rows of `x` and `y`: `rows::<R>(x, ldx, w, kc, y, ldy, store, accumulate)` with
+/// `store` the kernel's description of the panel's real rows (store masks, or their count).
+///
+/// Expanded inside each kernel, so that the blocks inherit its target features. The caller
+/// has checked the slices (rows `i0..i0 + R` of `x` and `kc` columns of the panel lie within
+/// them) and guarantees `y` as its kernel type describes.
+#[cfg(target_arch = "x86_64")]
+macro_rules! panel_row_blocks {
+    ($rows:ident, [$($r:literal),*], $max:literal,
+     $x:ident, $ldx:ident, $m:ident, $w:ident, $kc:ident, $y:ident, $ldy:ident,
+     $store:expr, $accumulate:ident) => {{
+        let mut i0 = 0;
+        while i0 < $m {
+            let r = ($m - i0).min($max);
+            // SAFETY: rows i0..i0 + r of x (kc columns each) and the panel's kc columns lie
+            // within the slices (checked by the kernel); y is as the kernel's caller guarantees.
+            unsafe {
+                let (xp, yp) = ($x.as_ptr().add(i0 * $ldx), $y.add(i0 * $ldy));
+                let wp = $w.as_ptr();
+                match r {
+                    $($r => $rows::<$r>(xp, $ldx, wp, $kc, yp, $ldy, $store, $accumulate),)*
+                    _ => $rows::<$max>(xp, $ldx, wp, $kc, yp, $ldy, $store, $accumulate),
+                }
+            }
+            i0 += r;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

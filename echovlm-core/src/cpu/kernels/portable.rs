@@ -6,6 +6,29 @@ use crate::cpu::INT8_BLOCK;
 use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
 
+/// The body the portable panel kernels share: `rows::<R>(x, ldx, w, kc)` over blocks of at
+/// most 4 activation rows, each block's sums stored at its rows of `y` (the caller guarantees
+/// `y` as its kernel type describes).
+macro_rules! row_blocks {
+    ($rows:ident, $x:ident, $ldx:ident, $m:ident, $w:ident, $kc:ident,
+     $y:ident, $ldy:ident, $n:ident, $accumulate:ident) => {{
+        let mut i0 = 0;
+        while i0 < $m {
+            let r = ($m - i0).min(4);
+            let xb = &$x[i0 * $ldx..];
+            let out = match r {
+                1 => $rows::<1>(xb, $ldx, $w, $kc),
+                2 => $rows::<2>(xb, $ldx, $w, $kc),
+                3 => $rows::<3>(xb, $ldx, $w, $kc),
+                _ => $rows::<4>(xb, $ldx, $w, $kc),
+            };
+            // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
+            unsafe { store(&out, r, $y.add(i0 * $ldy), $ldy, $n, $accumulate) };
+            i0 += r;
+        }
+    }};
+}
+
 /// The portable [`PanelF32`](super::PanelF32): blocks of 4 activation rows, 32 accumulators
 /// each, in loops the compiler vectorises.
 ///
@@ -25,19 +48,7 @@ pub unsafe fn panel_f32(
     accumulate: bool,
 ) {
     super::check_panel(x, ldx, m, w, kc, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(4);
-        let out = match r {
-            1 => panel_rows::<1>(&x[i0 * ldx..], ldx, w, kc),
-            2 => panel_rows::<2>(&x[i0 * ldx..], ldx, w, kc),
-            3 => panel_rows::<3>(&x[i0 * ldx..], ldx, w, kc),
-            _ => panel_rows::<4>(&x[i0 * ldx..], ldx, w, kc),
-        };
-        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
-        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
-        i0 += r;
-    }
+    row_blocks!(panel_rows, x, ldx, m, w, kc, y, ldy, n, accumulate);
 }
 
 /// `R` (at most 4) rows of `x` times one panel; the rows past `R` stay zero.
@@ -73,19 +84,7 @@ pub unsafe fn panel_bf16(
     accumulate: bool,
 ) {
     super::check_pairs(x, ldx, m, w, kq, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(4);
-        let out = match r {
-            1 => pair_rows::<1>(&x[i0 * ldx..], ldx, w, kq),
-            2 => pair_rows::<2>(&x[i0 * ldx..], ldx, w, kq),
-            3 => pair_rows::<3>(&x[i0 * ldx..], ldx, w, kq),
-            _ => pair_rows::<4>(&x[i0 * ldx..], ldx, w, kq),
-        };
-        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
-        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
-        i0 += r;
-    }
+    row_blocks!(pair_rows, x, ldx, m, w, kq, y, ldy, n, accumulate);
 }
 
 /// `R` (at most 4) rows of `x` times one bf16 panel in column pairs; the rows past `R` stay
@@ -149,19 +148,7 @@ pub unsafe fn panel_int8(
     accumulate: bool,
 ) {
     super::check_int8_panel(x, ldx, m, w, kb, n);
-    let mut i0 = 0;
-    while i0 < m {
-        let r = (m - i0).min(4);
-        let out = match r {
-            1 => int8_rows::<1>(&x[i0 * ldx..], ldx, w, kb),
-            2 => int8_rows::<2>(&x[i0 * ldx..], ldx, w, kb),
-            3 => int8_rows::<3>(&x[i0 * ldx..], ldx, w, kb),
-            _ => int8_rows::<4>(&x[i0 * ldx..], ldx, w, kb),
-        };
-        // SAFETY: rows i0..i0 + r, columns 0..n of y are the caller's to write.
-        unsafe { store(&out, r, y.add(i0 * ldy), ldy, n, accumulate) };
-        i0 += r;
-    }
+    row_blocks!(int8_rows, x, ldx, m, w, kb, y, ldy, n, accumulate);
 }
 
 /// `R` (at most 4) rows of `x` times one panel of int8 records; the rows past `R` stay zero.
