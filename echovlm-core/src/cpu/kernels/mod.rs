@@ -1,9 +1,9 @@
-//! The product kernels, one file per instruction set: panel kernels for f32 and bf16 weights
-//! (a panel of 32 weight rows times a few activation rows, accumulated in registers), and the
-//! dot products of one weight row with `m` activation rows for int8 and int4 ([`Dots`], the set
-//! of them one product runs with).
+//! The product kernels, one file per instruction set: panel kernels for f32, bf16 and int8
+//! weights (a panel of 32 weight rows times a few activation rows, accumulated in registers),
+//! and the dot products of one int4 weight row with `m` activation rows ([`Dots`], the set of
+//! them one product runs with).
 //!
-//! The x86-64 row kernels are one per (instruction set, weight type), monomorphised over the
+//! The x86-64 int4 row kernel is monomorphised over the
 //! number `M` of activation rows handled per pass (1 to 4) so that every accumulator stays in
 //! a register; 4 independent accumulators per row hide the FMA latency. Everything is inlined
 //! into `#[target_feature]` functions (closures defined inside them inherit their features).
