@@ -90,13 +90,7 @@ impl PackedWeight {
                 self.panel_product(f, layout, w, x, stride, m, y);
             } else {
                 // activation rows of whole blocks (the padded columns meet zero weights)
-                let mut padded = vec![0f32; m * stride];
-                for (d, s) in padded
-                    .chunks_exact_mut(stride)
-                    .zip(x.chunks_exact(self.cols))
-                {
-                    d[..self.cols].copy_from_slice(s);
-                }
+                let padded = padded_rows(x, m, self.cols, stride, |v| v)?;
                 self.panel_product(f, layout, w, &padded, stride, m, y);
             }
             return Ok(());
@@ -137,16 +131,7 @@ impl PackedWeight {
                 self.panel_product(f, layout, w, &xb, stride, m, y);
                 return Ok(());
             }
-            let mut rounded =
-                Aligned::<f32>::zeroed(checked_bytes("activations", m, stride, 4)? / 4)?;
-            rounded
-                .par_chunks_mut(stride)
-                .zip(x.par_chunks(cols))
-                .for_each(|(d, s)| {
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        *o = half::bf16::from_f32(v).to_f32();
-                    }
-                });
+            let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
             self.panel_product(
                 kernels::panel_bf16(kernel),
                 layout,
@@ -159,10 +144,7 @@ impl PackedWeight {
         } else if stride == cols {
             self.panel_product(kernels::panel_bf16(kernel), layout, w, x, cols, m, y);
         } else {
-            let mut padded = vec![0f32; m * stride];
-            for (d, s) in padded.chunks_exact_mut(stride).zip(x.chunks_exact(cols)) {
-                d[..cols].copy_from_slice(s);
-            }
+            let padded = padded_rows(x, m, cols, stride, |v| v)?;
             self.panel_product(
                 kernels::panel_bf16(kernel),
                 layout,
@@ -176,8 +158,8 @@ impl PackedWeight {
         Ok(())
     }
 
-    /// Panels of weights (f32 or bf16 pairs, as `layout` says) times `m` activation rows
-    /// (`ldx` apart), on the panel kernel `f` (resolved against the CPU).
+    /// Panels of weights (f32, bf16 pairs or int8 records, as `layout` says) times `m`
+    /// activation rows (`ldx` apart), on the panel kernel `f` (resolved against the CPU).
     ///
     /// A task multiplies a block of up to [`PANEL_MC`] activation rows with a group of
     /// panels, [`PANEL_KC`] activation values at a time (all of them for `m ≤ SMALL_M`): the
@@ -484,6 +466,32 @@ fn widen_int8_panel(w: &[u8], cols: usize, out: &mut [f32]) {
             }
         }
     }
+}
+
+/// The `m` rows of `x` (`cols` each) mapped by `f` and zero-padded to `stride` values each
+/// (on the thread pool for prompt-sized products only: waking it would cost a decode step more
+/// than the copy).
+fn padded_rows(
+    x: &[f32],
+    m: usize,
+    cols: usize,
+    stride: usize,
+    f: impl Fn(f32) -> f32 + Sync,
+) -> Result<Aligned<f32>, CpuError> {
+    let mut out = Aligned::<f32>::zeroed(checked_bytes("activations", m, stride, 4)? / 4)?;
+    let row = |(d, s): (&mut [f32], &[f32])| {
+        for (o, &v) in d.iter_mut().zip(s) {
+            *o = f(v);
+        }
+    };
+    if m > SMALL_M {
+        out.par_chunks_mut(stride)
+            .zip(x.par_chunks(cols))
+            .for_each(row);
+    } else {
+        out.chunks_mut(stride).zip(x.chunks(cols)).for_each(row);
+    }
+    Ok(out)
 }
 
 /// The `m` rows of `x` (`cols` each) rounded to bf16 (to nearest, ties to even), each row
