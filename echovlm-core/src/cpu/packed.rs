@@ -366,12 +366,13 @@ fn bf16_panels<T: Sync>(
                 for (j, raw) in raw.chunks_exact(src_row).enumerate() {
                     convert(raw, &mut tmp[j * cols..(j + 1) * cols]);
                 }
-                for (q, pair) in panel.chunks_exact_mut(PAIR).enumerate() {
-                    for j in 0..n {
-                        for e in 0..2 {
-                            if let Some(&v) = tmp[j * cols..(j + 1) * cols].get(2 * q + e) {
-                                pair[pair_index(j, e)] = v;
-                            }
+                // each row read in order, its values written 64 apart (the panel stays in L2)
+                for (j, row) in tmp.chunks_exact(cols).take(n).enumerate() {
+                    let (even, odd) = (pair_index(j, 0), pair_index(j, 1));
+                    for (q, v) in row.chunks(2).enumerate() {
+                        panel[q * PAIR + even] = v[0];
+                        if let Some(&o) = v.get(1) {
+                            panel[q * PAIR + odd] = o;
                         }
                     }
                 }
