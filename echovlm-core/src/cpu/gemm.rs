@@ -7,7 +7,7 @@ use super::aligned::Aligned;
 use super::error::{check_len, checked_bytes};
 use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
 use super::kernels::{self, Dots};
-use super::packed::{Data, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight};
+use super::packed::{Data, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight, record_scales};
 use super::select::{Kernel, active_kernel, resolve_kernel};
 use super::{CpuError, INT8_BLOCK};
 
@@ -84,15 +84,16 @@ impl PackedWeight {
                 xcol: INT8_BLOCK,
                 wcol: INT8_RECORD,
             };
-            let f = kernels::panel_int8(kernel);
+            // activation rows of whole blocks (the padded columns meet zero weights)
             let stride = blocks * INT8_BLOCK;
-            if stride == self.cols {
-                self.panel_product(f, layout, w, x, stride, m, y);
+            let padded;
+            let x = if stride == self.cols {
+                x
             } else {
-                // activation rows of whole blocks (the padded columns meet zero weights)
-                let padded = padded_rows(x, m, self.cols, stride, |v| v)?;
-                self.panel_product(f, layout, w, &padded, stride, m, y);
-            }
+                padded = padded_rows(x, m, self.cols, stride, |v| v)?;
+                &padded[..]
+            };
+            self.panel_product(kernels::panel_int8(kernel), layout, w, x, stride, m, y);
             return Ok(());
         }
         if m <= SMALL_M {
@@ -125,35 +126,22 @@ impl PackedWeight {
         };
         // activation rows of a whole number of pairs (an odd last column meets zero weights)
         let stride = 2 * pairs;
-        if m > SMALL_M {
-            if let Some(f) = kernels::panel_bf16_dot(kernel) {
-                let xb = bf16_rows(x, m, cols, stride)?;
-                self.panel_product(f, layout, w, &xb, stride, m, y);
-                return Ok(());
-            }
-            let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
-            self.panel_product(
-                kernels::panel_bf16(kernel),
-                layout,
-                w,
-                &rounded,
-                stride,
-                m,
-                y,
-            );
-        } else if stride == cols {
-            self.panel_product(kernels::panel_bf16(kernel), layout, w, x, cols, m, y);
+        let f = kernels::panel_bf16(kernel);
+        if m <= SMALL_M {
+            let padded;
+            let x = if stride == cols {
+                x
+            } else {
+                padded = padded_rows(x, m, cols, stride, |v| v)?;
+                &padded[..]
+            };
+            self.panel_product(f, layout, w, x, stride, m, y);
+        } else if let Some(dot) = kernels::panel_bf16_dot(kernel) {
+            let xb = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_bits())?;
+            self.panel_product(dot, layout, w, &xb, stride, m, y);
         } else {
-            let padded = padded_rows(x, m, cols, stride, |v| v)?;
-            self.panel_product(
-                kernels::panel_bf16(kernel),
-                layout,
-                w,
-                &padded,
-                stride,
-                m,
-                y,
-            );
+            let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
+            self.panel_product(f, layout, w, &rounded, stride, m, y);
         }
         Ok(())
     }
@@ -450,10 +438,7 @@ fn widen_int8_panel(w: &[u8], cols: usize, out: &mut [f32]) {
         .take(cols.div_ceil(INT8_BLOCK))
         .enumerate()
     {
-        let mut s = [0f32; PANEL];
-        for (j, v) in s.iter_mut().enumerate() {
-            *v = f32::from_le_bytes(rec[4 * j..4 * j + 4].try_into().expect("4 bytes"));
-        }
+        let s = record_scales(rec);
         let c0 = b * INT8_BLOCK;
         let weights = rec[INT8_SCALES..].chunks_exact(PANEL);
         for (col, q) in out[c0 * PANEL..]
@@ -468,18 +453,19 @@ fn widen_int8_panel(w: &[u8], cols: usize, out: &mut [f32]) {
     }
 }
 
-/// The `m` rows of `x` (`cols` each) mapped by `f` and zero-padded to `stride` values each
-/// (on the thread pool for prompt-sized products only: waking it would cost a decode step more
-/// than the copy).
-fn padded_rows(
+/// The `m` rows of `x` (`cols` each) mapped by `f` (to f32, or to bf16 bits) and zero-padded
+/// to `stride` values each (on the thread pool for prompt-sized products only: waking it would
+/// cost a decode step more than the copy).
+fn padded_rows<E: Copy + Default + Send>(
     x: &[f32],
     m: usize,
     cols: usize,
     stride: usize,
-    f: impl Fn(f32) -> f32 + Sync,
-) -> Result<Aligned<f32>, CpuError> {
-    let mut out = Aligned::<f32>::zeroed(checked_bytes("activations", m, stride, 4)? / 4)?;
-    let row = |(d, s): (&mut [f32], &[f32])| {
+    f: impl Fn(f32) -> E + Sync,
+) -> Result<Aligned<E>, CpuError> {
+    let size = std::mem::size_of::<E>();
+    let mut out = Aligned::<E>::zeroed(checked_bytes("activations", m, stride, size)? / size)?;
+    let row = |(d, s): (&mut [E], &[f32])| {
         for (o, &v) in d.iter_mut().zip(s) {
             *o = f(v);
         }
@@ -491,20 +477,6 @@ fn padded_rows(
     } else {
         out.chunks_mut(stride).zip(x.chunks(cols)).for_each(row);
     }
-    Ok(out)
-}
-
-/// The `m` rows of `x` (`cols` each) rounded to bf16 (to nearest, ties to even), each row
-/// zero-padded to `stride` values.
-fn bf16_rows(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Aligned<u16>, CpuError> {
-    let mut out = Aligned::<u16>::zeroed(checked_bytes("bf16 activations", m, stride, 2)? / 2)?;
-    out.par_chunks_mut(stride)
-        .zip(x.par_chunks(cols))
-        .for_each(|(d, s)| {
-            for (o, &v) in d.iter_mut().zip(s) {
-                *o = half::bf16::from_f32(v).to_bits();
-            }
-        });
     Ok(out)
 }
 

@@ -269,7 +269,7 @@ impl PackedWeight {
                 let j = r % PANEL;
                 for (b, chunk) in out.chunks_mut(INT8_BLOCK).enumerate() {
                     let rec = &w[(r / PANEL * blocks + b) * INT8_RECORD..][..INT8_RECORD];
-                    let s = f32::from_le_bytes(rec[4 * j..4 * j + 4].try_into().expect("4 bytes"));
+                    let s = record_scales(rec)[j];
                     for (kk, o) in chunk.iter_mut().enumerate() {
                         *o = rec[INT8_SCALES + kk * PANEL + j] as i8 as f32 * s;
                     }
@@ -299,9 +299,37 @@ impl PackedWeight {
     }
 }
 
-/// The `[rows, cols]` matrix in the f32 panel layout (see [`Data::F32`]), a panel per task:
-/// row `i` of `src` (`src_row` elements) is widened to `cols` f32 values by `widen`, then
-/// scattered into its panel a block of columns at a time (the block's lines stay in L1).
+/// The `[rows, cols]` matrix laid out panel by panel, a panel of [`PANEL`] rows per task on
+/// the thread pool: a panel holds `units · per_unit` values (columns of 32 weights, column
+/// pairs or int8 records), and `fill(scratch, rows, panel)` writes it from its rows of `src`
+/// (`src_row` elements each, up to [`PANEL`] of them; the panel's other rows stay zero).
+/// `scratch` makes each task's working memory once. Every size is checked.
+#[allow(clippy::too_many_arguments)] // the shape, the source and the two steps
+fn by_panel<T: Sync, E: Copy + Default + Send, S>(
+    rows: usize,
+    cols: usize,
+    src: &[T],
+    src_row: usize,
+    (units, per_unit): (usize, usize),
+    scratch: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, &[T], &mut [E]) + Sync + Send,
+) -> Result<Aligned<E>, CpuError> {
+    if cols == 0 || rows == 0 {
+        return Aligned::zeroed(0);
+    }
+    let size = std::mem::size_of::<E>();
+    let panel_len = checked_bytes("weight panel", units, per_unit, 1)?;
+    let len = checked_bytes("weight matrix", rows.div_ceil(PANEL), panel_len, size)? / size;
+    let mut out = Aligned::<E>::zeroed(len)?;
+    out.par_chunks_mut(panel_len)
+        .zip(src.par_chunks(src_row * PANEL))
+        .for_each_init(scratch, |scratch, (panel, raw)| fill(scratch, raw, panel));
+    Ok(out)
+}
+
+/// The `[rows, cols]` matrix in the f32 panel layout (see [`Data::F32`]): each row of `src`
+/// (`src_row` elements) is widened to `cols` f32 values by `widen`, then scattered into its
+/// panel a block of columns at a time (the block's lines stay in L1).
 fn panels<T: Sync>(
     rows: usize,
     cols: usize,
@@ -309,39 +337,35 @@ fn panels<T: Sync>(
     src_row: usize,
     widen: impl Fn(&[T], &mut [f32]) + Sync,
 ) -> Result<Aligned<f32>, CpuError> {
-    if cols == 0 || rows == 0 {
-        return Aligned::zeroed(0);
-    }
-    // rows · cols f32 fit in isize (checked by the caller), so rows + PANEL does not overflow
-    let padded = rows.div_ceil(PANEL) * PANEL;
-    let mut out = Aligned::<f32>::zeroed(matrix_elements(padded, cols)?)?;
     const BLOCK: usize = 64;
-    out.par_chunks_mut(cols * PANEL)
-        .zip(src.par_chunks(src_row * PANEL))
-        .for_each_init(
-            || vec![0f32; PANEL * cols],
-            |tmp, (panel, raw)| {
-                let n = raw.len() / src_row;
-                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
-                    widen(raw, &mut tmp[j * cols..(j + 1) * cols]);
-                }
-                for c0 in (0..cols).step_by(BLOCK) {
-                    let c1 = (c0 + BLOCK).min(cols);
-                    for j in 0..n {
-                        let row = &tmp[j * cols..(j + 1) * cols];
-                        for c in c0..c1 {
-                            panel[c * PANEL + j] = row[c];
-                        }
+    by_panel(
+        rows,
+        cols,
+        src,
+        src_row,
+        (cols, PANEL),
+        || vec![0f32; PANEL * cols],
+        |tmp, raw, panel| {
+            let n = raw.len() / src_row;
+            for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                widen(raw, &mut tmp[j * cols..(j + 1) * cols]);
+            }
+            for c0 in (0..cols).step_by(BLOCK) {
+                let c1 = (c0 + BLOCK).min(cols);
+                for j in 0..n {
+                    let row = &tmp[j * cols..(j + 1) * cols];
+                    for c in c0..c1 {
+                        panel[c * PANEL + j] = row[c];
                     }
                 }
-            },
-        );
-    Ok(out)
+            }
+        },
+    )
 }
 
-/// The `[rows, cols]` matrix in the bf16 panel layout (see [`Data::Bf16`]), a panel per task:
-/// row `i` of `src` (`src_row` elements) is converted to `cols` bf16 values by `convert`, then
-/// scattered into its panel's column pairs.
+/// The `[rows, cols]` matrix in the bf16 panel layout (see [`Data::Bf16`]): each row of `src`
+/// (`src_row` elements) is converted to `cols` bf16 values by `convert`, then scattered into
+/// its panel's column pairs.
 fn bf16_panels<T: Sync>(
     rows: usize,
     cols: usize,
@@ -349,36 +373,30 @@ fn bf16_panels<T: Sync>(
     src_row: usize,
     convert: impl Fn(&[T], &mut [u16]) + Sync,
 ) -> Result<Aligned<u16>, CpuError> {
-    if cols == 0 || rows == 0 {
-        return Aligned::zeroed(0);
-    }
-    // rows · cols f32 fit in isize (checked by the caller), so the padding to whole panels
-    // and an even column count does not overflow, and neither do half as many bytes
-    let pairs = cols.div_ceil(2);
-    let panel_len = pairs * PAIR;
-    let mut out = Aligned::<u16>::zeroed(matrix_elements(rows.div_ceil(PANEL), panel_len)?)?;
-    out.par_chunks_mut(panel_len)
-        .zip(src.par_chunks(src_row * PANEL))
-        .for_each_init(
-            || vec![0u16; PANEL * cols],
-            |tmp, (panel, raw)| {
-                let n = raw.len() / src_row;
-                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
-                    convert(raw, &mut tmp[j * cols..(j + 1) * cols]);
-                }
-                // each row read in order, its values written 64 apart (the panel stays in L2)
-                for (j, row) in tmp.chunks_exact(cols).take(n).enumerate() {
-                    let (even, odd) = (pair_index(j, 0), pair_index(j, 1));
-                    for (q, v) in row.chunks(2).enumerate() {
-                        panel[q * PAIR + even] = v[0];
-                        if let Some(&o) = v.get(1) {
-                            panel[q * PAIR + odd] = o;
-                        }
+    by_panel(
+        rows,
+        cols,
+        src,
+        src_row,
+        (cols.div_ceil(2), PAIR),
+        || vec![0u16; PANEL * cols],
+        |tmp, raw, panel| {
+            let n = raw.len() / src_row;
+            for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                convert(raw, &mut tmp[j * cols..(j + 1) * cols]);
+            }
+            // each row read in order, its values written 64 apart (the panel stays in L2)
+            for (j, row) in tmp.chunks_exact(cols).take(n).enumerate() {
+                let (even, odd) = (pair_index(j, 0), pair_index(j, 1));
+                for (q, v) in row.chunks(2).enumerate() {
+                    panel[q * PAIR + even] = v[0];
+                    if let Some(&o) = v.get(1) {
+                        panel[q * PAIR + odd] = o;
                     }
                 }
-            },
-        );
-    Ok(out)
+            }
+        },
+    )
 }
 
 /// The `[rows, cols]` matrix in int4 (`int4`) or int8, quantised row by row in parallel:
@@ -436,9 +454,16 @@ pub(super) const INT8_SCALES: usize = PANEL * 4;
 /// Bytes of one int8 record (see [`Data::Int8`]): the scales, then 64 columns of 32 weights.
 pub(super) const INT8_RECORD: usize = INT8_SCALES + INT8_BLOCK * PANEL;
 
-/// The `[rows, cols]` matrix in the int8 panel layout (see [`Data::Int8`]), a panel per
-/// task: row `i` of `src` (`src_row` elements) is widened to `cols` f32 values by `widen` and
-/// quantised (`quantize_row`), then scattered into its panel's records.
+/// The 32 rows' f32 scales at the start of an int8 record.
+pub(super) fn record_scales(rec: &[u8]) -> [f32; PANEL] {
+    std::array::from_fn(|j| {
+        f32::from_le_bytes([rec[4 * j], rec[4 * j + 1], rec[4 * j + 2], rec[4 * j + 3]])
+    })
+}
+
+/// The `[rows, cols]` matrix in the int8 panel layout (see [`Data::Int8`]): each row of `src`
+/// (`src_row` elements) is widened to `cols` f32 values by `widen` and quantised
+/// (`quantize_row`), then scattered into its panel's records.
 fn int8_panels<T: Sync>(
     rows: usize,
     cols: usize,
@@ -446,47 +471,42 @@ fn int8_panels<T: Sync>(
     src_row: usize,
     widen: impl Fn(&[T], &mut [f32]) + Sync,
 ) -> Result<Aligned<u8>, CpuError> {
-    if cols == 0 || rows == 0 {
-        return Aligned::zeroed(0);
-    }
     let blocks = cols.div_ceil(INT8_BLOCK);
-    // rows · cols f32 fit in isize (checked by the caller); a record holds 64 · 32 weights
-    // in 2176 bytes, under the 8192 bytes of as many f32, so the padded buffer fits too
-    let panel_len = blocks * INT8_RECORD;
-    let mut out = Aligned::<u8>::zeroed(matrix_elements(rows.div_ceil(PANEL), panel_len)?)?;
-    out.par_chunks_mut(panel_len)
-        .zip(src.par_chunks(src_row * PANEL))
-        .for_each_init(
-            || {
-                (
-                    vec![0f32; cols],
-                    vec![0i8; PANEL * cols],
-                    vec![0f32; PANEL * blocks],
-                )
-            },
-            |(tmp, q, scales), (panel, raw)| {
-                let n = raw.len() / src_row;
-                for (j, raw) in raw.chunks_exact(src_row).enumerate() {
-                    widen(raw, tmp);
-                    quantize_row(
-                        tmp,
-                        &mut q[j * cols..(j + 1) * cols],
-                        &mut scales[j * blocks..(j + 1) * blocks],
-                    );
+    by_panel(
+        rows,
+        cols,
+        src,
+        src_row,
+        (blocks, INT8_RECORD),
+        || {
+            (
+                vec![0f32; cols],
+                vec![0i8; PANEL * cols],
+                vec![0f32; PANEL * blocks],
+            )
+        },
+        |(tmp, q, scales), raw, panel| {
+            let n = raw.len() / src_row;
+            for (j, raw) in raw.chunks_exact(src_row).enumerate() {
+                widen(raw, tmp);
+                quantize_row(
+                    tmp,
+                    &mut q[j * cols..(j + 1) * cols],
+                    &mut scales[j * blocks..(j + 1) * blocks],
+                );
+            }
+            for (b, rec) in panel.chunks_exact_mut(INT8_RECORD).enumerate() {
+                let (sc, w) = rec.split_at_mut(INT8_SCALES);
+                for j in 0..n {
+                    sc[4 * j..4 * j + 4].copy_from_slice(&scales[j * blocks + b].to_le_bytes());
                 }
-                for (b, rec) in panel.chunks_exact_mut(INT8_RECORD).enumerate() {
-                    let (sc, w) = rec.split_at_mut(INT8_SCALES);
-                    for j in 0..n {
-                        sc[4 * j..4 * j + 4].copy_from_slice(&scales[j * blocks + b].to_le_bytes());
-                    }
-                    let c0 = b * INT8_BLOCK;
-                    for (kk, col) in w.chunks_exact_mut(PANEL).take(cols - c0).enumerate() {
-                        for (j, v) in col.iter_mut().enumerate().take(n) {
-                            *v = q[j * cols + c0 + kk] as u8;
-                        }
+                let c0 = b * INT8_BLOCK;
+                for (kk, col) in w.chunks_exact_mut(PANEL).take(cols - c0).enumerate() {
+                    for (j, v) in col.iter_mut().enumerate().take(n) {
+                        *v = q[j * cols + c0 + kk] as u8;
                     }
                 }
-            },
-        );
-    Ok(out)
+            }
+        },
+    )
 }

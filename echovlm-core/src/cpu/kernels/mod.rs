@@ -180,13 +180,6 @@ fn check_int8_panel(x: &[f32], ldx: usize, m: usize, w: &[u8], kb: usize, n: usi
     check_panel_layout(x, ldx, m, w, kb, n, INT8_BLOCK, super::packed::INT8_RECORD);
 }
 
-/// The f32 scales of an int8 record (its first 128 bytes).
-fn record_scales(rec: &[u8]) -> [f32; 32] {
-    std::array::from_fn(|j| {
-        f32::from_le_bytes([rec[4 * j], rec[4 * j + 1], rec[4 * j + 2], rec[4 * j + 3]])
-    })
-}
-
 /// The [`PanelInt8`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
 /// one).
 pub(super) fn panel_int8(kernel: Kernel) -> PanelInt8 {

@@ -4,7 +4,7 @@
 
 use crate::cpu::INT8_BLOCK;
 use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
-use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
+use crate::cpu::packed::{INT8_RECORD, INT8_SCALES, record_scales};
 
 /// The body the portable panel kernels share: `rows::<R>(x, ldx, w, kc)` over blocks of at
 /// most 4 activation rows, each block's sums stored at its rows of `y` (the caller guarantees
@@ -155,7 +155,7 @@ pub unsafe fn panel_int8(
 fn int8_rows<const R: usize>(x: &[f32], ldx: usize, w: &[u8], kb: usize) -> [[f32; 32]; 4] {
     let mut acc = [[0f32; 32]; 4];
     for (b, rec) in w.chunks_exact(INT8_RECORD).take(kb).enumerate() {
-        let s = super::record_scales(rec);
+        let s = record_scales(rec);
         for (kk, q) in rec[INT8_SCALES..].chunks_exact(32).enumerate() {
             let wk: [f32; 32] = std::array::from_fn(|j| q[j] as i8 as f32 * s[j]);
             for i in 0..R {
