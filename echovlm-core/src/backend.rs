@@ -136,6 +136,33 @@ pub fn attention(
     {
         return decode_attention(q, k, v, mask, causal);
     }
+    let [b, _, s, d] = q.dims();
+    if s == 1
+        && heads != kv_heads
+        && !causal
+        && mask.as_ref().is_none_or(|m| m.dims()[1] == 1)
+        && !native_grouped_attention(&q.device())
+    {
+        // One query (a decode step): the heads that share a key/value head become that head's
+        // queries, so the keys and values are read as they are instead of repeated per head.
+        let n_rep = heads / kv_heads;
+        let keys = k.dims()[2];
+        let q = q.reshape([b, kv_heads, n_rep, d]);
+        let mask = mask.map(|m| m.expand([b, kv_heads, n_rep, keys]));
+        let o = burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            mask,
+            None,
+            AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            },
+        );
+        return o.reshape([b, heads, 1, d]);
+    }
     let (k, v) = if heads != kv_heads && !native_grouped_attention(&q.device()) {
         let n_rep = heads / kv_heads;
         (repeat_kv(k, n_rep), repeat_kv(v, n_rep))

@@ -171,6 +171,93 @@ impl Linear {
         }
     }
 
+    /// One layer computing every part's output side by side, `[.., Σ d_out]` (the parts'
+    /// weights stacked by rows, their biases joined, zeros standing in for a part without
+    /// one), so that layers reading the same input take one matrix product instead of several.
+    /// Each part is left holding a view of its rows of the stacked weight: the weights are not
+    /// duplicated, and each part still computes what it did.
+    ///
+    /// `None` (and nothing changed) unless every part holds a Burn tensor weight of the same
+    /// input width and float type and has no adapter: packed CPU weights have their own
+    /// kernels.
+    pub fn fuse_outputs(parts: &mut [&mut Linear]) -> Option<Linear> {
+        let (d_in, dtype) = Self::fusable(parts)?;
+        if parts.iter().any(|p| p.d_in != d_in) {
+            return None;
+        }
+        let weights = parts
+            .iter()
+            .map(|p| p.tensor_weight())
+            .collect::<Option<Vec<_>>>()?;
+        let weight = Tensor::cat(weights, 0);
+        let device = weight.device();
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| {
+            let pieces = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => b.clone().cast(dtype),
+                    None => Tensor::zeros([p.d_out], (&device, dtype)),
+                })
+                .collect();
+            Tensor::cat(pieces, 0)
+        });
+        let mut start = 0;
+        for p in parts.iter_mut() {
+            p.weight = LinearWeight::Tensor(weight.clone().narrow(0, start, p.d_out));
+            if p.bias.is_some() {
+                p.bias = bias.as_ref().map(|b| b.clone().narrow(0, start, p.d_out));
+            }
+            start += p.d_out;
+        }
+        Some(Linear::new(weight, bias))
+    }
+
+    /// One layer over the parts' inputs laid side by side, `[.., Σ d_in] → [.., d_out]` (their
+    /// weights joined by columns): the sum of the parts' outputs in one matrix product. Each
+    /// part is left holding a view of its columns.
+    ///
+    /// `None` (and nothing changed) unless every part holds a Burn tensor weight of the same
+    /// output width and float type, without bias or adapter.
+    pub fn fuse_inputs(parts: &mut [&mut Linear]) -> Option<Linear> {
+        let Some(first) = parts.first() else {
+            return None;
+        };
+        let d_out = first.d_out;
+        Self::fusable(parts)?;
+        if parts.iter().any(|p| p.d_out != d_out || p.bias.is_some()) {
+            return None;
+        }
+        let weights = parts
+            .iter()
+            .map(|p| p.tensor_weight())
+            .collect::<Option<Vec<_>>>()?;
+        let weight = Tensor::cat(weights, 1);
+        let mut start = 0;
+        for p in parts.iter_mut() {
+            p.weight = LinearWeight::Tensor(weight.clone().narrow(1, start, p.d_in));
+            start += p.d_in;
+        }
+        Some(Linear::new(weight, None))
+    }
+
+    /// The input width and float type shared by `parts`, if they can be fused at all.
+    fn fusable(parts: &[&mut Linear]) -> Option<(usize, DType)> {
+        let first = parts.first()?;
+        let dtype = first.tensor_weight()?.dtype();
+        parts
+            .iter()
+            .all(|p| p.lora.is_none() && p.tensor_weight().is_some_and(|w| w.dtype() == dtype))
+            .then_some((first.d_in, dtype))
+    }
+
+    /// The weight, when it is a Burn tensor.
+    fn tensor_weight(&self) -> Option<Tensor<2>> {
+        match &self.weight {
+            LinearWeight::Tensor(t) => Some(t.clone()),
+            LinearWeight::Packed(_) => None,
+        }
+    }
+
     /// Input width.
     pub fn d_in(&self) -> usize {
         self.d_in

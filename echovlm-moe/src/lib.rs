@@ -27,5 +27,7 @@ mod trace;
 
 pub use loss::{load_balancing_loss, load_balancing_loss_host};
 pub use mlp::Mlp;
-pub use sparse::{DeviceRouting, DynamicFfn, MixOutput, MoeConfig, Routing, SparseMoeBlock};
+pub use sparse::{
+    DeviceRouting, DynamicFfn, FusedFfn, MixOutput, MoeConfig, Routing, SparseMoeBlock,
+};
 pub use trace::{LayerRouting, RoutingSummary, RoutingTrace};

@@ -12,6 +12,11 @@ pub struct Mlp {
     pub up_proj: Linear,
     /// `[hidden, intermediate]`.
     pub down_proj: Linear,
+    /// `gate_proj` and `up_proj` stacked, `[2·intermediate, hidden]` (not a checkpoint tensor:
+    /// [`fuse`](Self::fuse) builds it, leaving the two holding views of it). When set, the
+    /// forward pass multiplies by it once instead of by each; set it to `None` after replacing
+    /// either weight.
+    pub gate_up_proj: Option<Linear>,
 }
 
 impl Mlp {
@@ -21,7 +26,15 @@ impl Mlp {
             gate_proj: loader.linear(&format!("{prefix}.gate_proj"), hidden, inter, false),
             up_proj: loader.linear(&format!("{prefix}.up_proj"), hidden, inter, false),
             down_proj: loader.linear(&format!("{prefix}.down_proj"), inter, hidden, false),
+            gate_up_proj: None,
         }
+    }
+
+    /// Stacks `gate_proj` and `up_proj` into [`gate_up_proj`](Self::gate_up_proj) where both
+    /// hold Burn tensors without adapters ([`Linear::fuse_outputs`]); returns whether it did.
+    pub fn fuse(&mut self) -> bool {
+        self.gate_up_proj = Linear::fuse_outputs(&mut [&mut self.gate_proj, &mut self.up_proj]);
+        self.gate_up_proj.is_some()
     }
 
     /// Width of the hidden layer.
@@ -31,8 +44,17 @@ impl Mlp {
 
     /// Applies the MLP to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = self.gate_proj.forward(x.clone());
-        let up = self.up_proj.forward(x);
+        let (gate, up) = match &self.gate_up_proj {
+            Some(fused) => {
+                let inter = self.intermediate_size();
+                let both = fused.forward(x);
+                (
+                    both.clone().narrow(D - 1, 0, inter),
+                    both.narrow(D - 1, inter, inter),
+                )
+            }
+            None => (self.gate_proj.forward(x.clone()), self.up_proj.forward(x)),
+        };
         self.down_proj.forward(backend::silu_mul(gate, up))
     }
 }

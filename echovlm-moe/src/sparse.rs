@@ -1,6 +1,6 @@
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, activation};
 use echovlm_core::host::{ReadBackError, int_tensor, to_f32_vec};
-use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader, backend};
+use echovlm_core::{Linear, LinearWeight, LoadError, TensorProblem, WeightLoader, backend};
 
 use crate::mlp::Mlp;
 
@@ -468,6 +468,34 @@ pub struct DynamicFfn {
     pub moe: SparseMoeBlock,
     /// `Linear(hidden → 2)` with bias (`coefficient.*`).
     pub coefficient: Linear,
+    /// The whole block as two matrix products, built by [`fuse`](Self::fuse) for devices that
+    /// route on the device; the layers above then hold views of its weights. Set it to `None`
+    /// after replacing any of their weights.
+    pub fused: Option<FusedFfn>,
+}
+
+/// [`DynamicFfn`] as two matrix products around the routing, for devices where every kernel
+/// launch costs more than the arithmetic (a GPU decoding one token): the first product computes
+/// every gate and up projection (dense MLP, routed experts, shared expert), the router logits,
+/// the shared expert's gate and the mix coefficients; the second applies every down projection
+/// at once to the SwiGLU activations, each block of them scaled first by what multiplies its
+/// branch's output (the dense coefficient; the MoE coefficient times the expert's routed
+/// weight, zero where it was not chosen; the MoE coefficient times the shared expert's gate).
+/// The down projections being linear, this is the unfused block's sum, rounded differently.
+#[derive(Debug, Clone)]
+pub struct FusedFfn {
+    /// `[2·width + experts + 3, hidden]` with bias: the gate projections of the dense MLP, the
+    /// routed experts in order and the shared expert, their up projections in the same order,
+    /// then the router, the shared expert's gate and the coefficient layer (with its bias,
+    /// zeros elsewhere).
+    pub up: Linear,
+    /// `[hidden, width]`: the down projections in the same order, side by side.
+    pub down: Linear,
+    /// `[experts + 2, width]`: ones over the columns of the dense MLP (row 0), of expert `e`
+    /// (row `1 + e`) and of the shared expert (the last row), zeros elsewhere.
+    pub segments: Tensor<2>,
+    width: usize,
+    experts: usize,
 }
 
 impl DynamicFfn {
@@ -483,7 +511,87 @@ impl DynamicFfn {
             mlp: Mlp::load(loader, &format!("{layer_prefix}.mlp"), hidden, intermediate),
             moe: SparseMoeBlock::load(loader, &format!("{layer_prefix}.moe"), hidden, config)?,
             coefficient: loader.linear(&format!("{layer_prefix}.coefficient"), hidden, 2, true),
+            fused: None,
         })
+    }
+
+    /// Builds [`fused`](Self::fused) where every layer of the block holds a Burn tensor weight
+    /// without adapter ([`Linear::fuse_outputs`], [`Linear::fuse_inputs`]); returns whether it
+    /// did. [`forward`](Self::forward) uses it on devices other than the CPU backend.
+    pub fn fuse(&mut self) -> bool {
+        let Self {
+            mlp,
+            moe,
+            coefficient,
+            fused,
+        } = self;
+        let SparseMoeBlock {
+            gate,
+            experts,
+            shared_expert,
+            shared_expert_gate,
+            ..
+        } = moe;
+        let n_experts = experts.len();
+        let mut widths = vec![mlp.intermediate_size()];
+        widths.extend(experts.iter().map(Mlp::intermediate_size));
+        widths.push(shared_expert.intermediate_size());
+        let width: usize = widths.iter().sum();
+        let mut gates = Vec::new();
+        let mut ups = Vec::new();
+        let mut downs = Vec::new();
+        for m in std::iter::once(&mut *mlp)
+            .chain(experts.iter_mut())
+            .chain(std::iter::once(&mut *shared_expert))
+        {
+            m.gate_up_proj = None;
+            gates.push(&mut m.gate_proj);
+            ups.push(&mut m.up_proj);
+            downs.push(&mut m.down_proj);
+        }
+        let mut outputs = gates;
+        outputs.extend(ups);
+        outputs.extend([gate, shared_expert_gate, coefficient]);
+        // check both sides before changing either
+        let tensors = |ls: &[&mut Linear]| {
+            ls.iter()
+                .all(|l| l.lora.is_none() && matches!(l.weight, LinearWeight::Tensor(_)))
+        };
+        if !tensors(&outputs) || !tensors(&downs) || downs.iter().any(|l| l.bias.is_some()) {
+            *fused = None;
+            return false;
+        }
+        let Some(up) = Linear::fuse_outputs(&mut outputs) else {
+            *fused = None;
+            return false;
+        };
+        let Some(down) = Linear::fuse_inputs(&mut downs) else {
+            *fused = None;
+            return false;
+        };
+        let LinearWeight::Tensor(w) = &down.weight else {
+            unreachable!("fuse_inputs builds a tensor weight");
+        };
+        let (device, dtype) = (w.device(), w.dtype());
+        let mut seg = vec![0f32; (n_experts + 2) * width];
+        let mut start = 0;
+        for (row, &w) in widths.iter().enumerate() {
+            seg[row * width + start..row * width + start + w].fill(1.0);
+            start += w;
+        }
+        let segments = Tensor::<2>::from_data(
+            TensorData::new(seg, [n_experts + 2, width]),
+            (&device, DType::F32),
+        )
+        .cast(dtype);
+        *fused = Some(FusedFfn {
+            up,
+            down,
+            segments,
+            width,
+            experts: n_experts,
+        });
+        true
     }
 
     /// The two mix weights per token, `[tokens, 2]` (index 0: MoE, index 1: dense).
@@ -515,6 +623,13 @@ impl DynamicFfn {
                 false => None,
             };
             (m, recorded)
+        } else if let Some(fused) = &self.fused {
+            let (y, routing, c) = fused.forward(h, self.moe.config);
+            let recorded = match record {
+                true => Some(routing.read_back_with(c)?),
+                false => None,
+            };
+            return Ok((y, recorded));
         } else {
             let (m, routing) = self.moe.forward_on_device(h.clone());
             let recorded = match record {
@@ -524,6 +639,41 @@ impl DynamicFfn {
             (m, recorded)
         };
         Ok((mix(c, m, self.mlp.forward(h)), recorded))
+    }
+}
+
+impl FusedFfn {
+    /// The dynamic feed-forward of `h` (`[tokens, hidden]`) routed on its device, with the
+    /// routing and the mix coefficients (`[tokens, 2]`: MoE, dense).
+    pub fn forward(
+        &self,
+        h: Tensor<2>,
+        config: MoeConfig,
+    ) -> (Tensor<2>, DeviceRouting, Tensor<2>) {
+        let (w, e) = (self.width, self.experts);
+        let dtype = h.dtype();
+        let o = self.up.forward(h);
+        let act = backend::silu_mul(o.clone().narrow(1, 0, w), o.clone().narrow(1, w, w));
+        let routing = DeviceRouting::from_logits(
+            o.clone().narrow(1, 2 * w, e),
+            config.num_experts_per_tok,
+            config.norm_topk_prob,
+        );
+        let shared_gate = activation::sigmoid(o.clone().narrow(1, 2 * w + e, 1));
+        let c = activation::softmax(o.narrow(1, 2 * w + e + 1, 2), 1);
+        let c_moe = c.clone().narrow(1, 0, 1);
+        let scales = Tensor::cat(
+            vec![
+                c.clone().narrow(1, 1, 1),
+                c_moe.clone() * routing.dense_weights(dtype),
+                c_moe * shared_gate,
+            ],
+            1,
+        );
+        let y = self
+            .down
+            .forward(act * scales.matmul(self.segments.clone()));
+        (y, routing, c)
     }
 }
 

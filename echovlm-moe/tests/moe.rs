@@ -14,17 +14,15 @@ use echovlm_moe::{
 use support::{Golden, max_abs_diff, model_dir};
 
 fn block(layer: usize, config: MoeConfig) -> DynamicFfn {
+    block_with(layer, config, LinearOptions::default())
+}
+
+fn block_with(layer: usize, config: MoeConfig, options: LinearOptions) -> DynamicFfn {
     let ckpt = Checkpoint::open_dir(model_dir("tiny-echovlm")).unwrap();
-    load(
-        &ckpt,
-        &Device::default(),
-        DType::F32,
-        LinearOptions::default(),
-        |l| {
-            l.ignore_prefix("");
-            DynamicFfn::load(l, &format!("model.layers.{layer}"), 64, 128, config)
-        },
-    )
+    load(&ckpt, &Device::default(), DType::F32, options, |l| {
+        l.ignore_prefix("");
+        DynamicFfn::load(l, &format!("model.layers.{layer}"), 64, 128, config)
+    })
     .unwrap()
 }
 
@@ -86,6 +84,60 @@ fn device_routing_equals_host_routing() {
             }
         }
     }
+}
+
+/// The block as two matrix products (what GPUs run, here on the CPU backend with Burn tensor
+/// weights): the same output, routing and coefficients as the separate layers, renormalised or
+/// not; the separate layers still compute what they did, from views of the fused weights.
+#[test]
+fn fused_block_equals_the_separate_layers() {
+    let device = Device::default();
+    for renorm in [false, true] {
+        let config = MoeConfig {
+            num_experts_per_tok: 2,
+            norm_topk_prob: renorm,
+        };
+        let separate = block_with(1, config, LinearOptions::portable());
+        let mut fused = separate.clone();
+        assert!(fused.fuse());
+        let f = fused.fused.as_ref().unwrap();
+        // dense 128 + 4 experts of 32 + shared 64; gates, ups, router, shared gate, coefficients
+        assert_eq!((f.down.d_in(), f.down.d_out()), (320, 64));
+        assert_eq!((f.up.d_in(), f.up.d_out()), (64, 2 * 320 + 4 + 1 + 2));
+        assert_eq!(f.segments.dims(), [6, 320]);
+        for tokens in [1, 3, 33] {
+            let h = Tensor::<2>::random([tokens, 64], Distribution::Normal(0.0, 1.0), &device);
+            let (m, routing) = separate.moe.forward_on_device(h.clone());
+            let c = separate.coefficients(h.clone());
+            let c0 = c.clone().narrow(1, 0, 1);
+            let c1 = c.clone().narrow(1, 1, 1);
+            let want = c0 * m + c1 * separate.mlp.forward(h.clone());
+            let (got, got_routing, got_c) = f.forward(h.clone(), config);
+            let d = max_abs_diff(&flex_f32_vec(got), &flex_f32_vec(want.clone()));
+            assert!(
+                d < 1e-5,
+                "renorm {renorm}, {tokens} tokens: outputs differ by {d}"
+            );
+            let (a, _) = routing.read_back_with(c.clone()).unwrap();
+            let (b, coef) = got_routing.read_back_with(got_c).unwrap();
+            assert_eq!(a.experts, b.experts, "renorm {renorm}, {tokens} tokens");
+            assert!(max_abs_diff(&a.weights, &b.weights) < 1e-6);
+            assert!(max_abs_diff(&coef, &flex_f32_vec(c)) < 1e-6);
+            // the separate layers, now views of the fused weights, are unchanged
+            let (m2, _) = fused.moe.forward_on_device(h.clone());
+            let (m1, _) = separate.moe.forward_on_device(h.clone());
+            assert_eq!(flex_f32_vec(m1), flex_f32_vec(m2));
+            let dense = max_abs_diff(
+                &flex_f32_vec(fused.mlp.forward(h.clone())),
+                &flex_f32_vec(separate.mlp.forward(h)),
+            );
+            assert!(dense < 1e-6, "{dense}");
+        }
+    }
+    // packed CPU weights have their own kernels: nothing is fused, nothing changes
+    let mut packed = block(1, MoeConfig::default());
+    assert!(!packed.fuse());
+    assert!(packed.fused.is_none());
 }
 
 #[test]

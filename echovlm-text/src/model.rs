@@ -24,6 +24,11 @@ pub struct Attention {
     pub v_proj: Linear,
     /// `[hidden, heads·head_dim]`, no bias.
     pub o_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked, `[(heads + 2·kv_heads)·head_dim, hidden]` + bias
+    /// (not a checkpoint tensor: [`fuse`](Self::fuse) builds it, leaving the three holding
+    /// views of it). When set, the forward pass multiplies by it once and rotates queries and
+    /// keys together; set it to `None` after replacing any of the three.
+    pub qkv_proj: Option<Linear>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -42,10 +47,20 @@ impl Attention {
             k_proj: loader.linear(&format!("{prefix}.k_proj"), h, nkv * d, true),
             v_proj: loader.linear(&format!("{prefix}.v_proj"), h, nkv * d, true),
             o_proj: loader.linear(&format!("{prefix}.o_proj"), nh * d, h, false),
+            qkv_proj: None,
             heads: nh,
             kv_heads: nkv,
             head_dim: d,
         }
+    }
+
+    /// Stacks the query, key and value projections into [`qkv_proj`](Self::qkv_proj) where
+    /// all three hold Burn tensors without adapters ([`Linear::fuse_outputs`]); returns
+    /// whether it did.
+    pub fn fuse(&mut self) -> bool {
+        self.qkv_proj =
+            Linear::fuse_outputs(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj]);
+        self.qkv_proj.is_some()
     }
 
     fn forward(
@@ -59,11 +74,29 @@ impl Attention {
         let [b, s, _] = x.dims();
         let split =
             |t: Tensor<3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), self.heads);
-        let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
-        let v = split(self.v_proj.forward(x), self.kv_heads);
-        let q = echovlm_core::rope::apply(q, &rope.0, &rope.1);
-        let k = echovlm_core::rope::apply(k, &rope.0, &rope.1);
+        let (q, k, v) = match &self.qkv_proj {
+            Some(qkv) => {
+                // one product, then one rotation of the query and key heads together
+                let all = split(qkv.forward(x), self.heads + 2 * self.kv_heads);
+                let qk = all.clone().narrow(1, 0, self.heads + self.kv_heads);
+                let qk = echovlm_core::rope::apply(qk, &rope.0, &rope.1);
+                (
+                    qk.clone().narrow(1, 0, self.heads),
+                    qk.narrow(1, self.heads, self.kv_heads),
+                    all.narrow(1, self.heads + self.kv_heads, self.kv_heads),
+                )
+            }
+            None => {
+                let q = split(self.q_proj.forward(x.clone()), self.heads);
+                let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
+                let v = split(self.v_proj.forward(x), self.kv_heads);
+                (
+                    echovlm_core::rope::apply(q, &rope.0, &rope.1),
+                    echovlm_core::rope::apply(k, &rope.0, &rope.1),
+                    v,
+                )
+            }
+        };
         let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
         let o = o
             .swap_dims(1, 2)
@@ -187,6 +220,45 @@ impl DecoderLayer {
             }
         };
         Ok(x + y.reshape([b, s, hidden]))
+    }
+
+    /// Fuses the layer's products that read the same input ([`Attention::fuse`],
+    /// [`Mlp::fuse`]; with `whole_ffn`, the dynamic feed-forward as two products,
+    /// [`DynamicFfn::fuse`], else each of its MLPs); returns how many fused layers it built.
+    pub fn fuse(&mut self, whole_ffn: bool) -> usize {
+        let mut n = usize::from(self.self_attn.fuse());
+        match &mut self.ffn {
+            FeedForward::Dense(m) => n += usize::from(m.fuse()),
+            FeedForward::Dynamic(f) if whole_ffn => n += usize::from(f.fuse()),
+            FeedForward::Dynamic(f) => {
+                f.fused = None;
+                for m in std::iter::once(&mut f.mlp)
+                    .chain(f.moe.experts.iter_mut())
+                    .chain(std::iter::once(&mut f.moe.shared_expert))
+                {
+                    n += usize::from(m.fuse());
+                }
+            }
+        }
+        n
+    }
+
+    /// Drops every fused layer [`fuse`](Self::fuse) built: the forward pass goes back to the
+    /// separate layers (which keep their weights).
+    pub fn unfuse(&mut self) {
+        self.self_attn.qkv_proj = None;
+        match &mut self.ffn {
+            FeedForward::Dense(m) => m.gate_up_proj = None,
+            FeedForward::Dynamic(f) => {
+                f.fused = None;
+                for m in std::iter::once(&mut f.mlp)
+                    .chain(f.moe.experts.iter_mut())
+                    .chain(std::iter::once(&mut f.moe.shared_expert))
+                {
+                    m.gate_up_proj = None;
+                }
+            }
+        }
     }
 
     /// Whether this layer has the dynamic MoE feed-forward.
@@ -340,6 +412,23 @@ impl TextModel {
             rope: MRope::new(cfg.head_dim, cfg.rope_theta, cfg.mrope_section),
             config: cfg.clone(),
         })
+    }
+
+    /// Fuses the products of every layer that read the same input into one each (query, key
+    /// and value; gate and up; on devices other than the CPU backend, the whole dynamic
+    /// feed-forward into two), so that a decode step launches fewer kernels; the separate
+    /// layers keep views of the fused weights, so nothing is stored twice. Only Burn tensor
+    /// weights without adapters are fused (packed CPU weights have their own kernels). Returns
+    /// how many fused layers were built. Call [`unfuse`](Self::unfuse) before replacing any
+    /// weight.
+    pub fn fuse(&mut self) -> usize {
+        let whole_ffn = !echovlm_core::backend::is_flex(&self.device);
+        self.layers.iter_mut().map(|l| l.fuse(whole_ffn)).sum()
+    }
+
+    /// Drops the fused layers [`fuse`](Self::fuse) built.
+    pub fn unfuse(&mut self) {
+        self.layers.iter_mut().for_each(DecoderLayer::unfuse);
     }
 
     /// The device the weights live on.

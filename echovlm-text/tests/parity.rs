@@ -320,6 +320,31 @@ fn stock_qwen2vl_checkpoint_without_moe() {
     check_variant("tiny-qwen2vl");
 }
 
+/// Fused products (query/key/value and gate/up stacked, what GPUs run): the reference's logits
+/// and greedy tokens on the portable path, and nothing fused over packed CPU weights.
+#[test]
+fn fused_products_match_reference() {
+    let g = Golden::load("tiny-echovlm");
+    let mut model = load_text_with("tiny-echovlm", LinearOptions::portable());
+    // on the CPU backend: q/k/v in every layer, and every MLP (dense, 4 experts, shared) alone
+    let layers = model.layers.len();
+    let moe = model.layers.iter().filter(|l| l.is_moe()).count();
+    assert_eq!(model.fuse(), layers + (layers - moe) + moe * 6);
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let logits = step(&model, &prompt, &mut model.new_cache(), None);
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "fused {lang}: {diff}");
+        let want = g.ids(&[&key, "greedy"]);
+        assert_eq!(greedy(&model, &prompt, want.len(), true), want);
+    }
+    model.unfuse();
+    assert!(model.layers.iter().all(|l| l.self_attn.qkv_proj.is_none()));
+    let mut packed = load_text("tiny-echovlm");
+    assert_eq!(packed.fuse(), 0);
+}
+
 #[test]
 fn portable_path_and_packed_cpu_formats() {
     let g = Golden::load("tiny-echovlm");

@@ -36,7 +36,12 @@ impl EchoVlm {
     /// a Conv3d stored `[embed, 3, 2, 14, 14]`) is held as its `[embed, 1176]` matrix. Token
     /// embeddings and norms are not linear layers and are not listed. For fine-tuning and
     /// adapters.
+    ///
+    /// The decoder's fused layers ([`LoadOptions::fuse`](super::LoadOptions::fuse)) are
+    /// dropped first, so that what is changed through the returned layers is what runs; call
+    /// [`TextModel::fuse`](echovlm_text::TextModel::fuse) on [`text_model_mut`](Self::text_model_mut) again once done.
     pub fn named_linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        self.text.unfuse();
         let mut out: Vec<(String, &mut Linear)> = Vec::new();
         if let Some(vision) = self.vision.as_mut() {
             out.push(("visual.patch_embed.proj".into(), &mut vision.patch_embed));

@@ -79,8 +79,12 @@ impl EchoVlm {
         })
     }
 
-    /// The decoder, mutably: for fine-tuning (replacing weights, attaching adapters).
+    /// The decoder, mutably: for fine-tuning (replacing weights, attaching adapters). Its fused
+    /// layers ([`LoadOptions::fuse`](super::LoadOptions::fuse)) are dropped first, so that what
+    /// is changed is what runs; call [`TextModel::fuse`](echovlm_text::TextModel::fuse) again
+    /// once done.
     pub fn text_model_mut(&mut self) -> &mut echovlm_text::TextModel {
+        self.text.unfuse();
         &mut self.text
     }
 
@@ -90,13 +94,15 @@ impl EchoVlm {
     }
 
     /// The decoder and the vision tower together, mutably: for fine-tuning code that walks
-    /// both.
+    /// both. The decoder's fused layers are dropped first, as by
+    /// [`text_model_mut`](Self::text_model_mut).
     pub fn parts_mut(
         &mut self,
     ) -> (
         &mut echovlm_text::TextModel,
         Option<&mut echovlm_vision::VisionModel>,
     ) {
+        self.text.unfuse();
         (&mut self.text, self.vision.as_mut())
     }
 

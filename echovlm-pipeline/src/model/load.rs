@@ -43,6 +43,12 @@ pub struct LoadOptions {
     /// (`adapter_config.json`, `adapter_model.safetensors`; see [`EchoVlm::named_linears_mut`]
     /// for the module names).
     pub adapter: Option<PathBuf>,
+    /// Fuse the decoder's products that read the same input after loading (query, key and
+    /// value; gate and up; off the CPU backend the whole dynamic feed-forward into two), so
+    /// that a decode step launches fewer kernels ([`TextModel::fuse`](echovlm_text::TextModel::fuse)).
+    /// Applies to weights held as Burn tensors (GPU devices, or the portable CPU path); on by
+    /// default.
+    pub fuse: bool,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +59,7 @@ impl Default for LoadOptions {
             weights: Weights::Auto,
             threads: None,
             adapter: None,
+            fuse: true,
         }
     }
 }
@@ -92,6 +99,12 @@ impl LoadOptions {
     /// checkpoint.
     pub fn adapter(mut self, dir: impl Into<PathBuf>) -> Self {
         self.adapter = Some(dir.into());
+        self
+    }
+
+    /// Sets whether the decoder's products are fused after loading ([`LoadOptions::fuse`]).
+    pub fn fuse(mut self, fuse: bool) -> Self {
+        self.fuse = fuse;
         self
     }
 }
@@ -172,11 +185,19 @@ impl EchoVlm {
     /// `tokenizer.json`, the chat template (`chat_template.json` or `tokenizer_config.json`),
     /// and, if present, `preprocessor_config.json` and `generation_config.json`.
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, EchoError> {
-        let mut model = Self::load_dir(dir.as_ref(), options)?;
+        let model = Self::load_dir(dir.as_ref(), options)?;
+        model.finish_load(options)
+    }
+
+    /// What every load does after reading the checkpoint: the adapter, then fusing.
+    fn finish_load(mut self, options: &LoadOptions) -> Result<Self, EchoError> {
         if let Some(adapter) = &options.adapter {
-            model.apply_adapter(adapter)?;
+            self.apply_adapter(adapter)?;
         }
-        Ok(model)
+        if options.fuse {
+            self.text.fuse();
+        }
+        Ok(self)
     }
 
     /// Loads a checkpoint from the Hugging Face Hub: `id` is `org/name` or
@@ -197,7 +218,7 @@ impl EchoVlm {
             message: "not a hub model id: expected org/name or org/name@revision".into(),
         })?;
         let dir = crate::hub::download(&hub_id)?;
-        Self::load_dir(&dir, options)
+        Self::load_dir(&dir, options)?.finish_load(options)
     }
 
     fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, EchoError> {
