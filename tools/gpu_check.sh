@@ -8,7 +8,7 @@
 # tools/setup-cuda-llvm.sh there; tools/gpu_pack.sh builds both and packs them to send):
 #   echovlm  cargo build --release --features cuda,wgpu --example echovlm
 #   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
-# STEPS (default "parity v1 v2 tests scaling") run in that order, each skipped once the time budget
+# STEPS (default "v2 probe scaling tests") run in that order, each skipped once the time budget
 # (default 600 s) runs short. Measured on an H200: parity 32 s; v1's checkpoint 31 s, its Rust
 # runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s);
 # v2's checkpoint 27 s, its Rust runs 132 s, PyTorch about 60 s. Every step together takes about
@@ -20,17 +20,20 @@
 #           --dtype bf16, 64 greedy tokens after one image, two runs: the first compiles and
 #           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
 #           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
+#   probe   after v1 or v2, on its checkpoint: the time of one token's product at each of the
+#           decoder's shapes, of a normalisation, and decode tokens/s with the fused products
+#           and with the separate layers (the gpu test `cuda_decode_probe`);
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
-#           then the wgpu tests on the NVIDIA Vulkan driver;
+#           then the wgpu tests on the NVIDIA Vulkan driver (`tests-cuda`: the CUDA ones only);
 #   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
 #           checkpoint's e2e model, bf16, int8 and int4 weights).
-# OUT receives log.txt, tests.txt, rust-v1.json, torch-v1.json, rust-v2.json, torch-v2.json and
-# scaling.md.
+# OUT receives log.txt, tests.txt, probe.txt, rust-v1.json, torch-v1.json, rust-v2.json,
+# torch-v2.json and scaling.md.
 set -u
 bin=$(cd "$1" && pwd)
 out=$2
 budget=${3:-600}
-steps=${4:-parity v1 v2 tests scaling}
+steps=${4:-v2 probe scaling tests}
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -94,10 +97,19 @@ bench() {
         --new-tokens 64 --out "$out/torch-$name.json"
 }
 
+probe() {
+    step "decode probe"
+    local ckpt
+    ckpt=$(dirname "$(ls /tmp/echovlm-bench/*/config.json)") || return
+    ECHOVLM_PROBE_MODEL=$ckpt run_for 200 "$bin/gpu" --ignored --test-threads 1 --nocapture \
+        cuda_decode_probe 2>&1 | tee -a "$out/probe.txt"
+}
+
 tests() {
     step "the other GPU tests"
-    export CUBECL_AUTOTUNE_LEVEL=minimal
-    run_for 150 "$bin/gpu" --test-threads 1 --nocapture cuda_ 2>&1 | tee -a "$out/tests.txt"
+    CUBECL_AUTOTUNE_LEVEL=minimal run_for 150 "$bin/gpu" --test-threads 1 --nocapture cuda_ 2>&1 |
+        tee -a "$out/tests.txt"
+    [ "${1:-}" = cuda ] && return
     if ! ldconfig -p | grep -q libvulkan; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done
         ldconfig
@@ -110,8 +122,9 @@ tests() {
 scaling() {
     step "CPU scaling"
     local dir=/tmp/echovlm-cpu
-    [ -f "$dir/e2e/config.json" ] || run_for 90 python3 tools/make_bench_checkpoint.py --out "$dir" --gen-device cuda || return
-    run_for 300 python3 tools/scaling.py --exe "$bin/echovlm" --model "$dir/e2e" --threads 1,2,4,8,16 \
+    [ -f "$dir/e2e/config.json" ] ||
+        run_for 60 python3 tools/make_bench_checkpoint.py --out "$dir" --only-e2e --gen-device cuda || return
+    run_for 240 python3 tools/scaling.py --exe "$bin/echovlm" --model "$dir/e2e" --threads 1,2,4,8,16 \
         --weights bf16,int8,int4 | tee "$out/scaling.md"
 }
 
@@ -120,7 +133,9 @@ for s in $steps; do
         parity) parity ;;
         v2) bench v2 --only-full-v2 ;;
         v1) bench v1 --only-full ;;
+        probe) probe ;;
         tests) tests ;;
+        tests-cuda) tests cuda ;;
         scaling) scaling ;;
         *) echo "unknown step $s" ;;
     esac

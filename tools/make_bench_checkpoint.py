@@ -453,13 +453,14 @@ def main():
     ap.add_argument("--only-full", action="store_true", help="write only full/")
     ap.add_argument("--full-v2", action="store_true", help="also write the 16.6 GB EchoVLM V2 checkpoint (full-v2/)")
     ap.add_argument("--only-full-v2", action="store_true", help="write only full-v2/")
+    ap.add_argument("--only-e2e", action="store_true", help="write only e2e/ (what tools/scaling.py runs)")
     ap.add_argument(
         "--gen-device", metavar="DEVICE", help="draw the random values with torch on DEVICE (e.g. cuda) instead of numpy"
     )
     args = ap.parse_args()
     out = Path(args.out)
     gen = TorchRandom(args.gen_device, 2026) if args.gen_device else np.random.default_rng(2026)
-    if not (args.only_full or args.only_full_v2):
+    if not (args.only_full or args.only_full_v2 or args.only_e2e):
         # a one-layer model with a 1024-token vocabulary: the decoder layer is all that costs
         (out / "layer").mkdir(parents=True, exist_ok=True)
         t = materialize(decoder_layer("model.layers.0", REAL), gen, torch.float32)
@@ -477,6 +478,7 @@ def main():
         (out / "vision/config.json").write_text(
             json.dumps(config(dict(REAL, layers=1, vision_depth=1, vocab=1024), False, "float32"), indent=1)
         )
+    if not (args.only_full or args.only_full_v2):
         e2e = dict(
             hidden=896, heads=14, kv_heads=2, intermediate=4864, experts=4, expert_width=608,
             shared_width=2432, vision_embed=640, vision_heads=10, vision_depth=8, vocab=152064, layers=8,
@@ -494,6 +496,7 @@ def main():
         model_files(ed, V1_PREPROCESSOR)
         n = sum(v.numel() for v in t.values())
         print(f"e2e: {n / 1e6:.0f} M parameters")
+    if not (args.only_full or args.only_full_v2 or args.only_e2e):
         # a two-block Qwen2.5-VL vision tower at real width: block 0 attends within 112-pixel
         # windows, block 1 (in fullatt_block_indexes) to the whole image
         vd = out / "vision25"

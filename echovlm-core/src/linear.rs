@@ -219,10 +219,7 @@ impl Linear {
     /// `None` (and nothing changed) unless every part holds a Burn tensor weight of the same
     /// output width and float type, without bias or adapter.
     pub fn fuse_inputs(parts: &mut [&mut Linear]) -> Option<Linear> {
-        let Some(first) = parts.first() else {
-            return None;
-        };
-        let d_out = first.d_out;
+        let d_out = parts.first()?.d_out;
         Self::fusable(parts)?;
         if parts.iter().any(|p| p.d_out != d_out || p.bias.is_some()) {
             return None;

@@ -416,11 +416,14 @@ fn cuda_decode_step_reads_back_only_the_token_ids() {
 
 /// Where a decode step's time goes on an NVIDIA GPU, printed for the README (`tools/gpu_check.sh`
 /// step `probe`; ignored otherwise). Needs `ECHOVLM_PROBE_MODEL`, a full-size checkpoint, loaded
-/// in bf16. Prints:
-/// 1. the time of one matrix-vector product (one token) at each of the decoder's shapes, fused
-///    and not, and the bandwidth it reaches;
-/// 2. the time of a normalisation (one reduction and one element-wise kernel at least);
-/// 3. decode tokens/s of a text prompt with the fused products and with the separate layers.
+/// in bf16. Prints, most telling first:
+/// 1. decode tokens/s of a text prompt with the fused products and with the separate layers
+///    (two runs each: the first compiles and tunes the kernels);
+/// 2. the time of one matrix-vector product (one token) at each of the decoder's shapes, fused
+///    and not, and the bandwidth it reaches, and of a normalisation: each call is followed by a
+///    synchronisation, whose own cost (measured alone) is subtracted. Queuing many independent
+///    calls before one synchronisation measures Burn's fusion search instead (a first version of
+///    this probe saw 82 ms per normalisation that way).
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "measures a full-size checkpoint on a GPU"]
@@ -433,66 +436,19 @@ fn cuda_decode_probe() {
         eprintln!("ECHOVLM_PROBE_MODEL is not set; skipped");
         return;
     };
-    let sync = |d: &Device| d.sync().unwrap();
-    // microseconds per call of `f` over `n` calls after 3 warm-ups (the outputs are kept
-    // until the device is synchronised, so that every call runs)
-    let time = |n: usize, f: &mut dyn FnMut() -> Tensor<3>| {
-        let warm: Vec<_> = (0..3).map(|_| f()).collect();
-        sync(&device);
-        drop(warm);
-        let t = Instant::now();
-        let outs: Vec<_> = (0..n).map(|_| f()).collect();
-        sync(&device);
-        drop(outs);
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    };
     let t = Instant::now();
     let mut model = EchoVlm::load(
         &dir,
-        &LoadOptions::default()
-            .device(device.clone())
-            .dtype(DType::BF16),
+        &LoadOptions::default().device(device.clone()).dtype(DType::BF16),
     )
     .unwrap();
     println!("probe: loaded in {:.1} s", t.elapsed().as_secs_f64());
-    let cfg = model.text_model().config.clone();
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (
-        cfg.num_attention_heads * cfg.head_dim,
-        cfg.num_key_value_heads * cfg.head_dim,
-    );
-    let x = |k: usize| {
-        Tensor::<3>::random([1, 1, k], Distribution::Normal(0.0, 1.0), &device).cast(DType::BF16)
-    };
-    println!("| product (one token, bf16) | shape | time | bandwidth |");
-    println!("|---|---|---|---|");
-    for (name, k, n) in [
-        ("k_proj, v_proj", h, kv),
-        ("q_proj, o_proj", h, q),
-        ("q/k/v fused", h, q + 2 * kv),
-        ("gate_proj, up_proj", h, i),
-        ("gate/up fused", h, 2 * i),
-        ("down_proj", i, h),
-    ] {
-        let w =
-            Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), &device).cast(DType::BF16);
-        let xs = x(k);
-        let us = time(50, &mut || {
-            burn::tensor::module::linear(xs.clone(), w.clone().transpose(), None)
-        });
-        let gbs = (n * k * 2) as f64 / us / 1e3;
-        println!("| {name} | {k} → {n} | {us:.1} µs | {gbs:.0} GB/s |");
-    }
-    let norm = model.text_model().norm.clone();
-    let xs = x(h);
-    let us = time(200, &mut || norm.forward(xs.clone()));
-    println!("| RMSNorm of one token | {h} | {us:.1} µs | |");
 
     let request = Request::new(
         "Describe the typical ultrasound findings of a simple renal cyst, then of a complex one.",
     );
     let opts = greedy(64);
-    let mut decode = |model: &EchoVlm, label: &str| {
+    let decode = |model: &EchoVlm, label: &str| {
         for run in 0..2 {
             let out = model.generate(&request, &opts).unwrap();
             let t = &out.timings;
@@ -505,4 +461,54 @@ fn cuda_decode_probe() {
     decode(&model, "fused");
     model.text_model_mut(); // drops the fused layers
     decode(&model, "separate");
+
+    let sync = || device.sync().unwrap();
+    // microseconds per call of `f`, each call followed by a synchronisation, over `n` calls
+    // after 3 warm-ups
+    let time = |n: usize, f: &mut dyn FnMut() -> Tensor<3>| {
+        for _ in 0..3 {
+            let _y = f();
+            sync();
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            let _y = f();
+            sync();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    };
+    let cfg = model.text_model().config.clone();
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    let x = |k: usize| {
+        Tensor::<3>::random([1, 1, k], Distribution::Normal(0.0, 1.0), &device).cast(DType::BF16)
+    };
+    let xs = x(h);
+    let base = time(50, &mut || xs.clone());
+    println!("probe: a synchronisation alone takes {base:.1} µs");
+    println!("| product (one token, bf16) | shape | time | bandwidth |");
+    println!("|---|---|---|---|");
+    for (name, k, n) in [
+        ("k_proj, v_proj", h, kv),
+        ("q_proj, o_proj", h, q),
+        ("q/k/v fused", h, q + 2 * kv),
+        ("gate_proj, up_proj", h, i),
+        ("gate/up fused", h, 2 * i),
+        ("down_proj", i, h),
+    ] {
+        let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), &device)
+            .cast(DType::BF16);
+        let xs = x(k);
+        let us = time(20, &mut || {
+            burn::tensor::module::linear(xs.clone(), w.clone().transpose(), None)
+        }) - base;
+        let gbs = (n * k * 2) as f64 / us / 1e3;
+        println!("| {name} | {k} → {n} | {us:.1} µs | {gbs:.0} GB/s |");
+    }
+    let norm = model.text_model().norm.clone();
+    let us = time(20, &mut || norm.forward(xs.clone())) - base;
+    println!("| RMSNorm of one token | {h} | {us:.1} µs | |");
 }
