@@ -10,10 +10,11 @@
 #   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
 # STEPS (default "v2 probe scaling tests") run in that order, each skipped once the time budget
 # (default 600 s) runs short. Measured on an H200: parity 32 s; v1's checkpoint 31 s, its Rust
-# runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s);
-# v2's checkpoint 27 s, its Rust runs 132 s, PyTorch about 60 s. Every step together takes about
-# 16 minutes, more than a 15-minute device lease: split them over two, e.g. `parity v1 v2` in
-# one and `tests scaling` in the other.
+# runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s); v2's
+# checkpoint 27-35 s, its Rust runs 132-200 s, PyTorch 40-60 s; probe over 150 s (load 30 s, a
+# first decode that compiles for 50 s, then the separate products' first decode); scaling 80 s;
+# the CUDA tests compile a kernel per shape and take minutes (the read-back test alone over
+# 150 s). Every step together takes well over a 15-minute device lease: choose STEPS to fit.
 #   parity  the CUDA parity test on the tiny fixtures (f32);
 #   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
 #           Qwen2.5-VL-7B's, 16.6 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
