@@ -439,7 +439,9 @@ fn cuda_decode_probe() {
     let t = Instant::now();
     let mut model = EchoVlm::load(
         &dir,
-        &LoadOptions::default().device(device.clone()).dtype(DType::BF16),
+        &LoadOptions::default()
+            .device(device.clone())
+            .dtype(DType::BF16),
     )
     .unwrap();
     println!("probe: loaded in {:.1} s", t.elapsed().as_secs_f64());
@@ -499,8 +501,8 @@ fn cuda_decode_probe() {
         ("gate/up fused", h, 2 * i),
         ("down_proj", i, h),
     ] {
-        let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), &device)
-            .cast(DType::BF16);
+        let w =
+            Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), &device).cast(DType::BF16);
         let xs = x(k);
         let us = time(20, &mut || {
             burn::tensor::module::linear(xs.clone(), w.clone().transpose(), None)

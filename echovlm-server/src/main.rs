@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use echovlm_pipeline::{EchoVlm, HubId, LoadOptions};
+use echovlm_pipeline::{
+    EchoVlm, HubId, LoadOptions, Weights, device_from_name, dtype_for, probe_device,
+};
 use echovlm_server::{Server, ServerConfig, shutdown_signal};
 
 /// Serve an EchoVLM checkpoint over an OpenAI-compatible API.
@@ -49,6 +51,45 @@ struct Args {
     /// answered 400 (`remote_url_refused`); with it the server does not start, saying why.
     #[arg(long)]
     allow_remote_images: bool,
+    /// cpu, wgpu, cuda or cuda:N (a GPU needs the server built with its feature: `--features
+    /// wgpu` or `--features cuda`).
+    #[arg(long, env = "ECHOVLM_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Float type of activations (and of the weights off the CPU): f32, f16 or bf16 (bf16 for a
+    /// GPU serving the released model).
+    #[arg(long, env = "ECHOVLM_DTYPE", default_value = "f32")]
+    dtype: String,
+    /// On the CPU, how linear weights are kept: auto (the checkpoint's storage type, or int8,
+    /// then int4, when that would not fit in the available memory), f32, bf16, int8, int4 or
+    /// portable.
+    #[arg(long, default_value = "auto")]
+    weights: String,
+    /// Threads of the CPU path (default: RAYON_NUM_THREADS when set, else the physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// The load options the arguments ask for, the device probed: a device this build lacks, a
+/// GPU that is not there, or an unknown float type or weight format is refused here, before the
+/// server listens.
+fn load_options(args: &Args) -> Result<LoadOptions, String> {
+    let device =
+        device_from_name(&args.device).map_err(|e| format!("--device {}: {e}", args.device))?;
+    probe_device(&device).map_err(|e| format!("--device {}: {e}", args.device))?;
+    let (dtype, note) =
+        dtype_for(&device, &args.dtype).map_err(|e| format!("--dtype {}: {e}", args.dtype))?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let weights: Weights = args
+        .weights
+        .parse()
+        .map_err(|e| format!("--weights {}: {e}", args.weights))?;
+    Ok(LoadOptions::default()
+        .device(device)
+        .dtype(dtype)
+        .weights(weights)
+        .threads(args.threads))
 }
 
 /// Why `--allow-remote-images` is refused.
@@ -63,6 +104,13 @@ fn main() -> ExitCode {
         eprintln!("error: {NO_REMOTE_IMAGES}");
         return ExitCode::from(2);
     }
+    let load = match load_options(&args) {
+        Ok(load) => load,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let hub = HubId::from_model_arg(&args.model);
     let name = args.model_name.clone().unwrap_or_else(|| match &hub {
         Some(id) => id.repo.clone(),
@@ -90,20 +138,23 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         eprintln!(
-            "echovlm-server: serving {} on http://{}",
+            "echovlm-server: serving {} ({}, {:?}) on http://{}",
             args.model,
+            args.device,
+            load.dtype,
             listener.local_addr()?
         );
         let model_arg = args.model.clone();
         let server = Server::loading(config, move || {
             let start = std::time::Instant::now();
             let model = match hub {
-                Some(id) => EchoVlm::load_pretrained(&id.to_string(), &LoadOptions::default())?,
-                None => EchoVlm::load(&model_arg, &LoadOptions::default())?,
+                Some(id) => EchoVlm::load_pretrained(&id.to_string(), &load)?,
+                None => EchoVlm::load(&model_arg, &load)?,
             };
             eprintln!(
-                "echovlm-server: model loaded in {:.1} s; ready",
-                start.elapsed().as_secs_f64()
+                "echovlm-server: model loaded in {:.1} s ({}); ready",
+                start.elapsed().as_secs_f64(),
+                model.weight_choice()
             );
             Ok(model)
         });

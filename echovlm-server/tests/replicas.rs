@@ -132,3 +132,30 @@ fn allow_remote_images_is_refused_with_the_reason() {
         "{err}"
     );
 }
+
+/// A device this build lacks, an unknown float type or weight format: refused with the reason
+/// before the server listens or loads anything.
+#[test]
+fn device_dtype_and_weights_are_checked_before_serving() {
+    let refused = |args: &[&str], needles: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_echovlm-server"))
+            .args(["--model", "unused", "--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("serving"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err}");
+        }
+    };
+    // the default build has the CPU backend only
+    refused(
+        &["--device", "cuda"],
+        &["cuda", "feature", "available: cpu"],
+    );
+    refused(&["--device", "tpu"], &["tpu"]);
+    refused(&["--dtype", "f64"], &["f64"]);
+    refused(&["--weights", "int3"], &["--weights int3"]);
+}
