@@ -18,20 +18,9 @@ trap cleanup EXIT
 DOCKER_BUILDKIT=1 docker build -q -f Dockerfile.cuda -t echovlm-server:cuda . >/dev/null
 echo "image: $(docker image inspect -f '{{.Size}}' echovlm-server:cuda | awk '{printf "%.0f MB", $1/1e6}')"
 
-image=fixtures/images/demo_ultrasound.png
-body=$(mktemp)
-printf '{"model":"tiny-echovlm","max_tokens":8,"temperature":0,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,%s"}},{"type":"text","text":"Describe the findings."}]}]}' \
-    "$(base64 -w0 "$image")" > "$body"
-ask() { curl -fsS -H 'content-type: application/json' -d @"$body" "http://127.0.0.1:$1/v1/chat/completions"; }
-wait_ready() {
-    for _ in $(seq 300); do
-        curl -fsS "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-        sleep 1
-    done
-    echo "no answer on port $1" >&2
-    return 1
-}
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+ready_wait=300
+# shellcheck source=tools/docker_common.sh
+source tools/docker_common.sh
 
 if docker run --rm --gpus all echovlm-server:cuda --help >/dev/null 2>&1; then
     docker run -d --name "$name" --gpus all -p 18081:8080 echovlm-server:cuda >/dev/null

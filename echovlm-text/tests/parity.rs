@@ -320,6 +320,19 @@ fn stock_qwen2vl_checkpoint_without_moe() {
     check_variant("tiny-qwen2vl");
 }
 
+/// The English and Chinese text prompts give the reference's last logits and greedy tokens.
+fn text_prompts_match(g: &Golden, model: &TextModel, label: &str) {
+    for lang in ["en", "zh"] {
+        let key = format!("text_{lang}");
+        let prompt = g.ids(&[&key, "input_ids"]);
+        let logits = step(model, &prompt, &mut model.new_cache(), None);
+        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
+        assert!(diff <= LOGIT_TOL, "{label} {lang}: {diff}");
+        let want = g.ids(&[&key, "greedy"]);
+        assert_eq!(greedy(model, &prompt, want.len(), true), want);
+    }
+}
+
 /// Fused products (query/key/value and gate/up stacked, what GPUs run): the reference's logits
 /// and greedy tokens on the portable path, and nothing fused over packed CPU weights.
 #[test]
@@ -330,15 +343,7 @@ fn fused_products_match_reference() {
     let layers = model.layers.len();
     let moe = model.layers.iter().filter(|l| l.is_moe()).count();
     assert_eq!(model.fuse(), layers + (layers - moe) + moe * 6);
-    for lang in ["en", "zh"] {
-        let key = format!("text_{lang}");
-        let prompt = g.ids(&[&key, "input_ids"]);
-        let logits = step(&model, &prompt, &mut model.new_cache(), None);
-        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
-        assert!(diff <= LOGIT_TOL, "fused {lang}: {diff}");
-        let want = g.ids(&[&key, "greedy"]);
-        assert_eq!(greedy(&model, &prompt, want.len(), true), want);
-    }
+    text_prompts_match(&g, &model, "fused");
     model.unfuse();
     assert!(model.layers.iter().all(|l| l.self_attn.qkv_proj.is_none()));
     let mut packed = load_text("tiny-echovlm");
@@ -350,15 +355,7 @@ fn portable_path_and_packed_cpu_formats() {
     let g = Golden::load("tiny-echovlm");
     // Burn's own matmul everywhere: the same numbers as the CPU kernels
     let portable = load_text_with("tiny-echovlm", LinearOptions::portable());
-    for lang in ["en", "zh"] {
-        let key = format!("text_{lang}");
-        let prompt = g.ids(&[&key, "input_ids"]);
-        let logits = step(&portable, &prompt, &mut portable.new_cache(), None);
-        let diff = max_abs_diff(&logits, &g.f32(&format!("{key}.last_logits")));
-        assert!(diff <= LOGIT_TOL, "portable {lang}: {diff}");
-        let want = g.ids(&[&key, "greedy"]);
-        assert_eq!(greedy(&portable, &prompt, want.len(), true), want);
-    }
+    text_prompts_match(&g, &portable, "portable");
     // compact formats: report how far logits move and how often greedy tokens agree
     // tolerances: the measured error (bf16 0.053 with the prompt's activations rounded to bf16,
     // int8 0.16, int4 2.4) plus a margin of half of it; greedy agreement measured 80/80 for bf16
