@@ -247,8 +247,9 @@ impl Linear {
             .then_some((first.d_in, dtype))
     }
 
-    /// The weight, when it is a Burn tensor.
-    fn tensor_weight(&self) -> Option<Tensor<2>> {
+    /// The weight as it is held, when it is a Burn tensor (`[d_out, d_in]`); `None` for packed
+    /// CPU weights.
+    pub fn tensor_weight(&self) -> Option<Tensor<2>> {
         match &self.weight {
             LinearWeight::Tensor(t) => Some(t.clone()),
             LinearWeight::Packed(_) => None,

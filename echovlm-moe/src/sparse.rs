@@ -569,8 +569,9 @@ impl DynamicFfn {
             *fused = None;
             return false;
         };
-        let LinearWeight::Tensor(w) = &down.weight else {
-            unreachable!("fuse_inputs builds a tensor weight");
+        let Some(w) = down.tensor_weight() else {
+            *fused = None;
+            return false;
         };
         let (device, dtype) = (w.device(), w.dtype());
         let mut seg = vec![0f32; (n_experts + 2) * width];
