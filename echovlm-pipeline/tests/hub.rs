@@ -1,6 +1,7 @@
 //! `EchoVlm::load_pretrained` against a local mock of the Hugging Face Hub serving the tiny
 //! fixture checkpoints: the download equals the local directory, the cache serves offline
-//! loads, an interrupted download resumes where it stopped, and offline-uncached, unknown
+//! loads (with an adapter applied as over a directory), an interrupted download resumes where
+//! it stopped, and offline-uncached, unknown
 //! repositories and unreachable hubs give typed errors.
 //!
 //! The environment (`HF_ENDPOINT`, `HF_HOME`, `HF_HUB_OFFLINE`) is process-wide, so every case
@@ -141,6 +142,16 @@ fn hub_ids_download_into_the_cache_and_load_offline_from_it() {
         (info, files)
     );
     drop((m, pinned));
+
+    // 3b. an adapter applies over a hub checkpoint as over a directory
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/goldens/tuned-tiny-echovlm/adapter");
+    let opts = LoadOptions::default().adapter(&adapter);
+    let tuned = answers(&EchoVlm::load(fixture("tiny-echovlm"), &opts).unwrap());
+    assert_ne!(tuned, want, "the adapter changes the answers");
+    let from_hub = EchoVlm::load_pretrained("echovlm-test/tiny", &opts).unwrap();
+    assert_eq!(answers(&from_hub), tuned);
+    drop(from_hub);
 
     // 4. offline with an empty cache: the typed error names the id and says why
     let empty = tempfile::tempdir().unwrap();
