@@ -1,6 +1,6 @@
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, activation};
 use echovlm_core::host::{ReadBackError, int_tensor, to_f32_vec};
-use echovlm_core::{Linear, LinearWeight, LoadError, TensorProblem, WeightLoader, backend};
+use echovlm_core::{Linear, LoadError, TensorProblem, WeightLoader, backend};
 
 use crate::mlp::Mlp;
 
@@ -494,8 +494,17 @@ pub struct FusedFfn {
     /// `[experts + 2, width]`: ones over the columns of the dense MLP (row 0), of expert `e`
     /// (row `1 + e`) and of the shared expert (the last row), zeros elsewhere.
     pub segments: Tensor<2>,
-    width: usize,
-    experts: usize,
+}
+
+/// The block's MLPs in the order of its fused layers: dense, each routed expert, shared.
+fn every_mlp<'a>(
+    mlp: &'a mut Mlp,
+    experts: &'a mut [Mlp],
+    shared_expert: &'a mut Mlp,
+) -> impl Iterator<Item = &'a mut Mlp> {
+    std::iter::once(mlp)
+        .chain(experts.iter_mut())
+        .chain(std::iter::once(shared_expert))
 }
 
 impl DynamicFfn {
@@ -532,19 +541,13 @@ impl DynamicFfn {
             shared_expert_gate,
             ..
         } = moe;
-        let n_experts = experts.len();
-        let mut widths = vec![mlp.intermediate_size()];
-        widths.extend(experts.iter().map(Mlp::intermediate_size));
-        widths.push(shared_expert.intermediate_size());
-        let width: usize = widths.iter().sum();
+        let mut widths = Vec::new();
         let mut gates = Vec::new();
         let mut ups = Vec::new();
         let mut downs = Vec::new();
-        for m in std::iter::once(&mut *mlp)
-            .chain(experts.iter_mut())
-            .chain(std::iter::once(&mut *shared_expert))
-        {
+        for m in every_mlp(mlp, experts, shared_expert) {
             m.gate_up_proj = None;
+            widths.push(m.intermediate_size());
             gates.push(&mut m.gate_proj);
             ups.push(&mut m.up_proj);
             downs.push(&mut m.down_proj);
@@ -552,15 +555,8 @@ impl DynamicFfn {
         let mut outputs = gates;
         outputs.extend(ups);
         outputs.extend([gate, shared_expert_gate, coefficient]);
-        // check both sides before changing either
-        let tensors = |ls: &[&mut Linear]| {
-            ls.iter()
-                .all(|l| l.lora.is_none() && matches!(l.weight, LinearWeight::Tensor(_)))
-        };
-        if !tensors(&outputs) || !tensors(&downs) || downs.iter().any(|l| l.bias.is_some()) {
-            *fused = None;
-            return false;
-        }
+        // each side is left as it was, or holding views that compute what it did, when the
+        // other cannot be fused
         let Some(up) = Linear::fuse_outputs(&mut outputs) else {
             *fused = None;
             return false;
@@ -574,25 +570,34 @@ impl DynamicFfn {
             return false;
         };
         let (device, dtype) = (w.device(), w.dtype());
-        let mut seg = vec![0f32; (n_experts + 2) * width];
+        let (rows, width) = (widths.len(), widths.iter().sum::<usize>());
+        let mut seg = vec![0f32; rows * width];
         let mut start = 0;
         for (row, &w) in widths.iter().enumerate() {
             seg[row * width + start..row * width + start + w].fill(1.0);
             start += w;
         }
-        let segments = Tensor::<2>::from_data(
-            TensorData::new(seg, [n_experts + 2, width]),
-            (&device, DType::F32),
-        )
-        .cast(dtype);
-        *fused = Some(FusedFfn {
-            up,
-            down,
-            segments,
-            width,
-            experts: n_experts,
-        });
+        let segments =
+            Tensor::<2>::from_data(TensorData::new(seg, [rows, width]), (&device, DType::F32))
+                .cast(dtype);
+        *fused = Some(FusedFfn { up, down, segments });
         true
+    }
+
+    /// The dense MLP, each routed expert and the shared expert, in that order.
+    pub fn mlps_mut(&mut self) -> impl Iterator<Item = &mut Mlp> {
+        every_mlp(
+            &mut self.mlp,
+            &mut self.moe.experts,
+            &mut self.moe.shared_expert,
+        )
+    }
+
+    /// Drops [`fused`](Self::fused) and every MLP's [`gate_up_proj`](Mlp::gate_up_proj): the
+    /// forward pass goes back to the separate layers, which keep their weights.
+    pub fn unfuse(&mut self) {
+        self.fused = None;
+        self.mlps_mut().for_each(|m| m.gate_up_proj = None);
     }
 
     /// The two mix weights per token, `[tokens, 2]` (index 0: MoE, index 1: dense).
@@ -651,7 +656,9 @@ impl FusedFfn {
         h: Tensor<2>,
         config: MoeConfig,
     ) -> (Tensor<2>, DeviceRouting, Tensor<2>) {
-        let (w, e) = (self.width, self.experts);
+        // the segments' rows are the dense MLP, each expert and the shared expert
+        let [rows, w] = self.segments.dims();
+        let e = rows - 2;
         let dtype = h.dtype();
         let o = self.up.forward(h);
         let act = backend::silu_mul(o.clone().narrow(1, 0, w), o.clone().narrow(1, w, w));

@@ -232,12 +232,7 @@ impl DecoderLayer {
             FeedForward::Dynamic(f) if whole_ffn => n += usize::from(f.fuse()),
             FeedForward::Dynamic(f) => {
                 f.fused = None;
-                for m in std::iter::once(&mut f.mlp)
-                    .chain(f.moe.experts.iter_mut())
-                    .chain(std::iter::once(&mut f.moe.shared_expert))
-                {
-                    n += usize::from(m.fuse());
-                }
+                n += f.mlps_mut().map(|m| usize::from(m.fuse())).sum::<usize>();
             }
         }
         n
@@ -249,15 +244,7 @@ impl DecoderLayer {
         self.self_attn.qkv_proj = None;
         match &mut self.ffn {
             FeedForward::Dense(m) => m.gate_up_proj = None,
-            FeedForward::Dynamic(f) => {
-                f.fused = None;
-                for m in std::iter::once(&mut f.mlp)
-                    .chain(f.moe.experts.iter_mut())
-                    .chain(std::iter::once(&mut f.moe.shared_expert))
-                {
-                    m.gate_up_proj = None;
-                }
-            }
+            FeedForward::Dynamic(f) => f.unfuse(),
         }
     }
 
