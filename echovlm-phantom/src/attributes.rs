@@ -111,8 +111,10 @@ attribute_enum! {
         /// An ellipse with an abrupt interface to the organ.
         Smooth => "smooth",
         /// A radius modulated by several harmonics (lobulated) and ringed with angular teeth 0.9
-        /// to 1.6 pixels high at 112 px (spiculated), with no abrupt interface: an echogenic halo
-        /// 2 to 3.5 pixels thick surrounds it.
+        /// to 1.6 pixels high at 112 px (spiculated). A solid (hypo- or hyperechoic) irregular
+        /// lesion casts a posterior acoustic shadow (the echoes behind it, along the beams that
+        /// cross it, dimmed by up to 55%); a fluid (anechoic) one keeps the posterior
+        /// enhancement of fluid and is ringed by an echogenic rim 2 to 3.5 pixels thick.
         Irregular => "irregular",
     }
 }

@@ -28,7 +28,7 @@ mod level {
     pub const ANECHOIC: f64 = 0.035;
     pub const HYPOECHOIC: f64 = 0.14;
     pub const HYPERECHOIC: f64 = 0.88;
-    /// The echogenic halo around an irregular lesion.
+    /// The echogenic rim around an irregular anechoic lesion.
     pub const HALO: f64 = 0.85;
 }
 
@@ -433,9 +433,13 @@ impl Scene {
             // every pixel of the mask is all lesion; the edge blends over the pixel outside
             let t = (inside / (0.8 * k) + 1.0).clamp(0.0, 1.0);
             v += (lv - v) * t;
-            // an irregular margin has no abrupt interface: an echogenic halo of uneven
-            // thickness (about 2 to 3.5 pixels at the default size) rings it
-            if l.margin == Margin::Irregular && inside < 0.0 {
+            // an irregular fluid lesion casts no shadow (its fluid enhances what lies behind
+            // it); its margin shows as an echogenic rim of uneven thickness (about 2 to 3.5
+            // pixels at the default size) instead of an abrupt interface
+            if l.margin == Margin::Irregular
+                && l.echogenicity == Echogenicity::Anechoic
+                && inside < 0.0
+            {
                 let width = k * (2.0 + 1.5 * texture);
                 let d = -inside / width;
                 if d < 1.5 {
@@ -466,15 +470,18 @@ impl Scene {
         (1.08 - 0.33 * depth) * (1.0 - 0.22 * lateral)
     }
 
-    /// The acoustic enhancement behind an anechoic lesion, along the beams that cross it.
+    /// What a lesion does to the echoes behind it, along the beams that cross it: an anechoic
+    /// (fluid) lesion shows posterior enhancement; an irregular (spiculated) solid one casts an
+    /// acoustic shadow, as infiltrating masses do; other smooth lesions neither.
     fn posterior_profile(&self, lesion_mask: &GrayImage) -> Posterior {
         let bins = ((2.0 * self.fan.half_angle * self.fan.r0).ceil() as usize).max(8);
         let mut far = vec![f64::NEG_INFINITY; bins];
         let strength = match &self.lesion {
             Some(l) if l.echogenicity == Echogenicity::Anechoic => 0.6,
+            Some(l) if l.margin == Margin::Irregular => -0.55,
             _ => 0.0,
         };
-        if strength > 0.0 {
+        if strength != 0.0 {
             for (x, y, p) in lesion_mask.enumerate_pixels() {
                 if p.0[0] == 0 {
                     continue;
@@ -555,7 +562,8 @@ struct Fields {
     streaks: Vec<f64>,
 }
 
-/// Per-beam far edge of the lesion and the enhancement behind it.
+/// Per-beam far edge of the lesion and the enhancement (`strength > 0`) or shadow
+/// (`strength < 0`) behind it.
 struct Posterior {
     far: Vec<f64>,
     weight: Vec<f64>,

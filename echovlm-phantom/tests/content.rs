@@ -249,6 +249,52 @@ fn measured_diameter_falls_in_the_size_class() {
     assert!(worst < 0.6);
 }
 
+/// Mean brightness behind the lesion (the middle half of its columns, 3 to 12 pixels below its
+/// lowest pixel, clear of it), over that of the same pixels in the same phantom drawn without
+/// the lesion (same organ, same speckle).
+fn behind_over_no_lesion(seed: u64, r: &Rendering) -> f64 {
+    let plain = render_with_mask(seed, &Attributes { lesion: None }, DEFAULT_SIZE);
+    assert_eq!(
+        plain.organ_mask, r.organ_mask,
+        "seed {seed}: not the same organ"
+    );
+    let (mut x0, mut x1, mut y1) = (u32::MAX, 0, 0);
+    for (x, y, p) in r.lesion_mask.enumerate_pixels() {
+        if p.0[0] > 0 {
+            (x0, x1, y1) = (x0.min(x), x1.max(x), y1.max(y));
+        }
+    }
+    let quarter = (x1 - x0 + 1) / 4;
+    let clear = dilate(&r.lesion_mask, 2);
+    let behind = GrayImage::from_fn(r.image.width(), r.image.height(), |x, y| {
+        let on = (y1 + 3..=y1 + 12).contains(&y)
+            && (x0 + quarter..=x1 - quarter).contains(&x)
+            && r.fan_mask.get_pixel(x, y).0[0] > 0
+            && clear.get_pixel(x, y).0[0] == 0;
+        image::Luma([if on { 255 } else { 0 }])
+    });
+    mean_where(r, &behind) / mean_where(&plain, &behind)
+}
+
+#[test]
+fn fluid_enhances_and_irregular_solid_lesions_shadow_what_lies_behind() {
+    for (seed, a) in cases() {
+        let l = a.lesion.unwrap();
+        let r = render_with_mask(seed, &a, DEFAULT_SIZE);
+        let ratio = behind_over_no_lesion(seed, &r);
+        match (l.echogenicity, l.margin) {
+            // fluid enhances what lies behind it, whatever its outline
+            (Echogenicity::Anechoic, _) => assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}"),
+            // a spiculated solid lesion shadows it
+            (_, Margin::Irregular) => assert!(ratio < 0.7, "seed {seed} {l:?}: {ratio:.2}"),
+            // a smooth solid lesion leaves it as it is
+            (_, Margin::Smooth) => {
+                assert!((ratio - 1.0).abs() < 1e-9, "seed {seed} {l:?}: {ratio:.3}")
+            }
+        }
+    }
+}
+
 /// Mean brightness of the band one to three pixels outside the lesion, over that of the organ
 /// four to nine pixels out (both inside the organ, clear of its capsule).
 fn boundary_over_organ(r: &Rendering) -> f64 {
@@ -256,23 +302,22 @@ fn boundary_over_organ(r: &Rendering) -> f64 {
 }
 
 #[test]
-fn an_echogenic_halo_rings_irregular_lesions_only() {
+fn an_echogenic_rim_rings_irregular_fluid_lesions_only() {
     for (seed, a) in cases() {
         let l = a.lesion.unwrap();
         let r = render_with_mask(seed, &a, DEFAULT_SIZE);
         let ratio = boundary_over_organ(&r);
-        match l.margin {
+        if (l.echogenicity, l.margin) == (Echogenicity::Anechoic, Margin::Irregular) {
+            assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}");
+        } else {
             // an abrupt interface: the organ reaches the lesion unchanged (the blended edge
             // of a dark lesion darkens the first pixel a little, a bright one brightens it)
-            Margin::Smooth => {
-                let ceiling = if l.echogenicity == Echogenicity::Hyperechoic {
-                    1.3
-                } else {
-                    1.1
-                };
-                assert!(ratio < ceiling, "seed {seed} {l:?}: {ratio:.2}")
-            }
-            Margin::Irregular => assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}"),
+            let ceiling = if l.echogenicity == Echogenicity::Hyperechoic {
+                1.3
+            } else {
+                1.1
+            };
+            assert!(ratio < ceiling, "seed {seed} {l:?}: {ratio:.2}");
         }
     }
 }
