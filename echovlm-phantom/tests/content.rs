@@ -308,7 +308,8 @@ fn an_echogenic_rim_rings_irregular_fluid_lesions_only() {
         let r = render_with_mask(seed, &a, DEFAULT_SIZE);
         let ratio = boundary_over_organ(&r);
         if (l.echogenicity, l.margin) == (Echogenicity::Anechoic, Margin::Irregular) {
-            assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}");
+            // measured 1.32 to 1.58
+            assert!(ratio > 1.25, "seed {seed} {l:?}: {ratio:.2}");
         } else {
             // an abrupt interface: the organ reaches the lesion unchanged (the blended edge
             // of a dark lesion darkens the first pixel a little, a bright one brightens it)
