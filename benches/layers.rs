@@ -18,7 +18,8 @@
 //!   per second as throughput). Needs no checkpoint.
 //! * `attention`: the CPU path's tiled attention against Burn's (flex) on a vision block's
 //!   shapes (16 heads of 80, 1024 and 4096 patches) and a prompt's (28 query and 4 key/value
-//!   heads of 128, 1024 tokens, causal). Needs no checkpoint.
+//!   heads of 128, 1024 tokens, causal), and one decode step's attention over 1k and 4k
+//!   cached positions of a host cache (`decode_*k/host`). Needs no checkpoint.
 //!
 //! Run with `cargo bench --bench layers`; `tools/bench_side_by_side.py` runs it next to PyTorch.
 
@@ -433,6 +434,42 @@ fn attention(c: &mut Criterion) {
                     },
                 );
                 flex_f32_vec(o.narrow(2, 0, 1))
+            })
+        });
+    }
+    // one decode step's attention over a host cache (what generation runs on the CPU)
+    for len in [1024usize, 4096] {
+        let (heads, kv_heads, dim) = (28, 4, 128);
+        let q = Tensor::<4>::random([1, heads, 1, dim], normal, &device);
+        let k = flex_f32_vec(Tensor::<4>::random(
+            [1, kv_heads, len, dim],
+            normal,
+            &device,
+        ));
+        let v = flex_f32_vec(Tensor::<4>::random(
+            [1, kv_heads, len, dim],
+            normal,
+            &device,
+        ));
+        let view = |data| echovlm_core::backend::HostKv {
+            data,
+            batch: 1,
+            heads: kv_heads,
+            capacity: len,
+            len,
+            dim,
+        };
+        g.measurement_time(Duration::from_secs(5));
+        g.bench_function(format!("decode_{}k/host", len / 1024), |b| {
+            b.iter(|| {
+                let o = echovlm_core::backend::host_attention(
+                    q.clone(),
+                    view(&k),
+                    view(&v),
+                    None,
+                    true,
+                );
+                flex_f32_vec(o)
             })
         });
     }
