@@ -64,9 +64,10 @@ macro_rules! attribute_enum {
 attribute_enum! {
     /// How the lesion reflects sound compared with the organ around it.
     Echogenicity, "echogenicity" {
-        /// No echoes: near black inside, with posterior acoustic enhancement below it.
+        /// No echoes: near black inside (at most 0.2 of the organ around it); a smooth one
+        /// enhances the echoes below it.
         Anechoic => "anechoic",
-        /// Darker than the organ.
+        /// Darker than the organ: about half its brightness, a grey well above anechoic.
         Hypoechoic => "hypoechoic",
         /// Brighter than the organ.
         Hyperechoic => "hyperechoic",
@@ -111,10 +112,9 @@ attribute_enum! {
         /// An ellipse with an abrupt interface to the organ.
         Smooth => "smooth",
         /// A radius modulated by several harmonics (lobulated) and ringed with angular teeth 0.9
-        /// to 1.6 pixels high at 112 px (spiculated). A solid (hypo- or hyperechoic) irregular
-        /// lesion casts a posterior acoustic shadow (the echoes behind it, along the beams that
-        /// cross it, dimmed by up to 55%); a fluid (anechoic) one keeps the posterior
-        /// enhancement of fluid and is ringed by an echogenic rim 2 to 3.5 pixels thick.
+        /// to 1.6 pixels high at 112 px (spiculated), casting a posterior acoustic shadow: the
+        /// echoes behind it, along the beams that cross it, dimmed by up to 55%, whatever the
+        /// lesion's echogenicity (a smooth anechoic lesion enhances them instead).
         Irregular => "irregular",
     }
 }

@@ -26,10 +26,8 @@ mod level {
     pub const CAPSULE: f64 = 0.95;
     pub const FASCIA: f64 = 0.62;
     pub const ANECHOIC: f64 = 0.035;
-    pub const HYPOECHOIC: f64 = 0.14;
+    pub const HYPOECHOIC: f64 = 0.22;
     pub const HYPERECHOIC: f64 = 0.88;
-    /// The echogenic rim around an irregular anechoic lesion.
-    pub const HALO: f64 = 0.85;
 }
 
 /// A rendered phantom with the masks of what it shows (each mask 255 inside, 0 outside, the
@@ -433,21 +431,6 @@ impl Scene {
             // every pixel of the mask is all lesion; the edge blends over the pixel outside
             let t = (inside / (0.8 * k) + 1.0).clamp(0.0, 1.0);
             v += (lv - v) * t;
-            // an irregular fluid lesion casts no shadow (its fluid enhances what lies behind
-            // it); its margin shows as an echogenic rim of uneven thickness (about 2 to 3.5
-            // pixels at the default size) instead of an abrupt interface
-            if l.margin == Margin::Irregular
-                && l.echogenicity == Echogenicity::Anechoic
-                && inside < 0.0
-            {
-                let width = k * (2.0 + 1.5 * texture);
-                let d = -inside / width;
-                if d < 1.5 {
-                    let halo = level::HALO * organ_speckle.powf(0.2);
-                    let w = (-d * d).exp();
-                    v += (halo - v).max(0.0) * w;
-                }
-            }
         }
         // the capsule: a thin bright line, brightest where the beam meets it head-on, with
         // little speckle
@@ -470,15 +453,16 @@ impl Scene {
         (1.08 - 0.33 * depth) * (1.0 - 0.22 * lateral)
     }
 
-    /// What a lesion does to the echoes behind it, along the beams that cross it: an anechoic
-    /// (fluid) lesion shows posterior enhancement; an irregular (spiculated) solid one casts an
-    /// acoustic shadow, as infiltrating masses do; other smooth lesions neither.
+    /// What a lesion does to the echoes behind it, along the beams that cross it: an irregular
+    /// (spiculated) lesion casts an acoustic shadow, as infiltrating masses do, whatever it
+    /// holds; a smooth anechoic (fluid) one shows posterior enhancement; a smooth solid one
+    /// neither.
     fn posterior_profile(&self, lesion_mask: &GrayImage) -> Posterior {
         let bins = ((2.0 * self.fan.half_angle * self.fan.r0).ceil() as usize).max(8);
         let mut far = vec![f64::NEG_INFINITY; bins];
         let strength = match &self.lesion {
-            Some(l) if l.echogenicity == Echogenicity::Anechoic => 0.6,
             Some(l) if l.margin == Margin::Irregular => -0.55,
+            Some(l) if l.echogenicity == Echogenicity::Anechoic => 0.6,
             _ => 0.0,
         };
         if strength != 0.0 {

@@ -148,8 +148,9 @@ fn lesion_brightness_orders_anechoic_hypoechoic_organ_hyperechoic() {
                     "seed {seed} {l:?}: {lesion:.1} vs {ring:.1}"
                 )
             }
+            // measured 0.39 to 0.68 (the smallest lesions blend the most with the organ)
             Echogenicity::Hypoechoic => assert!(
-                (0.2..0.65).contains(&ratio),
+                (0.35..0.75).contains(&ratio),
                 "seed {seed} {l:?}: {lesion:.1} vs {ring:.1}"
             ),
             Echogenicity::Hyperechoic => {
@@ -176,7 +177,8 @@ fn lesion_brightness_orders_anechoic_hypoechoic_organ_hyperechoic() {
     println!(
         "anechoic <= {max_an:.1}, hypoechoic {min_hypo:.1}-{max_hypo:.1}, organ {min_organ:.1}-{max_organ:.1}, hyperechoic >= {min_hyper:.1}"
     );
-    assert!(max_an + 5.0 < min_hypo);
+    // hypoechoic is a grey, not a near black: measured 9.8 against 39.1
+    assert!(max_an + 25.0 < min_hypo);
     assert!(max_hypo + 5.0 < min_organ);
     assert!(max_organ + 5.0 < min_hyper);
 }
@@ -277,48 +279,22 @@ fn behind_over_no_lesion(seed: u64, r: &Rendering) -> f64 {
 }
 
 #[test]
-fn fluid_enhances_and_irregular_solid_lesions_shadow_what_lies_behind() {
+fn irregular_lesions_shadow_and_smooth_fluid_enhances_what_lies_behind() {
     for (seed, a) in cases() {
         let l = a.lesion.unwrap();
         let r = render_with_mask(seed, &a, DEFAULT_SIZE);
         let ratio = behind_over_no_lesion(seed, &r);
         match (l.echogenicity, l.margin) {
-            // fluid enhances what lies behind it, whatever its outline
-            (Echogenicity::Anechoic, _) => assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}"),
-            // a spiculated solid lesion shadows it
+            // a spiculated lesion shadows it, whatever it holds (measured 0.54 to 0.63)
             (_, Margin::Irregular) => assert!(ratio < 0.7, "seed {seed} {l:?}: {ratio:.2}"),
+            // smooth fluid enhances it (measured 1.38 to 1.54)
+            (Echogenicity::Anechoic, Margin::Smooth) => {
+                assert!(ratio > 1.3, "seed {seed} {l:?}: {ratio:.2}")
+            }
             // a smooth solid lesion leaves it as it is
             (_, Margin::Smooth) => {
                 assert!((ratio - 1.0).abs() < 1e-9, "seed {seed} {l:?}: {ratio:.3}")
             }
-        }
-    }
-}
-
-/// Mean brightness of the band one to three pixels outside the lesion, over that of the organ
-/// four to nine pixels out (both inside the organ, clear of its capsule).
-fn boundary_over_organ(r: &Rendering) -> f64 {
-    mean_where(r, &organ_band(r, 0, 3)) / mean_where(r, &organ_band(r, 4, 9))
-}
-
-#[test]
-fn an_echogenic_rim_rings_irregular_fluid_lesions_only() {
-    for (seed, a) in cases() {
-        let l = a.lesion.unwrap();
-        let r = render_with_mask(seed, &a, DEFAULT_SIZE);
-        let ratio = boundary_over_organ(&r);
-        if (l.echogenicity, l.margin) == (Echogenicity::Anechoic, Margin::Irregular) {
-            // measured 1.32 to 1.58
-            assert!(ratio > 1.25, "seed {seed} {l:?}: {ratio:.2}");
-        } else {
-            // an abrupt interface: the organ reaches the lesion unchanged (the blended edge
-            // of a dark lesion darkens the first pixel a little, a bright one brightens it)
-            let ceiling = if l.echogenicity == Echogenicity::Hyperechoic {
-                1.3
-            } else {
-                1.1
-            };
-            assert!(ratio < ceiling, "seed {seed} {l:?}: {ratio:.2}");
         }
     }
 }

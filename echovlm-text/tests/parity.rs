@@ -362,7 +362,7 @@ fn portable_path_and_packed_cpu_formats() {
     // and int8 (4 tokens of margin allowed). int4
     // diverges after a few tokens here (4/80): the random weights of this fixture leave no
     // margin between the top logits. How often int4 changes the answers of a trained model is
-    // pinned on the demo model (`tests/demo_model.rs`: 171 of 200 reports identical).
+    // pinned on the demo model (`tests/demo_model.rs`: at least 164 of 200 reports identical).
     for (format, logit_tol, min_rate) in [
         (WeightFormat::Bf16, 0.08f32, 0.95),
         (WeightFormat::Int8, 0.26, 0.95),
