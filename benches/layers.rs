@@ -441,16 +441,14 @@ fn attention(c: &mut Criterion) {
     for len in [1024usize, 4096] {
         let (heads, kv_heads, dim) = (28, 4, 128);
         let q = Tensor::<4>::random([1, heads, 1, dim], normal, &device);
-        let k = flex_f32_vec(Tensor::<4>::random(
-            [1, kv_heads, len, dim],
-            normal,
-            &device,
-        ));
-        let v = flex_f32_vec(Tensor::<4>::random(
-            [1, kv_heads, len, dim],
-            normal,
-            &device,
-        ));
+        let cached = || {
+            flex_f32_vec(Tensor::<4>::random(
+                [1, kv_heads, len, dim],
+                normal,
+                &device,
+            ))
+        };
+        let (k, v) = (cached(), cached());
         let view = |data| echovlm_core::backend::HostKv {
             data,
             batch: 1,
