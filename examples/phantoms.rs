@@ -5,6 +5,10 @@
 //! Run with:
 //! `cargo run --release --example phantoms -- --out data --name train --seeds 0..10000 --lang en,zh`
 //!
+//! `--echogenicity` and `--margin` keep only the seeds whose lesion has the given values, and
+//! `--ask echogenicity` asks a short question on the lesion instead of the report: both add
+//! signal on the hard cases to a training mix (`fixtures/models/echovlm-demo/README.md`).
+//!
 //! Seeds 0..1000000 are for training; held-out sets use seeds from 1000000 on
 //! (`fixtures/phantoms/heldout.jsonl` is `--seeds 1000000..1000200 --lang en,zh --alternate`).
 
@@ -13,7 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
-use echovlm_phantom::{DEFAULT_SIZE, Lang, write_dataset, write_dataset_alternating};
+use echovlm_phantom::{
+    DEFAULT_SIZE, DatasetOptions, Echogenicity, Lang, Margin, Question, write_dataset_with,
+};
 
 /// Writes synthetic ultrasound phantoms and their reports.
 #[derive(Parser, Debug)]
@@ -38,6 +44,18 @@ struct Cli {
     /// instead of one sample per seed and language.
     #[arg(long)]
     alternate: bool,
+    /// Keep only the phantoms with a lesion of these echogenicities (comma separated:
+    /// anechoic, hypoechoic, hyperechoic); the other seeds are skipped.
+    #[arg(long, value_delimiter = ',')]
+    echogenicity: Vec<Echogenicity>,
+    /// Keep only the phantoms with a lesion of these margins (comma separated: smooth,
+    /// irregular); the other seeds are skipped.
+    #[arg(long, value_delimiter = ',')]
+    margin: Vec<Margin>,
+    /// Ask this short question on the lesion instead of the report (echogenicity); the phantoms
+    /// without a lesion are skipped.
+    #[arg(long)]
+    ask: Option<Question>,
 }
 
 fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
@@ -73,25 +91,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let write = if cli.alternate {
-        write_dataset_alternating
-    } else {
-        write_dataset
-    };
-    match write(&cli.out, &cli.name, cli.seeds.clone(), &cli.lang, cli.size) {
-        Ok(jsonl) => {
-            let images = cli.seeds.end - cli.seeds.start;
-            let lines = if cli.alternate {
-                images
-            } else {
-                images * cli.lang.len() as u64
-            };
+    let mut options = DatasetOptions::default()
+        .with_echogenicity(&cli.echogenicity)
+        .with_margin(&cli.margin);
+    if cli.alternate {
+        options = options.alternating();
+    }
+    if let Some(q) = cli.ask {
+        options = options.asking(q);
+    }
+    match write_dataset_with(
+        &cli.out,
+        &cli.name,
+        cli.seeds.clone(),
+        &cli.lang,
+        cli.size,
+        &options,
+    ) {
+        Ok(written) => {
             let langs: Vec<String> = cli.lang.iter().map(Lang::to_string).collect();
             println!(
-                "wrote {images} images ({size}x{size}) to {} and {lines} samples ({}) to {}",
+                "wrote {} images ({size}x{size}) to {} and {} samples ({}) to {}",
+                written.images,
                 cli.out.join(&cli.name).display(),
+                written.lines,
                 langs.join(","),
-                jsonl.display(),
+                written.jsonl.display(),
                 size = cli.size,
             );
             ExitCode::SUCCESS

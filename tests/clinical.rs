@@ -232,4 +232,59 @@ fn phantom_datasets_are_written_and_scored_per_attribute() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid dataset name"));
+
+    // a selection writes only the seeds whose lesion matches
+    let out = example("phantoms")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--name", "hard", "--seeds", "0..40", "--lang", "en"])
+        .args([
+            "--margin",
+            "irregular",
+            "--echogenicity",
+            "anechoic,hypoechoic",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept: Vec<u64> = (0..40)
+        .filter(|&s| {
+            echovlm_phantom::Attributes::from_seed(s)
+                .lesion
+                .is_some_and(|l| {
+                    l.margin == echovlm_phantom::Margin::Irregular
+                        && l.echogenicity != echovlm_phantom::Echogenicity::Hyperechoic
+                })
+        })
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < 40);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("wrote {n} images", n = kept.len()))
+            && said.contains(&format!("{n} samples", n = kept.len())),
+        "{said}"
+    );
+    let seeds: Vec<u64> = std::fs::read_to_string(dir.path().join("hard.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seed"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seeds, kept);
+    let out = example("phantoms")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--name", "x", "--seeds", "0..1", "--margin", "wavy"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wavy") && err.lines().count() == 1, "{err}");
 }

@@ -129,6 +129,16 @@ attribute_enum! {
     }
 }
 
+attribute_enum! {
+    /// A short question on one attribute of the lesion, asked instead of the report
+    /// ([`Question::prompt`], [`Question::answer`]): training samples that add signal on an
+    /// attribute beside the reports.
+    Question, "question" {
+        /// The lesion's echogenicity.
+        Echogenicity => "echogenicity",
+    }
+}
+
 impl SizeClass {
     /// The diameters of the class in whole millimetres, both ends included.
     pub fn diameter_range_mm(&self) -> (u32, u32) {

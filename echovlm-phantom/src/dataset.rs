@@ -9,7 +9,7 @@ use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::PhantomError;
-use crate::attributes::{Attributes, Lang};
+use crate::attributes::{Attributes, Echogenicity, Lang, Margin, Question};
 use crate::render::{MAX_SIZE, MIN_SIZE, render};
 use crate::report::{prompt, report};
 
@@ -19,9 +19,9 @@ use crate::report::{prompt, report};
 pub struct DatasetLine {
     /// The image, relative to the JSONL file: `<name>/<seed>.png`.
     pub images: Vec<String>,
-    /// The question ([`prompt`]).
+    /// The question: [`prompt`], or a [`Question`]'s ([`DatasetOptions::question`]).
     pub prompt: String,
-    /// The canonical report ([`report`]).
+    /// The canonical report ([`report`]), or the question's answer.
     pub reference: String,
     /// The language of prompt and reference.
     pub lang: Lang,
@@ -60,7 +60,7 @@ pub fn write_dataset(
     langs: &[Lang],
     size: u32,
 ) -> Result<PathBuf, PhantomError> {
-    write(dir, name, seeds, langs, size, false)
+    write(dir, name, seeds, langs, size, &DatasetOptions::default()).map(|w| w.jsonl)
 }
 
 /// Like [`write_dataset`], but one line per seed: seed `s` is asked in `langs[s % langs.len()]`
@@ -75,7 +75,100 @@ pub fn write_dataset_alternating(
     langs: &[Lang],
     size: u32,
 ) -> Result<PathBuf, PhantomError> {
-    write(dir, name, seeds, langs, size, true)
+    write(
+        dir,
+        name,
+        seeds,
+        langs,
+        size,
+        &DatasetOptions::default().alternating(),
+    )
+    .map(|w| w.jsonl)
+}
+
+/// How [`write_dataset_with`] writes a dataset. The default is [`write_dataset`]'s: every
+/// phantom of the seed range, one report sample per language.
+///
+/// A non-empty `echogenicity` or `margin` list keeps only the phantoms with a lesion whose
+/// attribute is in it; a `question` asks it instead of the report, so phantoms without a lesion
+/// are skipped. Together they add more of the cases a model reads worst to a training mix; the
+/// seeds, and so the images, stay those of [`Attributes::from_seed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DatasetOptions {
+    /// One sample per seed, in `langs[seed % langs.len()]`, as [`write_dataset_alternating`].
+    pub alternate: bool,
+    /// Lesion echogenicities to keep (empty: any).
+    pub echogenicity: Vec<Echogenicity>,
+    /// Lesion margins to keep (empty: any).
+    pub margin: Vec<Margin>,
+    /// The question each sample asks instead of the report ([`prompt`]).
+    pub question: Option<Question>,
+}
+
+impl DatasetOptions {
+    /// One sample per seed, the languages taken in turn by seed.
+    pub fn alternating(mut self) -> Self {
+        self.alternate = true;
+        self
+    }
+
+    /// Only lesions of these echogenicities (an empty list: any).
+    pub fn with_echogenicity(mut self, values: &[Echogenicity]) -> Self {
+        self.echogenicity = values.to_vec();
+        self
+    }
+
+    /// Only lesions with these margins (an empty list: any).
+    pub fn with_margin(mut self, values: &[Margin]) -> Self {
+        self.margin = values.to_vec();
+        self
+    }
+
+    /// Ask `question` instead of the report (only phantoms with a lesion are written).
+    pub fn asking(mut self, question: Question) -> Self {
+        self.question = Some(question);
+        self
+    }
+
+    /// Whether the phantom with `attributes` is written.
+    pub fn keeps(&self, attributes: &Attributes) -> bool {
+        if self.echogenicity.is_empty() && self.margin.is_empty() && self.question.is_none() {
+            return true;
+        }
+        attributes.lesion.is_some_and(|l| {
+            (self.echogenicity.is_empty() || self.echogenicity.contains(&l.echogenicity))
+                && (self.margin.is_empty() || self.margin.contains(&l.margin))
+        })
+    }
+}
+
+/// What [`write_dataset_with`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WrittenDataset {
+    /// The JSONL file.
+    pub jsonl: PathBuf,
+    /// Images written (phantoms kept).
+    pub images: u64,
+    /// JSONL lines written.
+    pub lines: u64,
+}
+
+/// Writes the phantoms of `seeds` as `options` says: [`write_dataset`] with the default
+/// options; the phantoms the options do not keep are skipped (no image, no line).
+///
+/// # Errors
+/// As [`write_dataset`].
+pub fn write_dataset_with(
+    dir: &Path,
+    name: &str,
+    seeds: Range<u64>,
+    langs: &[Lang],
+    size: u32,
+    options: &DatasetOptions,
+) -> Result<WrittenDataset, PhantomError> {
+    write(dir, name, seeds, langs, size, options)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -91,8 +184,8 @@ fn write(
     seeds: Range<u64>,
     langs: &[Lang],
     size: u32,
-    alternate: bool,
-) -> Result<PathBuf, PhantomError> {
+    options: &DatasetOptions,
+) -> Result<WrittenDataset, PhantomError> {
     if !valid_name(name) {
         return Err(PhantomError::InvalidName {
             name: name.to_string(),
@@ -113,8 +206,13 @@ fn write(
     let jsonl = dir.join(format!("{name}.jsonl"));
     let file = std::fs::File::create(&jsonl).map_err(io(&jsonl))?;
     let mut out = std::io::BufWriter::new(file);
+    let (mut images, mut lines) = (0, 0);
     for seed in seeds {
         let attributes = Attributes::from_seed(seed);
+        if !options.keeps(&attributes) {
+            continue;
+        }
+        images += 1;
         let png_path = image_dir.join(format!("{seed}.png"));
         let png =
             encode_png(&render(seed, &attributes, size)).map_err(|source| PhantomError::Image {
@@ -122,7 +220,7 @@ fn write(
                 source,
             })?;
         std::fs::write(&png_path, png).map_err(io(&png_path))?;
-        let chosen: Vec<Lang> = if alternate {
+        let chosen: Vec<Lang> = if options.alternate {
             // the length fits in u64 on every platform Rust supports
             let i = (seed % langs.len() as u64) as usize;
             vec![langs[i]]
@@ -130,18 +228,27 @@ fn write(
             langs.to_vec()
         };
         for lang in chosen {
+            let (prompt, reference) = match (options.question, &attributes.lesion) {
+                (Some(q), Some(lesion)) => (q.prompt(lang), q.answer(lesion, lang)),
+                _ => (prompt(lang), report(&attributes, lang)),
+            };
             let line = DatasetLine {
                 images: vec![format!("{name}/{seed}.png")],
-                prompt: prompt(lang).to_string(),
-                reference: report(&attributes, lang),
+                prompt: prompt.to_string(),
+                reference,
                 lang,
                 seed,
                 attributes,
             };
             serde_json::to_writer(&mut out, &line)?;
             out.write_all(b"\n").map_err(io(&jsonl))?;
+            lines += 1;
         }
     }
     out.flush().map_err(io(&jsonl))?;
-    Ok(jsonl)
+    Ok(WrittenDataset {
+        jsonl,
+        images,
+        lines,
+    })
 }

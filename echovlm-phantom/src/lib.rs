@@ -37,10 +37,13 @@ mod rng;
 use std::path::PathBuf;
 
 pub use attributes::{
-    Attributes, Echogenicity, Horizontal, Lang, Lesion, Margin, NO_LESION_PROBABILITY, SizeClass,
-    Vertical,
+    Attributes, Echogenicity, Horizontal, Lang, Lesion, Margin, NO_LESION_PROBABILITY, Question,
+    SizeClass, Vertical,
 };
-pub use dataset::{DatasetLine, encode_png, write_dataset, write_dataset_alternating};
+pub use dataset::{
+    DatasetLine, DatasetOptions, WrittenDataset, encode_png, write_dataset,
+    write_dataset_alternating, write_dataset_with,
+};
 pub use render::{
     DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, PX_PER_CM_AT_DEFAULT_SIZE, Rendering, render,
     render_with_mask,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attributes::{
-    Attributes, Echogenicity, Horizontal, Lang, Lesion, Margin, SizeClass, Vertical,
+    Attributes, Echogenicity, Horizontal, Lang, Lesion, Margin, Question, SizeClass, Vertical,
 };
 
 /// The question a phantom sample asks, in `lang`.
@@ -12,6 +12,28 @@ pub fn prompt(lang: Lang) -> &'static str {
     match lang {
         Lang::En => "Describe this ultrasound image and give the findings and the impression.",
         Lang::Zh => "请描述这张超声图像，给出超声所见和超声提示。",
+    }
+}
+
+impl Question {
+    /// The question, in `lang`.
+    pub fn prompt(&self, lang: Lang) -> &'static str {
+        match (self, lang) {
+            (Question::Echogenicity, Lang::En) => "What is the echogenicity of the lesion?",
+            (Question::Echogenicity, Lang::Zh) => "病灶是什么回声？",
+        }
+    }
+
+    /// The answer for `lesion`, in `lang`: the attribute's word as the reports write it, as a
+    /// sentence (`Anechoic.`, `无回声。`).
+    pub fn answer(&self, lesion: &Lesion, lang: Lang) -> String {
+        match (self, lang) {
+            (Question::Echogenicity, Lang::En) => {
+                let word = en_echo(lesion.echogenicity);
+                format!("{}{}.", word[..1].to_ascii_uppercase(), &word[1..])
+            }
+            (Question::Echogenicity, Lang::Zh) => format!("{}。", zh_echo(lesion.echogenicity)),
+        }
     }
 }
 

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use echovlm_eval::runner::read_samples;
 use echovlm_phantom::{
-    Attributes, DEFAULT_SIZE, DatasetLine, HELDOUT_SEEDS_START, Lang, PhantomError, TRAINING_SEEDS,
-    prompt, render, report, write_dataset, write_dataset_alternating,
+    Attributes, DEFAULT_SIZE, DatasetLine, DatasetOptions, Echogenicity, HELDOUT_SEEDS_START, Lang,
+    Margin, PhantomError, Question, TRAINING_SEEDS, prompt, render, report, write_dataset,
+    write_dataset_alternating, write_dataset_with,
 };
 
 fn heldout() -> PathBuf {
@@ -92,6 +93,112 @@ fn the_writer_writes_one_line_per_seed_and_language() {
         .map(|s| s.lang.clone().unwrap())
         .collect();
     assert_eq!(langs, ["zh", "en", "zh", "en"]);
+}
+
+#[test]
+fn options_keep_exactly_the_matching_lesions_and_ask_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let langs = [Lang::En, Lang::Zh];
+    let seeds = 0..60;
+    let selection = DatasetOptions::default()
+        .with_echogenicity(&[Echogenicity::Anechoic, Echogenicity::Hypoechoic])
+        .with_margin(&[Margin::Irregular]);
+    let written =
+        write_dataset_with(dir.path(), "hard", seeds.clone(), &langs, 48, &selection).unwrap();
+    let kept: Vec<u64> = seeds
+        .clone()
+        .filter(|&s| {
+            Attributes::from_seed(s).lesion.is_some_and(|l| {
+                l.margin == Margin::Irregular && l.echogenicity != Echogenicity::Hyperechoic
+            })
+        })
+        .collect();
+    // a range this long holds some of each, so the check below can fail both ways
+    assert!(kept.len() >= 5 && kept.len() <= 30, "{kept:?}");
+    assert_eq!(written.images, kept.len() as u64);
+    assert_eq!(written.lines, 2 * kept.len() as u64);
+    // the kept lines are those of the unselected dataset, byte for byte and in order
+    write_dataset(dir.path(), "every", seeds.clone(), &langs, 48).unwrap();
+    let every = std::fs::read_to_string(dir.path().join("every.jsonl")).unwrap();
+    let expected: String = every
+        .lines()
+        .filter_map(|l| {
+            let line: DatasetLine = serde_json::from_str(l).unwrap();
+            kept.contains(&line.seed)
+                .then(|| format!("{}\n", l.replace("\"every/", "\"hard/")))
+        })
+        .collect();
+    assert_eq!(std::fs::read_to_string(&written.jsonl).unwrap(), expected);
+    for s in seeds.clone() {
+        assert_eq!(
+            dir.path().join(format!("hard/{s}.png")).is_file(),
+            kept.contains(&s),
+            "seed {s}"
+        );
+    }
+    // the default keeps every phantom, those without a lesion included
+    assert!(DatasetOptions::default().keeps(&Attributes::NO_LESION));
+    assert!(!selection.keeps(&Attributes::NO_LESION));
+    let all = write_dataset_with(
+        dir.path(),
+        "all",
+        0..10,
+        &langs,
+        48,
+        &DatasetOptions::default().alternating(),
+    )
+    .unwrap();
+    assert_eq!((all.images, all.lines), (10, 10));
+
+    // a question replaces the report, on every phantom with a lesion and no other
+    let asked = write_dataset_with(
+        dir.path(),
+        "ask",
+        seeds.clone(),
+        &langs,
+        48,
+        &DatasetOptions::default()
+            .alternating()
+            .asking(Question::Echogenicity),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&asked.jsonl).unwrap();
+    let lines: Vec<DatasetLine> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with_lesion: Vec<u64> = seeds
+        .filter(|&s| Attributes::from_seed(s).lesion.is_some())
+        .collect();
+    assert!(with_lesion.len() < 60);
+    assert_eq!(
+        lines.iter().map(|l| l.seed).collect::<Vec<_>>(),
+        with_lesion
+    );
+    assert_eq!(asked.lines, with_lesion.len() as u64);
+    for line in &lines {
+        let lesion = line.attributes.lesion.unwrap();
+        let want = match (line.lang, lesion.echogenicity) {
+            (Lang::En, Echogenicity::Anechoic) => "Anechoic.",
+            (Lang::En, Echogenicity::Hypoechoic) => "Hypoechoic.",
+            (Lang::En, Echogenicity::Hyperechoic) => "Hyperechoic.",
+            (Lang::Zh, Echogenicity::Anechoic) => "无回声。",
+            (Lang::Zh, Echogenicity::Hypoechoic) => "低回声。",
+            (Lang::Zh, Echogenicity::Hyperechoic) => "高回声。",
+        };
+        assert_eq!(line.reference, want, "seed {}", line.seed);
+        assert_eq!(line.prompt, Question::Echogenicity.prompt(line.lang));
+        assert_ne!(line.prompt, prompt(line.lang));
+        assert_eq!(line.lang, langs[(line.seed % 2) as usize]);
+    }
+    // every echogenicity is asked about in a range this long
+    for e in Echogenicity::ALL {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.attributes.lesion.unwrap().echogenicity == *e)
+        );
+    }
 }
 
 #[test]
