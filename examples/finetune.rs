@@ -152,7 +152,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     let model = EchoVlm::load(&model_dir, &opts)?;
 
     let samples = read_samples(&cli.data)?;
-    let encoded = encode_all(&model, &samples)?;
+    check_all(&model, &samples)?;
     let val: Vec<Sample> = match &cli.val {
         Some(p) => {
             let mut v = read_samples(p)?;
@@ -163,7 +163,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     };
 
     let per_step = cli.batch.max(1) * cli.accum.max(1);
-    let steps_per_epoch = encoded.len().div_ceil(per_step);
+    let steps_per_epoch = samples.len().div_ceil(per_step);
     let total_steps = steps_per_epoch * cli.epochs;
     let config = TrainConfig {
         trainable: match cli.train {
@@ -204,7 +204,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     let mut next = progress["next"].as_u64().unwrap_or(0) as usize;
     eprintln!(
         "{} samples, {} steps per epoch of {} samples, {} trainable values, aux loss weight {}",
-        encoded.len(),
+        samples.len(),
         steps_per_epoch,
         per_step,
         trainer.num_trainable(),
@@ -228,7 +228,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     let started = Instant::now();
     let mut tokens_done = 0usize;
     while epoch < cli.epochs {
-        let order = epoch_order(encoded.len(), cli.seed, epoch);
+        let order = epoch_order(samples.len(), cli.seed, epoch);
         while next < order.len() {
             if stop.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted");
@@ -244,10 +244,11 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
                 return Ok(());
             }
             let end = (next + per_step).min(order.len());
+            // prepared per step, so that only one step's pixels are held at a time
             let picked: Vec<TrainSample> = order[next..end]
                 .iter()
-                .map(|&i| encoded[i].clone())
-                .collect();
+                .map(|&i| encode(trainer.model(), &samples[i], i))
+                .collect::<Result<_, _>>()?;
             let micro: Vec<&[TrainSample]> = picked.chunks(cli.batch.max(1)).collect();
             let stats = trainer.step(&micro)?;
             next = end;
@@ -292,19 +293,30 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn encode_all(model: &EchoVlm, samples: &[Sample]) -> Result<Vec<TrainSample>, BoxError> {
+/// Prepares sample `index` (tokens, labels and pixels).
+fn encode(model: &EchoVlm, sample: &Sample, index: usize) -> Result<TrainSample, BoxError> {
+    Ok(encode_sample(
+        model,
+        &sample.request()?,
+        &sample.reference,
+        index,
+    )?)
+}
+
+/// Prepares every sample once and drops it, so that a broken image, an empty answer or an
+/// over-long sample is reported before training starts; the steps prepare their samples again,
+/// so memory holds one step's pixels rather than the whole dataset's.
+fn check_all(model: &EchoVlm, samples: &[Sample]) -> Result<(), BoxError> {
     let bar = ProgressBar::new(samples.len() as u64);
     bar.set_style(ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} samples prepared",
+        "{bar:30} {pos}/{len} samples checked",
     )?);
-    let mut out = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
-        let request = s.request()?;
-        out.push(encode_sample(model, &request, &s.reference, i)?);
+        encode(model, s, i)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(out)
+    Ok(())
 }
 
 /// Saves OUT/model (adapters merged) and, for LoRA runs, OUT/adapter.

@@ -176,3 +176,45 @@ fn bad_input_is_a_one_line_error() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Every sample is prepared once before the first step: a broken image at the end of the data
+/// stops the run before it trains or writes anything, naming the file.
+#[test]
+fn a_broken_image_stops_the_run_before_training() {
+    let out = temp_dir("finetune-broken");
+    let data = out.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        fixtures().join("phantoms/heldout/1000000.png"),
+        data.join("good.png"),
+    )
+    .unwrap();
+    std::fs::write(data.join("broken.png"), b"\x89PNG\r\n\x1a\nnot an image").unwrap();
+    let line = |image: &str| {
+        serde_json::json!({"images": [image], "prompt": "Describe.", "reference": "A lesion.", "lang": "en"})
+            .to_string()
+    };
+    let jsonl = data.join("train.jsonl");
+    let text: String = ["good.png", "good.png", "broken.png"]
+        .iter()
+        .map(|i| line(i) + "\n")
+        .collect();
+    std::fs::write(&jsonl, text).unwrap();
+    let run = out.path().join("run");
+    let o = finetune()
+        .arg("--model")
+        .arg(model_dir("tiny-echovlm"))
+        .arg("--data")
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&run)
+        .args(["--batch", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("broken.png"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!run.join("log.jsonl").exists(), "{err}");
+    assert!(!run.join("state").exists(), "{err}");
+}
