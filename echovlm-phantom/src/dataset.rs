@@ -60,7 +60,7 @@ pub fn write_dataset(
     langs: &[Lang],
     size: u32,
 ) -> Result<PathBuf, PhantomError> {
-    write(dir, name, seeds, langs, size, &DatasetOptions::default()).map(|w| w.jsonl)
+    write_dataset_with(dir, name, seeds, langs, size, &DatasetOptions::default()).map(|w| w.jsonl)
 }
 
 /// Like [`write_dataset`], but one line per seed: seed `s` is asked in `langs[s % langs.len()]`
@@ -75,7 +75,7 @@ pub fn write_dataset_alternating(
     langs: &[Lang],
     size: u32,
 ) -> Result<PathBuf, PhantomError> {
-    write(
+    write_dataset_with(
         dir,
         name,
         seeds,
@@ -155,22 +155,6 @@ pub struct WrittenDataset {
     pub lines: u64,
 }
 
-/// Writes the phantoms of `seeds` as `options` says: [`write_dataset`] with the default
-/// options; the phantoms the options do not keep are skipped (no image, no line).
-///
-/// # Errors
-/// As [`write_dataset`].
-pub fn write_dataset_with(
-    dir: &Path,
-    name: &str,
-    seeds: Range<u64>,
-    langs: &[Lang],
-    size: u32,
-    options: &DatasetOptions,
-) -> Result<WrittenDataset, PhantomError> {
-    write(dir, name, seeds, langs, size, options)
-}
-
 fn valid_name(name: &str) -> bool {
     let mut parts = Path::new(name).components();
     matches!(parts.next(), Some(Component::Normal(_)))
@@ -178,7 +162,12 @@ fn valid_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
-fn write(
+/// Writes the phantoms of `seeds` as `options` says: [`write_dataset`] with the default
+/// options; the phantoms the options do not keep are skipped (no image, no line).
+///
+/// # Errors
+/// As [`write_dataset`].
+pub fn write_dataset_with(
     dir: &Path,
     name: &str,
     seeds: Range<u64>,
