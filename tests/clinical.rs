@@ -8,14 +8,19 @@ use std::process::Command;
 
 use support::{example, fixtures, model_dir, temp_dir};
 
-fn json_of(cmd: &mut Command) -> serde_json::Value {
+/// Runs `cmd` and asserts that it succeeded, showing its stderr when it did not.
+fn succeeded(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out
+}
+
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&succeeded(cmd).stdout).unwrap()
 }
 
 fn dicom(name: &str) -> String {
@@ -74,17 +79,12 @@ fn routing_plot_is_a_png_with_content() {
     let dir = temp_dir("plot");
     let png = dir.path().join("routing.png");
     let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-echovlm");
-    let out = example("echovlm")
-        .arg("--model")
-        .arg(&tiny)
-        .args(["--max-new-tokens", "16", "--routing-plot"])
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        example("echovlm")
+            .arg("--model")
+            .arg(&tiny)
+            .args(["--max-new-tokens", "16", "--routing-plot"])
+            .arg(&png),
     );
     let img = image::open(&png).unwrap().to_rgb8();
     // 3 MoE layers: 150 px of margins + 26 px per layer
@@ -175,17 +175,14 @@ fn eval_runner_scores_generations_and_existing_outputs() {
 #[test]
 fn phantom_datasets_are_written_and_scored_per_attribute() {
     let dir = temp_dir("phantoms");
-    let out = example("phantoms")
-        .arg("--out")
-        .arg(dir.path())
-        .args(["--name", "tiny", "--seeds", "1000..1003", "--lang", "en,zh"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(example("phantoms").arg("--out").arg(dir.path()).args([
+        "--name",
+        "tiny",
+        "--seeds",
+        "1000..1003",
+        "--lang",
+        "en,zh",
+    ]));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains("3 images") && said.contains("6 samples"),
@@ -234,32 +231,26 @@ fn phantom_datasets_are_written_and_scored_per_attribute() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid dataset name"));
 
     // a selection writes only the seeds whose lesion matches
-    let out = example("phantoms")
-        .arg("--out")
-        .arg(dir.path())
-        .args(["--name", "hard", "--seeds", "0..40", "--lang", "en"])
-        .args([
-            "--margin",
-            "irregular",
-            "--echogenicity",
-            "anechoic,hypoechoic",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        example("phantoms")
+            .arg("--out")
+            .arg(dir.path())
+            .args(["--name", "hard", "--seeds", "0..40", "--lang", "en"])
+            .args([
+                "--margin",
+                "irregular",
+                "--echogenicity",
+                "anechoic,hypoechoic",
+            ]),
     );
+    let options = echovlm_phantom::DatasetOptions::default()
+        .with_margin(&[echovlm_phantom::Margin::Irregular])
+        .with_echogenicity(&[
+            echovlm_phantom::Echogenicity::Anechoic,
+            echovlm_phantom::Echogenicity::Hypoechoic,
+        ]);
     let kept: Vec<u64> = (0..40)
-        .filter(|&s| {
-            echovlm_phantom::Attributes::from_seed(s)
-                .lesion
-                .is_some_and(|l| {
-                    l.margin == echovlm_phantom::Margin::Irregular
-                        && l.echogenicity != echovlm_phantom::Echogenicity::Hyperechoic
-                })
-        })
+        .filter(|&s| options.keeps(&echovlm_phantom::Attributes::from_seed(s)))
         .collect();
     assert!(!kept.is_empty() && kept.len() < 40);
     let said = String::from_utf8_lossy(&out.stdout);
