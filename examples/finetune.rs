@@ -86,6 +86,10 @@ struct Cli {
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     accum: usize,
+    /// Micro-batches of a step run at once, each on its own copy of the model (default: the
+    /// threads, at most --accum). The trained weights do not depend on it.
+    #[arg(long)]
+    workers: Option<usize>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
@@ -200,13 +204,19 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             serde_json::json!({"epoch": 0, "next": 0}),
         )
     };
+    let workers = cli
+        .workers
+        .unwrap_or_else(rayon::current_num_threads)
+        .clamp(1, cli.accum.max(1));
+    trainer.set_workers(workers);
     let mut epoch = progress["epoch"].as_u64().unwrap_or(0) as usize;
     let mut next = progress["next"].as_u64().unwrap_or(0) as usize;
     eprintln!(
-        "{} samples, {} steps per epoch of {} samples, {} trainable values, aux loss weight {}",
+        "{} samples, {} steps per epoch of {} samples ({} at once), {} trainable values, aux loss weight {}",
         samples.len(),
         steps_per_epoch,
         per_step,
+        cli.batch.max(1) * workers,
         trainer.num_trainable(),
         trainer.aux_loss_coef()
     );

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::PhantomError;
@@ -162,6 +163,9 @@ fn valid_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
+/// Phantoms rendered at once (in parallel) before their files and lines are written.
+const RENDER_CHUNK: usize = 256;
+
 /// Writes the phantoms of `seeds` as `options` says: [`write_dataset`] with the default
 /// options; the phantoms the options do not keep are skipped (no image, no line).
 ///
@@ -196,42 +200,53 @@ pub fn write_dataset_with(
     let file = std::fs::File::create(&jsonl).map_err(io(&jsonl))?;
     let mut out = std::io::BufWriter::new(file);
     let (mut images, mut lines) = (0, 0);
-    for seed in seeds {
+    let kept = seeds.filter_map(|seed| {
         let attributes = Attributes::from_seed(seed);
-        if !options.keeps(&attributes) {
-            continue;
-        }
-        images += 1;
-        let png_path = image_dir.join(format!("{seed}.png"));
-        let png =
-            encode_png(&render(seed, &attributes, size)).map_err(|source| PhantomError::Image {
+        options.keeps(&attributes).then_some((seed, attributes))
+    });
+    let mut chunk = Vec::with_capacity(RENDER_CHUNK);
+    let mut kept = kept.peekable();
+    while kept.peek().is_some() {
+        chunk.clear();
+        chunk.extend(kept.by_ref().take(RENDER_CHUNK));
+        // the images render on every core; files and lines are written in seed order
+        let pngs: Vec<_> = chunk
+            .par_iter()
+            .map(|(seed, attributes)| encode_png(&render(*seed, attributes, size)))
+            .collect();
+        for ((seed, attributes), png) in chunk.iter().zip(pngs) {
+            let seed = *seed;
+            images += 1;
+            let png_path = image_dir.join(format!("{seed}.png"));
+            let png = png.map_err(|source| PhantomError::Image {
                 path: png_path.clone(),
                 source,
             })?;
-        std::fs::write(&png_path, png).map_err(io(&png_path))?;
-        let chosen: Vec<Lang> = if options.alternate {
-            // the length fits in u64 on every platform Rust supports
-            let i = (seed % langs.len() as u64) as usize;
-            vec![langs[i]]
-        } else {
-            langs.to_vec()
-        };
-        for lang in chosen {
-            let (prompt, reference) = match (options.question, &attributes.lesion) {
-                (Some(q), Some(lesion)) => (q.prompt(lang), q.answer(lesion, lang)),
-                _ => (prompt(lang), report(&attributes, lang)),
+            std::fs::write(&png_path, png).map_err(io(&png_path))?;
+            let chosen: Vec<Lang> = if options.alternate {
+                // the length fits in u64 on every platform Rust supports
+                let i = (seed % langs.len() as u64) as usize;
+                vec![langs[i]]
+            } else {
+                langs.to_vec()
             };
-            let line = DatasetLine {
-                images: vec![format!("{name}/{seed}.png")],
-                prompt: prompt.to_string(),
-                reference,
-                lang,
-                seed,
-                attributes,
-            };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n").map_err(io(&jsonl))?;
-            lines += 1;
+            for lang in chosen {
+                let (prompt, reference) = match (options.question, &attributes.lesion) {
+                    (Some(q), Some(lesion)) => (q.prompt(lang), q.answer(lesion, lang)),
+                    _ => (prompt(lang), report(attributes, lang)),
+                };
+                let line = DatasetLine {
+                    images: vec![format!("{name}/{seed}.png")],
+                    prompt: prompt.to_string(),
+                    reference,
+                    lang,
+                    seed,
+                    attributes: attributes.clone(),
+                };
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n").map_err(io(&jsonl))?;
+                lines += 1;
+            }
         }
     }
     out.flush().map_err(io(&jsonl))?;

@@ -235,3 +235,28 @@ fn the_writer_refuses_bad_arguments() {
     let empty = write_dataset(dir.path(), "none", 5..5, &[Lang::En], 64).unwrap();
     assert_eq!(std::fs::read_to_string(empty).unwrap(), "");
 }
+
+#[test]
+fn a_set_rendered_in_parallel_keeps_seed_order_and_pixels() {
+    // more phantoms than are rendered at once, so that several batches are written
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = 100..700;
+    let jsonl =
+        write_dataset_alternating(dir.path(), "many", seeds.clone(), &[Lang::En, Lang::Zh], 32)
+            .unwrap();
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let lines: Vec<DatasetLine> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let written: Vec<u64> = lines.iter().map(|l| l.seed).collect();
+    assert_eq!(written, seeds.clone().collect::<Vec<_>>());
+    for line in lines.iter().step_by(37) {
+        let stored = image::open(dir.path().join(&line.images[0]))
+            .unwrap()
+            .to_rgb8();
+        let drawn = render(line.seed, &line.attributes, 32);
+        assert!(stored == drawn, "seed {}: not the phantom drawn", line.seed);
+        assert_eq!(line.reference, report(&line.attributes, line.lang));
+    }
+}

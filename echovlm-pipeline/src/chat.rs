@@ -98,6 +98,7 @@ const MAX_NESTING: usize = 128;
 const MAX_VISITED: usize = 1_000_000;
 
 /// A compiled chat template.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

@@ -7,6 +7,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Tensor};
 use echovlm_core::host::to_f32_vec;
 use echovlm_pipeline::EchoVlm;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::TrainSample;
@@ -94,12 +95,94 @@ impl Leaf {
     }
 }
 
+/// A copy of the model whose trainable tensors are autodiff leaves of its own: its forward
+/// and backward passes build a graph no other copy touches, so copies run micro-batches at
+/// the same time. The frozen tensors are shared, not copied.
+struct Replica {
+    model: EchoVlm,
+    /// The tensors installed in the model for the trainer's `params`, in that order.
+    leaves: Vec<Leaf>,
+}
+
+impl Replica {
+    /// Installs `values` as fresh leaves for `params`.
+    fn install(&mut self, params: &[Param], values: &[Tensor<2>]) {
+        let mut linears = named_linears(&mut self.model);
+        self.leaves.clear();
+        for (p, v) in params.iter().zip(values) {
+            let Some((_, l)) = linears.iter_mut().find(|(n, _)| *n == p.module) else {
+                continue;
+            };
+            let leaf = if p.slot == params::Slot::Bias {
+                let [_, d] = v.dims();
+                let leaf = v.clone().inner().reshape([d]).autodiff().require_grad();
+                l.bias = Some(leaf.clone());
+                Leaf::D1(leaf)
+            } else {
+                let leaf = v.clone().inner().autodiff().require_grad();
+                params::set(l, p.slot, leaf.clone());
+                Leaf::D2(leaf)
+            };
+            self.leaves.push(leaf);
+        }
+    }
+
+    /// The losses of `batch` (one forward pass, graph kept for backward).
+    fn losses(
+        &self,
+        batch: &[TrainSample],
+        top_k: usize,
+        aux_coef: f64,
+    ) -> Result<Losses, TrainError> {
+        let sequences: Vec<_> = batch.iter().map(|s| s.sequence.clone()).collect();
+        let out = self.model.forward_sequences(&sequences)?;
+        let labels: Vec<Vec<i64>> = batch.iter().map(|s| s.labels.clone()).collect();
+        let (ce, tokens) = causal_lm_loss(out.logits, &labels);
+        let (total, aux) = if out.router_logits.is_empty() {
+            (ce.clone(), 0.0)
+        } else {
+            let aux = aux_loss(&out.router_logits, top_k, &out.valid);
+            let aux_v = scalar(aux.clone())?;
+            (ce.clone() + aux.mul_scalar(aux_coef as f32), aux_v)
+        };
+        Ok(Losses {
+            total,
+            ce: scalar(ce)?,
+            aux,
+            tokens,
+        })
+    }
+
+    /// The gradient of `total` for every leaf (zeros where it does not reach).
+    fn backward(&self, total: &Tensor<1>) -> Vec<Tensor<2>> {
+        let grads = total.backward();
+        self.leaves.iter().map(|l| l.grad(&grads)).collect()
+    }
+
+    /// One micro-batch of a step of `n`: its losses, and the gradient of `total / n`.
+    fn micro_step(
+        &self,
+        batch: &[TrainSample],
+        n: usize,
+        top_k: usize,
+        aux_coef: f64,
+    ) -> Result<(Losses, f32, Vec<Tensor<2>>), TrainError> {
+        let losses = self.losses(batch, top_k, aux_coef)?;
+        let total = scalar(losses.total.clone())?;
+        if !total.is_finite() {
+            return Ok((losses, total, Vec::new()));
+        }
+        let grads = self.backward(&losses.total.clone().div_scalar(n as f32));
+        Ok((losses, total, grads))
+    }
+}
+
 /// Fine-tunes a model: owns it, its trainable tensors and the optimizer state.
 pub struct Trainer {
-    model: EchoVlm,
+    /// The model (first) and its copies for concurrent micro-batches; each holds the same
+    /// values of `params`.
+    replicas: Vec<Replica>,
     params: Vec<Param>,
-    /// The tensors installed in the model for `params`: autodiff leaves that keep gradients.
-    leaves: Vec<Leaf>,
     moments: Vec<Moments>,
     step: usize,
     config: TrainConfig,
@@ -174,9 +257,11 @@ impl Trainer {
                 .collect::<Result<_, _>>()?
         };
         let mut trainer = Self {
-            model,
+            replicas: vec![Replica {
+                model,
+                leaves: Vec::new(),
+            }],
             params,
-            leaves: Vec::new(),
             moments: Vec::new(),
             step: 0,
             config,
@@ -196,12 +281,35 @@ impl Trainer {
 
     /// The model being trained.
     pub fn model(&self) -> &EchoVlm {
-        &self.model
+        &self.replicas[0].model
     }
 
     /// Gives the model back (adapters attached, weights trained).
-    pub fn into_model(self) -> EchoVlm {
-        self.model
+    pub fn into_model(mut self) -> EchoVlm {
+        self.replicas.swap_remove(0).model
+    }
+
+    /// Runs up to `workers` micro-batches of a [`step`](Self::step) at once (at least 1; 1 by
+    /// default), each on its own copy of the model, on the CPU thread pool. The frozen weights
+    /// are shared; each copy adds its own autodiff graph. The step's result does not depend on
+    /// it, bit for bit: the gradients are summed in micro-batch order either way.
+    pub fn set_workers(&mut self, workers: usize) {
+        let workers = workers.max(1);
+        let values = self.values();
+        self.replicas.truncate(workers);
+        while self.replicas.len() < workers {
+            let mut replica = Replica {
+                model: self.replicas[0].model.clone(),
+                leaves: Vec::new(),
+            };
+            replica.install(&self.params, &values);
+            self.replicas.push(replica);
+        }
+    }
+
+    /// How many micro-batches run at once ([`set_workers`](Self::set_workers)).
+    pub fn workers(&self) -> usize {
+        self.replicas.len()
     }
 
     /// The trainable tensors, in a fixed order.
@@ -231,64 +339,27 @@ impl Trainer {
 
     /// The current values of the trainable tensors (without autodiff; biases as `[1, d]`).
     pub fn values(&self) -> Vec<Tensor<2>> {
-        self.leaves.iter().map(Leaf::value).collect()
+        self.replicas[0].leaves.iter().map(Leaf::value).collect()
     }
 
     /// Replaces the trainable tensors (biases as `[1, d]`), marking them for gradients.
     pub fn set_values(&mut self, values: Vec<Tensor<2>>) {
-        let params = self.params.clone();
-        let mut linears = named_linears(&mut self.model);
-        self.leaves.clear();
-        for (p, v) in params.iter().zip(values) {
-            let Some((_, l)) = linears.iter_mut().find(|(n, _)| *n == p.module) else {
-                continue;
-            };
-            let leaf = if p.slot == params::Slot::Bias {
-                let [_, d] = v.dims();
-                let leaf = v.inner().reshape([d]).autodiff().require_grad();
-                l.bias = Some(leaf.clone());
-                Leaf::D1(leaf)
-            } else {
-                let leaf = v.inner().autodiff().require_grad();
-                params::set(l, p.slot, leaf.clone());
-                Leaf::D2(leaf)
-            };
-            self.leaves.push(leaf);
+        for replica in &mut self.replicas {
+            replica.install(&self.params, &values);
         }
     }
 
     /// The losses of `batch` (one forward pass, graph kept for backward).
     pub fn losses(&self, batch: &[TrainSample]) -> Result<Losses, TrainError> {
-        let sequences: Vec<_> = batch.iter().map(|s| s.sequence.clone()).collect();
-        let out = self.model.forward_sequences(&sequences)?;
-        let labels: Vec<Vec<i64>> = batch.iter().map(|s| s.labels.clone()).collect();
-        let (ce, tokens) = causal_lm_loss(out.logits, &labels);
-        let (total, aux) = if out.router_logits.is_empty() {
-            (ce.clone(), 0.0)
-        } else {
-            let aux = aux_loss(&out.router_logits, self.top_k, &out.valid);
-            let aux_v = scalar(aux.clone())?;
-            (ce.clone() + aux.mul_scalar(self.aux_coef as f32), aux_v)
-        };
-        Ok(Losses {
-            total,
-            ce: scalar(ce)?,
-            aux,
-            tokens,
-        })
+        self.replicas[0].losses(batch, self.top_k, self.aux_coef)
     }
 
     /// The losses of `batch` and the gradient of the total loss for every trainable tensor
     /// (zeros for tensors the batch does not reach), in [`params`](Self::params) order.
     pub fn gradients(&self, batch: &[TrainSample]) -> Result<(Losses, Vec<Tensor<2>>), TrainError> {
         let losses = self.losses(batch)?;
-        let grads = self.backward(&losses.total)?;
+        let grads = self.replicas[0].backward(&losses.total);
         Ok((losses, grads))
-    }
-
-    fn backward(&self, total: &Tensor<1>) -> Result<Vec<Tensor<2>>, TrainError> {
-        let grads = total.backward();
-        Ok(self.leaves.iter().map(|l| l.grad(&grads)).collect())
     }
 
     /// One optimizer step over `micro_batches` (gradient accumulation: the gradient is the
@@ -303,9 +374,8 @@ impl Trainer {
         let mut sum: Option<Vec<Tensor<2>>> = None;
         let (mut loss, mut ce, mut aux) = (0f32, 0f32, 0f32);
         let (mut tokens, mut sequence_tokens) = (0, 0);
-        for batch in micro_batches {
-            let losses = self.losses(batch)?;
-            let total = scalar(losses.total.clone())?;
+        for (batch, part) in micro_batches.iter().zip(self.micro_steps(micro_batches)) {
+            let (losses, total, grads) = part?;
             if !total.is_finite() {
                 return Err(TrainError::NotFinite {
                     step: self.step + 1,
@@ -317,7 +387,6 @@ impl Trainer {
             aux += losses.aux / n as f32;
             tokens += losses.tokens;
             sequence_tokens += batch.iter().map(TrainSample::len).sum::<usize>();
-            let grads = self.backward(&losses.total.div_scalar(n as f32))?;
             sum = Some(match sum {
                 None => grads,
                 Some(acc) => acc.into_iter().zip(grads).map(|(a, g)| a + g).collect(),
@@ -359,6 +428,43 @@ impl Trainer {
             sequence_tokens,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Every micro-batch's losses, total and gradient (of `total / n`), in order; replica `r`
+    /// takes micro-batches `r`, `r + workers`, … one after the other.
+    #[allow(clippy::type_complexity)]
+    fn micro_steps(
+        &self,
+        micro_batches: &[&[TrainSample]],
+    ) -> Vec<Result<(Losses, f32, Vec<Tensor<2>>), TrainError>> {
+        let n = micro_batches.len();
+        let (top_k, aux_coef) = (self.top_k, self.aux_coef);
+        let workers = self.replicas.len().min(n);
+        if workers <= 1 {
+            let replica = &self.replicas[0];
+            return micro_batches
+                .iter()
+                .map(|b| replica.micro_step(b, n, top_k, aux_coef))
+                .collect();
+        }
+        let mut parts: Vec<Vec<_>> = self.replicas[..workers]
+            .par_iter()
+            .enumerate()
+            .map(|(r, replica)| {
+                (r..n)
+                    .step_by(workers)
+                    .map(|i| replica.micro_step(micro_batches[i], n, top_k, aux_coef))
+                    .collect()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        let mut iters: Vec<_> = parts.iter_mut().map(|p| p.drain(..)).collect();
+        for i in 0..n {
+            if let Some(part) = iters[i % workers].next() {
+                out.push(part);
+            }
+        }
+        out
     }
 
     /// Saves the training state (trainable tensors, Adam moments, step, configuration and the

@@ -119,3 +119,52 @@ fn a_resumed_run_continues_where_the_saved_one_stopped() {
     let err = Trainer::resume(load_model(), other, dir.path()).unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
 }
+
+/// Runs three steps of three micro-batches each (an uneven share for two workers) with
+/// `workers` copies of the model; a copy is added after the first step.
+fn steps_with_workers(set: &str, workers: usize) -> (Vec<String>, Vec<(f32, f32)>, Vec<Vec<f32>>) {
+    let golden = Golden::load();
+    let batch = golden.samples("image");
+    let mut config = config();
+    config.trainable = trainable(set);
+    let mut trainer = Trainer::new(load_model(), config).unwrap();
+    let mut stats = Vec::new();
+    for step in 0..3 {
+        if step == 1 {
+            trainer.set_workers(workers);
+            assert_eq!(trainer.workers(), workers);
+        }
+        let s = trainer
+            .step(&[&batch[..1], &batch[1..], &batch[..]])
+            .unwrap();
+        stats.push((s.loss, s.grad_norm));
+    }
+    let names = trainer.params().iter().map(|p| p.name()).collect();
+    let values = trainer
+        .values()
+        .into_iter()
+        .map(|v| to_f32_vec(v).unwrap())
+        .collect();
+    (names, stats, values)
+}
+
+#[test]
+fn concurrent_micro_batches_give_the_same_steps_bit_for_bit() {
+    for set in ["moe", "lora"] {
+        let (names, one_stats, one) = steps_with_workers(set, 1);
+        let (_, two_stats, two) = steps_with_workers(set, 2);
+        assert_eq!(one_stats, two_stats, "{set}: losses and gradient norms");
+        for ((name, a), b) in names.iter().zip(&one).zip(&two) {
+            assert_eq!(a, b, "{set}: {name} differs with two workers");
+        }
+        // the steps moved the weights
+        let mut fresh = config();
+        fresh.trainable = trainable(set);
+        let start = Trainer::new(load_model(), fresh).unwrap().values();
+        let moved = start
+            .into_iter()
+            .zip(&one)
+            .any(|(s, v)| to_f32_vec(s).unwrap() != *v);
+        assert!(moved, "{set}: the steps changed nothing");
+    }
+}

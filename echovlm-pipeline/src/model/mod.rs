@@ -30,6 +30,7 @@ pub use weights::Weights;
 
 /// A loaded EchoVLM V1 or V2 (or stock Qwen2-VL / Qwen2.5-VL) checkpoint: decoder, vision
 /// tower, tokenizer, chat template, preprocessing settings and generation defaults.
+#[derive(Clone)]
 pub struct EchoVlm {
     architecture: Architecture,
     text: TextModel,
