@@ -7,7 +7,9 @@
 //! frozen. The loss is the causal-LM cross-entropy on the answer tokens plus
 //! `router_aux_loss_coef` times the Switch/Mixtral load-balancing loss, as transformers
 //! computes them; the optimizer is AdamW with warm-up and cosine decay, global-norm clipping
-//! and gradient accumulation ([`Trainer::step`]). Runs are resumable
+//! and gradient accumulation ([`Trainer::step`]), the micro-batches of a step running at once on
+//! copies of the model ([`Trainer::set_workers`]) with the same result bit for bit. Runs are
+//! resumable
 //! ([`Trainer::save_state`], [`Trainer::resume`]); trained weights save as a whole checkpoint
 //! with adapters merged ([`save_merged`]) or as a PEFT adapter directory ([`save_adapter`]).
 //!
