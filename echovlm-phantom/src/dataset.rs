@@ -241,7 +241,7 @@ pub fn write_dataset_with(
                     reference,
                     lang,
                     seed,
-                    attributes: attributes.clone(),
+                    attributes: *attributes,
                 };
                 serde_json::to_writer(&mut out, &line)?;
                 out.write_all(b"\n").map_err(io(&jsonl))?;

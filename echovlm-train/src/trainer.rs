@@ -166,7 +166,7 @@ impl Replica {
         n: usize,
         top_k: usize,
         aux_coef: f64,
-    ) -> Result<(Losses, f32, Vec<Tensor<2>>), TrainError> {
+    ) -> Result<MicroStep, TrainError> {
         let losses = self.losses(batch, top_k, aux_coef)?;
         let total = scalar(losses.total.clone())?;
         if !total.is_finite() {
@@ -176,6 +176,10 @@ impl Replica {
         Ok((losses, total, grads))
     }
 }
+
+/// One micro-batch's losses, its total loss as a number, and the gradient of `total / n` (empty
+/// when the total is not finite).
+type MicroStep = (Losses, f32, Vec<Tensor<2>>);
 
 /// Fine-tunes a model: owns it, its trainable tensors and the optimizer state.
 pub struct Trainer {
@@ -432,11 +436,7 @@ impl Trainer {
 
     /// Every micro-batch's losses, total and gradient (of `total / n`), in order; replica `r`
     /// takes micro-batches `r`, `r + workers`, … one after the other.
-    #[allow(clippy::type_complexity)]
-    fn micro_steps(
-        &self,
-        micro_batches: &[&[TrainSample]],
-    ) -> Vec<Result<(Losses, f32, Vec<Tensor<2>>), TrainError>> {
+    fn micro_steps(&self, micro_batches: &[&[TrainSample]]) -> Vec<Result<MicroStep, TrainError>> {
         let n = micro_batches.len();
         let (top_k, aux_coef) = (self.top_k, self.aux_coef);
         let workers = self.replicas.len().min(n);

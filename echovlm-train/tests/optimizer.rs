@@ -120,9 +120,12 @@ fn a_resumed_run_continues_where_the_saved_one_stopped() {
     assert!(err.to_string().contains("cannot resume"), "{err}");
 }
 
+/// What a run did: the parameter names, each step's loss and gradient norm, the final values.
+type Run = (Vec<String>, Vec<(f32, f32)>, Vec<Vec<f32>>);
+
 /// Runs three steps of three micro-batches each (an uneven share for two workers) with
 /// `workers` copies of the model; a copy is added after the first step.
-fn steps_with_workers(set: &str, workers: usize) -> (Vec<String>, Vec<(f32, f32)>, Vec<Vec<f32>>) {
+fn steps_with_workers(set: &str, workers: usize) -> Run {
     let golden = Golden::load();
     let batch = golden.samples("image");
     let mut config = config();
