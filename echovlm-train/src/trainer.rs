@@ -378,7 +378,12 @@ impl Trainer {
         let mut sum: Option<Vec<Tensor<2>>> = None;
         let (mut loss, mut ce, mut aux) = (0f32, 0f32, 0f32);
         let (mut tokens, mut sequence_tokens) = (0, 0);
-        for (batch, part) in micro_batches.iter().zip(self.micro_steps(micro_batches)) {
+        // `workers` micro-batches at a time, so memory holds that many gradients, not n
+        let workers = self.replicas.len().clamp(1, n);
+        let parts = micro_batches
+            .chunks(workers)
+            .flat_map(|round| round.iter().zip(self.micro_steps(round, n)));
+        for (batch, part) in parts {
             let (losses, total, grads) = part?;
             if !total.is_finite() {
                 return Err(TrainError::NotFinite {
@@ -434,37 +439,23 @@ impl Trainer {
         })
     }
 
-    /// Every micro-batch's losses, total and gradient (of `total / n`), in order; replica `r`
-    /// takes micro-batches `r`, `r + workers`, … one after the other.
-    fn micro_steps(&self, micro_batches: &[&[TrainSample]]) -> Vec<Result<MicroStep, TrainError>> {
-        let n = micro_batches.len();
+    /// The losses, total and gradient (of `total / n`) of each micro-batch of `round`, in
+    /// order, each on its own copy of the model (the round has at most as many micro-batches
+    /// as there are copies), at once.
+    fn micro_steps(
+        &self,
+        round: &[&[TrainSample]],
+        n: usize,
+    ) -> Vec<Result<MicroStep, TrainError>> {
         let (top_k, aux_coef) = (self.top_k, self.aux_coef);
-        let workers = self.replicas.len().min(n);
-        if workers <= 1 {
-            let replica = &self.replicas[0];
-            return micro_batches
-                .iter()
-                .map(|b| replica.micro_step(b, n, top_k, aux_coef))
-                .collect();
+        if let [batch] = round {
+            return vec![self.replicas[0].micro_step(batch, n, top_k, aux_coef)];
         }
-        let mut parts: Vec<Vec<_>> = self.replicas[..workers]
+        self.replicas
             .par_iter()
-            .enumerate()
-            .map(|(r, replica)| {
-                (r..n)
-                    .step_by(workers)
-                    .map(|i| replica.micro_step(micro_batches[i], n, top_k, aux_coef))
-                    .collect()
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n);
-        let mut iters: Vec<_> = parts.iter_mut().map(|p| p.drain(..)).collect();
-        for i in 0..n {
-            if let Some(part) = iters[i % workers].next() {
-                out.push(part);
-            }
-        }
-        out
+            .zip(round.par_iter())
+            .map(|(replica, batch)| replica.micro_step(batch, n, top_k, aux_coef))
+            .collect()
     }
 
     /// Saves the training state (trainable tensors, Adam moments, step, configuration and the
