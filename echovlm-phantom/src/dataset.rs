@@ -163,8 +163,12 @@ fn valid_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
-/// Phantoms rendered at once (in parallel) before their files and lines are written.
+/// Most phantoms rendered at once (in parallel) before their files and lines are written.
 const RENDER_CHUNK: usize = 256;
+
+/// Bytes of RGB pixels that one batch of renders may stand for (its PNGs are held until
+/// written), so that large images come in smaller batches.
+const RENDER_BYTES: usize = 256 << 20;
 
 /// Writes the phantoms of `seeds` as `options` says: [`write_dataset`] with the default
 /// options; the phantoms the options do not keep are skipped (no image, no line).
@@ -204,11 +208,16 @@ pub fn write_dataset_with(
         let attributes = Attributes::from_seed(seed);
         options.keeps(&attributes).then_some((seed, attributes))
     });
-    let mut chunk = Vec::with_capacity(RENDER_CHUNK);
+    let pixel_bytes = 3 * size as usize * size as usize;
+    // at least one image per thread, at most RENDER_CHUNK (max/min: no clamp panic)
+    let per_batch = (RENDER_BYTES / pixel_bytes)
+        .max(rayon::current_num_threads())
+        .min(RENDER_CHUNK);
+    let mut chunk = Vec::with_capacity(per_batch);
     let mut kept = kept.peekable();
     while kept.peek().is_some() {
         chunk.clear();
-        chunk.extend(kept.by_ref().take(RENDER_CHUNK));
+        chunk.extend(kept.by_ref().take(per_batch));
         // the images render on every core; files and lines are written in seed order
         let pngs: Vec<_> = chunk
             .par_iter()
