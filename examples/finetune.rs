@@ -27,7 +27,7 @@ use clap::{Parser, ValueEnum};
 use echovlm_eval::runner::{Sample, evaluate, read_samples};
 use echovlm_pipeline::{DType, Device, EchoVlm, LoadOptions};
 use echovlm_train::{
-    LoraConfig, ModelSize, OptimConfig, TrainConfig, TrainSample, Trainable, Trainer,
+    LoraConfig, LossMean, ModelSize, OptimConfig, TrainConfig, TrainSample, Trainable, Trainer,
     encode_sample, epoch_order, init_checkpoint, save_adapter, save_merged,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,6 +40,15 @@ enum What {
     Lora,
     /// Every linear layer.
     All,
+}
+
+/// What a step's cross-entropy is a mean over (see `LossMean`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mean {
+    /// Each micro-batch's own answer tokens; the step takes the mean over micro-batches.
+    MicroBatch,
+    /// All the step's answer tokens.
+    Step,
 }
 
 /// Fine-tunes EchoVLM on a JSONL of samples.
@@ -90,6 +99,16 @@ struct Cli {
     /// threads, at most --accum). The trained weights do not depend on it.
     #[arg(long)]
     workers: Option<usize>,
+    /// What a step's cross-entropy is a mean over when it has several micro-batches: each
+    /// micro-batch's own answer tokens (micro-batch) or all the step's (step, which makes the
+    /// step independent of how its samples are cut into micro-batches).
+    #[arg(long, value_enum, default_value = "micro-batch")]
+    loss_mean: Mean,
+    /// Sort each step's samples by length before cutting them into micro-batches, so that
+    /// short samples are not padded to long ones (with --loss-mean step the step's loss and
+    /// gradient are unchanged, up to rounding).
+    #[arg(long)]
+    group_by_length: bool,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
@@ -194,6 +213,10 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             ..OptimConfig::default()
         },
         aux_loss_coef: cli.aux_loss_coef,
+        loss_mean: match cli.loss_mean {
+            Mean::MicroBatch => LossMean::MicroBatch,
+            Mean::Step => LossMean::Step,
+        },
     };
     let state_dir = cli.out.join("state");
     let (mut trainer, progress) = if cli.resume {
@@ -255,10 +278,14 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             }
             let end = (next + per_step).min(order.len());
             // prepared per step, so that only one step's pixels are held at a time
-            let picked: Vec<TrainSample> = order[next..end]
+            let mut picked: Vec<TrainSample> = order[next..end]
                 .iter()
                 .map(|&i| encode(trainer.model(), &samples[i], i))
                 .collect::<Result<_, _>>()?;
+            if cli.group_by_length {
+                // stable: samples of one length keep the epoch's order
+                picked.sort_by_key(TrainSample::len);
+            }
             let micro: Vec<&[TrainSample]> = picked.chunks(cli.batch.max(1)).collect();
             let stats = trainer.step(&micro)?;
             next = end;

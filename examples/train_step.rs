@@ -108,6 +108,7 @@ fn main() {
                 ..OptimConfig::default()
             },
             aux_loss_coef: None,
+            loss_mean: Default::default(),
         },
     )
     .unwrap();

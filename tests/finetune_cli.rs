@@ -80,6 +80,71 @@ fn a_lora_run_writes_everything_and_resumes() {
     assert!(dir.join("val-epoch-2.json").is_file());
 }
 
+/// The first step of a run of `args` on the four demo samples (one step of all four): its
+/// cross-entropy, the positions it computed and the tokens it held.
+fn first_step(args: &[&str]) -> (f64, u64, u64) {
+    let out = temp_dir("finetune-group");
+    let o = finetune()
+        .arg("--model")
+        .arg(model_dir("tiny-echovlm"))
+        .arg("--data")
+        .arg(fixtures().join("eval/demo.jsonl"))
+        .arg("--out")
+        .arg(out.path())
+        .args(["--train", "moe", "--epochs", "1", "--threads", "2"])
+        // an order that pairs a long sample with a short one
+        .args(["--seed", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let s = &line["stats"];
+    (
+        s["ce"].as_f64().unwrap(),
+        s["padded_tokens"].as_u64().unwrap(),
+        s["sequence_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// `--group-by-length` puts short samples with short ones, so the step computes fewer padded
+/// positions; with `--loss-mean step` the step's cross-entropy is that of the four samples
+/// as one batch however they are cut.
+#[test]
+fn grouping_by_length_cuts_padding_and_keeps_the_step() {
+    let whole = first_step(&["--batch", "4"]);
+    let cut = first_step(&["--batch", "2", "--accum", "2", "--loss-mean", "step"]);
+    let grouped = first_step(&[
+        "--batch",
+        "2",
+        "--accum",
+        "2",
+        "--loss-mean",
+        "step",
+        "--group-by-length",
+    ]);
+    let singles = first_step(&["--batch", "1", "--accum", "4", "--loss-mean", "step"]);
+    for (name, run) in [("cut", cut), ("grouped", grouped), ("singles", singles)] {
+        assert!(
+            (run.0 - whole.0).abs() < 1e-5 * whole.0,
+            "{name}: ce {} vs one batch {}",
+            run.0,
+            whole.0
+        );
+        assert_eq!(run.2, whole.2, "{name}: tokens");
+    }
+    // one micro-batch of singles pads nothing; grouping pads less than the epoch's order
+    assert_eq!(singles.1, singles.2);
+    assert!(
+        grouped.1 < cut.1 && cut.1 < whole.1,
+        "padded positions: grouped {}, cut {}, whole {}",
+        grouped.1,
+        cut.1,
+        whole.1
+    );
+}
+
 /// Ctrl-C (SIGINT) in the middle of a run saves the model and a resumable state at the step
 /// reached, exits cleanly, and `--resume` carries on from exactly that step.
 #[cfg(unix)]

@@ -28,6 +28,16 @@ impl TrainSample {
         self.labels.iter().filter(|&&l| l != IGNORE).count()
     }
 
+    /// Positions the causal-LM loss scores: labelled tokens after the first (position `t`
+    /// predicts `labels[t + 1]`).
+    pub fn scored_tokens(&self) -> usize {
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE && l >= 0)
+            .count()
+    }
+
     /// All tokens (prompt, image placeholders and answer).
     pub fn len(&self) -> usize {
         self.labels.len()

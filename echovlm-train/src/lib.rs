@@ -52,4 +52,4 @@ pub use loss::{IGNORE, aux_loss, causal_lm_loss};
 pub use optim::OptimConfig;
 pub use params::{LoraConfig, Param, Slot, Trainable, named_linears};
 pub use save::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, save_adapter, save_merged};
-pub use trainer::{Losses, StepStats, TrainConfig, Trainer, router_aux_loss_coef};
+pub use trainer::{LossMean, Losses, StepStats, TrainConfig, Trainer, router_aux_loss_coef};

@@ -28,6 +28,26 @@ pub struct TrainConfig {
     /// checkpoint's `config.json` (0.001 in EchoVLM's configuration class when absent). Zero
     /// switches it off.
     pub aux_loss_coef: Option<f64>,
+    /// What the cross-entropy of a step with several micro-batches is a mean over.
+    #[serde(default)]
+    pub loss_mean: LossMean,
+}
+
+/// What the cross-entropy of an optimizer step with gradient accumulation is a mean over. With
+/// one micro-batch a step, both give the same loss and gradient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossMean {
+    /// Each micro-batch's cross-entropy is the mean over its own answer tokens, and the step's
+    /// gradient is the mean over its micro-batches (transformers' gradient accumulation before
+    /// 4.46, and the PyTorch reference's): a micro-batch of short answers weighs as much as one
+    /// of long reports.
+    #[default]
+    MicroBatch,
+    /// The cross-entropy is the mean over all the step's answer tokens, whichever micro-batch
+    /// holds them (transformers' `num_items_in_batch`), so the step does not depend on how its
+    /// samples are cut into micro-batches: one step of 16 samples equals two micro-batches of 8,
+    /// grouped by length or not. The load-balancing loss stays a mean over micro-batches.
+    Step,
 }
 
 /// The losses of one forward pass.
@@ -62,6 +82,10 @@ pub struct StepStats {
     pub tokens: usize,
     /// All tokens the step ran (prompts and images included).
     pub sequence_tokens: usize,
+    /// Positions the step computed: each micro-batch's samples times its longest sequence
+    /// (`padded_tokens - sequence_tokens` is the padding).
+    #[serde(default)]
+    pub padded_tokens: usize,
     /// Wall time of the step, in seconds.
     pub seconds: f64,
 }
@@ -127,30 +151,36 @@ impl Replica {
         }
     }
 
-    /// The losses of `batch` (one forward pass, graph kept for backward).
+    /// The losses of `batch` (one forward pass, graph kept for backward), with the
+    /// cross-entropy and load-balancing terms as tensors of the graph.
     fn losses(
         &self,
         batch: &[TrainSample],
         top_k: usize,
         aux_coef: f64,
-    ) -> Result<Losses, TrainError> {
+    ) -> Result<(Losses, Tensor<1>, Option<Tensor<1>>), TrainError> {
         let sequences: Vec<_> = batch.iter().map(|s| s.sequence.clone()).collect();
         let out = self.model.forward_sequences(&sequences)?;
         let labels: Vec<Vec<i64>> = batch.iter().map(|s| s.labels.clone()).collect();
         let (ce, tokens) = causal_lm_loss(out.logits, &labels);
-        let (total, aux) = if out.router_logits.is_empty() {
-            (ce.clone(), 0.0)
+        let (total, aux, aux_t) = if out.router_logits.is_empty() {
+            (ce.clone(), 0.0, None)
         } else {
             let aux = aux_loss(&out.router_logits, top_k, &out.valid);
             let aux_v = scalar(aux.clone())?;
-            (ce.clone() + aux.mul_scalar(aux_coef as f32), aux_v)
+            (
+                ce.clone() + aux.clone().mul_scalar(aux_coef as f32),
+                aux_v,
+                Some(aux),
+            )
         };
-        Ok(Losses {
+        let losses = Losses {
             total,
-            ce: scalar(ce)?,
+            ce: scalar(ce.clone())?,
             aux,
             tokens,
-        })
+        };
+        Ok((losses, ce, aux_t))
     }
 
     /// The gradient of `total` for every leaf (zeros where it does not reach).
@@ -159,22 +189,51 @@ impl Replica {
         self.leaves.iter().map(|l| l.grad(&grads)).collect()
     }
 
-    /// One micro-batch of a step of `n`: its losses, and the gradient of `total / n`.
+    /// One micro-batch of a step: its losses, and the gradient of its share of the step's
+    /// loss.
     fn micro_step(
         &self,
         batch: &[TrainSample],
-        n: usize,
+        share: Share,
         top_k: usize,
         aux_coef: f64,
     ) -> Result<MicroStep, TrainError> {
-        let losses = self.losses(batch, top_k, aux_coef)?;
+        let (losses, ce, aux) = self.losses(batch, top_k, aux_coef)?;
         let total = scalar(losses.total.clone())?;
         if !total.is_finite() {
             return Ok((losses, total, Vec::new()));
         }
-        let grads = self.backward(&losses.total.clone().div_scalar(n as f32));
+        let objective = match share {
+            Share::Mean { n } => losses.total.clone().div_scalar(n as f32),
+            Share::Tokens { ce: w, aux: w_aux } => {
+                let ce = ce.mul_scalar(w);
+                match aux {
+                    Some(aux) => ce + aux.mul_scalar(aux_coef as f32 * w_aux),
+                    None => ce,
+                }
+            }
+        };
+        let grads = self.backward(&objective);
         Ok((losses, total, grads))
     }
+}
+
+/// A micro-batch's share of its step's loss.
+#[derive(Debug, Clone, Copy)]
+enum Share {
+    /// `total / n` ([`LossMean::MicroBatch`]).
+    Mean {
+        /// Micro-batches in the step.
+        n: usize,
+    },
+    /// `ce · ce + aux_coef · aux · aux` ([`LossMean::Step`]): the micro-batch's answer tokens
+    /// over the step's, and one over the number of micro-batches.
+    Tokens {
+        /// Weight of the cross-entropy.
+        ce: f32,
+        /// Weight of the load-balancing loss.
+        aux: f32,
+    },
 }
 
 /// One micro-batch's losses, its total loss as a number, and the gradient of `total / n` (empty
@@ -355,7 +414,7 @@ impl Trainer {
 
     /// The losses of `batch` (one forward pass, graph kept for backward).
     pub fn losses(&self, batch: &[TrainSample]) -> Result<Losses, TrainError> {
-        self.replicas[0].losses(batch, self.top_k, self.aux_coef)
+        Ok(self.replicas[0].losses(batch, self.top_k, self.aux_coef)?.0)
     }
 
     /// The losses of `batch` and the gradient of the total loss for every trainable tensor
@@ -366,24 +425,47 @@ impl Trainer {
         Ok((losses, grads))
     }
 
-    /// One optimizer step over `micro_batches` (gradient accumulation: the gradient is the
-    /// mean of the micro-batches' gradients): clip to the global norm, AdamW at the scheduled
-    /// learning rate.
+    /// One optimizer step over `micro_batches` (gradient accumulation; the configuration's
+    /// [`LossMean`] says how the micro-batches' losses combine): clip to the global norm, AdamW
+    /// at the scheduled learning rate.
     pub fn step(&mut self, micro_batches: &[&[TrainSample]]) -> Result<StepStats, TrainError> {
         let start = Instant::now();
         let n = micro_batches.len();
         if n == 0 || micro_batches.iter().any(|b| b.is_empty()) {
             return Err(TrainError::Setup("an optimizer step needs samples".into()));
         }
+        let shares: Vec<Share> = match self.config.loss_mean {
+            LossMean::MicroBatch => vec![Share::Mean { n }; n],
+            LossMean::Step => {
+                let counts: Vec<usize> = micro_batches
+                    .iter()
+                    .map(|b| b.iter().map(TrainSample::scored_tokens).sum())
+                    .collect();
+                let all = counts.iter().sum::<usize>().max(1) as f32;
+                counts
+                    .iter()
+                    .map(|&c| Share::Tokens {
+                        ce: c as f32 / all,
+                        aux: 1.0 / n as f32,
+                    })
+                    .collect()
+            }
+        };
         let mut sum: Option<Vec<Tensor<2>>> = None;
         let (mut loss, mut ce, mut aux) = (0f32, 0f32, 0f32);
-        let (mut tokens, mut sequence_tokens) = (0, 0);
+        let (mut tokens, mut sequence_tokens, mut padded_tokens) = (0, 0, 0);
         // `workers` micro-batches at a time, so memory holds that many gradients, not n
         let workers = self.replicas.len().clamp(1, n);
         let parts = micro_batches
             .chunks(workers)
-            .flat_map(|round| round.iter().zip(self.micro_steps(round, n)));
-        for (batch, part) in parts {
+            .zip(shares.chunks(workers))
+            .flat_map(|(round, shares)| {
+                round
+                    .iter()
+                    .zip(shares)
+                    .zip(self.micro_steps(round, shares))
+            });
+        for ((batch, share), part) in parts {
             let (losses, total, grads) = part?;
             if !total.is_finite() {
                 return Err(TrainError::NotFinite {
@@ -391,11 +473,20 @@ impl Trainer {
                     loss: total,
                 });
             }
-            loss += total / n as f32;
-            ce += losses.ce / n as f32;
+            match *share {
+                Share::Mean { n } => {
+                    loss += total / n as f32;
+                    ce += losses.ce / n as f32;
+                }
+                Share::Tokens { ce: w, .. } => {
+                    loss += losses.ce * w + (self.aux_coef as f32) * losses.aux / n as f32;
+                    ce += losses.ce * w;
+                }
+            }
             aux += losses.aux / n as f32;
             tokens += losses.tokens;
             sequence_tokens += batch.iter().map(TrainSample::len).sum::<usize>();
+            padded_tokens += batch.len() * batch.iter().map(TrainSample::len).max().unwrap_or(0);
             sum = Some(match sum {
                 None => grads,
                 Some(acc) => acc.into_iter().zip(grads).map(|(a, g)| a + g).collect(),
@@ -435,26 +526,28 @@ impl Trainer {
             lr,
             tokens,
             sequence_tokens,
+            padded_tokens,
             seconds: start.elapsed().as_secs_f64(),
         })
     }
 
-    /// The losses, total and gradient (of `total / n`) of each micro-batch of `round`, in
+    /// The losses, total and gradient (of its `share` of the step's loss) of each micro-batch
+    /// of `round`, in
     /// order, each on its own copy of the model (the round has at most as many micro-batches
     /// as there are copies), at once.
     fn micro_steps(
         &self,
         round: &[&[TrainSample]],
-        n: usize,
+        shares: &[Share],
     ) -> Vec<Result<MicroStep, TrainError>> {
         let (top_k, aux_coef) = (self.top_k, self.aux_coef);
-        if let [batch] = round {
-            return vec![self.replicas[0].micro_step(batch, n, top_k, aux_coef)];
+        if let ([batch], [share]) = (round, shares) {
+            return vec![self.replicas[0].micro_step(batch, *share, top_k, aux_coef)];
         }
         self.replicas
             .par_iter()
-            .zip(round.par_iter())
-            .map(|(replica, batch)| replica.micro_step(batch, n, top_k, aux_coef))
+            .zip(round.par_iter().zip(shares.par_iter()))
+            .map(|(replica, (batch, share))| replica.micro_step(batch, *share, top_k, aux_coef))
             .collect()
     }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Golden, load_model, rel_err, trainable};
 use echovlm_core::host::to_f32_vec;
-use echovlm_train::{OptimConfig, TrainConfig, Trainer};
+use echovlm_train::{LossMean, OptimConfig, TrainConfig, Trainer};
 
 fn config() -> TrainConfig {
     TrainConfig {
@@ -22,6 +22,7 @@ fn config() -> TrainConfig {
             max_grad_norm: Some(1.0),
         },
         aux_loss_coef: None,
+        loss_mean: Default::default(),
     }
 }
 
@@ -30,11 +31,16 @@ fn config() -> TrainConfig {
 /// through `m / √v`).
 const PARAM_TOL: f64 = 2e-4;
 
-fn run(accumulate: bool) {
+/// Five steps over the image batch, one micro-batch a step or its two rows accumulated,
+/// against the golden run `key`.
+fn run(key: &str, accumulate: bool, loss_mean: LossMean) {
     let golden = Golden::load();
-    let key = if accumulate { "adamw_accum" } else { "adamw" };
     let batch = golden.samples("image");
-    let mut trainer = Trainer::new(load_model(), config()).unwrap();
+    let config = TrainConfig {
+        loss_mean,
+        ..config()
+    };
+    let mut trainer = Trainer::new(load_model(), config).unwrap();
     let (_, want_loss) = golden.get(&format!("{key}.loss"));
     let (_, want_lr) = golden.get(&format!("{key}.lr"));
     let (_, want_norm) = golden.get(&format!("{key}.grad_norm"));
@@ -72,12 +78,103 @@ fn run(accumulate: bool) {
 
 #[test]
 fn five_adamw_steps_track_torch() {
-    run(false);
+    run("adamw", false, LossMean::MicroBatch);
 }
 
 #[test]
 fn accumulated_micro_batches_track_torch() {
-    run(true);
+    run("adamw_accum", true, LossMean::MicroBatch);
+}
+
+/// Five steps over the image batch without the load-balancing loss, as one micro-batch or
+/// with its two rows accumulated: each step's loss and the final values.
+fn five_steps(accumulate: bool, loss_mean: LossMean) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let batch = Golden::load().samples("image");
+    let config = TrainConfig {
+        loss_mean,
+        aux_loss_coef: Some(0.0),
+        ..config()
+    };
+    let mut trainer = Trainer::new(load_model(), config).unwrap();
+    let losses = (0..5)
+        .map(|_| {
+            let cut: &[&[_]] = if accumulate {
+                &[&batch[..1], &batch[1..]]
+            } else {
+                &[&batch]
+            };
+            trainer.step(cut).unwrap().loss
+        })
+        .collect();
+    let values = trainer
+        .values()
+        .into_iter()
+        .map(|v| to_f32_vec(v).unwrap())
+        .collect();
+    (losses, values)
+}
+
+/// The largest difference between two runs' tensors, relative to each tensor's largest value.
+fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
+            let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            d as f64 / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+/// With the cross-entropy averaged over the step's tokens, the two rows accumulated as two
+/// micro-batches train like the one batch of both rows (up to rounding); averaged per
+/// micro-batch they do not, since the rows have different numbers of answer tokens.
+#[test]
+fn a_step_mean_over_tokens_trains_accumulated_rows_like_one_batch() {
+    let batch = Golden::load().samples("image");
+    let (a, b) = (batch[0].scored_tokens(), batch[1].scored_tokens());
+    assert!(
+        a != b && a > 0 && b > 0,
+        "rows of {a} and {b} answer tokens"
+    );
+    let (one_loss, one) = five_steps(false, LossMean::Step);
+    let (step_loss, step) = five_steps(true, LossMean::Step);
+    let (micro_loss, micro) = five_steps(true, LossMean::MicroBatch);
+    let (same, apart) = (
+        worst_difference(&one, &step),
+        worst_difference(&one, &micro),
+    );
+    eprintln!(
+        "after five steps: {same:.1e} with the step mean, {apart:.1e} with micro-batch means"
+    );
+    // rounding moves Adam's first steps on near-zero gradients by up to the learning rate
+    // (measured 8.5e-6); the micro-batch means move the weights two thousand times as much
+    assert!(same < 1e-4, "the step mean drifts from one batch: {same}");
+    assert!(apart > 1e-3, "micro-batch means: {apart}");
+    for (s, (x, y)) in one_loss.iter().zip(&step_loss).enumerate() {
+        assert!((x - y).abs() <= 1e-6 * x, "step {s}: loss {y} against {x}");
+    }
+    let first = one_loss[0];
+    assert!(
+        (first - micro_loss[0]).abs() > 1e-4 * first,
+        "first loss {} against {first}",
+        micro_loss[0]
+    );
+}
+
+/// The step's padding is counted per micro-batch: one batch pads both rows to the longer one.
+#[test]
+fn a_step_counts_its_padded_positions() {
+    let golden = Golden::load();
+    let batch = golden.samples("image");
+    let (a, b) = (batch[0].len(), batch[1].len());
+    assert_ne!(a, b);
+    let mut trainer = Trainer::new(load_model(), config()).unwrap();
+    let one = trainer.step(&[&batch]).unwrap();
+    assert_eq!(one.sequence_tokens, a + b);
+    assert_eq!(one.padded_tokens, 2 * a.max(b));
+    let two = trainer.step(&[&batch[..1], &batch[1..]]).unwrap();
+    assert_eq!(two.padded_tokens, a + b);
 }
 
 #[test]
@@ -125,11 +222,12 @@ type Run = (Vec<String>, Vec<(f32, f32)>, Vec<Vec<f32>>);
 
 /// Runs three steps of three micro-batches each (an uneven share for two workers) with
 /// `workers` copies of the model; a copy is added after the first step.
-fn steps_with_workers(set: &str, workers: usize) -> Run {
+fn steps_with_workers(set: &str, loss_mean: LossMean, workers: usize) -> Run {
     let golden = Golden::load();
     let batch = golden.samples("image");
     let mut config = config();
     config.trainable = trainable(set);
+    config.loss_mean = loss_mean;
     let mut trainer = Trainer::new(load_model(), config).unwrap();
     let mut stats = Vec::new();
     for step in 0..3 {
@@ -153,9 +251,13 @@ fn steps_with_workers(set: &str, workers: usize) -> Run {
 
 #[test]
 fn concurrent_micro_batches_give_the_same_steps_bit_for_bit() {
-    for set in ["moe", "lora"] {
-        let (names, one_stats, one) = steps_with_workers(set, 1);
-        let (_, two_stats, two) = steps_with_workers(set, 2);
+    for (set, mean) in [
+        ("moe", LossMean::MicroBatch),
+        ("lora", LossMean::MicroBatch),
+        ("moe", LossMean::Step),
+    ] {
+        let (names, one_stats, one) = steps_with_workers(set, mean, 1);
+        let (_, two_stats, two) = steps_with_workers(set, mean, 2);
         assert_eq!(one_stats, two_stats, "{set}: losses and gradient norms");
         for ((name, a), b) in names.iter().zip(&one).zip(&two) {
             assert_eq!(a, b, "{set}: {name} differs with two workers");

@@ -23,6 +23,7 @@ fn tuned() -> (Trainer, Golden) {
                 ..OptimConfig::default()
             },
             aux_loss_coef: None,
+            loss_mean: Default::default(),
         },
     )
     .unwrap();
