@@ -8,6 +8,8 @@
 //! `--echogenicity` and `--margin` keep only the seeds whose lesion has the given values, and
 //! `--ask echogenicity` asks a short question on the lesion instead of the report: both add
 //! signal on the hard cases to a training mix (`fixtures/models/echovlm-demo/README.md`).
+//! `--images-of NAME` points the lines to the images of a set written before with the same
+//! seeds (a question set beside its report set) instead of rendering them again.
 //!
 //! Seeds 0..1000000 are for training; held-out sets use seeds from 1000000 on
 //! (`fixtures/phantoms/heldout.jsonl` is `--seeds 1000000..1000200 --lang en,zh --alternate`).
@@ -56,6 +58,10 @@ struct Cli {
     /// without a lesion are skipped.
     #[arg(long)]
     ask: Option<Question>,
+    /// Point to the images of the set NAME written earlier in OUT (same seeds, same size)
+    /// instead of rendering them again: a phantom's image depends only on its seed and size.
+    #[arg(long, value_name = "NAME")]
+    images_of: Option<String>,
 }
 
 fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
@@ -100,6 +106,9 @@ fn main() -> ExitCode {
     if let Some(q) = cli.ask {
         options = options.asking(q);
     }
+    if let Some(other) = &cli.images_of {
+        options = options.reusing_images_of(other);
+    }
     match write_dataset_with(
         &cli.out,
         &cli.name,
@@ -110,14 +119,20 @@ fn main() -> ExitCode {
     ) {
         Ok(written) => {
             let langs: Vec<String> = cli.lang.iter().map(Lang::to_string).collect();
+            let images = match &cli.images_of {
+                Some(other) => format!("reused the images of {}", cli.out.join(other).display()),
+                None => format!(
+                    "wrote {} images ({size}x{size}) to {}",
+                    written.images,
+                    cli.out.join(&cli.name).display(),
+                    size = cli.size
+                ),
+            };
             println!(
-                "wrote {} images ({size}x{size}) to {} and {} samples ({}) to {}",
-                written.images,
-                cli.out.join(&cli.name).display(),
+                "{images} and {} samples ({}) to {}",
                 written.lines,
                 langs.join(","),
                 written.jsonl.display(),
-                size = cli.size,
             );
             ExitCode::SUCCESS
         }

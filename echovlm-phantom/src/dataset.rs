@@ -105,6 +105,10 @@ pub struct DatasetOptions {
     pub margin: Vec<Margin>,
     /// The question each sample asks instead of the report ([`prompt`]).
     pub question: Option<Question>,
+    /// The set whose images the lines point to (`<images_of>/<seed>.png`, written earlier in the
+    /// same folder with the same size) instead of rendering their own: a phantom's image
+    /// depends only on its seed and the size, so a question set can share a report set's.
+    pub images_of: Option<String>,
 }
 
 impl DatasetOptions {
@@ -132,6 +136,13 @@ impl DatasetOptions {
         self
     }
 
+    /// Point to the images of the set `name` instead of rendering them again (see
+    /// [`images_of`](Self::images_of)).
+    pub fn reusing_images_of(mut self, name: &str) -> Self {
+        self.images_of = Some(name.to_string());
+        self
+    }
+
     /// Whether the phantom with `attributes` is written.
     pub fn keeps(&self, attributes: &Attributes) -> bool {
         if self.echogenicity.is_empty() && self.margin.is_empty() && self.question.is_none() {
@@ -150,7 +161,7 @@ impl DatasetOptions {
 pub struct WrittenDataset {
     /// The JSONL file.
     pub jsonl: PathBuf,
-    /// Images written (phantoms kept).
+    /// Images written (none when another set's are reused).
     pub images: u64,
     /// JSONL lines written.
     pub lines: u64,
@@ -161,6 +172,19 @@ fn valid_name(name: &str) -> bool {
     matches!(parts.next(), Some(Component::Normal(_)))
         && parts.next().is_none()
         && !name.contains(['/', '\\', '\0'])
+}
+
+/// Checks that a reused image exists and is `size` pixels square (its header only).
+fn check_reused(path: &Path, size: u32) -> Result<(), PhantomError> {
+    let reused = |reason: String| PhantomError::ReusedImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match image::image_dimensions(path) {
+        Ok((w, h)) if w == size && h == size => Ok(()),
+        Ok((w, h)) => Err(reused(format!("{w}x{h} pixels, not {size}x{size}"))),
+        Err(e) => Err(reused(e.to_string())),
+    }
 }
 
 /// Most phantoms rendered at once (in parallel) before their files and lines are written.
@@ -174,7 +198,8 @@ const RENDER_BYTES: usize = 256 << 20;
 /// options; the phantoms the options do not keep are skipped (no image, no line).
 ///
 /// # Errors
-/// As [`write_dataset`].
+/// As [`write_dataset`]; [`PhantomError::ReusedImage`] when a set whose images are reused
+/// lacks one of the kept seeds or holds it at another size.
 pub fn write_dataset_with(
     dir: &Path,
     name: &str,
@@ -198,8 +223,19 @@ pub fn write_dataset_with(
         let path = path.to_path_buf();
         move |source| PhantomError::Io { path, source }
     };
-    let image_dir = dir.join(name);
-    std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let image_set = match &options.images_of {
+        Some(other) if !valid_name(other) => {
+            return Err(PhantomError::InvalidName {
+                name: other.clone(),
+            });
+        }
+        Some(other) => other.as_str(),
+        None => name,
+    };
+    let image_dir = dir.join(image_set);
+    if options.images_of.is_none() {
+        std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    }
     let jsonl = dir.join(format!("{name}.jsonl"));
     let file = std::fs::File::create(&jsonl).map_err(io(&jsonl))?;
     let mut out = std::io::BufWriter::new(file);
@@ -219,19 +255,28 @@ pub fn write_dataset_with(
         chunk.clear();
         chunk.extend(kept.by_ref().take(per_batch));
         // the images render on every core; files and lines are written in seed order
-        let pngs: Vec<_> = chunk
-            .par_iter()
-            .map(|(seed, attributes)| encode_png(&render(*seed, attributes, size)))
-            .collect();
+        let pngs: Vec<_> = if options.images_of.is_some() {
+            chunk.iter().map(|_| None).collect()
+        } else {
+            chunk
+                .par_iter()
+                .map(|(seed, attributes)| Some(encode_png(&render(*seed, attributes, size))))
+                .collect()
+        };
         for ((seed, attributes), png) in chunk.iter().zip(pngs) {
             let seed = *seed;
-            images += 1;
             let png_path = image_dir.join(format!("{seed}.png"));
-            let png = png.map_err(|source| PhantomError::Image {
-                path: png_path.clone(),
-                source,
-            })?;
-            std::fs::write(&png_path, png).map_err(io(&png_path))?;
+            match png {
+                Some(png) => {
+                    let png = png.map_err(|source| PhantomError::Image {
+                        path: png_path.clone(),
+                        source,
+                    })?;
+                    std::fs::write(&png_path, png).map_err(io(&png_path))?;
+                    images += 1;
+                }
+                None => check_reused(&png_path, size)?,
+            }
             let chosen: Vec<Lang> = if options.alternate {
                 // the length fits in u64 on every platform Rust supports
                 let i = (seed % langs.len() as u64) as usize;
@@ -245,7 +290,7 @@ pub fn write_dataset_with(
                     _ => (prompt(lang), report(attributes, lang)),
                 };
                 let line = DatasetLine {
-                    images: vec![format!("{name}/{seed}.png")],
+                    images: vec![format!("{image_set}/{seed}.png")],
                     prompt: prompt.to_string(),
                     reference,
                     lang,

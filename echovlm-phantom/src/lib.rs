@@ -101,6 +101,14 @@ pub enum PhantomError {
     /// A dataset asked for with no language.
     #[error("no language given")]
     NoLanguage,
+    /// A set told to reuse another set's images found one missing or of another size.
+    #[error("{}: {reason} (write that set first, with the same seeds and size)", path.display())]
+    ReusedImage {
+        /// The image looked for.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// A phantom: its seed and attributes.

@@ -260,3 +260,78 @@ fn a_set_rendered_in_parallel_keeps_seed_order_and_pixels() {
         assert_eq!(line.reference, report(&line.attributes, line.lang));
     }
 }
+
+#[test]
+fn a_question_set_can_point_to_the_images_of_its_report_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let langs = [Lang::En, Lang::Zh];
+    let seeds = 0..40;
+    let ask = DatasetOptions::default()
+        .alternating()
+        .asking(Question::Echogenicity);
+    write_dataset_with(
+        dir.path(),
+        "reports",
+        seeds.clone(),
+        &langs,
+        48,
+        &Default::default(),
+    )
+    .unwrap();
+    let own = write_dataset_with(dir.path(), "own", seeds.clone(), &langs, 48, &ask).unwrap();
+    let shared = write_dataset_with(
+        dir.path(),
+        "shared",
+        seeds.clone(),
+        &langs,
+        48,
+        &ask.clone().reusing_images_of("reports"),
+    )
+    .unwrap();
+    assert_eq!(shared.images, 0);
+    assert_eq!(shared.lines, own.lines);
+    assert!(
+        !dir.path().join("shared").exists(),
+        "no image folder of its own"
+    );
+    let read = |path: &PathBuf| -> Vec<DatasetLine> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (own_lines, shared_lines) = (read(&own.jsonl), read(&shared.jsonl));
+    for (a, b) in own_lines.iter().zip(&shared_lines) {
+        assert_eq!(b.images, vec![format!("reports/{}.png", b.seed)]);
+        let (pa, pb) = (dir.path().join(&a.images[0]), dir.path().join(&b.images[0]));
+        assert_eq!(std::fs::read(pa).unwrap(), std::fs::read(pb).unwrap());
+        assert_eq!(
+            (&a.prompt, &a.reference, a.seed),
+            (&b.prompt, &b.reference, b.seed)
+        );
+    }
+
+    // a set of another size, or one that lacks a seed, is refused with the image named
+    let err = write_dataset_with(
+        dir.path(),
+        "bigger",
+        seeds.clone(),
+        &langs,
+        64,
+        &ask.clone().reusing_images_of("reports"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PhantomError::ReusedImage { .. }), "{err}");
+    assert!(err.to_string().contains("48x48 pixels, not 64x64"), "{err}");
+    let err = write_dataset_with(
+        dir.path(),
+        "more",
+        0..80,
+        &langs,
+        48,
+        &ask.reusing_images_of("reports"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("reports"), "{err}");
+}
