@@ -5,7 +5,7 @@
 //! Run with:
 //! `cargo run --release --example phantoms -- --out data --name train --seeds 0..10000 --lang en,zh`
 //!
-//! `--echogenicity` and `--margin` keep only the seeds whose lesion has the given values, and
+//! `--echogenicity`, `--margin` and `--size-class` keep only the seeds whose lesion has the given values, and
 //! `--ask echogenicity` asks a short question on the lesion instead of the report: both add
 //! signal on the hard cases to a training mix (`fixtures/models/echovlm-demo/README.md`).
 //! `--images-of NAME` points the lines to the images of a set written before with the same
@@ -20,7 +20,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
 use echovlm_phantom::{
-    DEFAULT_SIZE, DatasetOptions, Echogenicity, Lang, Margin, Question, write_dataset_with,
+    DEFAULT_SIZE, DatasetOptions, Echogenicity, Lang, Margin, Question, SizeClass,
+    write_dataset_with,
 };
 
 /// Writes synthetic ultrasound phantoms and their reports.
@@ -54,6 +55,10 @@ struct Cli {
     /// irregular); the other seeds are skipped.
     #[arg(long, value_delimiter = ',')]
     margin: Vec<Margin>,
+    /// Keep only the phantoms with a lesion of these size classes (comma separated: small,
+    /// medium, large); the other seeds are skipped.
+    #[arg(long, value_delimiter = ',')]
+    size_class: Vec<SizeClass>,
     /// Ask this short question on the lesion instead of the report (echogenicity); the phantoms
     /// without a lesion are skipped.
     #[arg(long)]
@@ -99,7 +104,8 @@ fn main() -> ExitCode {
     };
     let mut options = DatasetOptions::default()
         .with_echogenicity(&cli.echogenicity)
-        .with_margin(&cli.margin);
+        .with_margin(&cli.margin)
+        .with_size(&cli.size_class);
     if cli.alternate {
         options = options.alternating();
     }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::PhantomError;
-use crate::attributes::{Attributes, Echogenicity, Lang, Margin, Question};
+use crate::attributes::{Attributes, Echogenicity, Lang, Margin, Question, SizeClass};
 use crate::render::{MAX_SIZE, MIN_SIZE, render};
 use crate::report::{prompt, report};
 
@@ -90,8 +90,8 @@ pub fn write_dataset_alternating(
 /// How [`write_dataset_with`] writes a dataset. The default is [`write_dataset`]'s: every
 /// phantom of the seed range, one report sample per language.
 ///
-/// A non-empty `echogenicity` or `margin` list keeps only the phantoms with a lesion whose
-/// attribute is in it; a `question` asks it instead of the report, so phantoms without a lesion
+/// A non-empty `echogenicity`, `margin` or `size` list keeps only the phantoms with a lesion
+/// whose attribute is in it; a `question` asks it instead of the report, so phantoms without a lesion
 /// are skipped. Together they add more of the cases a model reads worst to a training mix; the
 /// seeds, and so the images, stay those of [`Attributes::from_seed`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,6 +103,8 @@ pub struct DatasetOptions {
     pub echogenicity: Vec<Echogenicity>,
     /// Lesion margins to keep (empty: any).
     pub margin: Vec<Margin>,
+    /// Lesion size classes to keep (empty: any).
+    pub size: Vec<SizeClass>,
     /// The question each sample asks instead of the report ([`prompt`]).
     pub question: Option<Question>,
     /// The set whose images the lines point to (`<images_of>/<seed>.png`, written earlier in the
@@ -130,6 +132,12 @@ impl DatasetOptions {
         self
     }
 
+    /// Only lesions of these size classes (an empty list: any).
+    pub fn with_size(mut self, values: &[SizeClass]) -> Self {
+        self.size = values.to_vec();
+        self
+    }
+
     /// Ask `question` instead of the report (only phantoms with a lesion are written).
     pub fn asking(mut self, question: Question) -> Self {
         self.question = Some(question);
@@ -145,12 +153,17 @@ impl DatasetOptions {
 
     /// Whether the phantom with `attributes` is written.
     pub fn keeps(&self, attributes: &Attributes) -> bool {
-        if self.echogenicity.is_empty() && self.margin.is_empty() && self.question.is_none() {
+        if self.echogenicity.is_empty()
+            && self.margin.is_empty()
+            && self.size.is_empty()
+            && self.question.is_none()
+        {
             return true;
         }
         attributes.lesion.is_some_and(|l| {
             (self.echogenicity.is_empty() || self.echogenicity.contains(&l.echogenicity))
                 && (self.margin.is_empty() || self.margin.contains(&l.margin))
+                && (self.size.is_empty() || self.size.contains(&l.size))
         })
     }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use echovlm_eval::runner::read_samples;
 use echovlm_phantom::{
     Attributes, DEFAULT_SIZE, DatasetLine, DatasetOptions, Echogenicity, HELDOUT_SEEDS_START, Lang,
-    Margin, PhantomError, Question, TRAINING_SEEDS, prompt, render, report, write_dataset,
-    write_dataset_alternating, write_dataset_with,
+    Margin, PhantomError, Question, SizeClass, TRAINING_SEEDS, prompt, render, report,
+    write_dataset, write_dataset_alternating, write_dataset_with,
 };
 
 fn heldout() -> PathBuf {
@@ -334,4 +334,27 @@ fn a_question_set_can_point_to_the_images_of_its_report_set() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("reports"), "{err}");
+}
+
+#[test]
+fn a_size_class_keeps_only_lesions_of_that_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = 0..60;
+    let small = DatasetOptions::default().with_size(&[SizeClass::Small]);
+    let written =
+        write_dataset_with(dir.path(), "small", seeds.clone(), &[Lang::En], 32, &small).unwrap();
+    let kept: Vec<u64> = seeds
+        .filter(|&s| {
+            Attributes::from_seed(s)
+                .lesion
+                .is_some_and(|l| l.size == SizeClass::Small)
+        })
+        .collect();
+    assert!(kept.len() >= 5 && kept.len() <= 40, "{kept:?}");
+    let text = std::fs::read_to_string(&written.jsonl).unwrap();
+    let seeds: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<DatasetLine>(l).unwrap().seed)
+        .collect();
+    assert_eq!(seeds, kept);
 }
