@@ -226,8 +226,9 @@ enum Share {
         /// Micro-batches in the step.
         n: usize,
     },
-    /// `ce · ce + aux_coef · aux · aux` ([`LossMean::Step`]): the micro-batch's answer tokens
-    /// over the step's, and one over the number of micro-batches.
+    /// `w_ce · ce + aux_coef · w_aux · aux` ([`LossMean::Step`]), `w_ce` being the
+    /// micro-batch's answer tokens over the step's and `w_aux` one over the number of
+    /// micro-batches.
     Tokens {
         /// Weight of the cross-entropy.
         ce: f32,
@@ -236,8 +237,8 @@ enum Share {
     },
 }
 
-/// One micro-batch's losses, its total loss as a number, and the gradient of `total / n` (empty
-/// when the total is not finite).
+/// One micro-batch's losses, its total loss as a number, and the gradient of its share of the
+/// step's loss (empty when the total is not finite).
 type MicroStep = (Losses, f32, Vec<Tensor<2>>);
 
 /// Fine-tunes a model: owns it, its trainable tensors and the optimizer state.
@@ -532,9 +533,8 @@ impl Trainer {
     }
 
     /// The losses, total and gradient (of its `share` of the step's loss) of each micro-batch
-    /// of `round`, in
-    /// order, each on its own copy of the model (the round has at most as many micro-batches
-    /// as there are copies), at once.
+    /// of `round`, in order, each on its own copy of the model (the round has at most as many
+    /// micro-batches as there are copies), at once.
     fn micro_steps(
         &self,
         round: &[&[TrainSample]],
