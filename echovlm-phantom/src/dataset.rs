@@ -91,8 +91,8 @@ pub fn write_dataset_alternating(
 /// phantom of the seed range, one report sample per language.
 ///
 /// A non-empty `echogenicity`, `margin` or `size` list keeps only the phantoms with a lesion
-/// whose attribute is in it; a `question` asks it instead of the report, so phantoms without a lesion
-/// are skipped. Together they add more of the cases a model reads worst to a training mix; the
+/// whose attribute is in it; a `question` asks it instead of the report, so phantoms without a
+/// lesion are skipped. Together they add more of the cases a model reads worst to a training mix; the
 /// seeds, and so the images, stay those of [`Attributes::from_seed`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
