@@ -114,15 +114,13 @@ fn five_steps(accumulate: bool, loss_mean: LossMean) -> (Vec<f32>, Vec<Vec<f32>>
     (losses, values)
 }
 
-/// The largest difference between two runs' tensors, relative to each tensor's largest value.
-fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
-            let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            d as f64 / scale
-        })
+/// The largest difference between two runs' tensors, relative to each tensor's largest value
+/// in `reference`.
+fn worst_difference(reference: &[Vec<f32>], other: &[Vec<f32>]) -> f64 {
+    reference
+        .iter()
+        .zip(other)
+        .map(|(r, o)| rel_err(o, &r.iter().map(|&v| v as f64).collect::<Vec<_>>()))
         .fold(0.0, f64::max)
 }
 
