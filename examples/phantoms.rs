@@ -5,9 +5,10 @@
 //! Run with:
 //! `cargo run --release --example phantoms -- --out data --name train --seeds 0..10000 --lang en,zh`
 //!
-//! `--echogenicity`, `--margin` and `--size-class` keep only the seeds whose lesion has the given values, and
-//! `--ask echogenicity` asks a short question on the lesion instead of the report: both add
-//! signal on the hard cases to a training mix (`fixtures/models/echovlm-demo/README.md`).
+//! `--echogenicity`, `--margin` and `--size-class` keep only the seeds whose lesion has the
+//! given values, and `--ask echogenicity` asks a short question on the lesion instead of the
+//! report: both add signal on the hard cases to a training mix
+//! (`fixtures/models/echovlm-demo/README.md`).
 //! `--images-of NAME` points the lines to the images of a set written before with the same
 //! seeds (a question set beside its report set) instead of rendering them again.
 //!
