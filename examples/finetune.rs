@@ -28,7 +28,7 @@ use echovlm_eval::runner::{Sample, evaluate, read_samples};
 use echovlm_pipeline::{DType, Device, EchoVlm, LoadOptions};
 use echovlm_train::{
     LoraConfig, LossMean, ModelSize, OptimConfig, TrainConfig, TrainSample, Trainable, Trainer,
-    encode_sample, epoch_order, init_checkpoint, save_adapter, save_merged,
+    encode_sample, epoch_order, init_checkpoint, save_adapter, save_merged, set_chat_template,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -65,6 +65,10 @@ struct Cli {
     /// Seed of the initial weights with --init.
     #[arg(long, default_value_t = 0)]
     init_seed: u64,
+    /// With --init: the new model's chat template (a Jinja file), replacing the one of the
+    /// --init checkpoint.
+    #[arg(long, requires = "init")]
+    chat_template: Option<PathBuf>,
     /// Training samples (JSONL).
     #[arg(long)]
     data: PathBuf,
@@ -163,6 +167,11 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             let dir = cli.out.join("init");
             if !cli.resume || !dir.join("model.safetensors").is_file() {
                 init_checkpoint(template, &dir, &ModelSize::demo(), cli.init_seed)?;
+                if let Some(path) = &cli.chat_template {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    set_chat_template(&dir, &text)?;
+                }
             }
             dir
         }

@@ -283,3 +283,50 @@ fn a_broken_image_stops_the_run_before_training() {
     assert!(!run.join("log.jsonl").exists(), "{err}");
     assert!(!run.join("state").exists(), "{err}");
 }
+
+/// `--chat-template` gives a model started with `--init` its own chat template: the training
+/// sequences are rendered with it (the demo's template has no default system prompt, so every
+/// sample is 20 tokens shorter), and the saved model carries it.
+#[test]
+fn a_chat_template_given_with_init_trains_and_is_saved() {
+    let repo = fixtures().parent().unwrap().to_path_buf();
+    let template = repo.join("tools/demo_chat_template.jinja");
+    let run = |with_template: bool| {
+        let out = temp_dir("finetune-template");
+        let mut cmd = finetune();
+        cmd.arg("--init")
+            .arg(model_dir("tiny-echovlm"))
+            .arg("--data")
+            .arg(fixtures().join("eval/demo.jsonl"))
+            .arg("--out")
+            .arg(out.path())
+            .args(["--train", "all", "--epochs", "1", "--batch", "4"]);
+        if with_template {
+            cmd.arg("--chat-template").arg(&template);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        (line["stats"]["sequence_tokens"].as_u64().unwrap(), out)
+    };
+    let (stock, _keep) = run(false);
+    let (own, out) = run(true);
+    // "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" is 20 tokens
+    assert_eq!(stock - own, 4 * 20, "sequence tokens {stock} → {own}");
+    let expected = std::fs::read_to_string(&template).unwrap();
+    for dir in ["init", "model"] {
+        let saved = echovlm_pipeline::ChatTemplate::from_model_dir(&out.path().join(dir)).unwrap();
+        assert_eq!(saved.source(), expected, "{dir}");
+    }
+    // without --init there is no new model to give a template to
+    let o = finetune()
+        .arg("--model")
+        .arg(model_dir("tiny-echovlm"))
+        .arg("--chat-template")
+        .arg(&template)
+        .args(["--data", "x.jsonl", "--out", "/tmp/unused"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

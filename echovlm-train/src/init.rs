@@ -320,6 +320,42 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// Replaces the chat template of the checkpoint in `dir`: the `chat_template` entry of its
+/// `tokenizer_config.json` and, where the directory has one, of its `chat_template.json` (which
+/// loaders read first). The model's prompts are rendered with `template` from then on.
+pub fn set_chat_template(dir: &Path, template: &str) -> Result<(), TrainError> {
+    let mut found = false;
+    for name in ["tokenizer_config.json", "chat_template.json"] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::Json {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let Some(o) = v.as_object_mut() else {
+            return Err(TrainError::Json {
+                path,
+                reason: "not a JSON object".into(),
+            });
+        };
+        o.insert("chat_template".into(), template.into());
+        write_json(&path, &v)?;
+        found = true;
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(TrainError::Setup(format!(
+            "{} has no tokenizer_config.json or chat_template.json to hold a chat template",
+            dir.display()
+        )))
+    }
+}
+
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), TrainError> {
     std::fs::write(path, serde_json::to_vec_pretty(v).unwrap_or_default())
         .map_err(|e| TrainError::io(path, e))

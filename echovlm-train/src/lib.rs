@@ -47,8 +47,8 @@ mod trainer;
 
 pub use data::{TURN_END, TrainSample, encode_sample, epoch_order};
 pub use error::TrainError;
-pub use init::{ModelSize, init_checkpoint};
-pub use loss::{IGNORE, aux_loss, causal_lm_loss};
+pub use init::{ModelSize, init_checkpoint, set_chat_template};
+pub use loss::{IGNORE, aux_loss, causal_lm_loss, scored_positions, selected_lm_loss};
 pub use optim::OptimConfig;
 pub use params::{LoraConfig, Param, Slot, Trainable, named_linears};
 pub use save::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, save_adapter, save_merged};

@@ -41,6 +41,48 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usi
     (total.div_scalar(count.max(1) as f32), count)
 }
 
+/// The positions [`causal_lm_loss`] scores and their targets: for every row of `labels`, the
+/// positions `t` whose next label `labels[t + 1]` is a token id below `vocab` (not [`IGNORE`]),
+/// and those labels, row after row.
+pub fn scored_positions(labels: &[Vec<i64>], vocab: usize) -> (Vec<Vec<usize>>, Vec<i64>) {
+    let mut targets = Vec::new();
+    let positions = labels
+        .iter()
+        .map(|row| {
+            let mut at = Vec::new();
+            for (t, &l) in row.iter().enumerate().skip(1) {
+                if l != IGNORE && l >= 0 && (l as usize) < vocab {
+                    at.push(t - 1);
+                    targets.push(l);
+                }
+            }
+            at
+        })
+        .collect();
+    (positions, targets)
+}
+
+/// [`causal_lm_loss`] over logits taken at the scored positions only: the `b·s` rows of
+/// `logits` (`[b, s, vocab]`; `EchoVlm::forward_sequences_at` gives `[1, n, vocab]`) in order,
+/// `targets` the label each row predicts (as [`scored_positions`] gives them). Returns the mean
+/// negative log-likelihood as a one-element tensor and the number of rows.
+///
+/// # Panics
+/// If `targets` has not one label per row of `logits`.
+pub fn selected_lm_loss(logits: Tensor<3>, targets: &[i64]) -> (Tensor<1>, usize) {
+    let [b, s, v] = logits.dims();
+    let n = b * s;
+    assert_eq!(n, targets.len(), "one target per selected position");
+    let device = logits.device();
+    if n == 0 {
+        return (Tensor::zeros([1], (&device, DType::F32)), 0);
+    }
+    let log_probs = activation::log_softmax(logits.reshape([n, v]).cast(DType::F32), 1);
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
+    let picked = log_probs.gather(1, idx).reshape([n]);
+    (picked.sum().neg().div_scalar(n as f32), n)
+}
+
 /// The Switch/Mixtral load-balancing loss over every MoE layer's router logits (transformers'
 /// `load_balancing_loss_func` with the attention mask), `valid` being `[batch][seq]`.
 pub fn aux_loss(router_logits: &[Tensor<2>], top_k: usize, valid: &[Vec<bool>]) -> Tensor<1> {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::TrainSample;
 use crate::error::TrainError;
-use crate::loss::{aux_loss, causal_lm_loss};
+use crate::loss::{aux_loss, causal_lm_loss, scored_positions, selected_lm_loss};
 use crate::optim::{Moments, OptimConfig, adamw_update};
 use crate::params::{self, Param, Trainable, named_linears};
 
@@ -160,9 +160,20 @@ impl Replica {
         aux_coef: f64,
     ) -> Result<(Losses, Tensor<1>, Option<Tensor<1>>), TrainError> {
         let sequences: Vec<_> = batch.iter().map(|s| s.sequence.clone()).collect();
-        let out = self.model.forward_sequences(&sequences)?;
         let labels: Vec<Vec<i64>> = batch.iter().map(|s| s.labels.clone()).collect();
-        let (ce, tokens) = causal_lm_loss(out.logits, &labels);
+        let vocab = self.model.text_model().config.vocab_size;
+        let (positions, targets) = scored_positions(&labels, vocab);
+        // the LM head runs on the scored positions only (the answers); with none scored, on
+        // every position, so that the loss stays part of the graph
+        let (out, (ce, tokens)) = if targets.is_empty() {
+            let out = self.model.forward_sequences(&sequences)?;
+            let ce = causal_lm_loss(out.logits.clone(), &labels);
+            (out, ce)
+        } else {
+            let out = self.model.forward_sequences_at(&sequences, &positions)?;
+            let ce = selected_lm_loss(out.logits.clone(), &targets);
+            (out, ce)
+        };
         let (total, aux, aux_t) = if out.router_logits.is_empty() {
             (ce.clone(), 0.0, None)
         } else {

@@ -2,7 +2,7 @@
 //! router logits of every MoE layer, for training and scoring. The same model code as
 //! generation runs; nothing is cached between calls.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use echovlm_text::{DecoderInput, Logits};
 
 use super::{EchoVlm, PreparedPrompt};
@@ -33,6 +33,43 @@ impl EchoVlm {
         &self,
         sequences: &[PreparedPrompt],
     ) -> Result<SequenceOutput, EchoError> {
+        self.run_sequences(sequences, None)
+    }
+
+    /// [`forward_sequences`](Self::forward_sequences) with logits at the chosen positions only:
+    /// `positions[r]` lists positions of sequence `r` (each below its length; as many rows as
+    /// sequences). The returned [`SequenceOutput::logits`] is `[1, n, vocab]`, the `n` chosen
+    /// positions in order, row by row. The LM head and whatever follows it (a loss over the
+    /// answer tokens) then cost nothing for positions that are not scored; the logits are those
+    /// `forward_sequences` gives at the same positions.
+    pub fn forward_sequences_at(
+        &self,
+        sequences: &[PreparedPrompt],
+        positions: &[Vec<usize>],
+    ) -> Result<SequenceOutput, EchoError> {
+        if positions.len() != sequences.len() {
+            return Err(EchoError::InvalidRequest(format!(
+                "logit positions given for {} sequences, but {} sequences to run",
+                positions.len(),
+                sequences.len()
+            )));
+        }
+        for (r, (p, at)) in sequences.iter().zip(positions).enumerate() {
+            if let Some(&t) = at.iter().find(|&&t| t >= p.ids.len()) {
+                return Err(EchoError::InvalidRequest(format!(
+                    "logit position {t} of sequence {r} is past its {} tokens",
+                    p.ids.len()
+                )));
+            }
+        }
+        self.run_sequences(sequences, Some(positions))
+    }
+
+    fn run_sequences(
+        &self,
+        sequences: &[PreparedPrompt],
+        at: Option<&[Vec<usize>]>,
+    ) -> Result<SequenceOutput, EchoError> {
         if sequences.is_empty() {
             return Err(EchoError::InvalidRequest("no sequences to run".into()));
         }
@@ -60,16 +97,34 @@ impl EchoVlm {
         let mask = any_padding.then_some(valid.as_slice());
         let (embeds, image_grids, video_grids) = self.embed_prompts(sequences, &ids)?;
         let (positions, _) = self.positions(sequences, &ids, mask, &image_grids, &video_grids)?;
-        let out = self.text.forward(
-            DecoderInput::new(embeds, &positions)
-                .valid(mask)
-                .logits(Logits::All)
-                .router_logits(true),
-            &mut self.text.new_cache().tensor_storage(),
-            None,
-        )?;
-        let logits = out
-            .logits
+        let input = DecoderInput::new(embeds, &positions)
+            .valid(mask)
+            .router_logits(true);
+        let input = match at {
+            None => input.logits(Logits::All),
+            // the last hidden state (after the final norm) is the LM head's input
+            Some(_) => input.logits(Logits::None).hidden_states(true),
+        };
+        let out = self
+            .text
+            .forward(input, &mut self.text.new_cache().tensor_storage(), None)?;
+        let logits = match at {
+            None => out.logits,
+            Some(at) => out.hidden_states.last().map(|normed| {
+                let [b, s, h] = normed.dims();
+                let rows: Vec<i64> = at
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, ts)| ts.iter().map(move |&t| (r * s + t) as i64))
+                    .collect();
+                let n = rows.len();
+                let device = normed.device();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
+                let picked = normed.clone().reshape([b * s, h]).select(0, idx);
+                self.text.lm_head.forward(picked.unsqueeze_dim::<3>(0))
+            }),
+        };
+        let logits = logits
             .ok_or_else(|| EchoError::InvalidRequest("the decoder returned no logits".into()))?;
         Ok(SequenceOutput {
             logits,
