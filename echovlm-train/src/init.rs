@@ -307,10 +307,7 @@ pub fn init_checkpoint(
         })
         .collect::<Result<_, _>>()?;
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| TrainError::Safetensors {
-        path: path.clone(),
-        reason: e.to_string(),
-    })
+    crate::save::serialize_file(views, Some(meta), &path)
 }
 
 /// A standard normal draw (Box–Muller).

@@ -29,6 +29,32 @@ fn st_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
+/// Writes a safetensors file with `safetensors::serialize_to_file` (a temporary file renamed
+/// over `path`, so that a model still mapping the old file never sees it truncated), then gives
+/// it the permissions of the file it replaces, or `rw-r--r--` for a new file: the temporary
+/// file is created owner-only (`rw-------`), which would leave a saved model unreadable to the
+/// other users of a shared machine.
+pub(crate) fn serialize_file<'a>(
+    views: Vec<(String, TensorView<'a>)>,
+    meta: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let before = std::fs::metadata(path).ok().map(|m| m.permissions());
+    safetensors::serialize_to_file(views, meta, path).map_err(|e| st_error(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = before.unwrap_or_else(|| std::fs::Permissions::from_mode(0o644));
+        std::fs::set_permissions(path, perms).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = before;
+    Ok(())
+}
+
 /// A tensor read back from a file: shape and values.
 pub(crate) type F32Tensor = (Vec<usize>, Vec<f32>);
 
@@ -59,7 +85,7 @@ fn write_raw(
                 .map_err(|e| st_error(path, e))
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| st_error(path, e))
+    serialize_file(views, None, path)
 }
 
 /// Reads every f32 tensor of a safetensors file: name → (shape, values).
@@ -236,8 +262,7 @@ pub fn save_merged(
         .collect::<Result<_, _>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &weights)
-        .map_err(|e| st_error(&weights, e))?;
+    serialize_file(views, Some(meta), &weights)?;
     copy_side_files(&src, out)?;
     Ok(weights)
 }

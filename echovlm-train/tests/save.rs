@@ -71,6 +71,26 @@ fn a_merged_checkpoint_loads_with_the_trained_logits() {
     assert!(save_merged(&trainer, &common::model_dir(), false).is_err());
 }
 
+/// Saved weights are readable like any new file (`rw-r--r--`), not owner-only like the
+/// temporary file they are written through, and saving again keeps the mode the file was given.
+#[cfg(unix)]
+#[test]
+fn saved_weights_get_a_new_files_mode_or_keep_the_replaced_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let (trainer, _) = tuned();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = save_merged(&trainer, dir.path(), false).unwrap();
+    assert_eq!(mode(&weights), 0o644, "{}", weights.display());
+    let adapter = dir.path().join("adapter");
+    save_adapter(&trainer, &adapter).unwrap();
+    let file = adapter.join("adapter_model.safetensors");
+    assert_eq!(mode(&file), 0o644);
+    std::fs::set_permissions(&weights, std::fs::Permissions::from_mode(0o640)).unwrap();
+    save_merged(&trainer, dir.path(), false).unwrap();
+    assert_eq!(mode(&weights), 0o640);
+}
+
 #[test]
 fn the_adapter_directory_holds_the_trained_tensors() {
     let (trainer, _) = tuned();
