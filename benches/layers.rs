@@ -3,7 +3,8 @@
 //! `ECHOVLM_BENCH_DIR`):
 //!
 //! * one decoder layer (hidden 3584, 28/4 heads, dense 18944, 4 × 1408 experts top-2, shared
-//!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens,
+//!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens
+//!   (`decode_kv*`: one step on a fresh cache; `decode8_kv*`: eight consecutive steps on one),
 //!   for each weight format;
 //! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches, f32 and bf16 weights;
 //! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
@@ -157,6 +158,35 @@ fn decoder_layer(c: &mut Criterion) {
                                 .unwrap_or_else(|| x.clone())
                                 .narrow(2, 0, 1),
                         ));
+                        cache
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+            // eight consecutive steps on one cache, as in generation
+            let fresh8 = || {
+                let mut cache = KvCache::from_tensors(vec![(kv_t(0), kv_t(1))]);
+                cache.reserve(8);
+                cache
+            };
+            let steps: Vec<_> = (0..8)
+                .map(|i| Positions::decode(&[0], context + i, 1))
+                .collect();
+            g.bench_function(format!("decode8_kv{}k/{name}", context / 1024), |b| {
+                b.iter_batched(
+                    fresh8,
+                    |mut cache| {
+                        for pos in &steps {
+                            let input = DecoderInput::new(x.clone(), pos).logits(Logits::None);
+                            let out = model.forward(input, &mut cache, None).unwrap();
+                            std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                                out.hidden_states
+                                    .first()
+                                    .cloned()
+                                    .unwrap_or_else(|| x.clone())
+                                    .narrow(2, 0, 1),
+                            ));
+                        }
                         cache
                     },
                     BatchSize::SmallInput,
