@@ -134,58 +134,48 @@ fn decoder_layer(c: &mut Criterion) {
                     &Device::default(),
                 )
             };
-            // a fresh cache per iteration (built outside the timing) with room for the step,
-            // as in generation: the step writes in place, nothing is copied or grown
-            let fresh_cache = || {
+            // a fresh cache per iteration (built outside the timing) with room for `steps`
+            // steps, as in generation: each step writes in place, nothing is copied or grown
+            let fresh_cache = |steps: usize| {
                 let mut cache = KvCache::from_tensors(vec![(kv_t(0), kv_t(1))]);
-                cache.reserve(1);
+                cache.reserve(steps);
                 cache
             };
             let x = random([1, 1, h]);
             let pos = Positions::decode(&[0], context, 1);
+            // one decode step of `x` at `pos`, read back so that the backend finishes it
+            let step = |cache: &mut KvCache, pos: &Positions| {
+                let input = DecoderInput::new(x.clone(), pos).logits(Logits::None);
+                let out = model.forward(input, cache, None).unwrap();
+                std::hint::black_box(echovlm_core::host::flex_f32_vec(
+                    out.hidden_states
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| x.clone())
+                        .narrow(2, 0, 1),
+                ));
+            };
             g.measurement_time(Duration::from_secs(8));
             g.bench_function(format!("decode_kv{}k/{name}", context / 1024), |b| {
                 b.iter_batched(
-                    fresh_cache,
+                    || fresh_cache(1),
                     |mut cache| {
-                        let input = DecoderInput::new(x.clone(), &pos).logits(Logits::None);
-                        let out = model.forward(input, &mut cache, None).unwrap();
-                        // make the backend finish the step
-                        std::hint::black_box(echovlm_core::host::flex_f32_vec(
-                            out.hidden_states
-                                .first()
-                                .cloned()
-                                .unwrap_or_else(|| x.clone())
-                                .narrow(2, 0, 1),
-                        ));
+                        step(&mut cache, &pos);
                         cache
                     },
                     BatchSize::SmallInput,
                 )
             });
             // eight consecutive steps on one cache, as in generation
-            let fresh8 = || {
-                let mut cache = KvCache::from_tensors(vec![(kv_t(0), kv_t(1))]);
-                cache.reserve(8);
-                cache
-            };
             let steps: Vec<_> = (0..8)
                 .map(|i| Positions::decode(&[0], context + i, 1))
                 .collect();
             g.bench_function(format!("decode8_kv{}k/{name}", context / 1024), |b| {
                 b.iter_batched(
-                    fresh8,
+                    || fresh_cache(8),
                     |mut cache| {
                         for pos in &steps {
-                            let input = DecoderInput::new(x.clone(), pos).logits(Logits::None);
-                            let out = model.forward(input, &mut cache, None).unwrap();
-                            std::hint::black_box(echovlm_core::host::flex_f32_vec(
-                                out.hidden_states
-                                    .first()
-                                    .cloned()
-                                    .unwrap_or_else(|| x.clone())
-                                    .narrow(2, 0, 1),
-                            ));
+                            step(&mut cache, pos);
                         }
                         cache
                     },

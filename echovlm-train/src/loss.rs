@@ -6,6 +6,21 @@ use burn::tensor::{DType, Int, Tensor, TensorData, activation};
 /// Label of a position that is not scored (transformers' `ignore_index`).
 pub const IGNORE: i64 = -100;
 
+/// Whether label `l` is scored: not [`IGNORE`] and a token id below `vocab`.
+fn is_scored(l: i64, vocab: usize) -> bool {
+    l != IGNORE && l >= 0 && (l as usize) < vocab
+}
+
+/// The log-probability of `targets[i]` under row `i` of `logits` (`[n, vocab]`, any float
+/// type; the softmax runs in f32).
+fn target_log_probs(logits: Tensor<2>, targets: Vec<i64>) -> Tensor<1> {
+    let n = targets.len();
+    let device = logits.device();
+    let log_probs = activation::log_softmax(logits.cast(DType::F32), 1);
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    log_probs.gather(1, idx).reshape([n])
+}
+
 /// The shifted causal-LM cross-entropy of transformers: position `t`'s logits predict
 /// `labels[t + 1]`; the mean runs over positions whose next label is not [`IGNORE`].
 ///
@@ -26,16 +41,13 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usi
         let row = labels.get(r).map_or(&[][..], Vec::as_slice);
         let padded = row.iter().copied().chain(std::iter::repeat(IGNORE));
         for l in padded.skip(1).take(s - 1) {
-            let scored = l != IGNORE && l >= 0 && (l as usize) < v;
+            let scored = is_scored(l, v);
             targets.push(if scored { l } else { 0 });
             weights.push(if scored { 1f32 } else { 0.0 });
         }
     }
     let count = weights.iter().filter(|&&w| w > 0.0).count();
-    let shifted = logits.narrow(1, 0, s - 1).reshape([n, v]).cast(DType::F32);
-    let log_probs = activation::log_softmax(shifted, 1);
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
-    let picked = log_probs.gather(1, idx).reshape([n]);
+    let picked = target_log_probs(logits.narrow(1, 0, s - 1).reshape([n, v]), targets);
     let w = Tensor::<1>::from_data(TensorData::new(weights, [n]), (&device, DType::F32));
     let total = (picked * w).sum().neg();
     (total.div_scalar(count.max(1) as f32), count)
@@ -51,7 +63,7 @@ pub fn scored_positions(labels: &[Vec<i64>], vocab: usize) -> (Vec<Vec<usize>>, 
         .map(|row| {
             let mut at = Vec::new();
             for (t, &l) in row.iter().enumerate().skip(1) {
-                if l != IGNORE && l >= 0 && (l as usize) < vocab {
+                if is_scored(l, vocab) {
                     at.push(t - 1);
                     targets.push(l);
                 }
@@ -77,9 +89,7 @@ pub fn selected_lm_loss(logits: Tensor<3>, targets: &[i64]) -> (Tensor<1>, usize
     if n == 0 {
         return (Tensor::zeros([1], (&device, DType::F32)), 0);
     }
-    let log_probs = activation::log_softmax(logits.reshape([n, v]).cast(DType::F32), 1);
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
-    let picked = log_probs.gather(1, idx).reshape([n]);
+    let picked = target_log_probs(logits.reshape([n, v]), targets.to_vec());
     (picked.sum().neg().div_scalar(n as f32), n)
 }
 

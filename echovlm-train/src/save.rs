@@ -45,10 +45,7 @@ pub(crate) fn serialize_file<'a>(
     {
         use std::os::unix::fs::PermissionsExt;
         let perms = before.unwrap_or_else(|| std::fs::Permissions::from_mode(0o644));
-        std::fs::set_permissions(path, perms).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        std::fs::set_permissions(path, perms).map_err(|e| TrainError::io(path, e))?;
     }
     #[cfg(not(unix))]
     let _ = before;
