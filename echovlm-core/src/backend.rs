@@ -63,7 +63,7 @@ pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     if is_flex(&gate.device()) && gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
         let (shape, device) = (gate.dims(), gate.device());
         let mut g = flex_f32_vec(gate);
-        crate::cpu::silu_mul(&mut g, &flex_f32_vec(up));
+        crate::host::with_flex_f32(up, |u| crate::cpu::silu_mul(&mut g, u));
         return from_f32_vec(g, shape, &device, DType::F32);
     }
     burn::tensor::activation::silu(gate) * up

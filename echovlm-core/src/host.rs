@@ -71,6 +71,26 @@ pub fn flex_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     }
 }
 
+/// Calls `f` with the f32 values of a float tensor on the flex CPU device, in row-major order,
+/// reading them in place where the tensor is a contiguous f32 view of its storage (no copy, even
+/// when other tensors share the storage), else from a copy ([`flex_f32_vec`]).
+///
+/// For the CPU fast paths that only read their input: copying a prompt's activations costs
+/// more than the memory traffic (every copy lands in freshly allocated pages).
+///
+/// # Panics
+/// As [`flex_f32_vec`], if `t` is on another device and cannot be read back.
+pub fn with_flex_f32<const D: usize, R>(t: Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> R {
+    #[cfg(feature = "flex")]
+    if t.dtype() == DType::F32
+        && let Ok(p) = t.clone().try_into_primitive::<burn::backend::Flex>()
+        && let Some(values) = p.as_slice::<f32>()
+    {
+        return f(values);
+    }
+    f(&flex_f32_vec(t))
+}
+
 /// Builds a tensor of float type `dtype` on `device` from f32 values computed on the host.
 pub fn from_f32_vec<const D: usize>(
     values: Vec<f32>,

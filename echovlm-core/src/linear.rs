@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::backend;
 use crate::cpu::{PackedWeight, WeightFormat};
-use crate::host::{flex_f32_vec, from_f32_vec};
+use crate::host::{from_f32_vec, with_flex_f32};
 use crate::loader::WeightLoader;
 
 /// How linear layers keep their weights.
@@ -297,6 +297,94 @@ impl Linear {
         }
     }
 
+    /// Every part applied to the same `x` (over its last dimension), in order: where all hold
+    /// packed CPU weights of one format and input width and none has an adapter, as one pass of
+    /// the CPU kernels ([`PackedWeight::matmul_parts`]; biases are added after); otherwise each
+    /// part's [`forward`](Self::forward). The values are the same either way.
+    ///
+    /// # Panics
+    /// If the last dimension of `x` is not the parts' input width.
+    pub fn forward_parts<const D: usize>(parts: &[&Linear], x: Tensor<D>) -> Vec<Tensor<D>> {
+        let packed = parts
+            .iter()
+            .map(|p| match (&p.weight, &p.lora) {
+                (LinearWeight::Packed(w), None) => Some(&**w),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>();
+        let Some(weights) = packed.filter(|w| {
+            w.len() > 1
+                && w.iter()
+                    .all(|p| (p.cols(), p.format()) == (w[0].cols(), w[0].format()))
+        }) else {
+            return parts.iter().map(|p| p.forward(x.clone())).collect();
+        };
+        let dims = x.dims();
+        let d_in = parts[0].d_in;
+        assert_eq!(
+            dims[D - 1],
+            d_in,
+            "linear layer of input width {d_in} applied to {dims:?}"
+        );
+        let m = dims[..D - 1].iter().product::<usize>();
+        let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.d_out]).collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        let (device, dtype) = (x.device(), x.dtype());
+        if let Err(e) = with_flex_f32(x, |xv| PackedWeight::matmul_parts(&weights, xv, m, &mut ys))
+        {
+            panic!("packed linear layers: {e}");
+        }
+        parts
+            .iter()
+            .zip(outs)
+            .map(|(p, y)| {
+                let mut shape = dims;
+                shape[D - 1] = p.d_out;
+                let out = from_f32_vec(y, shape, &device, dtype);
+                match &p.bias {
+                    Some(b) => out + b.clone().unsqueeze(),
+                    None => out,
+                }
+            })
+            .collect()
+    }
+
+    /// The SwiGLU hidden layer `silu(gate(x)) ⊙ up(x)` over the last dimension of `x` in one
+    /// pass of the CPU kernels ([`PackedWeight::swiglu`]), where both layers hold packed
+    /// weights of one shape and format and neither has a bias or an adapter; `None` otherwise
+    /// (then compute the two layers and [`backend::silu_mul`] them, which gives the same
+    /// values).
+    ///
+    /// # Panics
+    /// If the last dimension of `x` is not the layers' input width.
+    pub fn swiglu<const D: usize>(gate: &Linear, up: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+        let (LinearWeight::Packed(g), LinearWeight::Packed(u)) = (&gate.weight, &up.weight) else {
+            return None;
+        };
+        let plain = |l: &Linear| l.bias.is_none() && l.lora.is_none();
+        if !plain(gate)
+            || !plain(up)
+            || (g.rows(), g.cols(), g.format()) != (u.rows(), u.cols(), u.format())
+        {
+            return None;
+        }
+        let dims = x.dims();
+        assert_eq!(
+            dims[D - 1],
+            gate.d_in,
+            "linear layer of input width {} applied to {dims:?}",
+            gate.d_in
+        );
+        let m = dims[..D - 1].iter().product::<usize>();
+        let mut act = vec![0f32; m * gate.d_out];
+        if let Err(e) = with_flex_f32(x.clone(), |xv| g.swiglu(u, xv, m, &mut act)) {
+            panic!("packed SwiGLU: {e}");
+        }
+        let mut shape = dims;
+        shape[D - 1] = gate.d_out;
+        Some(from_f32_vec(act, shape, &x.device(), x.dtype()))
+    }
+
     /// The layer without its adapter.
     fn forward_base<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
@@ -318,9 +406,8 @@ impl Linear {
                     self.d_in
                 );
                 let m = dims[..D - 1].iter().product::<usize>();
-                let xv = flex_f32_vec(x);
                 let mut y = vec![0f32; m * self.d_out];
-                if let Err(e) = p.matmul(&xv, m, &mut y) {
+                if let Err(e) = with_flex_f32(x, |xv| p.matmul(xv, m, &mut y)) {
                     panic!("packed linear layer: {e}");
                 }
                 let mut shape = dims;

@@ -8,7 +8,7 @@
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use echovlm_core::cpu::{
     CpuError, INT4_GROUP, INT8_BLOCK, KERNEL_ENV, Kernel, PackedWeight, SMALL_M, WeightFormat,
-    active_kernel,
+    active_kernel, silu_mul_with,
 };
 use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Linear, StorageDtype};
@@ -410,6 +410,160 @@ fn panel_products_cover_partial_panels_column_passes_and_row_blocks() {
             }
         }
     }
+}
+
+#[test]
+fn matmul_parts_is_each_parts_product_bit_for_bit() {
+    // parts of different heights (partial panels, a second group, several tasks each) in one
+    // pass must give each part's own product, in every format and on every kernel the CPU has
+    for cols in [70, 1101] {
+        let heights = [45, 20, 150];
+        let ws: Vec<Vec<f32>> = heights
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| values(r * cols, 30 + i as u64))
+            .collect();
+        for format in FORMATS {
+            let parts: Vec<PackedWeight> = heights
+                .iter()
+                .zip(&ws)
+                .map(|(&r, w)| PackedWeight::from_f32(r, cols, w, format).unwrap())
+                .collect();
+            let refs: Vec<&PackedWeight> = parts.iter().collect();
+            for m in [1, 3, SMALL_M, SMALL_M + 1, 300] {
+                let x = values(m * cols, 60 + m as u64);
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                    let mut got: Vec<Vec<f32>> =
+                        heights.iter().map(|&r| vec![f32::NAN; m * r]).collect();
+                    let mut ys: Vec<&mut [f32]> = got.iter_mut().map(|g| &mut g[..]).collect();
+                    PackedWeight::matmul_parts_with(kernel, &refs, &x, m, &mut ys).unwrap();
+                    for (p, g) in parts.iter().zip(&got) {
+                        let mut want = vec![0f32; m * p.rows()];
+                        p.matmul_with(kernel, &x, m, &mut want).unwrap();
+                        assert!(
+                            g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{kernel} {format:?} {}x{cols} m={m}: part differs",
+                            p.rows()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // parts of other widths or formats, and outputs that do not match, are refused
+    let a = PackedWeight::from_f32(4, 8, &values(32, 1), WeightFormat::F32).unwrap();
+    let wider = PackedWeight::from_f32(4, 9, &values(36, 2), WeightFormat::F32).unwrap();
+    let bf16 = PackedWeight::from_f32(4, 8, &values(32, 3), WeightFormat::Bf16).unwrap();
+    let x = values(16, 4);
+    let (mut y0, mut y1) = (vec![0f32; 8], vec![0f32; 8]);
+    for other in [&wider, &bf16] {
+        let r = PackedWeight::matmul_parts(&[&a, other], &x, 2, &mut [&mut y0, &mut y1]);
+        assert!(matches!(r, Err(CpuError::Shape { .. })), "{r:?}");
+    }
+    let r = PackedWeight::matmul_parts(&[&a, &a], &x, 2, &mut [&mut y0]);
+    assert!(matches!(r, Err(CpuError::Shape { .. })), "{r:?}");
+    let r = PackedWeight::matmul_parts(&[&a, &a], &x, 2, &mut [&mut y0, &mut y1[..7]]);
+    assert!(matches!(r, Err(CpuError::Length { .. })), "{r:?}");
+}
+
+#[test]
+fn linear_parts_and_swiglu_equal_the_separate_layers() {
+    // the layer-level entry points: one pass of packed parts with their biases added after, and
+    // the one-pass SwiGLU, against each layer's own forward and silu_mul (Burn tensor layers
+    // take the separate path and give the same values)
+    let device = Device::default();
+    let d_in = 96;
+    let x = Tensor::<3>::random([2, 11, d_in], Distribution::Normal(0.0, 1.0), &device);
+    for format in FORMATS {
+        let layer = |rows: usize, seed: u64, bias: bool| {
+            let w = values(rows * d_in, seed);
+            let b =
+                bias.then(|| Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), &device));
+            Linear::packed(PackedWeight::from_f32(rows, d_in, &w, format).unwrap(), b)
+        };
+        let (q, k, v) = (layer(64, 1, true), layer(40, 2, true), layer(40, 3, false));
+        let outs = Linear::forward_parts(&[&q, &k, &v], x.clone());
+        for (out, l) in outs.into_iter().zip([&q, &k, &v]) {
+            assert_eq!(out.dims(), [2, 11, l.d_out()]);
+            assert_eq!(
+                flex_f32_vec(out),
+                flex_f32_vec(l.forward(x.clone())),
+                "{format:?}"
+            );
+        }
+        let (gate, up) = (layer(70, 4, false), layer(70, 5, false));
+        let act = Linear::swiglu(&gate, &up, &x).expect("packed, no bias");
+        let want = echovlm_core::backend::silu_mul(gate.forward(x.clone()), up.forward(x.clone()));
+        assert_eq!(act.dims(), [2, 11, 70]);
+        assert_eq!(flex_f32_vec(act), flex_f32_vec(want), "{format:?}");
+        // a bias, or a partner of another shape, is not fused
+        assert!(Linear::swiglu(&q, &up, &x).is_none());
+        assert!(Linear::swiglu(&gate, &layer(64, 6, false), &x).is_none());
+    }
+    let tensor = Linear::new(
+        Tensor::random([8, d_in], Distribution::Normal(0.0, 1.0), &device),
+        None,
+    );
+    assert!(Linear::swiglu(&tensor, &tensor, &x).is_none());
+    let both = Linear::forward_parts(&[&tensor, &tensor], x.clone());
+    assert_eq!(
+        flex_f32_vec(both[1].clone()),
+        flex_f32_vec(tensor.forward(x))
+    );
+}
+
+#[test]
+fn swiglu_is_the_two_products_and_silu_mul_bit_for_bit() {
+    // the one-pass SwiGLU multiplies each group of panels of both matrices into scratch and
+    // writes only the activation: it must give exactly the two products' silu_mul, in every
+    // format, for decode-sized and prompt-sized activations (partial panels and groups, a
+    // second block of 256 rows, a partial column pass), on every kernel the CPU has
+    for (rows, cols) in [(45, 1100), (20, 1101), (300, 64), (150, 70)] {
+        let (wg, wu) = (values(rows * cols, 11), values(rows * cols, 12));
+        for format in FORMATS {
+            let gate = PackedWeight::from_f32(rows, cols, &wg, format).unwrap();
+            let up = PackedWeight::from_f32(rows, cols, &wu, format).unwrap();
+            for m in [1, 3, SMALL_M, SMALL_M + 1, 300] {
+                let x = values(m * cols, 90 + m as u64);
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                    let mut want = vec![0f32; m * rows];
+                    let mut u = vec![0f32; m * rows];
+                    gate.matmul_with(kernel, &x, m, &mut want).unwrap();
+                    up.matmul_with(kernel, &x, m, &mut u).unwrap();
+                    silu_mul_with(kernel, &mut want, &u);
+                    // stale values in the output must not leak into it
+                    let mut got = vec![f32::NAN; m * rows];
+                    gate.swiglu_with(kernel, &up, &x, m, &mut got).unwrap();
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kernel} {format:?} {rows}x{cols} m={m}: swiglu differs"
+                    );
+                }
+            }
+        }
+    }
+    // gate and up of different shapes or formats are refused, and wrong lengths too
+    let g = PackedWeight::from_f32(4, 8, &values(32, 1), WeightFormat::F32).unwrap();
+    let wider = PackedWeight::from_f32(4, 9, &values(36, 2), WeightFormat::F32).unwrap();
+    let bf16 = PackedWeight::from_f32(4, 8, &values(32, 3), WeightFormat::Bf16).unwrap();
+    let x = values(16, 4);
+    let mut act = vec![0f32; 8];
+    for other in [&wider, &bf16] {
+        assert!(matches!(
+            g.swiglu(other, &x, 2, &mut act),
+            Err(CpuError::Shape { .. })
+        ));
+    }
+    assert!(matches!(
+        g.swiglu(&g, &x[..15], 2, &mut act),
+        Err(CpuError::Length { .. })
+    ));
+    assert!(matches!(
+        g.swiglu(&g, &x, 2, &mut act[..7]),
+        Err(CpuError::Length { .. })
+    ));
 }
 
 #[test]

@@ -44,6 +44,12 @@ impl Mlp {
 
     /// Applies the MLP to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.gate_up_proj.is_none()
+            && let Some(act) = Linear::swiglu(&self.gate_proj, &self.up_proj, &x)
+        {
+            // packed CPU weights: both projections and the activation in one pass
+            return self.down_proj.forward(act);
+        }
         let (gate, up) = match &self.gate_up_proj {
             Some(fused) => {
                 let inter = self.intermediate_size();

@@ -87,9 +87,14 @@ impl Attention {
                 )
             }
             None => {
-                let q = split(self.q_proj.forward(x.clone()), self.heads);
-                let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
-                let v = split(self.v_proj.forward(x), self.kv_heads);
+                // packed CPU weights: the three products in one pass
+                let parts = [&self.q_proj, &self.k_proj, &self.v_proj];
+                let [q, k, v]: [Tensor<3>; 3] = Linear::forward_parts(&parts, x)
+                    .try_into()
+                    .expect("one output per part");
+                let q = split(q, self.heads);
+                let k = split(k, self.kv_heads);
+                let v = split(v, self.kv_heads);
                 (
                     echovlm_core::rope::apply(q, &rope.0, &rope.1),
                     echovlm_core::rope::apply(k, &rope.0, &rope.1),

@@ -666,7 +666,10 @@ impl VisionMlp {
                 down_proj,
                 act,
             } => {
-                let (g, u) = (gate_proj.forward(x.clone()), up_proj.forward(x));
+                // packed CPU weights: both products in one pass
+                let [g, u]: [Tensor<2>; 2] = Linear::forward_parts(&[gate_proj, up_proj], x)
+                    .try_into()
+                    .expect("one output per part");
                 let h = match act {
                     VisionAct::Silu => backend::silu_mul(g, u),
                     act => act.forward(g) * u,

@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use super::aligned::Aligned;
+use super::elementwise::silu_mul_with;
 use super::error::{check_len, checked_bytes};
-use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
+use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows, WeightFormat};
 use super::kernels::{self, Dots};
 use super::packed::{Data, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight, record_scales};
 use super::select::{Kernel, active_kernel, resolve_kernel};
@@ -64,11 +65,7 @@ impl PackedWeight {
         }
         let kernel = resolve_kernel(kernel, Kernel::is_supported);
         if let Data::F32(w) = &self.data {
-            let layout = Layout {
-                kcols: self.cols,
-                xcol: 1,
-                wcol: PANEL,
-            };
+            let layout = f32_layout(self.cols);
             self.panel_product(kernels::panel_f32(kernel), layout, w, x, self.cols, m, y);
             return Ok(());
         }
@@ -78,28 +75,324 @@ impl PackedWeight {
         if let (Data::Int8(w), true) = (&self.data, m <= SMALL_M) {
             // a column's 32 weights widened and scaled in registers; prompt-sized products
             // widen tiles once (below) and run the f32 kernel, which keeps 8 rows in registers
-            let blocks = self.cols.div_ceil(INT8_BLOCK);
-            let layout = Layout {
-                kcols: blocks,
-                xcol: INT8_BLOCK,
-                wcol: INT8_RECORD,
-            };
-            // activation rows of whole blocks (the padded columns meet zero weights)
-            let stride = blocks * INT8_BLOCK;
-            let padded;
-            let x = if stride == self.cols {
-                x
-            } else {
-                padded = padded_rows(x, m, self.cols, stride, |v| v)?;
-                &padded[..]
-            };
-            self.panel_product(kernels::panel_int8(kernel), layout, w, x, stride, m, y);
+            let (layout, stride, xs) = int8_operand(x, m, self.cols)?;
+            let f = kernels::panel_int8(kernel);
+            self.panel_product(f, layout, w, xs.get(x), stride, m, y);
             return Ok(());
         }
         if m <= SMALL_M {
             self.matvec(Dots::new(kernel), x, m, y)
         } else {
             self.tiled_gemm(kernel, x, m, y)
+        }
+    }
+
+    /// Several matrices of one format and input width times the same activations:
+    /// `ys[i][m, parts[i].rows] = x · parts[i]ᵀ` (`x` row-major `[m, cols]`), on the
+    /// [`active_kernel`]. The values are those of each part's [`matmul`](Self::matmul), bit for
+    /// bit; f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`) run as one pass over the
+    /// thread pool with the activations prepared once, where separate products would each wake
+    /// the pool and wait for its slowest task (a layer's query, key and value projections).
+    ///
+    /// Fails with [`CpuError::Shape`] when `ys` does not hold one output per part or the parts
+    /// differ in format or input width, and otherwise as [`matmul`](Self::matmul) does.
+    pub fn matmul_parts(
+        parts: &[&PackedWeight],
+        x: &[f32],
+        m: usize,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), CpuError> {
+        Self::matmul_parts_with(active_kernel(), parts, x, m, ys)
+    }
+
+    /// [`matmul_parts`](Self::matmul_parts) with `kernel` (or, if the CPU cannot run it, the
+    /// fastest supported kernel below it).
+    pub fn matmul_parts_with(
+        kernel: Kernel,
+        parts: &[&PackedWeight],
+        x: &[f32],
+        m: usize,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), CpuError> {
+        let Some(first) = parts.first() else {
+            return match ys.len() {
+                0 => Ok(()),
+                n => Err(CpuError::Shape {
+                    what: "parts and outputs",
+                    dims: vec![0, n],
+                }),
+            };
+        };
+        let (cols, format) = (first.cols, first.format());
+        if ys.len() != parts.len() || parts.iter().any(|p| (p.cols, p.format()) != (cols, format)) {
+            let mut dims = vec![parts.len(), ys.len()];
+            dims.extend(parts.iter().map(|p| p.cols));
+            return Err(CpuError::Shape {
+                what: "parts of one format and input width, one output each (parts, outputs, \
+                       input widths)",
+                dims,
+            });
+        }
+        check_len(
+            "activations",
+            checked_bytes("activations", m, cols, 4)? / 4,
+            x.len(),
+        )?;
+        for (p, y) in parts.iter().zip(ys.iter()) {
+            check_len(
+                "output",
+                checked_bytes("output", m, p.rows, 4)? / 4,
+                y.len(),
+            )?;
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        if cols == 0 {
+            ys.iter_mut().for_each(|y| y.fill(0.0));
+            return Ok(());
+        }
+        let kernel = resolve_kernel(kernel, Kernel::is_supported);
+        fn jobs<'a, W>(
+            parts: &[&'a PackedWeight],
+            ys: &mut [&mut [f32]],
+            m: usize,
+            data: impl Fn(&'a Data) -> &'a [W],
+        ) -> Vec<Job<'a, W>> {
+            parts
+                .iter()
+                .zip(ys.iter_mut())
+                .map(|(p, y)| Job::new(data(&p.data), p.rows, m, y))
+                .collect()
+        }
+        match format {
+            WeightFormat::F32 => {
+                let jobs = jobs(parts, ys, m, |d| match d {
+                    Data::F32(w) => &w[..],
+                    _ => unreachable!("checked: one format"),
+                });
+                panel_products(
+                    kernels::panel_f32(kernel),
+                    f32_layout(cols),
+                    &jobs,
+                    x,
+                    cols,
+                    m,
+                    cols,
+                );
+            }
+            WeightFormat::Bf16 => {
+                let (layout, stride) = bf16_layout(cols);
+                let jobs = jobs(parts, ys, m, |d| match d {
+                    Data::Bf16(w) => &w[..],
+                    _ => unreachable!("checked: one format"),
+                });
+                match Bf16Operand::new(kernel, x, m, cols)? {
+                    Bf16Operand::F32(f, xs) => {
+                        panel_products(f, layout, &jobs, xs.get(x), stride, m, cols)
+                    }
+                    Bf16Operand::Bits(dot, xb) => {
+                        panel_products(dot, layout, &jobs, &xb, stride, m, cols)
+                    }
+                }
+            }
+            WeightFormat::Int8 if m <= SMALL_M => {
+                let (layout, stride, xs) = int8_operand(x, m, cols)?;
+                let jobs = jobs(parts, ys, m, |d| match d {
+                    Data::Int8(w) => &w[..],
+                    _ => unreachable!("checked: one format"),
+                });
+                let f = kernels::panel_int8(kernel);
+                panel_products(f, layout, &jobs, xs.get(x), stride, m, cols);
+            }
+            _ => {
+                for (p, y) in parts.iter().zip(ys.iter_mut()) {
+                    p.matmul_with(kernel, x, m, y)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The SwiGLU hidden layer of a gate and an up projection of the same input:
+    /// `act[m, rows] = silu(x · Gᵀ) ⊙ (x · Uᵀ)`, with `self` as `G` and `up` as `U` (both
+    /// `[rows, cols]` in one format, `x` row-major `[m, cols]`), on the [`active_kernel`].
+    ///
+    /// f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`) run as one pass over the thread
+    /// pool: each task multiplies one block of activation rows with the same group of panels of
+    /// both matrices into scratch that stays in cache, and writes only the activations. Neither
+    /// product is stored whole, so a prompt's two `[m, rows]` intermediates are never allocated.
+    /// The values are those of the two [`matmul`](Self::matmul)s and
+    /// [`silu_mul`](super::silu_mul), bit for bit; the other formats compute it that way.
+    ///
+    /// Fails with [`CpuError::Shape`] when the two matrices differ in shape or format, and
+    /// otherwise as [`matmul`](Self::matmul) does.
+    pub fn swiglu(
+        &self,
+        up: &PackedWeight,
+        x: &[f32],
+        m: usize,
+        act: &mut [f32],
+    ) -> Result<(), CpuError> {
+        self.swiglu_with(active_kernel(), up, x, m, act)
+    }
+
+    /// [`swiglu`](Self::swiglu) with `kernel` (or, if the CPU cannot run it, the fastest
+    /// supported kernel below it).
+    pub fn swiglu_with(
+        &self,
+        kernel: Kernel,
+        up: &PackedWeight,
+        x: &[f32],
+        m: usize,
+        act: &mut [f32],
+    ) -> Result<(), CpuError> {
+        if (self.rows, self.cols, self.format()) != (up.rows, up.cols, up.format()) {
+            return Err(CpuError::Shape {
+                what: "gate and up projections of one format (rows, cols; rows, cols)",
+                dims: vec![self.rows, self.cols, up.rows, up.cols],
+            });
+        }
+        let cols = self.cols;
+        check_len(
+            "activations",
+            checked_bytes("activations", m, cols, 4)? / 4,
+            x.len(),
+        )?;
+        check_len(
+            "output",
+            checked_bytes("output", m, self.rows, 4)? / 4,
+            act.len(),
+        )?;
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        if cols == 0 {
+            // silu(0) · 0
+            act.fill(0.0);
+            return Ok(());
+        }
+        let kernel = resolve_kernel(kernel, Kernel::is_supported);
+        match (&self.data, &up.data) {
+            (Data::F32(g), Data::F32(u)) => {
+                let f = kernels::panel_f32(kernel);
+                let weights = (&g[..], &u[..]);
+                self.swiglu_panels(kernel, f, f32_layout(cols), weights, x, cols, m, act);
+            }
+            (Data::Bf16(g), Data::Bf16(u)) => {
+                let (layout, stride) = bf16_layout(cols);
+                let weights = (&g[..], &u[..]);
+                match Bf16Operand::new(kernel, x, m, cols)? {
+                    Bf16Operand::F32(f, xs) => {
+                        let xs = xs.get(x);
+                        self.swiglu_panels(kernel, f, layout, weights, xs, stride, m, act)
+                    }
+                    Bf16Operand::Bits(dot, xb) => {
+                        self.swiglu_panels(kernel, dot, layout, weights, &xb, stride, m, act)
+                    }
+                }
+            }
+            (Data::Int8(g), Data::Int8(u)) if m <= SMALL_M => {
+                let (layout, stride, xs) = int8_operand(x, m, cols)?;
+                let f = kernels::panel_int8(kernel);
+                let weights = (&g[..], &u[..]);
+                self.swiglu_panels(kernel, f, layout, weights, xs.get(x), stride, m, act);
+            }
+            _ => {
+                self.matmul_with(kernel, x, m, act)?;
+                let mut u = vec![0f32; act.len()];
+                up.matmul_with(kernel, x, m, &mut u)?;
+                silu_mul_with(kernel, act, &u);
+            }
+        }
+        Ok(())
+    }
+
+    /// The one-pass SwiGLU of [`swiglu_with`](Self::swiglu_with) on the panel kernel `f`: the
+    /// gate's and the up projection's panels (`weights`, in `layout`) times `m` activation rows
+    /// (`ldx` apart), scheduled as [`panel_product`](Self::panel_product) schedules one matrix.
+    /// `act` is `m · rows` (checked by the caller).
+    #[allow(clippy::too_many_arguments)] // the kernel, its layout and the operands
+    fn swiglu_panels<X: Sync, W: Sync>(
+        &self,
+        kernel: Kernel,
+        f: Panel<X, W>,
+        layout: Layout,
+        (g, u): (&[W], &[W]),
+        x: &[X],
+        ldx: usize,
+        m: usize,
+        act: &mut [f32],
+    ) {
+        let rows = self.rows;
+        let panels = rows.div_ceil(PANEL);
+        let need = panels * layout.kcols * layout.wcol;
+        assert!(
+            layout.kcols * layout.xcol <= ldx
+                && x.len() >= m * ldx
+                && act.len() == m * rows
+                && g.len() >= need
+                && u.len() >= need,
+            "swiglu lengths"
+        );
+        let threads = rayon::current_num_threads().max(1);
+        let Schedule { kc, mc, group } = Schedule::new(layout, m, panels, threads);
+        let groups = panels.div_ceil(group);
+        let tasks = m.div_ceil(mc) * groups;
+        // the scratch rows of one task: the group's outputs of one activation row
+        let width = group * PANEL;
+        let act_ptr = SendPtr(act.as_mut_ptr());
+        let task = |t: usize| {
+            let (i0, p0) = (t / groups * mc, t % groups * group);
+            let mm = mc.min(m - i0);
+            let p1 = (p0 + group).min(panels);
+            // the real rows from panel p0 on, and those of this group
+            let valid = rows - p0 * PANEL;
+            let n = valid.min((p1 - p0) * PANEL);
+            let first = p0 * layout.kcols * layout.wcol;
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(scratch.len().max(2 * mc * width), 0.0);
+                let (gs, us) = scratch.split_at_mut(mc * width);
+                for (w, out) in [(g, &mut *gs), (u, &mut *us)] {
+                    // SAFETY: the kernel was resolved against the CPU's features; `out` holds
+                    // mm rows of `width` ≥ n values, this thread's own.
+                    unsafe {
+                        panel_block(
+                            f,
+                            layout,
+                            &x[i0 * ldx..],
+                            ldx,
+                            mm,
+                            &w[first..],
+                            0..p1 - p0,
+                            kc,
+                            out.as_mut_ptr(),
+                            width,
+                            valid,
+                        )
+                    }
+                }
+                for i in 0..mm {
+                    let gate = &mut gs[i * width..i * width + n];
+                    silu_mul_with(kernel, gate, &us[i * width..i * width + n]);
+                    // SAFETY: row i0 + i of act at the group's columns p0·PANEL.. (n of them)
+                    // lies inside act ([m, rows], asserted above) and no other task writes it.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            act_ptr.get().add((i0 + i) * rows + p0 * PANEL),
+                            n,
+                        )
+                    };
+                    dst.copy_from_slice(gate);
+                }
+            });
+        };
+        // waking the thread pool costs tens of microseconds: small products stay on this thread
+        let macs = rows.saturating_mul(self.cols).saturating_mul(m);
+        if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS / 2 {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
         }
     }
 
@@ -117,31 +410,10 @@ impl PackedWeight {
         m: usize,
         y: &mut [f32],
     ) -> Result<(), CpuError> {
-        let cols = self.cols;
-        let pairs = cols.div_ceil(2);
-        let layout = Layout {
-            kcols: pairs,
-            xcol: 2,
-            wcol: kernels::PAIR,
-        };
-        // activation rows of a whole number of pairs (an odd last column meets zero weights)
-        let stride = 2 * pairs;
-        let f = kernels::panel_bf16(kernel);
-        if m <= SMALL_M {
-            let padded;
-            let x = if stride == cols {
-                x
-            } else {
-                padded = padded_rows(x, m, cols, stride, |v| v)?;
-                &padded[..]
-            };
-            self.panel_product(f, layout, w, x, stride, m, y);
-        } else if let Some(dot) = kernels::panel_bf16_dot(kernel) {
-            let xb = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_bits())?;
-            self.panel_product(dot, layout, w, &xb, stride, m, y);
-        } else {
-            let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
-            self.panel_product(f, layout, w, &rounded, stride, m, y);
+        let (layout, stride) = bf16_layout(self.cols);
+        match Bf16Operand::new(kernel, x, m, self.cols)? {
+            Bf16Operand::F32(f, xs) => self.panel_product(f, layout, w, xs.get(x), stride, m, y),
+            Bf16Operand::Bits(dot, xb) => self.panel_product(dot, layout, w, &xb, stride, m, y),
         }
         Ok(())
     }
@@ -166,54 +438,8 @@ impl PackedWeight {
         m: usize,
         y: &mut [f32],
     ) {
-        let rows = self.rows;
-        let panels = rows.div_ceil(PANEL);
-        assert!(
-            layout.kcols * layout.xcol <= ldx
-                && x.len() >= m * ldx
-                && y.len() == m * rows
-                && w.len() >= panels * layout.kcols * layout.wcol,
-            "panel product lengths"
-        );
-        let threads = rayon::current_num_threads().max(1);
-        let (kc, mc, group) = if m <= SMALL_M {
-            // one pass over the weights: about eight groups per thread to balance
-            (layout.kcols, m, panels.div_ceil(threads * 8).clamp(1, 32))
-        } else {
-            (PANEL_KC / layout.xcol, PANEL_MC, PANEL_GROUP)
-        };
-        let groups = panels.div_ceil(group);
-        let tasks = m.div_ceil(mc) * groups;
-        let y_ptr = SendPtr(y.as_mut_ptr());
-        let task = |t: usize| {
-            let (i0, p0) = (t / groups * mc, t % groups * group);
-            let mm = mc.min(m - i0);
-            // SAFETY: the kernel was resolved against the CPU's features; rows i0..i0 + mm of
-            // y, at the columns of panels p0.. (rows of the matrix), lie inside y ([m, rows],
-            // asserted above) in a block no other task writes.
-            unsafe {
-                panel_block(
-                    f,
-                    layout,
-                    &x[i0 * ldx..],
-                    ldx,
-                    mm,
-                    w,
-                    p0..(p0 + group).min(panels),
-                    kc,
-                    y_ptr.get().add(i0 * rows),
-                    rows,
-                    rows,
-                )
-            }
-        };
-        // waking the thread pool costs tens of microseconds: small products stay on this thread
-        let macs = rows.saturating_mul(self.cols).saturating_mul(m);
-        if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
-            (0..tasks).for_each(task);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        let job = Job::new(w, self.rows, m, y);
+        panel_products(f, layout, &[job], x, ldx, m, self.cols);
     }
 
     /// One pass over int4 weights; every weight row is dotted with all `m` activation rows,
@@ -385,6 +611,103 @@ struct Layout {
     wcol: usize,
 }
 
+/// One matrix of a panel product: its panels (`w`), its rows, and its output (`m · rows`
+/// values).
+struct Job<'a, W> {
+    w: &'a [W],
+    rows: usize,
+    y: SendPtr,
+}
+
+impl<'a, W> Job<'a, W> {
+    /// The job of a matrix of `rows` rows times `m` activation rows into `y`.
+    ///
+    /// # Panics
+    /// If `y` is not `m · rows` long.
+    fn new(w: &'a [W], rows: usize, m: usize, y: &mut [f32]) -> Self {
+        assert_eq!(y.len(), m * rows, "panel product output length");
+        Self {
+            w,
+            rows,
+            y: SendPtr(y.as_mut_ptr()),
+        }
+    }
+}
+
+/// Panels of weights (f32, bf16 pairs or int8 records, as `layout` says) of every job times the
+/// same `m` activation rows (`ldx` apart, `cols` columns), on the panel kernel `f` (resolved
+/// against the CPU), in one pass over the thread pool.
+///
+/// A task multiplies a block of up to [`PANEL_MC`] activation rows with a group of one job's
+/// panels, [`PANEL_KC`] activation values at a time (all of them for `m ≤ SMALL_M`): the
+/// block's `PANEL_MC · PANEL_KC` activations (512 KiB in f32) stay in L2 while every panel of
+/// the group meets them, and each panel's weights of those columns stay in L1/L2 while all of
+/// the block's rows meet them. Nothing is packed per call. `x` holds `m` rows of
+/// `layout.kcols · layout.xcol` values `ldx` apart.
+fn panel_products<X: Sync, W: Sync>(
+    f: Panel<X, W>,
+    layout: Layout,
+    jobs: &[Job<'_, W>],
+    x: &[X],
+    ldx: usize,
+    m: usize,
+    cols: usize,
+) {
+    assert!(
+        layout.kcols * layout.xcol <= ldx
+            && x.len() >= m * ldx
+            && jobs
+                .iter()
+                .all(|j| j.w.len() >= j.rows.div_ceil(PANEL) * layout.kcols * layout.wcol),
+        "panel product lengths"
+    );
+    let threads = rayon::current_num_threads().max(1);
+    let panels = jobs.iter().map(|j| j.rows.div_ceil(PANEL)).sum::<usize>();
+    let Schedule { kc, mc, group } = Schedule::new(layout, m, panels, threads);
+    let blocks = m.div_ceil(mc);
+    // the first task of each job, and the end of the last
+    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    let mut tasks = 0;
+    for j in jobs {
+        starts.push(tasks);
+        tasks += blocks * j.rows.div_ceil(PANEL).div_ceil(group);
+    }
+    let task = |t: usize| {
+        let which = starts.partition_point(|&s| s <= t) - 1;
+        let Job { w, rows, y } = &jobs[which];
+        let (t, panels) = (t - starts[which], rows.div_ceil(PANEL));
+        let groups = panels.div_ceil(group);
+        let (i0, p0) = (t / groups * mc, t % groups * group);
+        let mm = mc.min(m - i0);
+        // SAFETY: the kernel was resolved against the CPU's features; rows i0..i0 + mm of the
+        // job's y, at the columns of panels p0.. (rows of the matrix), lie inside y ([m, rows],
+        // asserted by `Job::new`) in a block no other task writes.
+        unsafe {
+            panel_block(
+                f,
+                layout,
+                &x[i0 * ldx..],
+                ldx,
+                mm,
+                w,
+                p0..(p0 + group).min(panels),
+                kc,
+                y.get().add(i0 * rows),
+                *rows,
+                *rows,
+            )
+        }
+    };
+    // waking the thread pool costs tens of microseconds: small products stay on this thread
+    let rows = jobs.iter().map(|j| j.rows).sum::<usize>();
+    let macs = rows.saturating_mul(cols).saturating_mul(m);
+    if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
 /// `mm` activation rows (`x`, `ldx` apart) times the panels `ps` of `w` (in `layout`; its
 /// first panel's row 0 is the matrix row `y` points at, and `valid` rows are real), `kc`
 /// kernel columns per pass, into `y` (rows `ldy` apart): the first pass stores, the others
@@ -478,6 +801,124 @@ fn padded_rows<E: Copy + Default + Send>(
         out.chunks_mut(stride).zip(x.chunks(cols)).for_each(row);
     }
     Ok(out)
+}
+
+thread_local! {
+    /// A thread's scratch for the one-pass SwiGLU (two blocks of outputs, kept between calls).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How the panel products split their work: `kc` kernel columns per pass, blocks of `mc`
+/// activation rows and groups of `group` panels per task.
+struct Schedule {
+    kc: usize,
+    mc: usize,
+    group: usize,
+}
+
+impl Schedule {
+    /// The split of `m` activation rows times `panels` panels over `threads` threads.
+    fn new(layout: Layout, m: usize, panels: usize, threads: usize) -> Self {
+        if m <= SMALL_M {
+            // one pass over the weights: about eight groups per thread to balance
+            Self {
+                kc: layout.kcols,
+                mc: m,
+                group: panels.div_ceil(threads * 8).clamp(1, 32),
+            }
+        } else {
+            Self {
+                kc: PANEL_KC / layout.xcol,
+                mc: PANEL_MC,
+                group: PANEL_GROUP,
+            }
+        }
+    }
+}
+
+/// The layout of f32 panels of `cols` columns.
+fn f32_layout(cols: usize) -> Layout {
+    Layout {
+        kcols: cols,
+        xcol: 1,
+        wcol: PANEL,
+    }
+}
+
+/// The layout of bf16 panels of `cols` columns (in pairs), and the activation row stride
+/// they read (a whole number of pairs: an odd last column meets zero weights).
+fn bf16_layout(cols: usize) -> (Layout, usize) {
+    let pairs = cols.div_ceil(2);
+    let layout = Layout {
+        kcols: pairs,
+        xcol: 2,
+        wcol: kernels::PAIR,
+    };
+    (layout, 2 * pairs)
+}
+
+/// Activation rows as a kernel reads them: the caller's own, or a padded copy.
+enum Rows {
+    Given,
+    Padded(Aligned<f32>),
+}
+
+impl Rows {
+    /// The rows: `x` itself, or the padded copy.
+    fn get<'a>(&'a self, x: &'a [f32]) -> &'a [f32] {
+        match self {
+            Rows::Given => x,
+            Rows::Padded(p) => p,
+        }
+    }
+}
+
+/// The `m` rows of `x` padded to `stride` values each, unless they already are `cols == stride`.
+fn rows_of(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Rows, CpuError> {
+    Ok(if stride == cols {
+        Rows::Given
+    } else {
+        Rows::Padded(padded_rows(x, m, cols, stride, |v| v)?)
+    })
+}
+
+/// The int8 decode kernel's layout for `cols` columns (records of [`INT8_BLOCK`]), the row
+/// stride it reads (whole blocks: the padded columns meet zero weights), and the rows.
+fn int8_operand(x: &[f32], m: usize, cols: usize) -> Result<(Layout, usize, Rows), CpuError> {
+    let blocks = cols.div_ceil(INT8_BLOCK);
+    let layout = Layout {
+        kcols: blocks,
+        xcol: INT8_BLOCK,
+        wcol: INT8_RECORD,
+    };
+    let stride = blocks * INT8_BLOCK;
+    Ok((layout, stride, rows_of(x, m, cols, stride)?))
+}
+
+/// The activations of a bf16 product and the panel kernel that reads them: decode
+/// (`m ≤ SMALL_M`) multiplies the f32 activations as they are; prompt-sized products round them
+/// to bf16 (as a bf16 model computes), as bf16 bits for `vdpbf16ps` where the CPU has it, else
+/// as f32 values.
+enum Bf16Operand {
+    F32(Panel<f32, u16>, Rows),
+    Bits(Panel<u16, u16>, Aligned<u16>),
+}
+
+impl Bf16Operand {
+    /// The operand of `m` rows of `x` (`cols` each) for `kernel` (resolved against the CPU).
+    fn new(kernel: Kernel, x: &[f32], m: usize, cols: usize) -> Result<Self, CpuError> {
+        let (_, stride) = bf16_layout(cols);
+        let f = kernels::panel_bf16(kernel);
+        Ok(if m <= SMALL_M {
+            Bf16Operand::F32(f, rows_of(x, m, cols, stride)?)
+        } else if let Some(dot) = kernels::panel_bf16_dot(kernel) {
+            let bits = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_bits())?;
+            Bf16Operand::Bits(dot, bits)
+        } else {
+            let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
+            Bf16Operand::F32(f, Rows::Padded(rounded))
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
