@@ -69,6 +69,56 @@ pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     burn::tensor::activation::silu(gate) * up
 }
 
+/// Splits `x` (`[batch, seq, heads · head_dim]`, a projection's output) into heads and rotates
+/// each by the rotary tables `cos` and `sin` (`[batch, 1, seq, head_dim]`), returning
+/// `[batch, heads, seq, head_dim]`: [`rope::apply`](crate::rope::apply) on the split heads. On the
+/// flex device in f32, one pass over the projection's output in place (no copy where the tensor
+/// is not shared) with the same values bit for bit; elsewhere tensor operations.
+///
+/// # Panics
+/// If the last dimension of `x` is not a multiple of `heads`, or the tables do not have
+/// `[batch, 1, seq, head_dim]` values.
+pub fn rope_heads(x: Tensor<3>, heads: usize, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, s, width] = x.dims();
+    assert!(
+        heads > 0 && width % heads == 0,
+        "{width} values in {heads} heads"
+    );
+    let d = width / heads;
+    let f32_tables = cos.dtype() == DType::F32 && sin.dtype() == DType::F32;
+    if !(is_flex(&x.device()) && x.dtype() == DType::F32 && f32_tables && d % 2 == 0) {
+        let x = x.reshape([b, s, heads, d]).swap_dims(1, 2);
+        return crate::rope::apply(x, cos, sin);
+    }
+    let device = x.device();
+    assert_eq!(cos.dims(), [b, 1, s, d], "rotary table shape");
+    assert_eq!(sin.dims(), [b, 1, s, d], "rotary table shape");
+    let mut v = flex_f32_vec(x);
+    let half = d / 2;
+    crate::host::with_flex_f32(cos.clone(), |cos| {
+        crate::host::with_flex_f32(sin.clone(), |sin| {
+            // one token's heads per item: x·cos + rotate_half(x)·sin, as rope::apply rounds it
+            let token = |(t, row): (usize, &mut [f32])| {
+                let (c, sn) = (&cos[t * d..(t + 1) * d], &sin[t * d..(t + 1) * d]);
+                for head in row.chunks_exact_mut(d) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for j in 0..half {
+                        let (a, b) = (x1[j], x2[j]);
+                        x1[j] = a * c[j] + -b * sn[j];
+                        x2[j] = b * c[half + j] + a * sn[half + j];
+                    }
+                }
+            };
+            if b * s > crate::cpu::SMALL_M {
+                v.par_chunks_mut(width).enumerate().for_each(token);
+            } else {
+                v.chunks_mut(width).enumerate().for_each(token);
+            }
+        })
+    });
+    from_f32_vec(v, [b, s, heads, d], &device, DType::F32).swap_dims(1, 2)
+}
+
 /// How a key/value cache keeps its keys and values on a device ([`kv_storage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

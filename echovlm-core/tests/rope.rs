@@ -48,3 +48,47 @@ fn apply_rotates_each_pair_by_its_angle() {
         vec![-3.0, 4.0, 1.0, 2.0]
     );
 }
+
+#[test]
+fn rotating_split_heads_in_place_equals_apply_bit_for_bit() {
+    // backend::rope_heads rotates a projection's output [batch, seq, heads·dim] head by head in
+    // one pass on the CPU: it must give rope::apply on the split heads exactly, for a decode
+    // step (one token, sequential) and a prompt (parallel over tokens), shared input included
+    use burn::tensor::Distribution;
+    use echovlm_core::backend;
+    let device = Device::default();
+    let (heads, d) = (3, 8);
+    for (b, s) in [(1, 1), (2, 20)] {
+        let x = Tensor::<3>::random([b, s, heads * d], Distribution::Normal(0.0, 1.0), &device);
+        let (mut cos, mut sin) = (vec![0f32; b * s * d], vec![0f32; b * s * d]);
+        for (i, (c, sn)) in cos
+            .chunks_exact_mut(d)
+            .zip(sin.chunks_exact_mut(d))
+            .enumerate()
+        {
+            let angles: Vec<f32> = (0..d / 2)
+                .map(|j| 0.37 * i as f32 - 0.21 * j as f32)
+                .collect();
+            rope::write_row(&angles, c, sn);
+        }
+        let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [b, 1, s, d]), &device);
+        let (cos, sin) = (table(cos), table(sin));
+        let want = rope::apply(
+            x.clone().reshape([b, s, heads, d]).swap_dims(1, 2),
+            &cos,
+            &sin,
+        );
+        // `x` stays shared here: the rotation must work on a copy and leave it unchanged
+        let before = flex_f32_vec(x.clone());
+        let got = backend::rope_heads(x.clone(), heads, &cos, &sin);
+        assert_eq!(got.dims(), [b, heads, s, d]);
+        let (got, want) = (flex_f32_vec(got), flex_f32_vec(want));
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, w)| a.to_bits() == w.to_bits()),
+            "{b}x{s}: rotated heads differ"
+        );
+        assert_eq!(flex_f32_vec(x), before);
+    }
+}

@@ -315,9 +315,9 @@ impl SparseMoeBlock {
     /// it, its output is weighted and added into place, then the gated shared expert is added.
     pub fn forward(&self, h: Tensor<2>) -> Result<(Tensor<2>, Routing), ReadBackError> {
         let routing = self.route(h.clone())?;
-        let out = self.routed(h.clone(), &routing);
-        let shared = self.shared(h);
-        Ok((out + shared, routing))
+        // the experts' outputs are added into the shared expert's, in place
+        let shared = self.shared(h.clone());
+        Ok((self.routed(h, &routing, Some(shared)), routing))
     }
 
     /// [`forward`](Self::forward) for training: the expert weights are taken from the router's
@@ -354,18 +354,18 @@ impl SparseMoeBlock {
             probs
         };
         let weights = weights.cast(h.dtype());
-        let out = self.routed_by(h.clone(), &routing, |e, idx| match idx {
+        let shared = self.shared(h.clone());
+        let out = self.routed_by(h, &routing, Some(shared), |e, idx| match idx {
             None => weights.clone().narrow(1, e, 1),
             Some(idx) => weights.clone().select(0, idx).narrow(1, e, 1),
         });
-        let shared = self.shared(h);
-        Ok((out + shared, routing, logits))
+        Ok((out, routing, logits))
     }
 
     /// The routed experts only (no shared expert), dispatched sparsely.
     pub fn forward_routed(&self, h: Tensor<2>) -> Result<(Tensor<2>, Routing), ReadBackError> {
         let routing = self.route(h.clone())?;
-        Ok((self.routed(h, &routing), routing))
+        Ok((self.routed(h, &routing, None), routing))
     }
 
     /// Like [`forward`](Self::forward) but runs every expert on every token and masks the
@@ -404,11 +404,12 @@ impl SparseMoeBlock {
         self.shared_expert.forward(h) * gate
     }
 
-    fn routed(&self, h: Tensor<2>, routing: &Routing) -> Tensor<2> {
+    /// The routed experts' outputs, weighted by the routing, added to `base` (or to zeros).
+    fn routed(&self, h: Tensor<2>, routing: &Routing, base: Option<Tensor<2>>) -> Tensor<2> {
         let device = h.device();
         let dtype = h.dtype();
         let per_expert = routing.per_expert();
-        self.routed_by(h, routing, |e, _| {
+        self.routed_by(h, routing, base, |e, _| {
             let ws = per_expert[e].1.clone();
             let n = ws.len();
             Tensor::<1>::from_data(TensorData::new(ws, [n]), (&device, dtype)).unsqueeze_dim::<2>(1)
@@ -417,17 +418,18 @@ impl SparseMoeBlock {
 
     /// Runs each expert on its tokens and adds its output, weighted by `weight(e, idx)` (`[n, 1]`
     /// for the `n` tokens of expert `e`, gathered by `idx`, or every token when `idx` is `None`),
-    /// into place.
+    /// into place: into `base` (`[tokens, hidden]`) when given, else into zeros.
     fn routed_by(
         &self,
         h: Tensor<2>,
         routing: &Routing,
+        base: Option<Tensor<2>>,
         weight: impl Fn(usize, Option<Tensor<1, Int>>) -> Tensor<2>,
     ) -> Tensor<2> {
         let [tokens, hidden] = h.dims();
         let device = h.device();
         let dtype = h.dtype();
-        let mut out: Option<Tensor<2>> = None;
+        let mut out = base;
         for (e, (ids, _)) in routing.per_expert().into_iter().enumerate() {
             if ids.is_empty() {
                 continue;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use echovlm_core::host::{ReadBackError, from_f32_vec};
-use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader};
+use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader, backend};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
 
 use crate::cache::KvCache;
@@ -92,13 +92,10 @@ impl Attention {
                 let [q, k, v]: [Tensor<3>; 3] = Linear::forward_parts(&parts, x)
                     .try_into()
                     .expect("one output per part");
-                let q = split(q, self.heads);
-                let k = split(k, self.kv_heads);
-                let v = split(v, self.kv_heads);
                 (
-                    echovlm_core::rope::apply(q, &rope.0, &rope.1),
-                    echovlm_core::rope::apply(k, &rope.0, &rope.1),
-                    v,
+                    backend::rope_heads(q, self.heads, &rope.0, &rope.1),
+                    backend::rope_heads(k, self.kv_heads, &rope.0, &rope.1),
+                    split(v, self.kv_heads),
                 )
             }
         };
