@@ -31,6 +31,13 @@
 //!   quantised to int8 per block of 32 (AVX2, or the portable loop); larger `m`: tiles of 128
 //!   rows widened to f32 panels, as for int8.
 //!
+//! Products that read the same input run together: [`PackedWeight::matmul_parts`] multiplies
+//! several matrices (a layer's query, key and value projections) in one pass over the thread
+//! pool, and [`PackedWeight::swiglu`] computes a SwiGLU MLP's `silu(x·Gᵀ) ⊙ (x·Uᵀ)` with each
+//! task multiplying the same group of panels of both matrices into per-thread scratch, so
+//! that neither `[m, rows]` product is stored. Both give the separate products' values bit for
+//! bit.
+//!
 //! Beside the products, two more kernels serve the long sequences of prompts and images:
 //! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,
 //! causal tiles skipped) and the element-wise activations ([`scaled_silu`], [`silu_mul`]), all
