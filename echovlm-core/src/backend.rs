@@ -86,7 +86,7 @@ pub fn rope_heads(x: Tensor<3>, heads: usize, cos: &Tensor<4>, sin: &Tensor<4>) 
     );
     let d = width / heads;
     let f32_tables = cos.dtype() == DType::F32 && sin.dtype() == DType::F32;
-    if !(is_flex(&x.device()) && x.dtype() == DType::F32 && f32_tables && d % 2 == 0) {
+    if !(is_flex(&x.device()) && x.dtype() == DType::F32 && f32_tables && d.is_multiple_of(2)) {
         let x = x.reshape([b, s, heads, d]).swap_dims(1, 2);
         return crate::rope::apply(x, cos, sin);
     }
