@@ -70,29 +70,32 @@ pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 }
 
 /// Splits `x` (`[batch, seq, heads · head_dim]`, a projection's output) into heads and rotates
-/// each by the rotary tables `cos` and `sin` (`[batch, 1, seq, head_dim]`), returning
-/// `[batch, heads, seq, head_dim]`: [`rope::apply`](crate::rope::apply) on the split heads. On the
-/// flex device in f32, one pass over the projection's output in place (no copy where the tensor
-/// is not shared) with the same values bit for bit; elsewhere tensor operations.
+/// each by the rotary tables `cos` and `sin` (`[batch, 1, seq, head_dim]`, or any shape that
+/// broadcasts to the heads), returning `[batch, heads, seq, head_dim]`:
+/// [`rope::apply`](crate::rope::apply) on the split heads. On the flex device in f32 with tables
+/// of exactly that shape, one pass over the projection's output in place (no copy where the
+/// tensor is not shared) with the same values bit for bit; elsewhere tensor operations.
 ///
 /// # Panics
-/// If the last dimension of `x` is not a multiple of `heads`, or the tables do not have
-/// `[batch, 1, seq, head_dim]` values.
+/// If the last dimension of `x` is not a multiple of `heads`, or the tables do not broadcast.
 pub fn rope_heads(x: Tensor<3>, heads: usize, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, s, width] = x.dims();
     assert!(
-        heads > 0 && width % heads == 0,
+        heads > 0 && width.is_multiple_of(heads),
         "{width} values in {heads} heads"
     );
     let d = width / heads;
-    let f32_tables = cos.dtype() == DType::F32 && sin.dtype() == DType::F32;
-    if !(is_flex(&x.device()) && x.dtype() == DType::F32 && f32_tables && d.is_multiple_of(2)) {
+    let host = is_flex(&x.device())
+        && x.dtype() == DType::F32
+        && [cos, sin]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.dims() == [b, 1, s, d])
+        && d.is_multiple_of(2);
+    if !host {
         let x = x.reshape([b, s, heads, d]).swap_dims(1, 2);
         return crate::rope::apply(x, cos, sin);
     }
     let device = x.device();
-    assert_eq!(cos.dims(), [b, 1, s, d], "rotary table shape");
-    assert_eq!(sin.dims(), [b, 1, s, d], "rotary table shape");
     let mut v = flex_f32_vec(x);
     let half = d / 2;
     crate::host::with_flex_f32(cos.clone(), |cos| {

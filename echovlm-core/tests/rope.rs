@@ -91,4 +91,18 @@ fn rotating_split_heads_in_place_equals_apply_bit_for_bit() {
         );
         assert_eq!(flex_f32_vec(x), before);
     }
+    // tables of one batch row broadcast over two rows: the tensor path, same values
+    let x = Tensor::<3>::random([2, 3, heads * d], Distribution::Normal(0.0, 1.0), &device);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = (0..3 * d).map(|i| f(0.1 * i as f32)).collect();
+        Tensor::<4>::from_data(TensorData::new(v, [1, 1, 3, d]), &device)
+    };
+    let (cos, sin) = (table(f32::cos), table(f32::sin));
+    let want = rope::apply(
+        x.clone().reshape([2, 3, heads, d]).swap_dims(1, 2),
+        &cos,
+        &sin,
+    );
+    let got = backend::rope_heads(x, heads, &cos, &sin);
+    assert_eq!(flex_f32_vec(got), flex_f32_vec(want));
 }
