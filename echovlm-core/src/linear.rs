@@ -320,13 +320,7 @@ impl Linear {
             return parts.iter().map(|p| p.forward(x.clone())).collect();
         };
         let dims = x.dims();
-        let d_in = parts[0].d_in;
-        assert_eq!(
-            dims[D - 1],
-            d_in,
-            "linear layer of input width {d_in} applied to {dims:?}"
-        );
-        let m = dims[..D - 1].iter().product::<usize>();
+        let m = parts[0].input_rows(&dims);
         let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.d_out]).collect();
         let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
         let (device, dtype) = (x.device(), x.dtype());
@@ -337,15 +331,7 @@ impl Linear {
         parts
             .iter()
             .zip(outs)
-            .map(|(p, y)| {
-                let mut shape = dims;
-                shape[D - 1] = p.d_out;
-                let out = from_f32_vec(y, shape, &device, dtype);
-                match &p.bias {
-                    Some(b) => out + b.clone().unsqueeze(),
-                    None => out,
-                }
-            })
+            .map(|(p, y)| p.host_output(y, dims, &device, dtype))
             .collect()
     }
 
@@ -369,20 +355,13 @@ impl Linear {
             return None;
         }
         let dims = x.dims();
-        assert_eq!(
-            dims[D - 1],
-            gate.d_in,
-            "linear layer of input width {} applied to {dims:?}",
-            gate.d_in
-        );
-        let m = dims[..D - 1].iter().product::<usize>();
+        let m = gate.input_rows(&dims);
         let mut act = vec![0f32; m * gate.d_out];
         if let Err(e) = with_flex_f32(x.clone(), |xv| g.swiglu(u, xv, m, &mut act)) {
             panic!("packed SwiGLU: {e}");
         }
-        let mut shape = dims;
-        shape[D - 1] = gate.d_out;
-        Some(from_f32_vec(act, shape, &x.device(), x.dtype()))
+        // gate has no bias (checked above): the activations as they are
+        Some(gate.host_output(act, dims, &x.device(), x.dtype()))
     }
 
     /// The layer without its adapter.
@@ -399,25 +378,45 @@ impl Linear {
                     backend::is_flex(&device),
                     "packed weights on a non-CPU device"
                 );
-                assert_eq!(
-                    dims[D - 1],
-                    self.d_in,
-                    "linear layer of input width {} applied to {dims:?}",
-                    self.d_in
-                );
-                let m = dims[..D - 1].iter().product::<usize>();
+                let m = self.input_rows(&dims);
                 let mut y = vec![0f32; m * self.d_out];
                 if let Err(e) = with_flex_f32(x, |xv| p.matmul(xv, m, &mut y)) {
                     panic!("packed linear layer: {e}");
                 }
-                let mut shape = dims;
-                shape[D - 1] = self.d_out;
-                let out = from_f32_vec(y, shape, &device, dtype);
-                match &self.bias {
-                    Some(b) => out + b.clone().unsqueeze(),
-                    None => out,
-                }
+                self.host_output(y, dims, &device, dtype)
             }
+        }
+    }
+
+    /// The rows of activations in an input of shape `dims` (all dimensions but the last).
+    ///
+    /// # Panics
+    /// If the last dimension is not [`d_in`](Self::d_in) (as Burn's matmul does on mismatched
+    /// shapes).
+    fn input_rows<const D: usize>(&self, dims: &[usize; D]) -> usize {
+        assert_eq!(
+            dims[D - 1],
+            self.d_in,
+            "linear layer of input width {} applied to {dims:?}",
+            self.d_in
+        );
+        dims[..D - 1].iter().product()
+    }
+
+    /// This layer's output computed on the host (`y`, row-major, for an input of shape `dims`)
+    /// as a tensor on `device`, with the bias added.
+    fn host_output<const D: usize>(
+        &self,
+        y: Vec<f32>,
+        mut dims: [usize; D],
+        device: &burn::tensor::Device,
+        dtype: DType,
+    ) -> Tensor<D> {
+        dims[D - 1] = self.d_out;
+        let out = from_f32_vec(y, dims, device, dtype);
+        match &self.bias {
+            Some(b) => out + b.clone().unsqueeze(),
+            None => out,
         }
     }
 }

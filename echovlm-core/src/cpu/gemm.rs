@@ -387,13 +387,9 @@ impl PackedWeight {
                 }
             });
         };
-        // waking the thread pool costs tens of microseconds: small products stay on this thread
+        // two products' multiply-accumulates
         let macs = rows.saturating_mul(self.cols).saturating_mul(m);
-        if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS / 2 {
-            (0..tasks).for_each(task);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        run_tasks(tasks, macs.saturating_mul(2), task);
     }
 
     /// bf16 weights (stored in panels of column pairs, see `Data::Bf16`) times `m` activation
@@ -665,8 +661,8 @@ fn panel_products<X: Sync, W: Sync>(
     let panels = jobs.iter().map(|j| j.rows.div_ceil(PANEL)).sum::<usize>();
     let Schedule { kc, mc, group } = Schedule::new(layout, m, panels, threads);
     let blocks = m.div_ceil(mc);
-    // the first task of each job, and the end of the last
-    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    // the first task of each job
+    let mut starts = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
     for j in jobs {
         starts.push(tasks);
@@ -698,10 +694,15 @@ fn panel_products<X: Sync, W: Sync>(
             )
         }
     };
-    // waking the thread pool costs tens of microseconds: small products stay on this thread
     let rows = jobs.iter().map(|j| j.rows).sum::<usize>();
-    let macs = rows.saturating_mul(cols).saturating_mul(m);
-    if threads == 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
+    run_tasks(tasks, rows.saturating_mul(cols).saturating_mul(m), task);
+}
+
+/// Runs `task` for every task index below `tasks`: on the thread pool, unless the pool has one
+/// thread, there is one task, or the product's `macs` multiply-accumulates are too few to pay
+/// for waking the pool (tens of microseconds), which a decode step would feel.
+fn run_tasks(tasks: usize, macs: usize, task: impl Fn(usize) + Sync + Send) {
+    if rayon::current_num_threads() <= 1 || tasks == 1 || macs < PARALLEL_MIN_MACS {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
