@@ -494,8 +494,29 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The layer's element-wise work at a 1024-token prompt (`[1, 1024, 3584]`, f32): the
+/// RMSNorm and the residual add.
+fn elementwise(c: &mut Criterion) {
+    use echovlm_core::RmsNorm;
+    let mut g = c.benchmark_group("elementwise");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1));
+    let device = Device::default();
+    let x = random([1, 1024, 3584]);
+    let norm = RmsNorm {
+        weight: Tensor::random([3584], Distribution::Normal(1.0, 0.1), &device),
+        eps: 1e-6,
+    };
+    g.bench_function("rms_norm_1024", |b| b.iter(|| norm.forward(x.clone())));
+    let y = random([1, 1024, 3584]);
+    g.bench_function("residual_1024", |b| {
+        b.iter_batched(|| x.clone() + 0.0, |x| x + y.clone(), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    elementwise,
     attention,
     matvec,
     prompt_product,

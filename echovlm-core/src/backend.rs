@@ -53,6 +53,70 @@ pub fn scaled_silu<const D: usize>(x: Tensor<D>, alpha: f64) -> Tensor<D> {
     }
 }
 
+/// Qwen2's RMSNorm over the last dimension of `x`, `weight` (`[d]`) its scale: statistics in
+/// f32, cast back to `x`'s type before the scale. On the flex device with f32 input and scale,
+/// one pass of the CPU kernel ([`crate::cpu::rms_norm`]) that reads `x` in place; elsewhere
+/// tensor operations.
+///
+/// # Panics
+/// If the last dimension of `x` is not `d`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    let dims = x.dims();
+    assert_eq!(dims[D - 1], weight.dims()[0], "rms_norm width");
+    let dtype = x.dtype();
+    if is_flex(&x.device()) && dtype == DType::F32 && weight.dtype() == DType::F32 {
+        let device = x.device();
+        let mut out = vec![0f32; dims.iter().product()];
+        crate::host::with_flex_f32(weight.clone(), |w| {
+            crate::host::with_flex_f32(x, |x| crate::cpu::rms_norm(x, w, eps as f32, &mut out))
+        });
+        return from_f32_vec(out, dims, &device, DType::F32);
+    }
+    let x32 = if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
+    let var = x32.clone().square().mean_dim(D - 1);
+    let normed = x32 * var.add_scalar(eps).sqrt().recip();
+    let normed = if dtype == DType::F32 {
+        normed
+    } else {
+        normed.cast(dtype)
+    };
+    normed * weight.clone().unsqueeze()
+}
+
+/// `c[:, 0] · a + c[:, 1] · b`: two branches (`[rows, width]`) mixed by per-row weights
+/// (`c`, `[rows, 2]`). On the flex device in f32, one pass of the CPU kernel
+/// ([`crate::cpu::mix_rows`]) into `a`'s memory where `a` is not shared; elsewhere tensor
+/// operations.
+///
+/// # Panics
+/// If the shapes do not match.
+pub fn mix_rows(c: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    let [rows, width] = a.dims();
+    assert!(
+        b.dims() == [rows, width] && c.dims() == [rows, 2],
+        "mix_rows shapes: {:?}, {:?}, {:?}",
+        c.dims(),
+        a.dims(),
+        b.dims()
+    );
+    let f32s = [&a, &b, &c].iter().all(|t| t.dtype() == DType::F32);
+    if is_flex(&a.device()) && f32s {
+        let device = a.device();
+        let mut out = flex_f32_vec(a);
+        crate::host::with_flex_f32(c, |c| {
+            crate::host::with_flex_f32(b, |b| crate::cpu::mix_rows(&mut out, b, c))
+        });
+        return from_f32_vec(out, [rows, width], &device, DType::F32);
+    }
+    let c0 = c.clone().narrow(1, 0, 1);
+    let c1 = c.narrow(1, 1, 1);
+    c0 * a + c1 * b
+}
+
 /// `silu(gate) · up` element-wise (the SwiGLU product); on the flex device in f32 one pass of
 /// the CPU kernel ([`crate::cpu::silu_mul`]), elsewhere tensor operations.
 ///

@@ -1,6 +1,6 @@
 //! Normalisation layers.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::loader::WeightLoader;
 
@@ -22,21 +22,9 @@ impl RmsNorm {
         }
     }
 
-    /// Normalises the last dimension.
+    /// Normalises the last dimension ([`backend::rms_norm`](crate::backend::rms_norm): one pass
+    /// of the CPU kernel on the flex device in f32, tensor operations elsewhere).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x32 = if dtype == DType::F32 {
-            x
-        } else {
-            x.cast(DType::F32)
-        };
-        let var = x32.clone().square().mean_dim(D - 1);
-        let normed = x32 * var.add_scalar(self.eps).sqrt().recip();
-        let normed = if dtype == DType::F32 {
-            normed
-        } else {
-            normed.cast(dtype)
-        };
-        normed * self.weight.clone().unsqueeze()
+        crate::backend::rms_norm(x, &self.weight, self.eps)
     }
 }

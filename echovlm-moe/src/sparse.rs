@@ -690,7 +690,5 @@ impl FusedFfn {
 /// `c[:, 0] · moe + c[:, 1] · dense`, the mix of the two branches by their coefficients
 /// (`[tokens, 2]`).
 fn mix(c: Tensor<2>, moe: Tensor<2>, dense: Tensor<2>) -> Tensor<2> {
-    let c0 = c.clone().narrow(1, 0, 1);
-    let c1 = c.narrow(1, 1, 1);
-    c0 * moe + c1 * dense
+    backend::mix_rows(c, moe, dense)
 }

@@ -8,23 +8,33 @@
 //! which stays in cache for the whole walk. Under a causal mask the tiles past a block's last
 //! visible key are never computed. Grouped key/value heads are read in place, never repeated.
 //!
-//! The products run on the `gemm` crate (single-threaded per task); the softmax is one portable
-//! source compiled for AVX-512, for AVX2 and for the target's baseline, chosen by
-//! [`active_kernel`](super::active_kernel) like every CPU kernel. All three compute the same
-//! values bit for bit: the exponential is a fixed sequence of `+` and `×` (no fused multiply-add,
-//! which only some targets have) that the compiler vectorises without reordering.
+//! With at least [`PACK_MIN_QUERIES`] queries (prompts, images) the keys and values of every
+//! key/value head are first copied once into the panel layout of the weight products (32 keys,
+//! or 32 value columns, side by side), and both products of a tile run on the same register-tiled
+//! f32 kernels as the layers' weights. With fewer (a decode step), where that copy would cost as
+//! much as the attention itself, the products run on the `gemm` crate. Either way a task runs on
+//! one thread. The softmax is one portable source compiled for AVX-512, for AVX2 and for the
+//! target's baseline, chosen by [`active_kernel`](super::active_kernel) like every CPU kernel,
+//! and computes the same values on all three: the exponential is a fixed sequence of `+` and `×`
+//! (no fused multiply-add, which only some targets have) that the compiler vectorises without
+//! reordering. The packed products differ between kernels in the last bits, as the weight
+//! products do (fused multiply-adds or not).
 
 use rayon::prelude::*;
 
 use super::CpuError;
 use super::elementwise::exp_neg;
 use super::error::{check_len, checked_elements};
+use super::kernels::{self, PanelF32};
+use super::packed::PANEL;
 use super::select::{Kernel, active_kernel};
 
 /// Query rows per task.
 pub const BLOCK_Q: usize = 64;
 /// Keys per tile.
 pub const BLOCK_KV: usize = 128;
+/// Queries per head from which the keys and values are packed for the register-tiled kernels.
+pub const PACK_MIN_QUERIES: usize = 16;
 
 /// One attention call: `softmax(q·kᵀ/√dim + mask)·v` per head, with `heads / kv_heads` query
 /// heads sharing each key/value head.
@@ -75,6 +85,7 @@ impl HostAttention<'_> {
         if out.is_empty() || self.keys == 0 {
             return Ok(out);
         }
+        let packed = (s_q >= PACK_MIN_QUERIES).then(|| Packed::new(self, kernel));
         let blocks = s_q.div_ceil(BLOCK_Q);
         out.par_chunks_mut(s_q * d)
             .enumerate()
@@ -85,7 +96,10 @@ impl HostAttention<'_> {
             })
             .for_each_init(
                 || Scratch::new(d),
-                |scratch, (task, o)| self.block(kernel, task / blocks, task % blocks, o, scratch),
+                |scratch, (task, o)| {
+                    let (bh, qb) = (task / blocks, task % blocks);
+                    self.block(kernel, packed.as_ref(), bh, qb, o, scratch)
+                },
             );
         Ok(out)
     }
@@ -131,8 +145,17 @@ impl HostAttention<'_> {
         Ok(())
     }
 
-    /// Query block `qb` of head `bh` (`batch · heads + head`) into `o` (its rows of the output).
-    fn block(&self, kernel: Kernel, bh: usize, qb: usize, o: &mut [f32], s: &mut Scratch) {
+    /// Query block `qb` of head `bh` (`batch · heads + head`) into `o` (its rows of the output),
+    /// with the packed keys and values when given.
+    fn block(
+        &self,
+        kernel: Kernel,
+        packed: Option<&Packed>,
+        bh: usize,
+        qb: usize,
+        o: &mut [f32],
+        s: &mut Scratch,
+    ) {
         let d = self.dim;
         let rows = o.len() / d;
         let (b, h) = (bh / self.heads, bh % self.heads);
@@ -163,30 +186,34 @@ impl HostAttention<'_> {
         while k0 < end {
             let n = BLOCK_KV.min(end - k0);
             let scores = &mut s.scores[..rows * n];
-            // SAFETY: q is `rows × d` row-major, the key tile `n × d` row-major read as its
-            // transpose `d × n`, scores `rows × n` row-major: all within their slices.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    s.q.as_ptr(),
-                    1,
-                    d as isize,
-                    keys[k0 * d..].as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            if let Some(p) = packed {
+                p.scores(b * self.kv_heads + g, &s.q[..rows * d], rows, k0, n, scores);
+            } else {
+                // SAFETY: q is `rows × d` row-major, the key tile `n × d` row-major read as its
+                // transpose `d × n`, scores `rows × n` row-major: all within their slices.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        n,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        s.q.as_ptr(),
+                        1,
+                        d as isize,
+                        keys[k0 * d..].as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
             let tile = Tile {
                 k0,
@@ -199,6 +226,11 @@ impl HostAttention<'_> {
                     .map(|m| (&m[(b * self.queries + q0) * self.keys..], self.keys)),
             };
             softmax_tile(kernel, &tile, scores, &mut s.max, &mut s.sum, o);
+            if let Some(p) = packed {
+                p.add_values(b * self.kv_heads + g, scores, rows, k0, n, o);
+                k0 += n;
+                continue;
+            }
             // SAFETY: probabilities `rows × n`, the value tile `n × d` and the output `rows × d`,
             // all row-major within their slices.
             unsafe {
@@ -229,6 +261,112 @@ impl HostAttention<'_> {
         for (row, &sum) in o.chunks_exact_mut(d).zip(&s.sum[..rows]) {
             let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
             row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
+/// The keys and values of every (batch row, key/value head) in the f32 panel layout, and the
+/// kernel that reads them.
+struct Packed {
+    panel: PanelF32,
+    keys: usize,
+    dim: usize,
+    /// Per head, `keys.div_ceil(32)` panels of 32 keys: `k[kk · 32 + j]` is dimension `kk` of
+    /// the panel's key `j` (zeros past the last key).
+    k: Vec<f32>,
+    /// Per head, `dim.div_ceil(32)` panels of 32 value columns: `v[key · 32 + j]` is column `j`
+    /// of the panel for `key` (zeros past the last column).
+    v: Vec<f32>,
+}
+
+impl Packed {
+    fn new(a: &HostAttention, kernel: Kernel) -> Self {
+        let (keys, d) = (a.keys, a.dim);
+        let (k_len, v_len) = (
+            keys.div_ceil(PANEL) * PANEL * d,
+            d.div_ceil(PANEL) * PANEL * keys,
+        );
+        let heads = a.batch * a.kv_heads;
+        let mut k = vec![0f32; heads * k_len];
+        let mut v = vec![0f32; heads * v_len];
+        k.par_chunks_mut(k_len)
+            .zip(v.par_chunks_mut(v_len))
+            .enumerate()
+            .for_each(|(head, (kp, vp))| {
+                let base = head * a.capacity * d;
+                let (src_k, src_v) = (&a.k[base..][..keys * d], &a.v[base..][..keys * d]);
+                for (t, row) in src_k.chunks_exact(d).enumerate() {
+                    let panel = &mut kp[t / PANEL * PANEL * d..][..PANEL * d];
+                    for (kk, &x) in row.iter().enumerate() {
+                        panel[kk * PANEL + t % PANEL] = x;
+                    }
+                }
+                for (t, row) in src_v.chunks_exact(d).enumerate() {
+                    for (c0, part) in row.chunks(PANEL).enumerate() {
+                        vp[(c0 * keys + t) * PANEL..][..part.len()].copy_from_slice(part);
+                    }
+                }
+            });
+        Self {
+            panel: kernels::panel_f32(kernel),
+            keys,
+            dim: d,
+            k,
+            v,
+        }
+    }
+
+    /// `scores[rows, n] = q[rows, dim] · keys[k0..k0 + n]ᵀ` of head `head` (`k0` a multiple of
+    /// 32).
+    fn scores(&self, head: usize, q: &[f32], rows: usize, k0: usize, n: usize, scores: &mut [f32]) {
+        let d = self.dim;
+        let k_len = self.keys.div_ceil(PANEL) * PANEL * d;
+        let panels = &self.k[head * k_len..][..k_len];
+        assert!(k0 % PANEL == 0 && scores.len() >= rows * n && k0 + n <= self.keys);
+        for c in (0..n).step_by(PANEL) {
+            let p = (k0 + c) / PANEL;
+            // SAFETY: the kernel suits the CPU (resolved by the caller); it writes rows < `rows`
+            // at columns c..c + min(32, n − c) of the `rows × n` scores, inside the slice
+            // (asserted), and checks its reads.
+            unsafe {
+                (self.panel)(
+                    q,
+                    d,
+                    rows,
+                    &panels[p * PANEL * d..],
+                    d,
+                    scores.as_mut_ptr().add(c),
+                    n,
+                    PANEL.min(n - c),
+                    false,
+                )
+            }
+        }
+    }
+
+    /// `o[rows, dim] += p[rows, n] · values[k0..k0 + n]` of head `head`.
+    fn add_values(&self, head: usize, p: &[f32], rows: usize, k0: usize, n: usize, o: &mut [f32]) {
+        let (d, keys) = (self.dim, self.keys);
+        let v_len = d.div_ceil(PANEL) * PANEL * keys;
+        let panels = &self.v[head * v_len..][..v_len];
+        assert!(o.len() >= rows * d && k0 + n <= keys);
+        for c in (0..d).step_by(PANEL) {
+            let panel = &panels[(c / PANEL * keys + k0) * PANEL..];
+            // SAFETY: as in `scores`: the kernel adds into rows < `rows` at columns
+            // c..c + min(32, d − c) of the `rows × d` output, inside the slice (asserted).
+            unsafe {
+                (self.panel)(
+                    p,
+                    n,
+                    rows,
+                    panel,
+                    n,
+                    o.as_mut_ptr().add(c),
+                    d,
+                    PANEL.min(d - c),
+                    true,
+                )
+            }
         }
     }
 }

@@ -1,9 +1,36 @@
 //! Element-wise kernels over host f32 buffers: the exponential the softmax and the gated
-//! activations share, and the activations themselves, each one portable source compiled for
-//! AVX-512, for AVX2 and for the target's baseline (the same values bit for bit on all three:
-//! only `+`, `×` and `÷`, which the compiler vectorises without reordering).
+//! activations share, the activations themselves, the RMSNorm and the per-row mix of two
+//! branches, each one portable source compiled for AVX-512, for AVX2 and for the target's
+//! baseline (the same values bit for bit on all three: only `+`, `×`, `÷` and `√`, which the
+//! compiler vectorises without reordering).
+
+use rayon::prelude::*;
 
 use super::select::{Kernel, active_kernel, resolve_kernel};
+
+/// Values from which the row-wise kernels split their rows over the thread pool.
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
+
+/// Runs `f` on groups of whole rows (`width` values each) of `out`, with the matching rows of
+/// `x`, on the thread pool when there are enough values, else on the calling thread.
+fn by_rows<T: Sync>(
+    out: &mut [f32],
+    x: &[T],
+    width: usize,
+    x_width: usize,
+    f: impl Fn(&mut [f32], &[T]) + Sync,
+) {
+    let rows = out.len() / width.max(1);
+    let threads = rayon::current_num_threads();
+    if out.len() < PARALLEL_MIN_VALUES || threads <= 1 || rows < 2 {
+        return f(out, x);
+    }
+    // a few tasks per thread, whole rows each
+    let per = rows.div_ceil(threads * 4).max(1);
+    out.par_chunks_mut(per * width)
+        .zip(x.par_chunks(per * x_width))
+        .for_each(|(o, x)| f(o, x));
+}
 
 /// `eˣ` for `x ≤ 0` (`−∞` included), within 2 ulp: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
 /// `eʳ` by Cephes' degree-6 polynomial, `2ⁿ` from the exponent bits. Below `−87` (where `eˣ`
@@ -114,6 +141,142 @@ pub fn silu_mul_with(kernel: Kernel, gate: &mut [f32], up: &[f32]) {
         _ => body(gate, up),
     }
 }
+
+/// Qwen2's RMSNorm of each row of `x` (`weight.len()` values per row) into `out`:
+/// `out = x · (mean(x²) + eps)^(−½) · weight`, the mean over the row. Rows run in parallel on
+/// the thread pool when there are many.
+///
+/// # Panics
+/// If `out` is not as long as `x`, or `x` is not whole rows.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_with(active_kernel(), x, weight, eps, out)
+}
+
+/// [`rms_norm`] with `kernel` (or the fastest supported one below it).
+pub fn rms_norm_with(kernel: Kernel, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    assert!(
+        out.len() == x.len() && (d == 0 || x.len().is_multiple_of(d)),
+        "rms_norm lengths: {} values, {} outputs, rows of {d}",
+        x.len(),
+        out.len()
+    );
+    if d == 0 {
+        return;
+    }
+    #[inline(always)]
+    fn body(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        let d = w.len();
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let mut acc = [0f32; LANES];
+            let mut chunks = xr.chunks_exact(LANES);
+            for c in &mut chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += v * v;
+                }
+            }
+            for &v in chunks.remainder() {
+                acc[0] += v * v;
+            }
+            let mut sum = 0f32;
+            for a in acc {
+                sum += a;
+            }
+            let inv = 1.0 / (sum / d as f32 + eps).sqrt();
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = v * inv * g;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        body(x, w, eps, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        body(x, w, eps, out)
+    }
+    let kernel = resolve_kernel(kernel, Kernel::is_supported);
+    by_rows(out, x, d, d, |out, x| match kernel {
+        // SAFETY: the kernel was resolved against the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(x, weight, eps, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2(x, weight, eps, out) },
+        _ => body(x, weight, eps, out),
+    });
+}
+
+/// `a ← c₀ · a + c₁ · b` row by row, `(c₀, c₁)` the row's pair in `c` (`[rows, 2]`): two
+/// branches mixed by per-row weights, rows in parallel when there are many.
+///
+/// # Panics
+/// If `b` is not as long as `a`, or `a` does not hold `c.len() / 2` whole rows.
+pub fn mix_rows(a: &mut [f32], b: &[f32], c: &[f32]) {
+    mix_rows_with(active_kernel(), a, b, c)
+}
+
+/// [`mix_rows`] with `kernel` (or the fastest supported one below it).
+pub fn mix_rows_with(kernel: Kernel, a: &mut [f32], b: &[f32], c: &[f32]) {
+    let rows = c.len() / 2;
+    assert!(
+        b.len() == a.len()
+            && c.len().is_multiple_of(2)
+            && (rows == 0 && a.is_empty() || rows > 0 && a.len().is_multiple_of(rows)),
+        "mix_rows lengths: {}, {} values, {} weights",
+        a.len(),
+        b.len(),
+        c.len()
+    );
+    if rows == 0 {
+        return;
+    }
+    let d = a.len() / rows;
+    #[inline(always)]
+    fn body(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
+        let d = bc.first().map_or(0, |(b, _)| b.len());
+        for (ar, (br, [c0, c1])) in a.chunks_exact_mut(d.max(1)).zip(bc) {
+            for (x, &y) in ar.iter_mut().zip(*br) {
+                *x = c0 * *x + c1 * y;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
+        body(a, bc)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
+        body(a, bc)
+    }
+    if d == 0 {
+        return;
+    }
+    let kernel = resolve_kernel(kernel, Kernel::is_supported);
+    // each row of `b` with its pair of weights
+    let bc: Vec<(&[f32], [f32; 2])> = b
+        .chunks_exact(d)
+        .zip(c.chunks_exact(2))
+        .map(|(r, w)| (r, [w[0], w[1]]))
+        .collect();
+    by_rows(a, &bc, d, 1, |a, bc| match kernel {
+        // SAFETY: the kernel was resolved against the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(a, bc) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2(a, bc) },
+        _ => body(a, bc),
+    });
+}
+
+/// Lanes the row sums keep apart so that the compiler vectorises them.
+const LANES: usize = 16;
 
 #[cfg(test)]
 mod tests {

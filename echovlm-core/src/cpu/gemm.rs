@@ -828,9 +828,13 @@ impl Schedule {
                 group: panels.div_ceil(threads * 8).clamp(1, 32),
             }
         } else {
+            // row blocks of near-equal height (a multiple of the kernels' 8-row step), so
+            // that no block is a thin remainder: 442 rows are two blocks of 224 and 218, not
+            // 256 and 186
+            let blocks = m.div_ceil(PANEL_MC);
             Self {
                 kc: PANEL_KC / layout.xcol,
-                mc: PANEL_MC,
+                mc: m.div_ceil(blocks).next_multiple_of(8),
                 group: PANEL_GROUP,
             }
         }

@@ -74,8 +74,11 @@ mod packed;
 mod select;
 mod threads;
 
-pub use attention::{BLOCK_KV, BLOCK_Q, HostAttention};
-pub use elementwise::{scaled_silu, scaled_silu_with, silu_mul, silu_mul_with};
+pub use attention::{BLOCK_KV, BLOCK_Q, HostAttention, PACK_MIN_QUERIES};
+pub use elementwise::{
+    mix_rows, mix_rows_with, rms_norm, rms_norm_with, scaled_silu, scaled_silu_with, silu_mul,
+    silu_mul_with,
+};
 pub use error::CpuError;
 pub use format::{INT4_GROUP, INT8_BLOCK, WeightFormat};
 pub use gemm::SMALL_M;
