@@ -4,7 +4,8 @@
 //!
 //! * one decoder layer (hidden 3584, 28/4 heads, dense 18944, 4 × 1408 experts top-2, shared
 //!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens
-//!   (`decode_kv*`: one step on a fresh cache; `decode8_kv*`: eight consecutive steps on one),
+//!   (`decode_kv*`: one step, steps back to back on one cache rewound after each;
+//!   `decode8_kv*`: eight consecutive steps on a fresh cache),
 //!   for each weight format;
 //! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches, f32 and bf16 weights;
 //! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
@@ -156,15 +157,22 @@ fn decoder_layer(c: &mut Criterion) {
                 ));
             };
             g.measurement_time(Duration::from_secs(8));
+            // one step at exactly `context` cached positions, steps back to back as in
+            // generation: the cache is rewound to `context` after each (untimed, no copy).
+            // (A fresh cache per step, built between steps, measured a machine that had just
+            // idled a core: on the 2-core VM such a step took up to twice as long.)
             g.bench_function(format!("decode_kv{}k/{name}", context / 1024), |b| {
-                b.iter_batched(
-                    || fresh_cache(1),
-                    |mut cache| {
+                let mut cache = fresh_cache(1);
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = std::time::Instant::now();
                         step(&mut cache, &pos);
-                        cache
-                    },
-                    BatchSize::SmallInput,
-                )
+                        total += t.elapsed();
+                        cache.truncate(context);
+                    }
+                    total
+                })
             });
             // eight consecutive steps on one cache, as in generation
             let steps: Vec<_> = (0..8)

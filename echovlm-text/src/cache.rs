@@ -235,6 +235,23 @@ impl KvCache {
         &self.valid
     }
 
+    /// Keeps the first `len` positions of every row and forgets the rest (nothing when `len` is
+    /// not below [`len`](Self::len)): rewinds the cache to a shared prefix, e.g. an image and
+    /// instructions, to ask another question after it without running the prefix again. The
+    /// buffers keep their capacity, so the next steps write in place.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for row in &mut self.valid {
+            row.truncate(len);
+        }
+        self.len = len;
+        if len == 0 {
+            self.valid.clear();
+        }
+    }
+
     /// Drops everything.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
@@ -608,6 +625,26 @@ mod tests {
         }
         k = merged;
         check(&a, 0, k);
+
+        // rewinding forgets the last position; the next append writes in its place
+        let before_k = real(&a, 0);
+        append(&mut a, 1, 2, 7);
+        assert_eq!(a.len(), 6);
+        a.truncate(9);
+        assert_eq!(a.len(), 6);
+        a.truncate(4);
+        assert_eq!((a.batch(), a.len()), (Some(1), 4));
+        assert_eq!(real(&a, 0), before_k);
+        append(&mut a, 1, 1, 3);
+        let mut again = before_k.0.clone();
+        for h in (0..HEADS).rev() {
+            again.splice(
+                (h + 1) * 4 * DIM..(h + 1) * 4 * DIM,
+                next[h * DIM..(h + 1) * DIM].iter().copied(),
+            );
+        }
+        assert_eq!(real(&a, 0).0, again);
+        a.truncate(4);
 
         // a longer cache joining pads the rows already there
         let mut c = new();
