@@ -88,7 +88,7 @@ fn the_cpu_paths_equal_the_tensor_operations() {
         let got = flex_f32_vec(backend::rms_norm(x.clone(), &w, 1e-6));
         let want: Vec<f32> = backend::rms_norm(on(&x, &tape), &w_tape, 1e-6)
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap();
         assert_eq!(flex_f32_vec(x), before);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -105,7 +105,7 @@ fn the_cpu_paths_equal_the_tensor_operations() {
         let to_tape = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &tape);
         let want: Vec<f32> = backend::mix_rows(to_tape(&c), to_tape(&a), to_tape(&b))
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap();
         // `a` shared too: its values must survive the mix
         let a_before = flex_f32_vec(a.clone());

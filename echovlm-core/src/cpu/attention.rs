@@ -322,7 +322,7 @@ impl Packed {
         let d = self.dim;
         let k_len = self.keys.div_ceil(PANEL) * PANEL * d;
         let panels = &self.k[head * k_len..][..k_len];
-        assert!(k0 % PANEL == 0 && scores.len() >= rows * n && k0 + n <= self.keys);
+        assert!(k0.is_multiple_of(PANEL) && scores.len() >= rows * n && k0 + n <= self.keys);
         for c in (0..n).step_by(PANEL) {
             let p = (k0 + c) / PANEL;
             // SAFETY: the kernel suits the CPU (resolved by the caller); it writes rows < `rows`
