@@ -8,11 +8,13 @@
 //! which stays in cache for the whole walk. Under a causal mask the tiles past a block's last
 //! visible key are never computed. Grouped key/value heads are read in place, never repeated.
 //!
-//! With at least [`PACK_MIN_QUERIES`] queries (prompts, images) the keys and values of every
-//! key/value head are first copied once into the panel layout of the weight products (32 keys,
-//! or 32 value columns, side by side), and both products of a tile run on the same register-tiled
-//! f32 kernels as the layers' weights. With fewer (a decode step), where that copy would cost as
-//! much as the attention itself, the products run on the `gemm` crate. Either way a task runs on
+//! With at least [`PACK_MIN_QUERIES`] queries (prompts) and a head width that is a multiple of
+//! 32 (the decoder's 128), the keys and values of every key/value head are first copied once
+//! into the panel layout of the weight products (32 keys, or 32 value columns, side by side), and
+//! both products of a tile run on the same register-tiled f32 kernels as the layers' weights.
+//! Otherwise the products run on the `gemm` crate: with fewer queries (a decode step) the copy
+//! would cost as much as the attention itself, and the vision tower's heads of 80 would fill
+//! their last value panel half with padding (measured slower). Either way a task runs on
 //! one thread. The softmax is one portable source compiled for AVX-512, for AVX2 and for the
 //! target's baseline, chosen by [`active_kernel`](super::active_kernel) like every CPU kernel,
 //! and computes the same values on all three: the exponential is a fixed sequence of `+` and `×`
@@ -33,7 +35,8 @@ use super::select::{Kernel, active_kernel};
 pub const BLOCK_Q: usize = 64;
 /// Keys per tile.
 pub const BLOCK_KV: usize = 128;
-/// Queries per head from which the keys and values are packed for the register-tiled kernels.
+/// Queries per head from which the keys and values are packed for the register-tiled kernels
+/// (for head widths that are a multiple of 32).
 pub const PACK_MIN_QUERIES: usize = 16;
 
 /// One attention call: `softmax(q·kᵀ/√dim + mask)·v` per head, with `heads / kv_heads` query
@@ -85,7 +88,8 @@ impl HostAttention<'_> {
         if out.is_empty() || self.keys == 0 {
             return Ok(out);
         }
-        let packed = (s_q >= PACK_MIN_QUERIES).then(|| Packed::new(self, kernel));
+        let packed =
+            (s_q >= PACK_MIN_QUERIES && d.is_multiple_of(PANEL)).then(|| Packed::new(self, kernel));
         let blocks = s_q.div_ceil(BLOCK_Q);
         out.par_chunks_mut(s_q * d)
             .enumerate()
