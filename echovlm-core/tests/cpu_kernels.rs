@@ -70,11 +70,12 @@ fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The activations the product of `format` weights with `m` rows sees: int4 quantises them
-/// for matrix-vector products, every other case multiplies them as they are.
+/// for matrix-vector products, bf16 rounds them to bf16, every other case multiplies them as
+/// they are.
 fn seen_activations(format: WeightFormat, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     if format == WeightFormat::Int4 && m <= SMALL_M {
         int8_activations(x, m, cols)
-    } else if format == WeightFormat::Bf16 && m > SMALL_M {
+    } else if format == WeightFormat::Bf16 {
         x.iter().map(|&v| bf16_round(v)).collect()
     } else {
         x.to_vec()
@@ -567,14 +568,14 @@ fn swiglu_is_the_two_products_and_silu_mul_bit_for_bit() {
 }
 
 #[test]
-fn prompt_sized_bf16_products_round_the_activations() {
-    // bf16 weights beyond SMALL_M activation rows compute with bf16 activations on every
-    // kernel; at most SMALL_M rows keep them in f32. Values with low bits set tell the two apart.
+fn bf16_products_round_the_activations() {
+    // bf16 weights compute with bf16 activations on every kernel, for decode (up to SMALL_M
+    // rows) as for prompts. Values with low bits set tell rounded from exact apart.
     let (rows, cols) = (12, 96);
     let w = values(rows * cols, 5);
     let p = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Bf16).unwrap();
     let stored = p.to_f32();
-    for m in [SMALL_M, SMALL_M + 1] {
+    for m in [1, SMALL_M, SMALL_M + 1] {
         let x: Vec<f32> = values(m * cols, 9)
             .iter()
             .map(|v| v * (1.0 + 1.0 / 300.0))
@@ -586,14 +587,9 @@ fn prompt_sized_bf16_products_round_the_activations() {
         for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
             let mut got = vec![0f32; m * rows];
             p.matmul_with(kernel, &x, m, &mut got).unwrap();
-            let (near, far) = if m > SMALL_M {
-                (&rounded, &exact)
-            } else {
-                (&exact, &rounded)
-            };
-            assert!(max_rel(&got, near) < 2e-6, "{kernel} m={m}");
+            assert!(max_rel(&got, &rounded) < 2e-6, "{kernel} m={m}");
             assert!(
-                max_rel(&got, far) > 1e-4,
+                max_rel(&got, &exact) > 1e-4,
                 "{kernel} m={m}: rounding not told apart"
             );
         }

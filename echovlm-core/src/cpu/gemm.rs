@@ -393,10 +393,9 @@ impl PackedWeight {
     }
 
     /// bf16 weights (stored in panels of column pairs, see `Data::Bf16`) times `m` activation
-    /// rows, on the panel kernels of `kernel` (already resolved against the CPU): decode
-    /// (`m ≤ SMALL_M`) multiplies the f32 activations as they are; prompt-sized products round
-    /// them to bf16 (as a bf16 model computes) and run on `vdpbf16ps` where the CPU has
-    /// AVX512_BF16, else in f32 on the same rounded values. `x` is `m · cols` long and `y`
+    /// rows, on the panel kernels of `kernel` (already resolved against the CPU): the
+    /// activations are rounded to bf16 (as a bf16 model computes) and multiplied on `vdpbf16ps`
+    /// where the CPU has AVX512_BF16, else in f32 on the same rounded values. `x` is `m · cols` long and `y`
     /// `m · rows` (checked by the caller).
     fn bf16_product(
         &self,
@@ -900,10 +899,9 @@ fn int8_operand(x: &[f32], m: usize, cols: usize) -> Result<(Layout, usize, Rows
     Ok((layout, stride, rows_of(x, m, cols, stride)?))
 }
 
-/// The activations of a bf16 product and the panel kernel that reads them: decode
-/// (`m ≤ SMALL_M`) multiplies the f32 activations as they are; prompt-sized products round them
-/// to bf16 (as a bf16 model computes), as bf16 bits for `vdpbf16ps` where the CPU has it, else
-/// as f32 values.
+/// The activations of a bf16 product and the panel kernel that reads them: rounded to bf16 (as
+/// a bf16 model computes, so that a token gets the same values in a prompt and in a decode
+/// step), as bf16 bits for `vdpbf16ps` where the CPU has it, else as f32 values.
 enum Bf16Operand {
     F32(Panel<f32, u16>, Rows),
     Bits(Panel<u16, u16>, Aligned<u16>),
@@ -914,9 +912,7 @@ impl Bf16Operand {
     fn new(kernel: Kernel, x: &[f32], m: usize, cols: usize) -> Result<Self, CpuError> {
         let (_, stride) = bf16_layout(cols);
         let f = kernels::panel_bf16(kernel);
-        Ok(if m <= SMALL_M {
-            Bf16Operand::F32(f, rows_of(x, m, cols, stride)?)
-        } else if let Some(dot) = kernels::panel_bf16_dot(kernel) {
+        Ok(if let Some(dot) = kernels::panel_bf16_dot(kernel) {
             let bits = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_bits())?;
             Bf16Operand::Bits(dot, bits)
         } else {

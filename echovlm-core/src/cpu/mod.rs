@@ -15,12 +15,11 @@
 //!   over the weights; prompts in blocks of 256 activation rows and 512 columns, so that the
 //!   block's activations stay in L2 while every panel of a task meets them;
 //! * bf16 weights are stored in panels of 32 rows too, by column pairs (`packed::Data::Bf16`):
-//!   one 512-bit load holds 16 rows of two columns. Decode widens them in registers (a shift
-//!   for the even column, a mask for the odd one) and multiplies the f32 activations as they
-//!   are, streaming half the bytes of f32 panels through the same driver. Prompt-sized products
-//!   round the activations to bf16 (as a bf16 model computes) and, where the CPU has
-//!   AVX512_BF16, multiply the stored pairs with broadcast activation pairs on `vdpbf16ps`:
-//!   twice the f32 rate, without widening; elsewhere the same panels in f32;
+//!   one 512-bit load holds 16 rows of two columns. Every bf16 product rounds the activations
+//!   to bf16 (as a bf16 model computes) and, where the CPU has AVX512_BF16, multiplies the
+//!   stored pairs with broadcast activation pairs on `vdpbf16ps`: twice the f32 rate, without
+//!   widening, for decode as for prompts. Elsewhere the kernels widen the pairs in registers
+//!   (a shift for the even column, a mask for the odd one) and multiply in f32;
 //! * int8 weights are stored in panels of 32 rows too, in records of 64 columns
 //!   (`packed::Data::Int8`: the 32 rows' scales, then 64 columns of 32 weights). Decode widens
 //!   and scales each column's 32 weights in registers and streams the records through the same
