@@ -39,8 +39,9 @@
 //!
 //! Beside the products, two more kernels serve the long sequences of prompts and images:
 //! tiled attention over host buffers ([`HostAttention`]: online softmax, no full score matrix,
-//! causal tiles skipped) and the element-wise activations ([`scaled_silu`], [`silu_mul`]), all
-//! on one vectorised exponential.
+//! causal tiles skipped, prompts' products on the f32 panel kernel) and the element-wise
+//! activations ([`scaled_silu`], [`silu_mul`]), all on one vectorised exponential, with the
+//! row-wise RMSNorm ([`rms_norm`]) and per-row mix of two branches ([`mix_rows`]).
 //!
 //! Only [`crate::Linear`] and [`crate::backend`] use this module, and only on the flex device;
 //! every other backend takes Burn's own operations. `tests/cpu_kernels.rs` pins the kernels to a plain
