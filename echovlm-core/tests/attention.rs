@@ -7,6 +7,9 @@ use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use echovlm_core::backend::{decode_attention, repeat_kv};
 use echovlm_core::host::flex_f32_vec;
 
+mod common;
+use common::values;
+
 fn burn_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -118,19 +121,6 @@ fn reference(
         }
     }
     out
-}
-
-/// Deterministic values in about [-2, 2].
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
 }
 
 #[test]

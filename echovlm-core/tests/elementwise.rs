@@ -6,21 +6,12 @@ use echovlm_core::backend;
 use echovlm_core::cpu::{Kernel, mix_rows_with, rms_norm_with};
 use echovlm_core::host::flex_f32_vec;
 
+mod common;
+use common::values;
+
 /// The shapes: one row (a decode step, on the calling thread) and enough rows to be split over
 /// the thread pool, with a width that is not a multiple of the vector lanes.
 const SHAPES: [(usize, usize); 3] = [(1, 37), (300, 520), (2, 16)];
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
 
 #[test]
 fn rms_norm_is_the_definition_on_every_kernel() {

@@ -11,25 +11,19 @@ use super::select::{Kernel, active_kernel, resolve_kernel};
 /// Values from which the row-wise kernels split their rows over the thread pool.
 const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
-/// Runs `f` on groups of whole rows (`width` values each) of `out`, with the matching rows of
-/// `x`, on the thread pool when there are enough values, else on the calling thread.
-fn by_rows<T: Sync>(
-    out: &mut [f32],
-    x: &[T],
-    width: usize,
-    x_width: usize,
-    f: impl Fn(&mut [f32], &[T]) + Sync,
-) {
+/// Runs `f(first_row, rows)` on groups of whole rows (`width` values each) of `out`: on the
+/// thread pool when there are enough values, else on the calling thread with every row.
+fn by_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = out.len() / width.max(1);
     let threads = rayon::current_num_threads();
     if out.len() < PARALLEL_MIN_VALUES || threads <= 1 || rows < 2 {
-        return f(out, x);
+        return f(0, out);
     }
     // a few tasks per thread, whole rows each
     let per = rows.div_ceil(threads * 4).max(1);
     out.par_chunks_mut(per * width)
-        .zip(x.par_chunks(per * x_width))
-        .for_each(|(o, x)| f(o, x));
+        .enumerate()
+        .for_each(|(i, o)| f(i * per, o));
 }
 
 /// `eˣ` for `x ≤ 0` (`−∞` included), within 2 ulp: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
@@ -199,14 +193,17 @@ pub fn rms_norm_with(kernel: Kernel, x: &[f32], weight: &[f32], eps: f32, out: &
         body(x, w, eps, out)
     }
     let kernel = resolve_kernel(kernel, Kernel::is_supported);
-    by_rows(out, x, d, d, |out, x| match kernel {
-        // SAFETY: the kernel was resolved against the CPU's features.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(x, weight, eps, out) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { avx2(x, weight, eps, out) },
-        _ => body(x, weight, eps, out),
+    by_rows(out, d, |r0, out| {
+        let x = &x[r0 * d..][..out.len()];
+        match kernel {
+            // SAFETY: the kernel was resolved against the CPU's features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(x, weight, eps, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2(x, weight, eps, out) },
+            _ => body(x, weight, eps, out),
+        }
     });
 }
 
@@ -235,43 +232,46 @@ pub fn mix_rows_with(kernel: Kernel, a: &mut [f32], b: &[f32], c: &[f32]) {
         return;
     }
     let d = a.len() / rows;
+    if d == 0 {
+        return;
+    }
+    /// Rows of `a` and `b` (`c.len() / 2` of them), each row's pair of weights in `c`.
     #[inline(always)]
-    fn body(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
-        let d = bc.first().map_or(0, |(b, _)| b.len());
-        for (ar, (br, [c0, c1])) in a.chunks_exact_mut(d.max(1)).zip(bc) {
-            for (x, &y) in ar.iter_mut().zip(*br) {
+    fn body(a: &mut [f32], b: &[f32], c: &[f32]) {
+        let d = a.len() / (c.len() / 2);
+        for ((ar, br), w) in a
+            .chunks_exact_mut(d)
+            .zip(b.chunks_exact(d))
+            .zip(c.chunks_exact(2))
+        {
+            let (c0, c1) = (w[0], w[1]);
+            for (x, &y) in ar.iter_mut().zip(br) {
                 *x = c0 * *x + c1 * y;
             }
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
-        body(a, bc)
+    unsafe fn avx512(a: &mut [f32], b: &[f32], c: &[f32]) {
+        body(a, b, c)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2(a: &mut [f32], bc: &[(&[f32], [f32; 2])]) {
-        body(a, bc)
-    }
-    if d == 0 {
-        return;
+    unsafe fn avx2(a: &mut [f32], b: &[f32], c: &[f32]) {
+        body(a, b, c)
     }
     let kernel = resolve_kernel(kernel, Kernel::is_supported);
-    // each row of `b` with its pair of weights
-    let bc: Vec<(&[f32], [f32; 2])> = b
-        .chunks_exact(d)
-        .zip(c.chunks_exact(2))
-        .map(|(r, w)| (r, [w[0], w[1]]))
-        .collect();
-    by_rows(a, &bc, d, 1, |a, bc| match kernel {
-        // SAFETY: the kernel was resolved against the CPU's features.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(a, bc) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { avx2(a, bc) },
-        _ => body(a, bc),
+    by_rows(a, d, |r0, a| {
+        let (b, c) = (&b[r0 * d..][..a.len()], &c[2 * r0..][..2 * (a.len() / d)]);
+        match kernel {
+            // SAFETY: the kernel was resolved against the CPU's features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Avx512Bf16 => unsafe { avx512(a, b, c) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2(a, b, c) },
+            _ => body(a, b, c),
+        }
     });
 }
 
