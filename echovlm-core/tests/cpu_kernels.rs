@@ -49,13 +49,13 @@ const FORMATS: [WeightFormat; 4] = [
     WeightFormat::Int4,
 ];
 
-/// The activations an int4 product with few rows multiplies with, written independently of
-/// the library: per block of 32 values, `d = max|x| / 127`, `q = round(x / d)` (ties to
-/// even), `x̂ = d · q`.
-fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
+/// The activations an int4 or int8 product with few rows multiplies with, written
+/// independently of the library: per block of `block` values (32 for int4, 64 for int8),
+/// `d = max|x| / 127`, `q = round(x / d)` (ties to even), `x̂ = d · q`.
+fn int8_activations(x: &[f32], m: usize, cols: usize, block: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols).take(m) {
-        for block in row.chunks(INT4_GROUP) {
+        for block in row.chunks(block) {
             let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
             out.extend(block.iter().map(|&v| {
                 if d > 0.0 {
@@ -69,12 +69,14 @@ fn int8_activations(x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// The activations the product of `format` weights with `m` rows sees: int4 quantises them
-/// for matrix-vector products, bf16 rounds them to bf16, every other case multiplies them as
-/// they are.
+/// The activations the product of `format` weights with `m` rows sees: int4 and int8
+/// quantise them for matrix-vector products, bf16 rounds them to bf16, every other case
+/// multiplies them as they are.
 fn seen_activations(format: WeightFormat, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     if format == WeightFormat::Int4 && m <= SMALL_M {
-        int8_activations(x, m, cols)
+        int8_activations(x, m, cols, INT4_GROUP)
+    } else if format == WeightFormat::Int8 && m <= SMALL_M {
+        int8_activations(x, m, cols, INT8_BLOCK)
     } else if format == WeightFormat::Bf16 {
         x.iter().map(|&v| bf16_round(v)).collect()
     } else {
@@ -593,6 +595,77 @@ fn bf16_products_round_the_activations() {
                 "{kernel} m={m}: rounding not told apart"
             );
         }
+    }
+}
+
+#[test]
+fn int8_decode_products_are_the_same_bits_on_every_kernel() {
+    // A few activation rows quantised per block of 64 meet the int8 weights in exact integer
+    // sums, each block's sum scaled by both scales in one order: every kernel (VNNI, the
+    // shifts-and-FMA AVX-512 and AVX2 loops, the portable loop) gives the same bits. Column
+    // counts: whole blocks, a partial last block, a partial last quad (4k + 1, 4k + 3), and a
+    // long row whose scaled block sums accumulate over many blocks.
+    for &(rows, cols) in &[
+        (70, 3 * INT8_BLOCK),
+        (37, 100),
+        (33, 67),
+        (5, 131),
+        (40, 3584),
+    ] {
+        let w: Vec<f32> = values(rows * cols, 41).iter().map(|v| v * 0.2).collect();
+        let p = PackedWeight::from_f32(rows, cols, &w, WeightFormat::Int8).unwrap();
+        for m in [1, 2, 3, 4, 5, SMALL_M] {
+            // large values next to small ones: the quantised activations differ from the
+            // f32 ones by far more than f32 rounding
+            let x: Vec<f32> = values(m * cols, 77 + m as u64)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i % 13 == 0 { v * 40.0 } else { *v })
+                .collect();
+            let mut portable = vec![0f32; m * rows];
+            p.matmul_with(Kernel::Portable, &x, m, &mut portable)
+                .unwrap();
+            let quantised = reference(
+                &p.to_f32(),
+                &int8_activations(&x, m, cols, INT8_BLOCK),
+                rows,
+                cols,
+                m,
+            );
+            let exact = reference(&p.to_f32(), &x, rows, cols, m);
+            assert!(max_rel(&portable, &quantised) < 2e-6, "{rows}x{cols} m={m}");
+            assert!(
+                max_rel(&portable, &exact) > 1e-4,
+                "{rows}x{cols} m={m}: quantisation not told apart"
+            );
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut got = vec![0f32; m * rows];
+                p.matmul_with(kernel, &x, m, &mut got).unwrap();
+                assert_eq!(got, portable, "{kernel} {rows}x{cols} m={m}");
+            }
+        }
+    }
+    // one-hot weight rows (127 at one column: scale 1) read single activations back as
+    // quantised, times 127: a block whose largest value is 127 has scale 1, and halves round
+    // to even (2.5 → 2, 3.5 → 4, −2.5 → −2); rows 4 and 5 read columns 65 and 127 of the
+    // second block (scale 0.5: 1.25 → 2.5 → 2 · 0.5, 0.75 → 1.5 → 2 · 0.5)
+    let cols = 2 * INT8_BLOCK;
+    let mut x = vec![0f32; cols];
+    x[..4].copy_from_slice(&[127.0, 2.5, 3.5, -2.5]);
+    x[64] = -63.5;
+    x[65] = 1.25;
+    x[127] = 0.75;
+    let mut one_hot = vec![0f32; 6 * cols];
+    for (r, c) in [0, 1, 2, 3, 65, 127].into_iter().enumerate() {
+        one_hot[r * cols + c] = 127.0;
+    }
+    let p = PackedWeight::from_f32(6, cols, &one_hot, WeightFormat::Int8).unwrap();
+    assert_eq!(p.to_f32(), one_hot);
+    let want = [127.0, 2.0, 4.0, -2.0, 1.0, 1.0].map(|v| v * 127.0);
+    for kernel in Kernel::ALL {
+        let mut y = [0f32; 6];
+        p.matmul_with(kernel, &x, 1, &mut y).unwrap();
+        assert_eq!(y, want, "{kernel}");
     }
 }
 

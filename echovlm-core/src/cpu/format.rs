@@ -1,5 +1,5 @@
 //! Storage formats of packed weights, their quantisation, and the int8 quantisation of
-//! activations that the int4 kernels multiply with.
+//! activations that the int8 and int4 decode kernels multiply with.
 
 use super::CpuError;
 use super::aligned::Aligned;
@@ -23,7 +23,10 @@ pub enum WeightFormat {
     /// bfloat16 (2 bytes per weight): the upper half of the f32.
     Bf16,
     /// Symmetric int8 with one f32 scale per [`INT8_BLOCK`] consecutive weights of a row
-    /// (1.0625 bytes per weight).
+    /// (1.0625 bytes per weight). Products with a few activation rows (decode) quantise the
+    /// activations to int8 per block of 64 and sum each block's products exactly in integers
+    /// (`vpdpbusd` where the CPU has AVX-512 VNNI); prompt-sized products widen the weights to
+    /// f32.
     Int8,
     /// Symmetric 4-bit with one f16 scale per [`INT4_GROUP`] consecutive weights of a row
     /// (0.5625 bytes per weight): `w = scale · (q − 8)`, `q` in 0..=15, the value of largest
@@ -137,6 +140,24 @@ pub(super) fn int4_level(bytes: &[u8], i: usize) -> i32 {
     q as i32 - 8
 }
 
+/// Quantises one block of activations `xb` into `qb` (as long, or longer: the rest stays as it
+/// is): `d = max|x| / 127`, `q = round(x / d)` (ties to even). Returns `d` and `Σq`.
+fn quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
+    let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (qi, &v) in qb.iter_mut().zip(xb) {
+        // round to nearest, ties to even, without a call into libm: adding 1.5 · 2²³ leaves
+        // no fraction bits for values of magnitude ≤ 2²²
+        const SHIFT: f32 = 12_582_912.0;
+        let r = ((v * inv + SHIFT) - SHIFT).clamp(-127.0, 127.0) as i8;
+        *qi = r;
+        sum += r as i32;
+    }
+    (scale, sum)
+}
+
 /// Activation rows quantised for the int4 products: per block of [`INT4_GROUP`] values,
 /// `d = max|x| / 127`, `q = round(x / d)` (int8, ties to even), and `o = 8 · d · Σq` (what the `q − 8` offset
 /// of the weights subtracts). Rows are padded with zeros to whole blocks.
@@ -171,18 +192,7 @@ impl QuantizedRows {
                     .zip(qr.chunks_exact_mut(INT4_GROUP))
                     .enumerate()
                 {
-                    let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                    let scale = amax / 127.0;
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (qi, &v) in qb.iter_mut().zip(xb) {
-                        // round to nearest, ties to even, without a call into libm: adding
-                        // 1.5 · 2²³ leaves no fraction bits for values of magnitude ≤ 2²²
-                        const SHIFT: f32 = 12_582_912.0;
-                        let r = ((v * inv + SHIFT) - SHIFT).clamp(-127.0, 127.0) as i8;
-                        *qi = r;
-                        sum += r as i32;
-                    }
+                    let (scale, sum) = quantize_block(xb, qb);
                     dr[b] = scale;
                     or[b] = 8.0 * scale * sum as f32;
                 }
@@ -190,4 +200,55 @@ impl QuantizedRows {
         }
         Ok(Self { q, d, o, blocks })
     }
+}
+
+/// One block of [`INT8_BLOCK`] activations quantised for the int8 products with few activation
+/// rows (decode): `d = max|x| / 127`, `q = round(x / d)` (ties to even, zeros past the row's
+/// end), and `bias = 128 · Σq`.
+///
+/// A product then sums `q_w · q` over the block exactly, in integers (or in f32, where every
+/// partial sum of these products is an integer below 2²⁴), and adds `(s_w · d) · Σ` to the
+/// row's f32 sum: every kernel computes the same values, bit for bit. `bias` is what the VNNI
+/// kernel subtracts after multiplying the weights offset to unsigned (`q_w + 128`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct Int8Block {
+    /// The quantised values.
+    pub(super) q: [i8; INT8_BLOCK],
+    /// The scale.
+    pub(super) d: f32,
+    /// `128 · Σq`.
+    pub(super) bias: i32,
+}
+
+impl Default for Int8Block {
+    fn default() -> Self {
+        Self {
+            q: [0; INT8_BLOCK],
+            d: 0.0,
+            bias: 0,
+        }
+    }
+}
+
+/// The `m` rows of `x` (`m · cols` values, checked by the caller) quantised per block of
+/// [`INT8_BLOCK`] (`cols.div_ceil(INT8_BLOCK)` blocks per row, the last one padded with zeros).
+pub(super) fn int8_blocks(
+    x: &[f32],
+    m: usize,
+    cols: usize,
+) -> Result<Aligned<Int8Block>, CpuError> {
+    let blocks = cols.div_ceil(INT8_BLOCK);
+    let n = super::error::checked_bytes("quantised activations", m, blocks, 1)?;
+    let mut out = Aligned::<Int8Block>::zeroed(n)?;
+    if cols > 0 {
+        for (xr, br) in x.chunks_exact(cols).zip(out.chunks_exact_mut(blocks)) {
+            for (xb, blk) in xr.chunks(INT8_BLOCK).zip(br.iter_mut()) {
+                let (d, sum) = quantize_block(xb, &mut blk.q);
+                blk.d = d;
+                blk.bias = 128 * sum;
+            }
+        }
+    }
+    Ok(out)
 }

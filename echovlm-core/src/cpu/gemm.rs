@@ -6,9 +6,13 @@ use rayon::prelude::*;
 use super::aligned::Aligned;
 use super::elementwise::silu_mul_with;
 use super::error::{check_len, checked_bytes};
-use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows, WeightFormat};
+use super::format::{
+    INT4_GROUP, INT4_GROUP_BYTES, Int8Block, QuantizedRows, WeightFormat, int8_blocks,
+};
 use super::kernels::{self, Dots};
-use super::packed::{Data, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight, record_scales};
+use super::packed::{
+    Data, INT8_QUAD, INT8_RECORD, INT8_SCALES, PANEL, PackedWeight, int8_index, record_scales,
+};
 use super::select::{Kernel, active_kernel, resolve_kernel};
 use super::{CpuError, INT8_BLOCK};
 
@@ -75,9 +79,9 @@ impl PackedWeight {
         if let (Data::Int8(w), true) = (&self.data, m <= SMALL_M) {
             // a column's 32 weights widened and scaled in registers; prompt-sized products
             // widen tiles once (below) and run the f32 kernel, which keeps 8 rows in registers
-            let (layout, stride, xs) = int8_operand(x, m, self.cols)?;
+            let (layout, xq) = int8_operand(x, m, self.cols)?;
             let f = kernels::panel_int8(kernel);
-            self.panel_product(f, layout, w, xs.get(x), stride, m, y);
+            self.panel_product(f, layout, w, &xq, layout.kcols, m, y);
             return Ok(());
         }
         if m <= SMALL_M {
@@ -189,7 +193,7 @@ impl PackedWeight {
                 });
                 match Bf16Operand::new(kernel, x, m, cols)? {
                     Bf16Operand::F32(f, xs) => {
-                        panel_products(f, layout, &jobs, xs.get(x), stride, m, cols)
+                        panel_products(f, layout, &jobs, &xs, stride, m, cols)
                     }
                     Bf16Operand::Bits(dot, xb) => {
                         panel_products(dot, layout, &jobs, &xb, stride, m, cols)
@@ -197,13 +201,13 @@ impl PackedWeight {
                 }
             }
             WeightFormat::Int8 if m <= SMALL_M => {
-                let (layout, stride, xs) = int8_operand(x, m, cols)?;
+                let (layout, xq) = int8_operand(x, m, cols)?;
                 let jobs = jobs(parts, ys, m, |d| match d {
                     Data::Int8(w) => &w[..],
                     _ => unreachable!("checked: one format"),
                 });
                 let f = kernels::panel_int8(kernel);
-                panel_products(f, layout, &jobs, xs.get(x), stride, m, cols);
+                panel_products(f, layout, &jobs, &xq, layout.kcols, m, cols);
             }
             _ => {
                 for (p, y) in parts.iter().zip(ys.iter_mut()) {
@@ -284,8 +288,7 @@ impl PackedWeight {
                 let weights = (&g[..], &u[..]);
                 match Bf16Operand::new(kernel, x, m, cols)? {
                     Bf16Operand::F32(f, xs) => {
-                        let xs = xs.get(x);
-                        self.swiglu_panels(kernel, f, layout, weights, xs, stride, m, act)
+                        self.swiglu_panels(kernel, f, layout, weights, &xs, stride, m, act)
                     }
                     Bf16Operand::Bits(dot, xb) => {
                         self.swiglu_panels(kernel, dot, layout, weights, &xb, stride, m, act)
@@ -293,10 +296,10 @@ impl PackedWeight {
                 }
             }
             (Data::Int8(g), Data::Int8(u)) if m <= SMALL_M => {
-                let (layout, stride, xs) = int8_operand(x, m, cols)?;
+                let (layout, xq) = int8_operand(x, m, cols)?;
                 let f = kernels::panel_int8(kernel);
                 let weights = (&g[..], &u[..]);
-                self.swiglu_panels(kernel, f, layout, weights, xs.get(x), stride, m, act);
+                self.swiglu_panels(kernel, f, layout, weights, &xq, layout.kcols, m, act);
             }
             _ => {
                 self.matmul_with(kernel, x, m, act)?;
@@ -407,7 +410,7 @@ impl PackedWeight {
     ) -> Result<(), CpuError> {
         let (layout, stride) = bf16_layout(self.cols);
         match Bf16Operand::new(kernel, x, m, self.cols)? {
-            Bf16Operand::F32(f, xs) => self.panel_product(f, layout, w, xs.get(x), stride, m, y),
+            Bf16Operand::F32(f, xs) => self.panel_product(f, layout, w, &xs, stride, m, y),
             Bf16Operand::Bits(dot, xb) => self.panel_product(dot, layout, w, &xb, stride, m, y),
         }
         Ok(())
@@ -763,14 +766,17 @@ fn widen_int8_panel(w: &[u8], cols: usize, out: &mut [f32]) {
     {
         let s = record_scales(rec);
         let c0 = b * INT8_BLOCK;
-        let weights = rec[INT8_SCALES..].chunks_exact(PANEL);
-        for (col, q) in out[c0 * PANEL..]
-            .chunks_exact_mut(PANEL)
-            .zip(weights)
-            .take(cols - c0)
+        let n = INT8_BLOCK.min(cols - c0);
+        for (t, quad) in rec[INT8_SCALES..]
+            .chunks_exact(INT8_QUAD)
+            .take(n.div_ceil(4))
+            .enumerate()
         {
-            for ((o, &q), &s) in col.iter_mut().zip(q).zip(&s) {
-                *o = q as i8 as f32 * s;
+            for e in 0..4.min(n - 4 * t) {
+                let col = &mut out[(c0 + 4 * t + e) * PANEL..][..PANEL];
+                for (j, (o, &s)) in col.iter_mut().zip(&s).enumerate() {
+                    *o = quad[int8_index(j, e)] as i8 as f32 * s;
+                }
             }
         }
     }
@@ -861,49 +867,26 @@ fn bf16_layout(cols: usize) -> (Layout, usize) {
     (layout, 2 * pairs)
 }
 
-/// Activation rows as a kernel reads them: the caller's own, or a padded copy.
-enum Rows {
-    Given,
-    Padded(Aligned<f32>),
-}
-
-impl Rows {
-    /// The rows: `x` itself, or the padded copy.
-    fn get<'a>(&'a self, x: &'a [f32]) -> &'a [f32] {
-        match self {
-            Rows::Given => x,
-            Rows::Padded(p) => p,
-        }
-    }
-}
-
-/// The `m` rows of `x` padded to `stride` values each, unless they already are `cols == stride`.
-fn rows_of(x: &[f32], m: usize, cols: usize, stride: usize) -> Result<Rows, CpuError> {
-    Ok(if stride == cols {
-        Rows::Given
-    } else {
-        Rows::Padded(padded_rows(x, m, cols, stride, |v| v)?)
-    })
-}
-
-/// The int8 decode kernel's layout for `cols` columns (records of [`INT8_BLOCK`]), the row
-/// stride it reads (whole blocks: the padded columns meet zero weights), and the rows.
-fn int8_operand(x: &[f32], m: usize, cols: usize) -> Result<(Layout, usize, Rows), CpuError> {
-    let blocks = cols.div_ceil(INT8_BLOCK);
+/// The int8 decode kernel's layout for `cols` columns (records of [`INT8_BLOCK`]; the activation
+/// rows are `layout.kcols` blocks apart), and the `m` rows of `x` quantised per block.
+fn int8_operand(
+    x: &[f32],
+    m: usize,
+    cols: usize,
+) -> Result<(Layout, Aligned<Int8Block>), CpuError> {
     let layout = Layout {
-        kcols: blocks,
-        xcol: INT8_BLOCK,
+        kcols: cols.div_ceil(INT8_BLOCK),
+        xcol: 1,
         wcol: INT8_RECORD,
     };
-    let stride = blocks * INT8_BLOCK;
-    Ok((layout, stride, rows_of(x, m, cols, stride)?))
+    Ok((layout, int8_blocks(x, m, cols)?))
 }
 
 /// The activations of a bf16 product and the panel kernel that reads them: rounded to bf16 (as
 /// a bf16 model computes, so that a token gets the same values in a prompt and in a decode
 /// step), as bf16 bits for `vdpbf16ps` where the CPU has it, else as f32 values.
 enum Bf16Operand {
-    F32(Panel<f32, u16>, Rows),
+    F32(Panel<f32, u16>, Aligned<f32>),
     Bits(Panel<u16, u16>, Aligned<u16>),
 }
 
@@ -917,7 +900,7 @@ impl Bf16Operand {
             Bf16Operand::Bits(dot, bits)
         } else {
             let rounded = padded_rows(x, m, cols, stride, |v| half::bf16::from_f32(v).to_f32())?;
-            Bf16Operand::F32(f, Rows::Padded(rounded))
+            Bf16Operand::F32(f, rounded)
         })
     }
 }

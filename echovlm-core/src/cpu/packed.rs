@@ -33,11 +33,12 @@ pub(super) enum Data {
     Bf16(Aligned<u16>),
     /// Panels of [`PANEL`] rows in records of one [`INT8_BLOCK`] of columns
     /// ([`INT8_RECORD`] bytes each, the panel's records in column order): the 32 rows' f32
-    /// scales of the block (little-endian), then the block's 64 columns of 32 int8 weights
-    /// each. Row `r`, column `c` is at byte `INT8_SCALES + (c % 64) · 32 + r % 32` of record
-    /// `r / 32 · blocks + c / 64` (`blocks = cols.div_ceil(64)`), its scale at `4 · (r % 32)`;
-    /// rows are padded with zeros to whole panels and columns to whole blocks. A kernel loads a
-    /// column's 32 weights at once and widens and scales them in registers.
+    /// scales of the block (little-endian), then the block's 64 columns of 32 int8 weights in
+    /// quads of 4 columns. Row `r`, column `c` is at byte
+    /// `INT8_SCALES + int8_index(r % 32, c % 64)` of record `r / 32 · blocks + c / 64`
+    /// (`blocks = cols.div_ceil(64)`), its scale at `4 · (r % 32)`; rows are padded with zeros
+    /// to whole panels and columns to whole blocks. A kernel loads 16 rows of a quad at once:
+    /// `vpdpbusd` multiplies them as they are, the other kernels widen them in registers.
     Int8(Aligned<u8>),
     /// `cols.div_ceil(INT4_GROUP)` groups per row, 16 bytes and one f16 scale each.
     Int4 {
@@ -271,7 +272,7 @@ impl PackedWeight {
                     let rec = &w[(r / PANEL * blocks + b) * INT8_RECORD..][..INT8_RECORD];
                     let s = record_scales(rec)[j];
                     for (kk, o) in chunk.iter_mut().enumerate() {
-                        *o = rec[INT8_SCALES + kk * PANEL + j] as i8 as f32 * s;
+                        *o = rec[INT8_SCALES + int8_index(j, kk)] as i8 as f32 * s;
                     }
                 }
             }
@@ -454,6 +455,17 @@ pub(super) const INT8_SCALES: usize = PANEL * 4;
 /// Bytes of one int8 record (see [`Data::Int8`]): the scales, then 64 columns of 32 weights.
 pub(super) const INT8_RECORD: usize = INT8_SCALES + INT8_BLOCK * PANEL;
 
+/// Bytes of one quad of columns in an int8 record: 4 columns of 32 rows.
+pub(super) const INT8_QUAD: usize = 4 * PANEL;
+
+/// The byte of row `j` (`< 32`), column `kk` (`< 64`) among an int8 record's weights (after
+/// its scales): the columns in quads of 4, each quad rows 0-15 then rows 16-31, each row's four
+/// columns side by side. One 512-bit load then holds 16 rows of a quad, the layout `vpdpbusd`
+/// multiplies with four broadcast activations (one 32-bit lane per row).
+pub(super) const fn int8_index(j: usize, kk: usize) -> usize {
+    (kk / 4) * INT8_QUAD + (j / 16) * 64 + (j % 16) * 4 + kk % 4
+}
+
 /// The 32 rows' f32 scales at the start of an int8 record.
 pub(super) fn record_scales(rec: &[u8]) -> [f32; PANEL] {
     std::array::from_fn(|j| {
@@ -501,9 +513,9 @@ fn int8_panels<T: Sync>(
                     sc[4 * j..4 * j + 4].copy_from_slice(&scales[j * blocks + b].to_le_bytes());
                 }
                 let c0 = b * INT8_BLOCK;
-                for (kk, col) in w.chunks_exact_mut(PANEL).take(cols - c0).enumerate() {
-                    for (j, v) in col.iter_mut().enumerate().take(n) {
-                        *v = q[j * cols + c0 + kk] as u8;
+                for kk in 0..INT8_BLOCK.min(cols - c0) {
+                    for j in 0..n {
+                        w[int8_index(j, kk)] = q[j * cols + c0 + kk] as u8;
                     }
                 }
             }

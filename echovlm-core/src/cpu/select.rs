@@ -18,9 +18,11 @@ pub enum Kernel {
     Avx2,
     /// AVX-512F (x86-64).
     Avx512,
-    /// AVX-512F with AVX-512BW and AVX512_BF16 (x86-64): as [`Kernel::Avx512`], and
-    /// prompt-sized products of bf16 weights run on `vdpbf16ps` (two bf16 multiply-adds per
-    /// f32 lane), twice the multiply-adds of an f32 FMA per instruction.
+    /// AVX-512F with AVX-512BW, AVX512_BF16 and AVX-512 VNNI (x86-64; every CPU with
+    /// AVX512_BF16 has VNNI): as [`Kernel::Avx512`], and products of bf16 weights run on
+    /// `vdpbf16ps` (two bf16 multiply-adds per f32 lane, twice the multiply-adds of an f32 FMA
+    /// per instruction), decode products of int8 weights on `vpdpbusd` (four byte
+    /// multiply-adds per 32-bit lane).
     Avx512Bf16,
 }
 
@@ -60,6 +62,7 @@ impl Kernel {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512bf16")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

@@ -4,8 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows, check_int4};
-use super::{INT8_BLOCK, PAIR, PREFETCH};
-use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
+use super::{PAIR, PREFETCH};
+use crate::cpu::INT8_BLOCK;
+use crate::cpu::format::Int8Block;
+use crate::cpu::packed::{INT8_QUAD, INT8_RECORD, INT8_SCALES};
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum256(v: __m256) -> f32 {
@@ -202,20 +204,22 @@ pub(super) unsafe fn panel_bf16(
     panel_row_blocks!(pair_rows, [1], 2, x, ldx, m, w, kq, y, ldy, n, accumulate);
 }
 
-/// `R` rows of f32 activations times one panel of int8 records (see
-/// [`PanelInt8`](super::PanelInt8)): per column, its 32 weights are sign-extended, converted and
-/// multiplied by the block's scales in four vectors of 8 rows, each meeting one broadcast
-/// activation per row. Four accumulators per row, the block's four scale vectors, one weight
-/// vector and the rows' broadcasts fit the 16 registers for `R ≤ 2`.
+/// `R` rows of quantised activations times one panel of int8 records (see
+/// [`PanelInt8`](super::PanelInt8)): per quad of columns, 8 rows' four weights are loaded as
+/// one vector (four vectors for the panel's 32 rows) and each column's byte is sign-extended by
+/// two shifts and converted to f32, to meet one broadcast activation per row. The products are
+/// integers and so are their sums within a block (below 2²⁴, exact in f32); each row's block
+/// sums are scaled once, at the block's end. Four sums and four accumulators per row, one
+/// weight vector and the broadcast fit the 16 registers for `R = 1`.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + k` for `i < R`, `k < 64 kb`,
-/// `w` holds `kb` records; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j`
-/// for `i < R`, `j < n`.
+/// The CPU supports AVX2 and FMA; `x` is readable at `i · ldx + b` for `i < R`, `b < kb`, `w`
+/// holds `kb` records; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j` for
+/// `i < R`, `j < n`.
 #[allow(clippy::too_many_arguments)] // the PanelInt8 signature and its parts
 #[target_feature(enable = "avx2,fma")]
 unsafe fn int8_rows<const R: usize>(
-    x: *const f32,
+    x: *const Int8Block,
     ldx: usize,
     w: *const u8,
     kb: usize,
@@ -227,36 +231,61 @@ unsafe fn int8_rows<const R: usize>(
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     for b in 0..kb {
         let rec = w.wrapping_add(b * INT8_RECORD);
-        let mut s = [_mm256_setzero_ps(); 4];
-        for (u, v) in s.iter_mut().enumerate() {
-            *v = unsafe { _mm256_loadu_ps((rec as *const f32).add(8 * u)) };
-        }
         let q = rec.wrapping_add(INT8_SCALES);
-        for kk in 0..INT8_BLOCK {
-            let qk = q.wrapping_add(kk * 32);
-            if kk % 2 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>((qk as *const i8).wrapping_add(PREFETCH));
-            }
-            let mut a = [_mm256_setzero_ps(); R];
-            for i in 0..R {
-                a[i] = _mm256_set1_ps(unsafe { *x.add(i * ldx + b * INT8_BLOCK + kk) });
-            }
-            for u in 0..4 {
-                // SAFETY: the 8 bytes at qk + 8u lie within the record (kk < 64, u < 4)
-                let v = unsafe {
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(qk.add(8 * u) as *const __m128i))
-                };
-                let wv = _mm256_mul_ps(_mm256_cvtepi32_ps(v), s[u]);
-                for i in 0..R {
-                    acc[i][u] = _mm256_fmadd_ps(a[i], wv, acc[i][u]);
+        // SAFETY: block b of rows i < R lies within x (as the caller guarantees)
+        let blocks: [&Int8Block; R] = std::array::from_fn(|i| unsafe { &*x.add(i * ldx + b) });
+        let xf: [[f32; INT8_BLOCK]; R] = std::array::from_fn(|i| {
+            let mut out = [0f32; INT8_BLOCK];
+            for u in 0..INT8_BLOCK / 8 {
+                // SAFETY: 8 of the block's 64 values, and 8 of out's
+                unsafe {
+                    let v = _mm_loadl_epi64(blocks[i].q.as_ptr().add(8 * u) as *const __m128i);
+                    _mm256_storeu_ps(
+                        out.as_mut_ptr().add(8 * u),
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)),
+                    );
                 }
+            }
+            out
+        });
+        let mut part = [[_mm256_setzero_ps(); 4]; R];
+        for t in 0..INT8_BLOCK / 4 {
+            let qt = q.wrapping_add(t * INT8_QUAD);
+            _mm_prefetch::<_MM_HINT_T0>((qt as *const i8).wrapping_add(PREFETCH));
+            _mm_prefetch::<_MM_HINT_T0>((qt as *const i8).wrapping_add(PREFETCH + 64));
+            for u in 0..4 {
+                // SAFETY: rows 8u..8u + 8 of the quad: 32 of its 128 bytes
+                let v = unsafe { _mm256_loadu_si256(qt.add(32 * u) as *const __m256i) };
+                macro_rules! column {
+                    ($e:literal) => {{
+                        let wc = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<
+                            { 24 - 8 * $e },
+                        >(v)));
+                        for i in 0..R {
+                            let a = _mm256_set1_ps(xf[i][4 * t + $e]);
+                            part[i][u] = _mm256_fmadd_ps(a, wc, part[i][u]);
+                        }
+                    }};
+                }
+                column!(0);
+                column!(1);
+                column!(2);
+                column!(3);
+            }
+        }
+        for u in 0..4 {
+            // SAFETY: the record starts with the panel's 32 f32 scales
+            let s = unsafe { _mm256_loadu_ps((rec as *const f32).add(8 * u)) };
+            for i in 0..R {
+                let term = _mm256_mul_ps(_mm256_mul_ps(s, _mm256_set1_ps(blocks[i].d)), part[i][u]);
+                acc[i][u] = _mm256_add_ps(acc[i][u], term);
             }
         }
     }
     unsafe { store_rows(&acc, y, ldy, n, accumulate) };
 }
 
-/// The AVX2 [`PanelInt8`](super::PanelInt8): blocks of 2 activation rows.
+/// The AVX2 [`PanelInt8`](super::PanelInt8): one activation row at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `y` must be as [`PanelInt8`](super::PanelInt8)
@@ -264,7 +293,7 @@ unsafe fn int8_rows<const R: usize>(
 #[allow(clippy::too_many_arguments)] // the PanelInt8 signature
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn panel_int8(
-    x: &[f32],
+    x: &[Int8Block],
     ldx: usize,
     m: usize,
     w: &[u8],
@@ -275,7 +304,7 @@ pub(super) unsafe fn panel_int8(
     accumulate: bool,
 ) {
     super::check_int8_panel(x, ldx, m, w, kb, n);
-    panel_row_blocks!(int8_rows, [1], 2, x, ldx, m, w, kb, y, ldy, n, accumulate);
+    panel_row_blocks!(int8_rows, [], 1, x, ldx, m, w, kb, y, ldy, n, accumulate);
 }
 
 /// int4 groups against int8 activations, eight groups per pass: the nibbles are unpacked to 32

@@ -3,8 +3,10 @@
 
 use std::arch::x86_64::*;
 
-use super::{INT8_BLOCK, PAIR, PREFETCH};
-use crate::cpu::packed::{INT8_RECORD, INT8_SCALES};
+use super::{PAIR, PREFETCH};
+use crate::cpu::INT8_BLOCK;
+use crate::cpu::format::Int8Block;
+use crate::cpu::packed::{INT8_QUAD, INT8_RECORD, INT8_SCALES};
 
 /// `R` activation rows times one weight panel (see [`PanelF32`](super::PanelF32)): two
 /// accumulators per row (the panel's 32 columns), one broadcast activation per row and step.
@@ -202,20 +204,43 @@ pub(super) fn lane_masks(n: usize) -> [__mmask16; 2] {
     [lanes(n), lanes(n.saturating_sub(16))]
 }
 
-/// `R` rows of f32 activations times one panel of int8 records (see
-/// [`PanelInt8`](super::PanelInt8)): per column, its 32 weights are sign-extended and converted
-/// in registers (two vectors of 16 rows) and meet one broadcast activation per row; each row's
-/// sums over a block are scaled once, at the block's end. Even and odd columns accumulate
-/// apart, so that one row keeps four independent chains.
+/// The block's 64 quantised activations of row `xb` as f32 values (small integers).
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `x` is readable at `i · ldx + k` for `i < R`, `k < 64 kb`, `w`
+/// The CPU supports AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn int8_block_f32(xb: &Int8Block) -> [f32; INT8_BLOCK] {
+    let mut out = [0f32; INT8_BLOCK];
+    for u in 0..INT8_BLOCK / 16 {
+        // SAFETY: 16 of the block's 64 values, and 16 of out's
+        unsafe {
+            let v = _mm_loadu_si128(xb.q.as_ptr().add(16 * u) as *const __m128i);
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(16 * u),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)),
+            );
+        }
+    }
+    out
+}
+
+/// `R` rows of quantised activations times one panel of int8 records (see
+/// [`PanelInt8`](super::PanelInt8)): per quad of columns, 16 rows' four weights are loaded as
+/// one vector and each column's byte is sign-extended by two shifts and converted to f32, to
+/// meet one broadcast activation per row. The products are integers and so are their sums
+/// within a block (below 2²⁴, exact in f32); each row's block sum is scaled once, at the
+/// block's end. Even and odd columns accumulate apart, so that one row keeps four independent
+/// chains.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `x` is readable at `i · ldx + b` for `i < R`, `b < kb`, `w`
 /// holds `kb` records; `y` is writable (and, with `accumulate`, readable) at `i · ldy + j` for
 /// `i < R` and the lanes set in `masks`.
 #[allow(clippy::too_many_arguments)] // the PanelInt8 signature and its parts
 #[target_feature(enable = "avx512f")]
 unsafe fn int8_rows<const R: usize>(
-    x: *const f32,
+    x: *const Int8Block,
     ldx: usize,
     w: *const u8,
     kb: usize,
@@ -228,28 +253,45 @@ unsafe fn int8_rows<const R: usize>(
     for b in 0..kb {
         let rec = w.wrapping_add(b * INT8_RECORD);
         let q = rec.wrapping_add(INT8_SCALES);
+        // SAFETY: block b of rows i < R lies within x (as the caller guarantees)
+        let blocks: [&Int8Block; R] = std::array::from_fn(|i| unsafe { &*x.add(i * ldx + b) });
+        let xf: [[f32; INT8_BLOCK]; R] =
+            std::array::from_fn(|i| unsafe { int8_block_f32(blocks[i]) });
         let mut part = [[[_mm512_setzero_ps(); 2]; 2]; R];
-        for kk in 0..INT8_BLOCK {
-            let qk = q.wrapping_add(kk * 32);
-            if kk % 2 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>((qk as *const i8).wrapping_add(PREFETCH));
-            }
-            // SAFETY: the 32 bytes at qk lie within the record (kk < 64)
-            let (w0, w1) = unsafe {
-                (
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qk as *const __m128i))),
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                        qk.add(16) as *const __m128i
-                    ))),
-                )
+        for t in 0..INT8_BLOCK / 4 {
+            let qt = q.wrapping_add(t * INT8_QUAD);
+            _mm_prefetch::<_MM_HINT_T0>((qt as *const i8).wrapping_add(PREFETCH));
+            _mm_prefetch::<_MM_HINT_T0>((qt as *const i8).wrapping_add(PREFETCH + 64));
+            // SAFETY: the quad's 128 bytes lie within the record (t < 16)
+            let v = unsafe {
+                [
+                    _mm512_loadu_si512(qt as *const __m512i),
+                    _mm512_loadu_si512(qt.add(64) as *const __m512i),
+                ]
             };
-            let par = kk % 2;
-            for i in 0..R {
-                let a = _mm512_set1_ps(unsafe { *x.add(i * ldx + b * INT8_BLOCK + kk) });
-                part[i][par][0] = _mm512_fmadd_ps(a, w0, part[i][par][0]);
-                part[i][par][1] = _mm512_fmadd_ps(a, w1, part[i][par][1]);
+            macro_rules! column {
+                ($e:literal) => {{
+                    let wc = [
+                        _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(_mm512_slli_epi32::<
+                            { 24 - 8 * $e },
+                        >(v[0]))),
+                        _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(_mm512_slli_epi32::<
+                            { 24 - 8 * $e },
+                        >(v[1]))),
+                    ];
+                    for i in 0..R {
+                        let a = _mm512_set1_ps(xf[i][4 * t + $e]);
+                        part[i][$e % 2][0] = _mm512_fmadd_ps(a, wc[0], part[i][$e % 2][0]);
+                        part[i][$e % 2][1] = _mm512_fmadd_ps(a, wc[1], part[i][$e % 2][1]);
+                    }
+                }};
             }
+            column!(0);
+            column!(1);
+            column!(2);
+            column!(3);
         }
+        // SAFETY: the record starts with the panel's 32 f32 scales
         let s = unsafe {
             [
                 _mm512_loadu_ps(rec as *const f32),
@@ -257,9 +299,11 @@ unsafe fn int8_rows<const R: usize>(
             ]
         };
         for i in 0..R {
+            let d = _mm512_set1_ps(blocks[i].d);
             for h in 0..2 {
                 let sum = _mm512_add_ps(part[i][0][h], part[i][1][h]);
-                acc[i][h] = _mm512_fmadd_ps(sum, s[h], acc[i][h]);
+                let term = _mm512_mul_ps(_mm512_mul_ps(s[h], d), sum);
+                acc[i][h] = _mm512_add_ps(acc[i][h], term);
             }
         }
     }
@@ -275,7 +319,7 @@ unsafe fn int8_rows<const R: usize>(
 #[allow(clippy::too_many_arguments)] // the PanelInt8 signature
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn panel_int8(
-    x: &[f32],
+    x: &[Int8Block],
     ldx: usize,
     m: usize,
     w: &[u8],

@@ -10,8 +10,9 @@
 //! Their only `unsafe` contract is that the CPU supports their instruction set: they assert the
 //! lengths they read within.
 
-use super::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
-use super::{INT8_BLOCK, Kernel};
+use super::Kernel;
+use super::format::{INT4_GROUP, INT4_GROUP_BYTES, Int8Block, QuantizedRows};
+use super::packed::INT8_RECORD;
 
 /// Bytes ahead of the current position that are prefetched.
 #[cfg(target_arch = "x86_64")]
@@ -168,25 +169,36 @@ fn check_pairs<X>(x: &[X], ldx: usize, m: usize, w: &[u16], kq: usize, n: usize)
 }
 
 /// One panel of int8 records (see `packed::Data::Int8`: per block of 64 columns, the 32 rows'
-/// f32 scales, then 64 columns of 32 int8 weights; [`INT8_RECORD`](super::packed::INT8_RECORD)
-/// bytes) times `m` rows of f32 activations, over `kb` blocks: `y[i · ldy + j] (+)=
-/// Σ_{k < 64 kb} x[i · ldx + k] · q(j, k) · s(j, k / 64)`, as for [`PanelF32`] (the activation
-/// rows hold `64 kb` values).
+/// f32 scales, then 64 columns of 32 int8 weights in quads; [`INT8_RECORD`] bytes) times `m`
+/// rows of activations quantised per block ([`Int8Block`], one per record), over `kb` blocks:
+/// `y[i · ldy + j] (+)= Σ_{b < kb} (s(j, b) · d(i, b)) · S(i, j, b)` summed in that order, with
+/// `S(i, j, b) = Σ_{k < 64} q(j, 64 b + k) · x(i, b).q[k]` exact (an integer below 2²⁴), as for
+/// [`PanelF32`]. Every kernel computes the same values, bit for bit.
 pub(super) type PanelInt8 =
-    unsafe fn(&[f32], usize, usize, &[u8], usize, *mut f32, usize, usize, bool);
+    unsafe fn(&[Int8Block], usize, usize, &[u8], usize, *mut f32, usize, usize, bool);
 
 /// The lengths a [`PanelInt8`] reads within, asserted.
-fn check_int8_panel(x: &[f32], ldx: usize, m: usize, w: &[u8], kb: usize, n: usize) {
-    check_panel_layout(x, ldx, m, w, kb, n, INT8_BLOCK, super::packed::INT8_RECORD);
+fn check_int8_panel(x: &[Int8Block], ldx: usize, m: usize, w: &[u8], kb: usize, n: usize) {
+    check_panel_layout(x, ldx, m, w, kb, n, 1, INT8_RECORD);
 }
 
-/// The [`PanelInt8`] of `kernel`, which the CPU must support (AVX512_BF16 runs the AVX-512
-/// one).
+/// One block's contribution to a row's sum: `(s · d) · S`, the order every int8 kernel
+/// follows (a product, then an addition: no fused multiply-add, so that all kernels round
+/// alike).
+#[inline(always)]
+fn int8_term(acc: f32, s: f32, d: f32, sum: f32) -> f32 {
+    acc + (s * d) * sum
+}
+
+/// The [`PanelInt8`] of `kernel`, which the CPU must support (`vpdpbusd` under AVX512_BF16,
+/// whose CPUs all have AVX-512 VNNI).
 pub(super) fn panel_int8(kernel: Kernel) -> PanelInt8 {
     debug_assert!(kernel.is_supported());
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx512Bf16 => avx512::panel_int8,
+        Kernel::Avx512Bf16 => avx512bf16::panel_int8_vnni,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => avx512::panel_int8,
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => avx2::panel_int8,
         _ => portable::panel_int8,

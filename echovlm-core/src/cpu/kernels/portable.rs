@@ -3,8 +3,8 @@
 #![allow(clippy::needless_range_loop)] // kernel loops index several arrays in lockstep
 
 use crate::cpu::INT8_BLOCK;
-use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, QuantizedRows};
-use crate::cpu::packed::{INT8_RECORD, INT8_SCALES, record_scales};
+use crate::cpu::format::{INT4_GROUP, INT4_GROUP_BYTES, Int8Block, QuantizedRows};
+use crate::cpu::packed::{INT8_RECORD, INT8_SCALES, int8_index, record_scales};
 
 /// The body the portable panel kernels share: `rows::<R>(x, ldx, w, kc)` over blocks of at
 /// most 4 activation rows, each block's sums stored at its rows of `y` (the caller guarantees
@@ -130,14 +130,14 @@ unsafe fn store(
 }
 
 /// The portable [`PanelInt8`](super::PanelInt8): blocks of 4 activation rows, 32
-/// accumulators each; each column's weights are widened and scaled once for the block.
+/// accumulators each; each block's products are summed in integers.
 ///
 /// # Safety
 /// `y` must be as [`PanelInt8`](super::PanelInt8) describes. (The slices are checked by
 /// `super::check_int8_panel`, or this panics.)
 #[allow(clippy::too_many_arguments)] // the PanelInt8 signature
 pub unsafe fn panel_int8(
-    x: &[f32],
+    x: &[Int8Block],
     ldx: usize,
     m: usize,
     w: &[u8],
@@ -152,17 +152,18 @@ pub unsafe fn panel_int8(
 }
 
 /// `R` (at most 4) rows of `x` times one panel of int8 records; the rows past `R` stay zero.
-fn int8_rows<const R: usize>(x: &[f32], ldx: usize, w: &[u8], kb: usize) -> [[f32; 32]; 4] {
+fn int8_rows<const R: usize>(x: &[Int8Block], ldx: usize, w: &[u8], kb: usize) -> [[f32; 32]; 4] {
     let mut acc = [[0f32; 32]; 4];
     for (b, rec) in w.chunks_exact(INT8_RECORD).take(kb).enumerate() {
         let s = record_scales(rec);
-        for (kk, q) in rec[INT8_SCALES..].chunks_exact(32).enumerate() {
-            let wk: [f32; 32] = std::array::from_fn(|j| q[j] as i8 as f32 * s[j]);
-            for i in 0..R {
-                let a = x[i * ldx + b * INT8_BLOCK + kk];
-                for (o, &wj) in acc[i].iter_mut().zip(&wk) {
-                    *o += a * wj;
-                }
+        let q = &rec[INT8_SCALES..];
+        for i in 0..R {
+            let xb = &x[i * ldx + b];
+            for j in 0..32 {
+                let sum: i32 = (0..INT8_BLOCK)
+                    .map(|k| q[int8_index(j, k)] as i8 as i32 * xb.q[k] as i32)
+                    .sum();
+                acc[i][j] = super::int8_term(acc[i][j], s[j], xb.d, sum as f32);
             }
         }
     }
