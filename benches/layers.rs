@@ -6,7 +6,8 @@
 //!   5632): prefill of 256 and 1024 tokens, decode of one token after 1k and 4k cached tokens
 //!   (`decode_kv*`: one step, steps back to back on one cache rewound after each;
 //!   `decode8_kv*`: eight consecutive steps on a fresh cache),
-//!   for each weight format;
+//!   for each weight format, and after each one-step decode a STREAM-like copy of 512 MiB on
+//!   the thread pool (`copy_kv*`), the bandwidth of that minute;
 //! * one vision block (1280 wide, 16 heads) on 1024 and 4096 patches, f32 and bf16 weights;
 //! * the Qwen2.5-VL vision blocks (1280 wide, 16 heads, SwiGLU 3420): a block attending within
 //!   112-pixel windows against a full-attention block, on 1024 and 4096 patches;
@@ -111,6 +112,7 @@ fn decoder_layer(c: &mut Criterion) {
     let Some(dir) = bench_dir() else { return };
     let mut g = c.benchmark_group("decoder_layer");
     g.sample_size(10).warm_up_time(Duration::from_secs(1));
+    let mut copy = CopyBench::new();
     for (name, options) in formats() {
         let model = load_layer(&dir, options);
         let cfg = &model.config;
@@ -174,6 +176,14 @@ fn decoder_layer(c: &mut Criterion) {
                     total
                 })
             });
+            // the copy bandwidth of this minute, right after the step: this machine's memory
+            // bandwidth moves from minute to minute, so the side-by-side script sets each
+            // step's bound against the copy measured next to it
+            g.measurement_time(Duration::from_secs(2));
+            g.bench_function(format!("copy_kv{}k/{name}", context / 1024), |b| {
+                b.iter(|| copy.run())
+            });
+            g.measurement_time(Duration::from_secs(8));
             // eight consecutive steps on one cache, as in generation
             let steps: Vec<_> = (0..8)
                 .map(|i| Positions::decode(&[0], context + i, 1))
@@ -193,6 +203,35 @@ fn decoder_layer(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// Bytes of each buffer of the STREAM-like copy (`decoder_layer/copy_*`): 512 MiB, read once and
+/// written once per iteration (`tools/bench_side_by_side.py` counts both).
+const COPY_BYTES: usize = 512 << 20;
+
+/// Two buffers of [`COPY_BYTES`] copied one into the other on the thread pool, in chunks of
+/// 4 MiB.
+struct CopyBench {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+impl CopyBench {
+    fn new() -> Self {
+        Self {
+            src: vec![1; COPY_BYTES],
+            dst: vec![0; COPY_BYTES],
+        }
+    }
+
+    fn run(&mut self) {
+        use rayon::prelude::*;
+        self.dst
+            .par_chunks_mut(4 << 20)
+            .zip(self.src.par_chunks(4 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        std::hint::black_box(&self.dst);
+    }
 }
 
 fn vision_block(c: &mut Criterion) {

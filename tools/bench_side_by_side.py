@@ -13,7 +13,10 @@
    `Qwen2_5_VLVisionBlock` (in this interpreter when it has transformers 4.51.3, else in a
    subprocess of tools/.venv-qwen25, which `tools/setup.sh qwen25` creates);
 3. measures memory bandwidth with a STREAM-like copy and derives the decode bound: bytes of
-   weights (and KV cache) a decode step must read, divided by the bandwidth;
+   weights (and KV cache) a decode step must read, divided by the bandwidth; the Rust benchmarks
+   also copy 512 MiB right after each one-step decode (decoder_layer/copy_*), and each step's
+   share of its bound is printed against that copy too, since this bandwidth moves from minute
+   to minute on a shared machine;
 4. prints every Rust/PyTorch ratio and the fraction of the decode bound reached.
 
 --only takes a comma-separated list of benchmark groups (decoder_layer, vision_block,
@@ -56,6 +59,10 @@ def stream_copy_gbs(torch, size_bytes: int = 2 << 30) -> float:
     b = torch.empty_like(a)
     t = median_time(lambda: b.copy_(a), 1, 5)
     return 2 * size_bytes / t / 1e9
+
+
+# bytes of each buffer of the Rust benchmarks' STREAM-like copy (benches/layers.rs, COPY_BYTES)
+COPY_BYTES = 512 << 20
 
 
 def rust_medians(crit: Path) -> dict:
@@ -377,7 +384,7 @@ def main():
     cfg = json.loads((ckpt / "layer/config.json").read_text())
 
     bpw = {"portable": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 64, "int4": 0.5 + 2.0 / 32}
-    rows = []
+    rows, bounds = [], []
     if t_layer or t_vis:
         print(f"{'operation':<34}{'torch f32':>11}{'torch bf16':>11}   rust (format: time, speed-up over torch f32)")
     if t_layer:
@@ -403,7 +410,8 @@ def main():
         print_vision25(t_v25, rust)
 
     if "decoder_layer" in only:
-        print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached:")
+        print("\ndecode bound (bytes read per step / copy bandwidth) and the fraction reached; 'here': against")
+        print(f"the copy measured right after that step (decoder_layer/copy_*), 'torch': against the {bw:.1f} GB/s above:")
         for ctx, case in ((1024, "decode_kv1k"), (4096, "decode_kv4k")):
             for fmt in ("f32", "bf16", "int8", "int4"):
                 r = rust.get(f"decoder_layer/{case}/{fmt}")
@@ -411,8 +419,15 @@ def main():
                     continue
                 need = layer_bytes(cfg, bpw[fmt], ctx)
                 bound = need / (bw * 1e9)
-                print(f"  {case} {fmt:<5} {need / 1e6:8.1f} MB  bound {bound * 1e3:6.1f} ms  rust {r * 1e3:6.1f} ms  "
-                      f"= {bound / r * 100:5.1f}% of the bound, {1 / r:6.1f} tokens/s")
+                c = rust.get(f"decoder_layer/copy_kv{ctx // 1024}k/{fmt}")
+                here = ""
+                if c:
+                    bw_here = 2 * COPY_BYTES / c / 1e9
+                    here = f"copy here {bw_here:5.1f} GB/s: {need / (bw_here * 1e9) / r * 100:5.1f}% (here), "
+                    bounds.append({"op": f"decoder_layer/{case}", "format": fmt, "copy_here_gbs": bw_here,
+                                 "bound_share_here": need / (bw_here * 1e9) / r, "bound_share_torch_copy": bound / r})
+                print(f"  {case} {fmt:<5} {need / 1e6:8.1f} MB  rust {r * 1e3:6.1f} ms  {here}"
+                      f"{bound / r * 100:5.1f}% (torch), {1 / r:6.1f} tokens/s")
     if "moe_block" in only:
         print("\nMoE block, sparse dispatch against running all experts (routed experts alone, then with")
         print("the always-on shared expert, which costs as much as all four routed experts):")
@@ -431,7 +446,7 @@ def main():
             d = rust.get(f"e2e/decode_step/{fmt}")
             if v and p and d:
                 print(f"  {fmt:<5} image encode {v * 1e3:7.1f} ms  prefill {p * 1e3:7.1f} ms  decode {1 / d:6.1f} tokens/s")
-    (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "torch_layer": t_layer, "torch_vision": t_vis, "torch_vision25": t_v25, "rust": rust}, indent=1))
+    (ROOT / "target/bench_side_by_side.json").write_text(json.dumps({"bandwidth_gbs": bw, "rows": rows, "bounds": bounds, "torch_layer": t_layer, "torch_vision": t_vis, "torch_vision25": t_v25, "rust": rust}, indent=1))
 
 
 if __name__ == "__main__":
