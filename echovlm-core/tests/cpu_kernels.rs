@@ -69,13 +69,13 @@ fn int8_activations(x: &[f32], m: usize, cols: usize, block: usize) -> Vec<f32> 
     out
 }
 
-/// The activations the product of `format` weights with `m` rows sees: int4 and int8
-/// quantise them for matrix-vector products, bf16 rounds them to bf16, every other case
-/// multiplies them as they are.
+/// The activations the product of `format` weights with `m` rows sees: int8 quantises them
+/// (per block of 64), int4 for matrix-vector products (per block of 32), bf16 rounds them to
+/// bf16, every other case multiplies them as they are.
 fn seen_activations(format: WeightFormat, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     if format == WeightFormat::Int4 && m <= SMALL_M {
         int8_activations(x, m, cols, INT4_GROUP)
-    } else if format == WeightFormat::Int8 && m <= SMALL_M {
+    } else if format == WeightFormat::Int8 {
         int8_activations(x, m, cols, INT8_BLOCK)
     } else if format == WeightFormat::Bf16 {
         x.iter().map(|&v| bf16_round(v)).collect()

@@ -358,14 +358,14 @@ fn portable_path_and_packed_cpu_formats() {
     text_prompts_match(&g, &portable, "portable");
     // compact formats: report how far logits move and how often greedy tokens agree
     // tolerances: the measured error (bf16 0.053 with the prompt's activations rounded to bf16,
-    // int8 0.20 with decode's activations quantised to int8, int4 2.4) plus a margin of half of
-    // it; greedy agreement measured 80/80 for bf16 and int8 (4 tokens of margin allowed). int4
+    // int8 0.26 with the activations quantised to int8 per block of 64, int4 2.4) plus a margin
+    // of half of it; greedy agreement measured 80/80 for bf16 and int8 (4 tokens of margin allowed). int4
     // diverges after a few tokens here (4/80): the random weights of this fixture leave no
     // margin between the top logits. How often int4 changes the answers of a trained model is
     // pinned on the demo model (`tests/demo_model.rs`: at least 164 of 200 reports identical).
     for (format, logit_tol, min_rate) in [
         (WeightFormat::Bf16, 0.08f32, 0.95),
-        (WeightFormat::Int8, 0.30, 0.95),
+        (WeightFormat::Int8, 0.40, 0.95),
         (WeightFormat::Int4, 3.6, 0.0),
     ] {
         let model = load_text_with("tiny-echovlm", LinearOptions::cpu(format));

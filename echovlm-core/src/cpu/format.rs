@@ -23,10 +23,11 @@ pub enum WeightFormat {
     /// bfloat16 (2 bytes per weight): the upper half of the f32.
     Bf16,
     /// Symmetric int8 with one f32 scale per [`INT8_BLOCK`] consecutive weights of a row
-    /// (1.0625 bytes per weight). Products with a few activation rows (decode) quantise the
-    /// activations to int8 per block of 64 and sum each block's products exactly in integers
-    /// (`vpdpbusd` where the CPU has AVX-512 VNNI); prompt-sized products widen the weights to
-    /// f32.
+    /// (1.0625 bytes per weight). Products quantise the activations to int8 per block of 64
+    /// ([`INT8_BLOCK`]) and sum each block's products exactly in integers: on `vpdpbusd` where
+    /// the CPU has AVX-512 VNNI, for any number of activation rows; elsewhere decode-sized
+    /// products widen the weights in registers (the same bits as `vpdpbusd`), and prompt-sized
+    /// ones multiply the quantised activations with weights widened to f32.
     Int8,
     /// Symmetric 4-bit with one f16 scale per [`INT4_GROUP`] consecutive weights of a row
     /// (0.5625 bytes per weight): `w = scale · (q − 8)`, `q` in 0..=15, the value of largest
@@ -202,8 +203,8 @@ impl QuantizedRows {
     }
 }
 
-/// One block of [`INT8_BLOCK`] activations quantised for the int8 products with few activation
-/// rows (decode): `d = max|x| / 127`, `q = round(x / d)` (ties to even, zeros past the row's
+/// One block of [`INT8_BLOCK`] activations quantised for the int8 products:
+/// `d = max|x| / 127`, `q = round(x / d)` (ties to even, zeros past the row's
 /// end), and `bias = 128 · Σq`.
 ///
 /// A product then sums `q_w · q` over the block exactly, in integers (or in f32, where every
@@ -232,21 +233,51 @@ impl Default for Int8Block {
 }
 
 /// The `m` rows of `x` (`m · cols` values, checked by the caller) quantised per block of
-/// [`INT8_BLOCK`] (`cols.div_ceil(INT8_BLOCK)` blocks per row, the last one padded with zeros).
+/// [`INT8_BLOCK`] (`cols.div_ceil(INT8_BLOCK)` blocks per row, the last one padded with zeros),
+/// rows split over the thread pool for prompt-sized products.
 pub(super) fn int8_blocks(
     x: &[f32],
     m: usize,
     cols: usize,
 ) -> Result<Aligned<Int8Block>, CpuError> {
+    use rayon::prelude::*;
     let blocks = cols.div_ceil(INT8_BLOCK);
     let n = super::error::checked_bytes("quantised activations", m, blocks, 1)?;
     let mut out = Aligned::<Int8Block>::zeroed(n)?;
     if cols > 0 {
-        for (xr, br) in x.chunks_exact(cols).zip(out.chunks_exact_mut(blocks)) {
+        let row = |(xr, br): (&[f32], &mut [Int8Block])| {
             for (xb, blk) in xr.chunks(INT8_BLOCK).zip(br.iter_mut()) {
                 let (d, sum) = quantize_block(xb, &mut blk.q);
                 blk.d = d;
                 blk.bias = 128 * sum;
+            }
+        };
+        if m > super::SMALL_M {
+            x.par_chunks_exact(cols)
+                .zip(out.par_chunks_exact_mut(blocks))
+                .for_each(row);
+        } else {
+            x.chunks_exact(cols)
+                .zip(out.chunks_exact_mut(blocks))
+                .for_each(row);
+        }
+    }
+    Ok(out)
+}
+
+/// The `m` rows of `x` as an int8 product sees them, `d · q` per block of [`INT8_BLOCK`] (see
+/// [`Int8Block`]), as f32 values (`m · cols`): what kernels without integer products multiply
+/// prompt-sized int8 products with.
+pub(super) fn int8_dequantized(x: &[f32], m: usize, cols: usize) -> Result<Vec<f32>, CpuError> {
+    let q = int8_blocks(x, m, cols)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(x.len())
+        .map_err(|_| CpuError::Alloc { bytes: 4 * x.len() })?;
+    if cols > 0 {
+        for br in q.chunks_exact(cols.div_ceil(INT8_BLOCK)) {
+            for (b, blk) in br.iter().enumerate() {
+                let n = INT8_BLOCK.min(cols - b * INT8_BLOCK);
+                out.extend(blk.q[..n].iter().map(|&v| v as f32 * blk.d));
             }
         }
     }

@@ -8,6 +8,7 @@ use super::elementwise::silu_mul_with;
 use super::error::{check_len, checked_bytes};
 use super::format::{
     INT4_GROUP, INT4_GROUP_BYTES, Int8Block, QuantizedRows, WeightFormat, int8_blocks,
+    int8_dequantized,
 };
 use super::kernels::{self, Dots};
 use super::packed::{
@@ -76,12 +77,20 @@ impl PackedWeight {
         if let Data::Bf16(w) = &self.data {
             return self.bf16_product(kernel, w, x, m, y);
         }
-        if let (Data::Int8(w), true) = (&self.data, m <= SMALL_M) {
-            // a column's 32 weights widened and scaled in registers; prompt-sized products
-            // widen tiles once (below) and run the f32 kernel, which keeps 8 rows in registers
-            let (layout, xq) = int8_operand(x, m, self.cols)?;
-            let f = kernels::panel_int8(kernel);
-            self.panel_product(f, layout, w, &xq, layout.kcols, m, y);
+        if let Data::Int8(w) = &self.data {
+            if m <= SMALL_M || kernels::int8_in_integers(kernel) {
+                // the activations quantised to int8 per block, each block's products summed
+                // in integers
+                let (layout, xq) = int8_operand(x, m, self.cols)?;
+                let f = kernels::panel_int8(kernel);
+                self.panel_product(f, layout, w, &xq, layout.kcols, m, y);
+            } else {
+                // prompt-sized, without integer products: the same quantised activations as
+                // f32 values times tiles widened once to f32 panels, on the f32 kernel, which
+                // keeps 8 rows in registers
+                let xq = int8_dequantized(x, m, self.cols)?;
+                self.tiled_gemm(kernel, &xq, m, y)?;
+            }
             return Ok(());
         }
         if m <= SMALL_M {
@@ -94,9 +103,10 @@ impl PackedWeight {
     /// Several matrices of one format and input width times the same activations:
     /// `ys[i][m, parts[i].rows] = x · parts[i]ᵀ` (`x` row-major `[m, cols]`), on the
     /// [`active_kernel`]. The values are those of each part's [`matmul`](Self::matmul), bit for
-    /// bit; f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`) run as one pass over the
-    /// thread pool with the activations prepared once, where separate products would each wake
-    /// the pool and wait for its slowest task (a layer's query, key and value projections).
+    /// bit; f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`, or on `vpdpbusd`) run as one
+    /// pass over the thread pool with the activations prepared once, where separate products
+    /// would each wake the pool and wait for its slowest task (a layer's query, key and value
+    /// projections).
     ///
     /// Fails with [`CpuError::Shape`] when `ys` does not hold one output per part or the parts
     /// differ in format or input width, and otherwise as [`matmul`](Self::matmul) does.
@@ -200,7 +210,7 @@ impl PackedWeight {
                     }
                 }
             }
-            WeightFormat::Int8 if m <= SMALL_M => {
+            WeightFormat::Int8 if m <= SMALL_M || kernels::int8_in_integers(kernel) => {
                 let (layout, xq) = int8_operand(x, m, cols)?;
                 let jobs = jobs(parts, ys, m, |d| match d {
                     Data::Int8(w) => &w[..],
@@ -222,10 +232,11 @@ impl PackedWeight {
     /// `act[m, rows] = silu(x · Gᵀ) ⊙ (x · Uᵀ)`, with `self` as `G` and `up` as `U` (both
     /// `[rows, cols]` in one format, `x` row-major `[m, cols]`), on the [`active_kernel`].
     ///
-    /// f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`) run as one pass over the thread
-    /// pool: each task multiplies one block of activation rows with the same group of panels of
-    /// both matrices into scratch that stays in cache, and writes only the activations. Neither
-    /// product is stored whole, so a prompt's two `[m, rows]` intermediates are never allocated.
+    /// f32 and bf16 weights (and int8 ones for `m ≤ SMALL_M`, or on `vpdpbusd`) run as one pass
+    /// over the thread pool: each task multiplies one block of activation rows with the same
+    /// group of panels of both matrices into scratch that stays in cache, and writes only the
+    /// activations. Neither product is stored whole, so a prompt's two `[m, rows]`
+    /// intermediates are never allocated.
     /// The values are those of the two [`matmul`](Self::matmul)s and
     /// [`silu_mul`](super::silu_mul), bit for bit; the other formats compute it that way.
     ///
@@ -295,7 +306,7 @@ impl PackedWeight {
                     }
                 }
             }
-            (Data::Int8(g), Data::Int8(u)) if m <= SMALL_M => {
+            (Data::Int8(g), Data::Int8(u)) if m <= SMALL_M || kernels::int8_in_integers(kernel) => {
                 let (layout, xq) = int8_operand(x, m, cols)?;
                 let f = kernels::panel_int8(kernel);
                 let weights = (&g[..], &u[..]);
@@ -501,7 +512,8 @@ impl PackedWeight {
         }
     }
 
-    /// Prompt-sized products of int8 and int4 weights: the weight rows are split into tiles
+    /// Prompt-sized products of int8 (without `vpdpbusd`; `x` then holds the quantised
+    /// activations) and int4 weights: the weight rows are split into tiles
     /// of 128, one per task on the thread pool; each task widens its tile once into a
     /// per-thread scratch in the f32 panel layout and multiplies it with every activation row on
     /// the panel kernel, as `panel_product` does for f32 weights.
@@ -522,11 +534,7 @@ impl PackedWeight {
         );
         let tiles = rows.div_ceil(TILE);
         let y_ptr = SendPtr(y.as_mut_ptr());
-        let layout = Layout {
-            kcols: cols,
-            xcol: 1,
-            wcol: PANEL,
-        };
+        let layout = f32_layout(cols);
         // at most `rows · cols` f32 (plus padding to whole panels): fits, as checked when the
         // matrix was packed
         let f = kernels::panel_f32(kernel);
@@ -607,6 +615,9 @@ struct Layout {
     kcols: usize,
     xcol: usize,
     wcol: usize,
+    /// Matrix columns per kernel column (1 for f32, 2 for bf16 pairs, 64 for int8 records):
+    /// what sets the columns of a pass.
+    span: usize,
 }
 
 /// One matrix of a panel product: its panels (`w`), its rows, and its output (`m · rows`
@@ -734,7 +745,9 @@ unsafe fn panel_block<X, W>(
     ldy: usize,
     valid: usize,
 ) {
-    let Layout { kcols, xcol, wcol } = layout;
+    let Layout {
+        kcols, xcol, wcol, ..
+    } = layout;
     for k0 in (0..kcols).step_by(kc) {
         let kl = kc.min(kcols - k0);
         for p in ps.clone() {
@@ -838,7 +851,7 @@ impl Schedule {
             // 256 and 186
             let blocks = m.div_ceil(PANEL_MC);
             Self {
-                kc: PANEL_KC / layout.xcol,
+                kc: (PANEL_KC / layout.span).max(1),
                 mc: m.div_ceil(blocks).next_multiple_of(8),
                 group: PANEL_GROUP,
             }
@@ -852,6 +865,7 @@ fn f32_layout(cols: usize) -> Layout {
         kcols: cols,
         xcol: 1,
         wcol: PANEL,
+        span: 1,
     }
 }
 
@@ -863,6 +877,7 @@ fn bf16_layout(cols: usize) -> (Layout, usize) {
         kcols: pairs,
         xcol: 2,
         wcol: kernels::PAIR,
+        span: 2,
     };
     (layout, 2 * pairs)
 }
@@ -878,6 +893,7 @@ fn int8_operand(
         kcols: cols.div_ceil(INT8_BLOCK),
         xcol: 1,
         wcol: INT8_RECORD,
+        span: INT8_BLOCK,
     };
     Ok((layout, int8_blocks(x, m, cols)?))
 }

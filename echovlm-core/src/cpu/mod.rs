@@ -22,13 +22,14 @@
 //!   (a shift for the even column, a mask for the odd one) and multiply in f32;
 //! * int8 weights are stored in panels of 32 rows too, in records of 64 columns
 //!   (`packed::Data::Int8`: the 32 rows' scales, then 64 columns of 32 weights in quads of 4
-//!   columns). Decode quantises the activation rows to int8 per block of 64 and sums each
+//!   columns). Products quantise the activation rows to int8 per block of 64 and sum each
 //!   block's products exactly in integers: where the CPU has AVX-512 VNNI, one `vpdpbusd`
 //!   multiplies 16 rows of a quad as they are stored with four broadcast activations (64
-//!   multiply-adds); elsewhere the kernels widen the weights in registers and sum the integer
-//!   products in f32, exactly, so every kernel gives the same bits. The records stream through
-//!   the same driver; prompt-sized products widen each tile of 128 rows once into f32 panels and
-//!   run the f32 kernel, which keeps 8 activation rows in registers;
+//!   multiply-adds), for decode and prompts alike, the records streaming through the driver f32
+//!   panels use. Elsewhere decode widens the weights in registers and sums the integer
+//!   products in f32, exactly, so every kernel gives the same bits; prompt-sized products
+//!   widen each tile of 128 rows once into f32 panels and run the f32 kernel on the quantised
+//!   activations;
 //! * int4 weights with `m ≤ SMALL_M` rows of activations (decode, small batches): one pass
 //!   over the weights, each weight row multiplied in integers with every activation row
 //!   quantised to int8 per block of 32 (AVX2, or the portable loop); larger `m`: tiles of 128

@@ -190,6 +190,21 @@ fn int8_term(acc: f32, s: f32, d: f32, sum: f32) -> f32 {
     acc + (s * d) * sum
 }
 
+/// Whether `kernel` multiplies int8 weights in integers on `vpdpbusd` (AVX512_BF16, whose CPUs
+/// have AVX-512 VNNI): then prompt-sized int8 products run its [`PanelInt8`] too, rather than
+/// widening the weights to f32 panels.
+pub(super) fn int8_in_integers(kernel: Kernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        kernel == Kernel::Avx512Bf16
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = kernel;
+        false
+    }
+}
+
 /// The [`PanelInt8`] of `kernel`, which the CPU must support (`vpdpbusd` under AVX512_BF16,
 /// whose CPUs all have AVX-512 VNNI).
 pub(super) fn panel_int8(kernel: Kernel) -> PanelInt8 {
