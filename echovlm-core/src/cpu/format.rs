@@ -1,5 +1,5 @@
 //! Storage formats of packed weights, their quantisation, and the int8 quantisation of
-//! activations that the int8 and int4 decode kernels multiply with.
+//! activations that the int8 products and the int4 decode kernels multiply with.
 
 use super::CpuError;
 use super::aligned::Aligned;
@@ -267,19 +267,26 @@ pub(super) fn int8_blocks(
 
 /// The `m` rows of `x` as an int8 product sees them, `d · q` per block of [`INT8_BLOCK`] (see
 /// [`Int8Block`]), as f32 values (`m · cols`): what kernels without integer products multiply
-/// prompt-sized int8 products with.
+/// prompt-sized int8 products with. Rows are split over the thread pool.
 pub(super) fn int8_dequantized(x: &[f32], m: usize, cols: usize) -> Result<Vec<f32>, CpuError> {
-    let q = int8_blocks(x, m, cols)?;
+    use rayon::prelude::*;
     let mut out = Vec::new();
     out.try_reserve_exact(x.len())
         .map_err(|_| CpuError::Alloc { bytes: 4 * x.len() })?;
+    out.resize(x.len(), 0.0);
     if cols > 0 {
-        for br in q.chunks_exact(cols.div_ceil(INT8_BLOCK)) {
-            for (b, blk) in br.iter().enumerate() {
-                let n = INT8_BLOCK.min(cols - b * INT8_BLOCK);
-                out.extend(blk.q[..n].iter().map(|&v| v as f32 * blk.d));
-            }
-        }
+        out.par_chunks_exact_mut(cols)
+            .zip(x.par_chunks_exact(cols))
+            .take(m)
+            .for_each(|(or, xr)| {
+                let mut q = [0i8; INT8_BLOCK];
+                for (ob, xb) in or.chunks_mut(INT8_BLOCK).zip(xr.chunks(INT8_BLOCK)) {
+                    let (d, _) = quantize_block(xb, &mut q);
+                    for (o, &v) in ob.iter_mut().zip(&q) {
+                        *o = v as f32 * d;
+                    }
+                }
+            });
     }
     Ok(out)
 }

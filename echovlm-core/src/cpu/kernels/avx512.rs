@@ -210,7 +210,7 @@ pub(super) fn lane_masks(n: usize) -> [__mmask16; 2] {
 /// The CPU supports AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn int8_block_f32(xb: &Int8Block) -> [f32; INT8_BLOCK] {
+unsafe fn int8_block_f32(xb: &Int8Block) -> [f32; INT8_BLOCK] {
     let mut out = [0f32; INT8_BLOCK];
     for u in 0..INT8_BLOCK / 16 {
         // SAFETY: 16 of the block's 64 values, and 16 of out's
