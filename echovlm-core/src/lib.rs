@@ -7,7 +7,8 @@
 //! Every public item has one path: loading ([`Checkpoint`], [`load`], [`WeightLoader`], the
 //! errors) and the layers ([`Linear`], [`RmsNorm`]) at the crate root; the CPU kernels under
 //! [`cpu`], backend-specific choices under [`backend`], host transfers under [`host`], the rotary
-//! embedding helpers under [`rope`].
+//! embedding helpers under [`rope`], and (with `wgpu` or `cuda`) GPU kernel-launch counts under
+//! `launches`.
 //!
 //! # Loading
 //!
@@ -26,6 +27,8 @@ mod checkpoint;
 pub mod cpu;
 mod error;
 pub mod host;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod launches;
 mod linear;
 mod loader;
 mod norm;

@@ -118,3 +118,51 @@ fn rms_norm_refuses_partial_rows() {
 fn mix_rows_refuses_a_missing_weight() {
     mix_rows_with(Kernel::Portable, &mut [1.0; 6], &[1.0; 6], &[0.5; 3]);
 }
+
+/// The short softmax of the GPU routing (`1 / Σ_j exp(x_j − x_e)`) against the definition in
+/// f64, including rows with a huge spread (where a term overflows) and ties; bf16 input is
+/// computed in f32.
+#[test]
+fn short_softmax_is_the_softmax() {
+    let device = Device::default();
+    let mut rows: Vec<Vec<f32>> = vec![
+        vec![0.5, -1.0, 2.0, 0.0],
+        vec![0.5, 0.5, 0.5, 0.5],
+        vec![-200.0, 200.0, 0.0, 1.0],
+        vec![1e-3, -1e-3, 30.0, -30.0],
+    ];
+    let random = flex_f32_vec(Tensor::<2>::random(
+        [5, 4],
+        Distribution::Normal(0.0, 3.0),
+        &device,
+    ));
+    rows.extend(random.chunks_exact(4).map(<[f32]>::to_vec));
+    let n = rows.len();
+    let flat: Vec<f32> = rows.concat();
+    let x = Tensor::<2>::from_data(TensorData::new(flat.clone(), [n, 4]), &device);
+    let got = flex_f32_vec(backend::short_softmax(x.clone()));
+    for (r, row) in rows.iter().enumerate() {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+        for (e, &v) in row.iter().enumerate() {
+            let want = (v as f64 - m).exp() / s;
+            let g = got[r * 4 + e] as f64;
+            assert!(
+                (g - want).abs() <= 1e-6 * want.max(1e-30) + 1e-30,
+                "row {r} [{e}]: {g} against {want}"
+            );
+        }
+    }
+    // two columns: the mix coefficients
+    let two = Tensor::<2>::from_data(
+        TensorData::new(vec![0.3f32, -0.7, 5.0, 5.0], [2, 2]),
+        &device,
+    );
+    let got = flex_f32_vec(backend::short_softmax(two));
+    let p = 1.0 / (1.0 + (-1.0f64).exp());
+    assert!((got[0] as f64 - p).abs() < 1e-7 && (got[1] as f64 - (1.0 - p)).abs() < 1e-7);
+    assert_eq!(&got[2..], &[0.5, 0.5]);
+    // bf16 logits: computed in f32, returned in f32
+    let half = backend::short_softmax(x.cast(burn::tensor::DType::BF16));
+    assert_eq!(half.dtype(), burn::tensor::DType::F32);
+}

@@ -1,6 +1,6 @@
 //! The shared rotary helpers against hand-computed values.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use echovlm_core::host::flex_f32_vec;
 use echovlm_core::rope;
 
@@ -105,4 +105,23 @@ fn rotating_split_heads_in_place_equals_apply_bit_for_bit() {
     );
     let got = backend::rope_heads(x, heads, &cos, &sin);
     assert_eq!(flex_f32_vec(got), flex_f32_vec(want));
+}
+
+/// The rotation with the sign folded into the table (what the fused query/key path runs) gives
+/// `rope::apply`'s values bit for bit.
+#[test]
+fn signed_table_rotation_equals_rotate_half() {
+    let device = Device::default();
+    let (b, h, s, d) = (2, 3, 5, 16);
+    let x = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
+    let cos = Tensor::<4>::random([b, 1, s, d], Distribution::Normal(0.0, 1.0), &device);
+    let sin = Tensor::<4>::random([b, 1, s, d], Distribution::Normal(0.0, 1.0), &device);
+    let want = flex_f32_vec(rope::apply(x.clone(), &cos, &sin));
+    let got = flex_f32_vec(rope::apply_signed(x.clone(), &cos, &rope::signed_sin(&sin)));
+    assert_eq!(got, want);
+    // and the halves really are swapped
+    let swapped = flex_f32_vec(rope::swap_halves(x.clone()));
+    let xs = flex_f32_vec(x);
+    assert_eq!(&swapped[..d / 2], &xs[d / 2..d]);
+    assert_eq!(&swapped[d / 2..d], &xs[..d / 2]);
 }

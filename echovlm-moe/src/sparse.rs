@@ -114,7 +114,7 @@ pub struct DeviceRouting {
 impl DeviceRouting {
     /// Routes from router logits (`[tokens, num_experts]`) on their device.
     pub fn from_logits(logits: Tensor<2>, top_k: usize, renorm: bool) -> Self {
-        let probs = activation::softmax(logits.clone().cast(DType::F32), 1);
+        let probs = backend::short_softmax(logits.clone());
         let (weights, experts) = probs.topk_with_indices(top_k, 1);
         let weights = if renorm {
             weights.clone() / weights.sum_dim(1)
@@ -496,6 +496,11 @@ pub struct FusedFfn {
     /// `[experts + 2, width]`: ones over the columns of the dense MLP (row 0), of expert `e`
     /// (row `1 + e`) and of the shared expert (the last row), zeros elsewhere.
     pub segments: Tensor<2>,
+    /// `[experts + 3]`: the biases of the router, the shared expert's gate and the coefficient
+    /// layer, when the MLPs have none: [`fuse`](DynamicFfn::fuse) then leaves `up` without
+    /// bias and they are added to those few outputs only, so that the SwiGLU reads the product
+    /// as it comes out. `None` when `up` keeps its bias.
+    pub tail_bias: Option<Tensor<1>>,
 }
 
 /// The block's MLPs in the order of its fused layers: dense, each routed expert, shared.
@@ -543,6 +548,8 @@ impl DynamicFfn {
             shared_expert_gate,
             ..
         } = moe;
+        let mlps_biased = every_mlp(mlp, experts, shared_expert)
+            .any(|m| m.gate_proj.bias.is_some() || m.up_proj.bias.is_some());
         let mut widths = Vec::new();
         let mut gates = Vec::new();
         let mut ups = Vec::new();
@@ -559,9 +566,20 @@ impl DynamicFfn {
         outputs.extend([gate, shared_expert_gate, coefficient]);
         // each side is left as it was, or holding views that compute what it did, when the
         // other cannot be fused
-        let Some(up) = Linear::fuse_outputs(&mut outputs) else {
+        let Some(mut up) = Linear::fuse_outputs(&mut outputs) else {
             *fused = None;
             return false;
+        };
+        let width: usize = widths.iter().sum();
+        let tail_bias = match up.bias.take() {
+            Some(b) if !mlps_biased => {
+                let n = b.dims()[0];
+                Some(b.narrow(0, 2 * width, n - 2 * width))
+            }
+            other => {
+                up.bias = other;
+                None
+            }
         };
         let Some(down) = Linear::fuse_inputs(&mut downs) else {
             *fused = None;
@@ -572,7 +590,7 @@ impl DynamicFfn {
             return false;
         };
         let (device, dtype) = (w.device(), w.dtype());
-        let (rows, width) = (widths.len(), widths.iter().sum::<usize>());
+        let rows = widths.len();
         let mut seg = vec![0f32; rows * width];
         let mut start = 0;
         for (row, &w) in widths.iter().enumerate() {
@@ -582,7 +600,12 @@ impl DynamicFfn {
         let segments =
             Tensor::<2>::from_data(TensorData::new(seg, [rows, width]), (&device, DType::F32))
                 .cast(dtype);
-        *fused = Some(FusedFfn { up, down, segments });
+        *fused = Some(FusedFfn {
+            up,
+            down,
+            segments,
+            tail_bias,
+        });
         true
     }
 
@@ -623,6 +646,17 @@ impl DynamicFfn {
     /// tokens; on any other device everything stays there ([`SparseMoeBlock::forward_on_device`])
     /// and only a recorded routing is read back, in one transfer.
     pub fn forward(&self, h: Tensor<2>, record: bool) -> Result<MixOutput, ReadBackError> {
+        if !backend::is_flex(&h.device())
+            && let Some(fused) = &self.fused
+        {
+            // the coefficients come out of the fused product
+            let (y, routing, c) = fused.forward(h, self.moe.config);
+            let recorded = match record {
+                true => Some(routing.read_back_with(c)?),
+                false => None,
+            };
+            return Ok((y, recorded));
+        }
         let c = self.coefficients(h.clone());
         let (m, recorded) = if backend::is_flex(&h.device()) {
             let (m, routing) = self.moe.forward(h.clone())?;
@@ -631,13 +665,6 @@ impl DynamicFfn {
                 false => None,
             };
             (m, recorded)
-        } else if let Some(fused) = &self.fused {
-            let (y, routing, c) = fused.forward(h, self.moe.config);
-            let recorded = match record {
-                true => Some(routing.read_back_with(c)?),
-                false => None,
-            };
-            return Ok((y, recorded));
         } else {
             let (m, routing) = self.moe.forward_on_device(h.clone());
             let recorded = match record {
@@ -664,13 +691,19 @@ impl FusedFfn {
         let dtype = h.dtype();
         let o = self.up.forward(h);
         let act = backend::silu_mul(o.clone().narrow(1, 0, w), o.clone().narrow(1, w, w));
+        // router logits, shared expert's gate, mix coefficients' logits
+        let tail = o.narrow(1, 2 * w, e + 3);
+        let tail = match &self.tail_bias {
+            Some(b) => tail + b.clone().unsqueeze(),
+            None => tail,
+        };
         let routing = DeviceRouting::from_logits(
-            o.clone().narrow(1, 2 * w, e),
+            tail.clone().narrow(1, 0, e),
             config.num_experts_per_tok,
             config.norm_topk_prob,
         );
-        let shared_gate = activation::sigmoid(o.clone().narrow(1, 2 * w + e, 1));
-        let c = activation::softmax(o.narrow(1, 2 * w + e + 1, 2), 1);
+        let shared_gate = activation::sigmoid(tail.clone().narrow(1, e, 1));
+        let c = backend::short_softmax(tail.narrow(1, e + 1, 2)).cast(dtype);
         let c_moe = c.clone().narrow(1, 0, 1);
         let scales = Tensor::cat(
             vec![

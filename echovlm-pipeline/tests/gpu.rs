@@ -289,6 +289,136 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
     assert_eq!(got, want, "expert counts of the text prompt");
 }
 
+/// The request the launch counts decode after: the reference's one-image case.
+fn one_image_request() -> Request {
+    let g = Golden::load("tiny-echovlm");
+    let case = g.meta["e2e"]["one_image"].clone();
+    let mut r = Request::new(case["prompt"].as_str().unwrap());
+    for img in case["images"].as_array().unwrap() {
+        r = r.image(image(img.as_str().unwrap()));
+    }
+    r
+}
+
+/// Kernel launches per decode step of `model` on `r`: the launches of a 9-token generation less
+/// those of a 3-token one, over 6 steps (after a run that compiles and tunes them). Prints
+/// them by kernel, and the tensor operations Burn's fusion registered per step by kind; returns
+/// the launches and the operations per step.
+fn decode_launches(model: &EchoVlm, r: &Request, label: &str) -> (f64, f64) {
+    use echovlm_core::launches::Launches;
+    use std::collections::BTreeMap;
+    // a first run compiles and tunes every shape the counted runs meet (the attention of each
+    // cache length among them)
+    model.generate(r, &greedy(9)).unwrap();
+    let device = model.device();
+    let count = |n: usize| {
+        device.sync().unwrap();
+        let launches = Launches::count();
+        model.generate(r, &greedy(n)).unwrap();
+        device.sync().unwrap();
+        let ops: BTreeMap<String, i64> = launches
+            .operations()
+            .into_iter()
+            .map(|(k, n)| (k, n as i64))
+            .collect();
+        let by = launches
+            .by_kernel()
+            .into_iter()
+            .map(|k| (k.name, k.count as i64))
+            .collect::<BTreeMap<_, _>>();
+        (by, ops)
+    };
+    let ((short, ops_short), (long, ops_long)) = (count(3), count(9));
+    let mut ops: Vec<(String, i64)> = ops_long
+        .iter()
+        .map(|(k, &n)| (k.clone(), n - ops_short.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    ops.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let ops_per_step = ops.iter().map(|(_, n)| n).sum::<i64>() as f64 / 6.0;
+    eprintln!("{label}: {ops_per_step:.1} tensor operations per decode step");
+    for (k, n) in ops.iter().take(12) {
+        eprintln!("  {:7.1}  {k}", *n as f64 / 6.0);
+    }
+    let mut per_kernel: Vec<(String, i64)> = long
+        .iter()
+        .map(|(k, &n)| (k.clone(), n - short.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    per_kernel.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let per_step = per_kernel.iter().map(|(_, n)| n).sum::<i64>() as f64 / 6.0;
+    eprintln!("{label}: {per_step:.1} kernel launches per decode step");
+    for (k, n) in &per_kernel {
+        let k: String = k.chars().take(100).collect();
+        eprintln!("  {:7.1}  {k}", *n as f64 / 6.0);
+    }
+    (per_step, ops_per_step)
+}
+
+/// A decode step's kernel launches and tensor operations stay within budget. On a GPU a step
+/// costs launches more than bytes (each launch, and each operation even where it launches
+/// nothing, is Burn's fusion bookkeeping and a dispatch on the host): these budgets pin what was
+/// removed. Measured on lavapipe (Mesa's CPU Vulkan, where Burn's autotune runs attention as
+/// separate kernels), the same with every autotune level: the EchoVLM fixture (3 layers with the
+/// dynamic MoE feed-forward) went from 240 launches to 157 (351 operations), the Qwen2.5-VL
+/// fixture (2 dense layers) from 68 to 65 (160 operations). Another adapter may tune other
+/// kernels: the budgets are upper bounds.
+#[cfg(feature = "wgpu")]
+#[test]
+fn decode_step_launch_budget() {
+    let _turn = turn();
+    let r = one_image_request();
+    for (name, launches, operations) in [
+        ("tiny-echovlm", 160.0, 360.0),
+        ("tiny-qwen25vl", 66.0, 165.0),
+    ] {
+        if let Some(model) = load_model(wgpu(), name, DType::F32) {
+            let (n, ops) = decode_launches(&model, &r, &format!("wgpu {name}"));
+            assert!(n <= launches, "{name}: {n} launches per decode step");
+            assert!(
+                ops <= operations,
+                "{name}: {ops} operations per decode step"
+            );
+        }
+    }
+}
+
+/// What a decode step costs the host (ignored: it times; run it with `--ignored`): per step,
+/// the wall time and the time with every launch dropped (CubeCL's dry run: Burn's bookkeeping,
+/// fusion and dispatch alone), from generations of 35 and 3 tokens, best of 5.
+#[cfg(feature = "wgpu")]
+#[test]
+#[ignore = "timing"]
+fn decode_step_host_cost() {
+    let _turn = turn();
+    let r = one_image_request();
+    for name in ["tiny-echovlm", "tiny-qwen25vl"] {
+        let Some(model) = load_model(wgpu(), name, DType::F32) else {
+            return;
+        };
+        let (launches, _) = decode_launches(&model, &r, name);
+        let step_time = |dry: bool| {
+            let time = |n: usize| {
+                let _dry = dry.then(echovlm_core::launches::DryRun::new);
+                let t = std::time::Instant::now();
+                // (a dry run reads back whatever the buffers held: the token may be refused)
+                let _ = model.generate(&r, &greedy(n));
+                t.elapsed().as_secs_f64()
+            };
+            (0..5)
+                .map(|_| (time(35) - time(3)) / 32.0)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let (wall, host) = (step_time(false), step_time(true));
+        eprintln!(
+            "{name}: step {:.0} µs, host alone {:.0} µs ({:.1} µs per launch)",
+            wall * 1e6,
+            host * 1e6,
+            host * 1e6 / launches
+        );
+    }
+}
+
 /// Continuous batching on the device: three rows with different sampling options decode
 /// together, each gets the tokens it gets alone, and a step reads back one tensor of one value
 /// per row.
@@ -414,11 +544,60 @@ fn cuda_decode_step_reads_back_only_the_token_ids() {
     }
 }
 
+/// Launches per decode step of `model` on `r`, and the device time they take by kernel (CubeCL's
+/// deferred timing): generations of 17 and 3 tokens, the difference over 14 steps. Set against
+/// the step time of an untimed run, the device time says how much of a step the GPU is busy.
+#[cfg(feature = "cuda")]
+fn device_time(model: &EchoVlm, r: &Request, device: &burn::tensor::Device) {
+    use echovlm_core::launches::Launches;
+    use std::collections::HashMap;
+    use std::time::Duration;
+    let (launches, _) = decode_launches(model, r, "probe");
+    let run = |n: usize| {
+        device.sync().unwrap();
+        let timed = Launches::timed();
+        model.generate(r, &greedy(n)).unwrap();
+        device.sync().unwrap();
+        timed.by_kernel()
+    };
+    let plain = model.generate(r, &greedy(17)).unwrap().timings;
+    let step_ms = 1e3 / plain.decode_tokens_per_s;
+    let (short, long) = (run(3), run(17));
+    let before: HashMap<_, _> = short
+        .iter()
+        .map(|k| (k.name.clone(), k.device_time))
+        .collect();
+    let mut rows: Vec<(String, u64, Duration)> = long
+        .iter()
+        .map(|k| {
+            let d = k
+                .device_time
+                .saturating_sub(before.get(&k.name).copied().unwrap_or_default());
+            (k.name.chars().take(60).collect(), k.count, d / 14)
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+    let busy: Duration = rows.iter().map(|r| r.2).sum();
+    let host_timed: Duration = long.iter().map(|k| k.host_timed).sum();
+    println!(
+        "probe: {launches:.0} launches per decode step; the device is busy {:.2} ms of a {step_ms:.2} ms step ({:.0}%); host-timed share of the timings {:.1} ms",
+        busy.as_secs_f64() * 1e3,
+        busy.as_secs_f64() * 1e3 / step_ms * 100.0,
+        host_timed.as_secs_f64() * 1e3
+    );
+    println!("| kernel | device time per step |");
+    println!("|---|---|");
+    for (name, _, d) in rows.iter().take(15) {
+        println!("| {name} | {:.1} µs |", d.as_secs_f64() * 1e6);
+    }
+}
+
 /// Where a decode step's time goes on an NVIDIA GPU, printed for the README (`tools/gpu_check.sh`
 /// step `probe`; ignored otherwise). Needs `ECHOVLM_PROBE_MODEL`, a full-size checkpoint, loaded
 /// in bf16. Prints, most telling first:
 /// 1. decode tokens/s of a text prompt with the fused products and with the separate layers
-///    (two runs each: the first compiles and tunes the kernels);
+///    (two runs each: the first compiles and tunes the kernels), then the fused model's kernel
+///    launches per step and how much of a step the device is busy, by kernel (`device_time`);
 /// 2. the time of one matrix-vector product (one token) at each of the decoder's shapes, fused
 ///    and not, and the bandwidth it reaches, and of a normalisation: each call is followed by a
 ///    synchronisation, whose own cost (measured alone) is subtracted. Queuing many independent
@@ -461,6 +640,7 @@ fn cuda_decode_probe() {
         }
     };
     decode(&model, "fused");
+    device_time(&model, &request, &device);
     model.text_model_mut(); // drops the fused layers
     decode(&model, "separate");
 

@@ -66,7 +66,7 @@ impl Attention {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &(Tensor<4>, Tensor<4>),
+        rope: &RopeTables,
         cache: &mut KvCache,
         layer: usize,
         mask: &AttentionMask,
@@ -79,7 +79,7 @@ impl Attention {
                 // one product, then one rotation of the query and key heads together
                 let all = split(qkv.forward(x), self.heads + 2 * self.kv_heads);
                 let qk = all.clone().narrow(1, 0, self.heads + self.kv_heads);
-                let qk = echovlm_core::rope::apply(qk, &rope.0, &rope.1);
+                let qk = echovlm_core::rope::apply_signed(qk, &rope.cos, &rope.signed_sin());
                 (
                     qk.clone().narrow(1, 0, self.heads),
                     qk.narrow(1, self.heads, self.kv_heads),
@@ -93,8 +93,8 @@ impl Attention {
                     .try_into()
                     .expect("one output per part");
                 (
-                    backend::rope_heads(q, self.heads, &rope.0, &rope.1),
-                    backend::rope_heads(k, self.kv_heads, &rope.0, &rope.1),
+                    backend::rope_heads(q, self.heads, &rope.cos, &rope.sin),
+                    backend::rope_heads(k, self.kv_heads, &rope.cos, &rope.sin),
                     split(v, self.kv_heads),
                 )
             }
@@ -104,6 +104,23 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
         self.o_proj.forward(o)
+    }
+}
+
+/// One pass's rotary tables, shared by its layers: `cos` and `sin` (`[batch, 1, seq, head_dim]`)
+/// and, made on first use, `sin` with the sign of `rotate_half` folded in
+/// ([`echovlm_core::rope::signed_sin`]) for the fused query/key rotation.
+struct RopeTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    signed: std::sync::OnceLock<Tensor<4>>,
+}
+
+impl RopeTables {
+    fn signed_sin(&self) -> Tensor<4> {
+        self.signed
+            .get_or_init(|| echovlm_core::rope::signed_sin(&self.sin))
+            .clone()
     }
 }
 
@@ -176,7 +193,7 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &(Tensor<4>, Tensor<4>),
+        rope: &RopeTables,
         cache: &mut KvCache,
         layer: usize,
         mask: &AttentionMask,
@@ -541,7 +558,12 @@ impl TextModel {
             None => vec![vec![true; s]; b],
         };
         let mask = build_mask(cache, &step_valid, &device);
-        let rope = self.rope.device_tables(positions, &device, dtype);
+        let (cos, sin) = self.rope.device_tables(positions, &device, dtype);
+        let rope = RopeTables {
+            cos,
+            sin,
+            signed: std::sync::OnceLock::new(),
+        };
 
         let mut x = embeds;
         let mut states = Vec::new();
