@@ -98,8 +98,9 @@ impl Routing {
 
 /// A routing decision computed where the tensors live (on a GPU: no read-back to the host).
 ///
-/// The same numerics as [`Routing::from_logits`]: softmax of the router logits in f32, the
-/// `top_k` largest probabilities, optionally renormalised. Ties between equal probabilities may
+/// The same numerics as [`Routing::from_logits`]: softmax of the router logits in f32 (written
+/// as [`backend::short_softmax`], one reduction), the `top_k` largest probabilities, optionally
+/// renormalised. Ties between equal probabilities may
 /// be broken differently from the host routing.
 #[derive(Debug, Clone)]
 pub struct DeviceRouting {

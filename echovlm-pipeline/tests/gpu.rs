@@ -360,8 +360,8 @@ fn decode_launches(model: &EchoVlm, r: &Request, label: &str) -> (f64, f64) {
 /// nothing, is Burn's fusion bookkeeping and a dispatch on the host): these budgets pin what was
 /// removed. Measured on lavapipe (Mesa's CPU Vulkan, where Burn's autotune runs attention as
 /// separate kernels), the same with every autotune level: the EchoVLM fixture (3 layers with the
-/// dynamic MoE feed-forward) went from 240 launches to 157 (351 operations), the Qwen2.5-VL
-/// fixture (2 dense layers) from 68 to 65 (160 operations). Another adapter may tune other
+/// dynamic MoE feed-forward) went from 231 launches to 157 (365 operations to 351), the
+/// Qwen2.5-VL fixture (2 dense layers) from 68 to 65 (158 operations to 160). Another adapter may tune other
 /// kernels: the budgets are upper bounds.
 #[cfg(feature = "wgpu")]
 #[test]
