@@ -359,18 +359,19 @@ fn decode_launches(model: &EchoVlm, r: &Request, label: &str) -> (f64, f64) {
 /// costs launches more than bytes (each launch, and each operation even where it launches
 /// nothing, is Burn's fusion bookkeeping and a dispatch on the host): these budgets pin what was
 /// removed. Measured on lavapipe (Mesa's CPU Vulkan, where Burn's autotune runs attention as
-/// separate kernels), the same with every autotune level: the EchoVLM fixture (3 layers with the
-/// dynamic MoE feed-forward) went from 231 launches to 157 (365 operations to 351), the
-/// Qwen2.5-VL fixture (2 dense layers) from 68 to 65 (158 operations to 160). Another adapter may tune other
-/// kernels: the budgets are upper bounds.
+/// separate kernels): the EchoVLM fixture (3 layers with the dynamic MoE feed-forward) went from
+/// 231 launches to 157 (365 operations to 351), the Qwen2.5-VL fixture (2 dense layers) from 68
+/// to 65 (158 operations to 160). The operations do not depend on the adapter; the launches do,
+/// on what the autotuner picked earlier in the process (in CI's run of this binary the
+/// Qwen2.5-VL step also copied two tensors: 67): their budgets are upper bounds with room.
 #[cfg(feature = "wgpu")]
 #[test]
 fn decode_step_launch_budget() {
     let _turn = turn();
     let r = one_image_request();
     for (name, launches, operations) in [
-        ("tiny-echovlm", 160.0, 360.0),
-        ("tiny-qwen25vl", 66.0, 165.0),
+        ("tiny-echovlm", 165.0, 355.0),
+        ("tiny-qwen25vl", 70.0, 162.0),
     ] {
         if let Some(model) = load_model(wgpu(), name, DType::F32) {
             let (n, ops) = decode_launches(&model, &r, &format!("wgpu {name}"));
