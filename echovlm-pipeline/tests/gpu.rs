@@ -384,6 +384,73 @@ fn decode_step_launch_budget() {
     }
 }
 
+/// The launch counter itself: a matrix product and an element-wise chain are seen as kernels
+/// and as operations, timing reports a duration for every launch it saw (what the GPU probe
+/// reads), and a dry run drops the launches (the output keeps what the buffer held).
+#[cfg(feature = "wgpu")]
+#[test]
+fn launches_are_counted_timed_and_dropped() {
+    use burn::tensor::{Distribution, Tensor, TensorData};
+    use echovlm_core::launches::{DryRun, Launches};
+    let _turn = turn();
+    let Some(device) = wgpu() else { return };
+    let a = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
+    let b = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
+    let run = || (a.clone().matmul(b.clone()).exp() + 1.0).sqrt();
+    // compile and tune first
+    run().into_data();
+    device.sync().unwrap();
+    let counted = Launches::count();
+    let y = run();
+    device.sync().unwrap();
+    let kernels = counted.by_kernel();
+    let total: u64 = kernels.iter().map(|k| k.count).sum();
+    assert_eq!(total, counted.total());
+    assert!(
+        (1..=4).contains(&total),
+        "{total} launches for a product and a chain: {kernels:?}"
+    );
+    assert!(
+        kernels.iter().any(|k| k.name.contains("Matmul")),
+        "{kernels:?}"
+    );
+    let ops = counted.operations();
+    assert!(ops.iter().any(|(k, _)| k == "Float::Matmul"), "{ops:?}");
+    assert!(ops.iter().any(|(k, _)| k == "Float::Exp"), "{ops:?}");
+    assert!(kernels.iter().all(|k| k.device_time.is_zero()));
+    drop(counted);
+    let want = y.into_data();
+
+    let timed = Launches::timed();
+    let y = run();
+    device.sync().unwrap();
+    let kernels = timed.by_kernel();
+    assert!(!kernels.is_empty());
+    assert!(
+        kernels.iter().all(|k| !k.device_time.is_zero()),
+        "every launch timed: {kernels:?}"
+    );
+    drop(timed);
+    assert_eq!(y.into_data(), want, "timing changes no value");
+
+    // dry run: the launch is made and dropped, the output buffer is never written
+    let zeros = Tensor::<2>::from_data(TensorData::new(vec![0f32; 64 * 64], [64, 64]), &device);
+    let near = |t: Tensor<2>, want: f32| {
+        let v = t.into_data().try_to_vec::<f32>().unwrap();
+        v.iter().all(|&x| (x - want).abs() < 1e-5 * want)
+    };
+    let e = std::f32::consts::E;
+    assert!(near((zeros.clone() + 1.0).exp(), e), "the chain computes e");
+    let dry = DryRun::new();
+    let counted = Launches::count();
+    let y = (zeros + 2.0).exp();
+    device.sync().unwrap();
+    assert!(counted.total() >= 1);
+    drop(counted);
+    drop(dry);
+    assert!(!near(y, e * e), "a dry run computed the values");
+}
+
 /// What a decode step costs the host (ignored: it times; run it with `--ignored`): per step,
 /// the wall time and the time with every launch dropped (CubeCL's dry run: Burn's bookkeeping,
 /// fusion and dispatch alone), from generations of 35 and 3 tokens, best of 5.
