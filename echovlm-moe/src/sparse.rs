@@ -100,8 +100,8 @@ impl Routing {
 ///
 /// The same numerics as [`Routing::from_logits`]: softmax of the router logits in f32 (written
 /// as [`backend::short_softmax`], one reduction), the `top_k` largest probabilities, optionally
-/// renormalised. Ties between equal probabilities may
-/// be broken differently from the host routing.
+/// renormalised. Ties between equal probabilities may be broken differently from the host
+/// routing.
 #[derive(Debug, Clone)]
 pub struct DeviceRouting {
     /// Router logits, `[tokens, num_experts]`, in the activations' float type.
@@ -487,10 +487,11 @@ pub struct DynamicFfn {
 /// The down projections being linear, this is the unfused block's sum, rounded differently.
 #[derive(Debug, Clone)]
 pub struct FusedFfn {
-    /// `[2·width + experts + 3, hidden]` with bias: the gate projections of the dense MLP, the
-    /// routed experts in order and the shared expert, their up projections in the same order,
-    /// then the router, the shared expert's gate and the coefficient layer (with its bias,
-    /// zeros elsewhere).
+    /// `[2·width + experts + 3, hidden]`: the gate projections of the dense MLP, the routed
+    /// experts in order and the shared expert, their up projections in the same order, then the
+    /// router, the shared expert's gate and the coefficient layer. Without bias when the MLPs
+    /// have none (the last three's biases are then [`tail_bias`](Self::tail_bias)); else with
+    /// every part's bias, zeros where a part has none.
     pub up: Linear,
     /// `[hidden, width]`: the down projections in the same order, side by side.
     pub down: Linear,
