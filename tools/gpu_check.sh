@@ -21,9 +21,11 @@
 #           --dtype bf16, 64 greedy tokens after one image, two runs: the first compiles and
 #           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
 #           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
-#   probe   after v1 or v2, on its checkpoint: the time of one token's product at each of the
-#           decoder's shapes, of a normalisation, and decode tokens/s with the fused products
-#           and with the separate layers (the gpu test `cuda_decode_probe`);
+#   probe   after v1 or v2, on its checkpoint: decode tokens/s with the fused products, the
+#           kernel launches and tensor operations of a decode step and how much of the step the
+#           device is busy, by kernel; then decode with the separate layers, and the time of
+#           one token's product at each of the decoder's shapes and of a normalisation (the gpu
+#           test `cuda_decode_probe`);
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
 #           then the wgpu tests on the NVIDIA Vulkan driver (`tests-cuda`: the CUDA ones only);
 #   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
