@@ -329,30 +329,34 @@ fn decode_launches(model: &EchoVlm, r: &Request, label: &str) -> (f64, f64) {
         (by, ops)
     };
     let ((short, ops_short), (long, ops_long)) = (count(3), count(9));
-    let mut ops: Vec<(String, i64)> = ops_long
+    let ops_per_step = print_per_step(&ops_long, &ops_short, label, "tensor operations", 12);
+    let per_step = print_per_step(&long, &short, label, "kernel launches", usize::MAX);
+    (per_step, ops_per_step)
+}
+
+/// What one decode step adds to each count (`long` after 9 tokens less `short` after 3, over
+/// 6 steps): prints the total per step and the first `rows` counts, largest first; returns the
+/// total per step.
+fn print_per_step(
+    long: &std::collections::BTreeMap<String, i64>,
+    short: &std::collections::BTreeMap<String, i64>,
+    label: &str,
+    what: &str,
+    rows: usize,
+) -> f64 {
+    let mut per: Vec<(&String, i64)> = long
         .iter()
-        .map(|(k, &n)| (k.clone(), n - ops_short.get(k).copied().unwrap_or(0)))
+        .map(|(k, &n)| (k, n - short.get(k).copied().unwrap_or(0)))
         .filter(|(_, n)| *n != 0)
         .collect();
-    ops.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let ops_per_step = ops.iter().map(|(_, n)| n).sum::<i64>() as f64 / 6.0;
-    eprintln!("{label}: {ops_per_step:.1} tensor operations per decode step");
-    for (k, n) in ops.iter().take(12) {
-        eprintln!("  {:7.1}  {k}", *n as f64 / 6.0);
-    }
-    let mut per_kernel: Vec<(String, i64)> = long
-        .iter()
-        .map(|(k, &n)| (k.clone(), n - short.get(k).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n != 0)
-        .collect();
-    per_kernel.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let per_step = per_kernel.iter().map(|(_, n)| n).sum::<i64>() as f64 / 6.0;
-    eprintln!("{label}: {per_step:.1} kernel launches per decode step");
-    for (k, n) in &per_kernel {
+    per.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let total = per.iter().map(|(_, n)| n).sum::<i64>() as f64 / 6.0;
+    eprintln!("{label}: {total:.1} {what} per decode step");
+    for (k, n) in per.iter().take(rows) {
         let k: String = k.chars().take(100).collect();
         eprintln!("  {:7.1}  {k}", *n as f64 / 6.0);
     }
-    (per_step, ops_per_step)
+    total
 }
 
 /// A decode step's kernel launches and tensor operations stay within budget. On a GPU a step
