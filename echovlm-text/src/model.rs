@@ -113,7 +113,7 @@ impl Attention {
 struct RopeTables {
     cos: Tensor<4>,
     sin: Tensor<4>,
-    signed: std::sync::OnceLock<Tensor<4>>,
+    signed: std::cell::OnceCell<Tensor<4>>,
 }
 
 impl RopeTables {
@@ -562,7 +562,7 @@ impl TextModel {
         let rope = RopeTables {
             cos,
             sin,
-            signed: std::sync::OnceLock::new(),
+            signed: std::cell::OnceCell::new(),
         };
 
         let mut x = embeds;
