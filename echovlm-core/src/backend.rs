@@ -72,6 +72,9 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> T
         });
         return from_f32_vec(out, dims, &device, DType::F32);
     }
+    // the weight's reshape first: registered between the reduction and the products, it would
+    // split the normalisation into three kernels on a fusing GPU backend instead of one
+    let weight = weight.clone().unsqueeze::<D>();
     let x32 = if dtype == DType::F32 {
         x
     } else {
@@ -84,25 +87,7 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> T
     } else {
         normed.cast(dtype)
     };
-    normed * weight.clone().unsqueeze()
-}
-
-/// Softmax over a short last dimension (a router's few experts, a mix's two branches) of a
-/// `[rows, n]` tensor, in f32: `p_e = 1 / Σ_j exp(x_j − x_e)`, the softmax written so that one
-/// reduction (with its element-wise work fused in) and one element-wise pass compute it, where
-/// the usual form takes a maximum, a sum and a division, each its own kernel on a GPU. It reads
-/// `n²` values per row, so it is for short rows only. Exact in value like the usual form: every
-/// difference is finite for finite input, and a term that overflows to infinity makes its `p_e`
-/// the zero it rounds to.
-pub fn short_softmax(x: Tensor<2>) -> Tensor<2> {
-    let x = if x.dtype() == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    };
-    // [rows, e, 1] against [rows, 1, j]: x_j − x_e at [rows, e, j]
-    let d = x.clone().unsqueeze_dim::<3>(1) - x.unsqueeze_dim::<3>(2);
-    d.exp().sum_dim(2).squeeze_dim::<2>(2).recip()
+    normed * weight
 }
 
 /// `c[:, 0] · a + c[:, 1] · b`: two branches (`[rows, width]`) mixed by per-row weights

@@ -64,23 +64,33 @@ pub fn swap_halves(x: Tensor<4>) -> Tensor<4> {
         .reshape([a, b, c, d])
 }
 
-/// `sin` with the first half of its last dimension negated: the table that
-/// [`apply_signed`] multiplies the swapped halves by, since
-/// `rotate_half(x) · sin = swap_halves(x) · signed_sin(sin)`.
-pub fn signed_sin(sin: &Tensor<4>) -> Tensor<4> {
-    let d = sin.dims()[3];
-    let sign: Vec<f32> = (0..d).map(|j| if j < d / 2 { -1.0 } else { 1.0 }).collect();
-    let sign = Tensor::<1>::from_data(
-        burn::tensor::TensorData::new(sign, [d]),
-        (&sin.device(), burn::tensor::DType::F32),
-    )
-    .cast(sin.dtype());
-    sin.clone() * sign.unsqueeze()
+/// A sine table (rows of `dim` values, as [`write_row`] writes them) with the first half of
+/// every row negated: the table that [`apply_signed`] multiplies the swapped halves by, since
+/// `rotate_half(x) · sin = swap_halves(x) · signed_sin(sin)`. Made on the host, so that a
+/// GPU pass uploads it like the other tables instead of computing it.
+///
+/// # Panics
+/// If `dim` is odd or does not divide the table's length.
+pub fn signed_sin(sin: &[f32], dim: usize) -> Vec<f32> {
+    assert!(
+        dim % 2 == 0 && sin.len() % dim == 0,
+        "a sine table of {} values in rows of {dim}",
+        sin.len()
+    );
+    let mut out = sin.to_vec();
+    for row in out.chunks_exact_mut(dim) {
+        for v in &mut row[..dim / 2] {
+            *v = -*v;
+        }
+    }
+    out
 }
 
 /// [`apply`] with the sign of `rotate_half` folded into the table: `x·cos +
 /// swap_halves(x)·sin_signed`, `sin_signed` from [`signed_sin`]. The same values bit for bit
 /// (negation is exact), in fewer kernels on a GPU.
 pub fn apply_signed(x: Tensor<4>, cos: &Tensor<4>, sin_signed: &Tensor<4>) -> Tensor<4> {
-    x.clone() * cos.clone() + swap_halves(x) * sin_signed.clone()
+    // the flip first, so that the products and the sum after it are one element-wise kernel
+    let swapped = swap_halves(x.clone());
+    x * cos.clone() + swapped * sin_signed.clone()
 }

@@ -115,9 +115,14 @@ fn signed_table_rotation_equals_rotate_half() {
     let (b, h, s, d) = (2, 3, 5, 16);
     let x = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
     let cos = Tensor::<4>::random([b, 1, s, d], Distribution::Normal(0.0, 1.0), &device);
-    let sin = Tensor::<4>::random([b, 1, s, d], Distribution::Normal(0.0, 1.0), &device);
+    let sin_host: Vec<f32> = (0..b * s * d)
+        .map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0)
+        .collect();
+    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [b, 1, s, d]), &device);
+    let sin = table(sin_host.clone());
     let want = flex_f32_vec(rope::apply(x.clone(), &cos, &sin));
-    let got = flex_f32_vec(rope::apply_signed(x.clone(), &cos, &rope::signed_sin(&sin)));
+    let signed = table(rope::signed_sin(&sin_host, d));
+    let got = flex_f32_vec(rope::apply_signed(x.clone(), &cos, &signed));
     assert_eq!(got, want);
     // and the halves really are swapped
     let swapped = flex_f32_vec(rope::swap_halves(x.clone()));

@@ -98,10 +98,11 @@ impl Routing {
 
 /// A routing decision computed where the tensors live (on a GPU: no read-back to the host).
 ///
-/// The same numerics as [`Routing::from_logits`]: softmax of the router logits in f32 (written
-/// as [`backend::short_softmax`], one reduction), the `top_k` largest probabilities, optionally
-/// renormalised. Ties between equal probabilities may be broken differently from the host
-/// routing.
+/// The same numerics as [`Routing::from_logits`]: the `top_k` largest softmax probabilities
+/// of the router logits in f32, optionally renormalised. The experts are chosen by their
+/// logits (the softmax keeps their order) and only the chosen ones' probabilities are
+/// computed, `p_k = 1 / Σ_j exp(x_j − x_k)` in one reduction. Ties may be broken differently
+/// from the host routing.
 #[derive(Debug, Clone)]
 pub struct DeviceRouting {
     /// Router logits, `[tokens, num_experts]`, in the activations' float type.
@@ -114,9 +115,22 @@ pub struct DeviceRouting {
 
 impl DeviceRouting {
     /// Routes from router logits (`[tokens, num_experts]`) on their device.
+    ///
+    /// The experts are chosen by their logits, which order them as their probabilities do,
+    /// and only the chosen ones' probabilities are computed, `p_k = 1 / Σ_j exp(x_j − x_k)`:
+    /// on a GPU a top-k and one reduction, where the softmax of every expert first takes a
+    /// reduction and a division more.
     pub fn from_logits(logits: Tensor<2>, top_k: usize, renorm: bool) -> Self {
-        let probs = backend::short_softmax(logits.clone());
-        let (weights, experts) = probs.topk_with_indices(top_k, 1);
+        let [tokens, num_experts] = logits.dims();
+        let x = if logits.dtype() == DType::F32 {
+            logits.clone()
+        } else {
+            logits.clone().cast(DType::F32)
+        };
+        let (top, experts) = x.clone().topk_with_indices(top_k, 1);
+        // [tokens, 1, experts] against [tokens, top_k, 1]: x_j − x_k at [tokens, k, j]
+        let diff = x.reshape([tokens, 1, num_experts]) - top.reshape([tokens, top_k, 1]);
+        let weights = diff.exp().sum_dim(2).reshape([tokens, top_k]).recip();
         let weights = if renorm {
             weights.clone() / weights.sum_dim(1)
         } else {
@@ -705,19 +719,33 @@ impl FusedFfn {
             config.norm_topk_prob,
         );
         let shared_gate = activation::sigmoid(tail.clone().narrow(1, e, 1));
-        let c = backend::short_softmax(tail.narrow(1, e + 1, 2)).cast(dtype);
-        let c_moe = c.clone().narrow(1, 0, 1);
+        // the two-way softmax of the coefficients as two element-wise expressions,
+        // `1 / (1 + exp(x_other − x_own))`, where a softmax over the pair takes two reductions
+        let f32 = |t: Tensor<2>| {
+            if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(DType::F32)
+            }
+        };
+        let x_moe = f32(tail.clone().narrow(1, e + 1, 1));
+        let x_dense = f32(tail.narrow(1, e + 2, 1));
+        let two_way =
+            |own: Tensor<2>, other: Tensor<2>| (other - own).exp().add_scalar(1.0).recip();
+        let c_moe = two_way(x_moe.clone(), x_dense.clone()).cast(dtype);
+        let c_dense = two_way(x_dense, x_moe).cast(dtype);
         let scales = Tensor::cat(
             vec![
-                c.clone().narrow(1, 1, 1),
+                c_dense.clone(),
                 c_moe.clone() * routing.dense_weights(dtype),
-                c_moe * shared_gate,
+                c_moe.clone() * shared_gate,
             ],
             1,
         );
         let y = self
             .down
             .forward(act * scales.matmul(self.segments.clone()));
+        let c = Tensor::cat(vec![c_moe, c_dense], 1);
         (y, routing, c)
     }
 }

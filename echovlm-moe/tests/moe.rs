@@ -8,8 +8,8 @@ use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use echovlm_core::host::flex_f32_vec;
 use echovlm_core::{Checkpoint, LinearOptions, load};
 use echovlm_moe::{
-    DynamicFfn, LayerRouting, MoeConfig, Routing, SparseMoeBlock, load_balancing_loss,
-    load_balancing_loss_host,
+    DeviceRouting, DynamicFfn, LayerRouting, MoeConfig, Routing, SparseMoeBlock,
+    load_balancing_loss, load_balancing_loss_host,
 };
 use support::{Golden, max_abs_diff, model_dir};
 
@@ -83,6 +83,58 @@ fn device_routing_equals_host_routing() {
                 }
             }
         }
+    }
+}
+
+/// The device routing's weights (the chosen experts' softmax probabilities, computed for those
+/// only) against the definition in f64: rows with a spread where the other terms overflow or
+/// vanish, ties, random rows; renormalised or not; bf16 logits are routed in f32.
+#[test]
+fn device_routing_weights_are_the_softmax_probabilities() {
+    let device = Device::default();
+    let mut rows: Vec<Vec<f32>> = vec![
+        vec![0.5, -1.0, 2.0, 0.0],
+        vec![-200.0, 200.0, 0.0, 1.0],
+        vec![1e-3, -1e-3, 30.0, -30.0],
+        vec![0.5, 0.5, 0.5, -0.5],
+    ];
+    let random = flex_f32_vec(Tensor::<2>::random(
+        [5, 4],
+        Distribution::Normal(0.0, 3.0),
+        &device,
+    ));
+    rows.extend(random.chunks_exact(4).map(<[f32]>::to_vec));
+    let n = rows.len();
+    let x = Tensor::<2>::from_data(TensorData::new(rows.concat(), [n, 4]), &device);
+    for renorm in [false, true] {
+        let r = DeviceRouting::from_logits(x.clone(), 2, renorm);
+        assert_eq!(r.weights.dtype(), DType::F32);
+        let experts = echovlm_core::host::to_i64_vec(r.experts.clone()).unwrap();
+        let weights = flex_f32_vec(r.weights.clone());
+        for (i, row) in rows.iter().enumerate() {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let p: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let s: f64 = p.iter().sum();
+            let (a, b) = (experts[2 * i] as usize, experts[2 * i + 1] as usize);
+            assert!(a != b && p[a] >= p[b], "row {i}: experts {a}, {b}");
+            assert!(
+                row.iter()
+                    .enumerate()
+                    .all(|(e, _)| e == a || e == b || p[e] <= p[b]),
+                "row {i}: {a}, {b} are not the top two"
+            );
+            let total = if renorm { p[a] + p[b] } else { s };
+            for (k, e) in [a, b].into_iter().enumerate() {
+                let (got, want) = (weights[2 * i + k] as f64, p[e] / total);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want + 1e-30,
+                    "renorm {renorm}, row {i}, expert {e}: {got} against {want}"
+                );
+            }
+        }
+        let half = DeviceRouting::from_logits(x.clone().cast(DType::BF16), 2, renorm);
+        assert_eq!(half.weights.dtype(), DType::F32);
+        assert_eq!(half.router_logits.dtype(), DType::BF16);
     }
 }
 

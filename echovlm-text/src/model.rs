@@ -79,7 +79,7 @@ impl Attention {
                 // one product, then one rotation of the query and key heads together
                 let all = split(qkv.forward(x), self.heads + 2 * self.kv_heads);
                 let qk = all.clone().narrow(1, 0, self.heads + self.kv_heads);
-                let qk = echovlm_core::rope::apply_signed(qk, &rope.cos, &rope.signed_sin());
+                let qk = echovlm_core::rope::apply_signed(qk, &rope.cos, rope.signed_sin());
                 (
                     qk.clone().narrow(1, 0, self.heads),
                     qk.narrow(1, self.heads, self.kv_heads),
@@ -93,8 +93,8 @@ impl Attention {
                     .try_into()
                     .expect("one output per part");
                 (
-                    backend::rope_heads(q, self.heads, &rope.cos, &rope.sin),
-                    backend::rope_heads(k, self.kv_heads, &rope.cos, &rope.sin),
+                    backend::rope_heads(q, self.heads, &rope.cos, rope.sin()),
+                    backend::rope_heads(k, self.kv_heads, &rope.cos, rope.sin()),
                     split(v, self.kv_heads),
                 )
             }
@@ -107,20 +107,50 @@ impl Attention {
     }
 }
 
-/// One pass's rotary tables, shared by its layers: `cos` and `sin` (`[batch, 1, seq, head_dim]`)
-/// and, made on first use, `sin` with the sign of `rotate_half` folded in
-/// ([`echovlm_core::rope::signed_sin`]) for the fused query/key rotation.
-struct RopeTables {
+/// One pass's rotary tables, shared by its layers, each `[batch, 1, seq, head_dim]` and
+/// uploaded on first use: `cos`, `sin`, and `sin` with the sign of `rotate_half` folded in
+/// ([`echovlm_core::rope::signed_sin`]) for the fused query/key rotation. A pass whose layers
+/// are all fused never uploads `sin`, one whose layers are all separate never the signed table.
+struct RopeTables<'a> {
+    rope: &'a MRope,
+    positions: &'a Positions,
+    device: Device,
+    dtype: DType,
     cos: Tensor<4>,
-    sin: Tensor<4>,
+    host_sin: Vec<f32>,
+    sin: std::cell::OnceCell<Tensor<4>>,
     signed: std::cell::OnceCell<Tensor<4>>,
 }
 
-impl RopeTables {
-    fn signed_sin(&self) -> Tensor<4> {
-        self.signed
-            .get_or_init(|| echovlm_core::rope::signed_sin(&self.sin))
-            .clone()
+impl<'a> RopeTables<'a> {
+    fn new(rope: &'a MRope, positions: &'a Positions, device: &Device, dtype: DType) -> Self {
+        let (cos, host_sin) = rope.tables(positions);
+        Self {
+            rope,
+            positions,
+            device: device.clone(),
+            dtype,
+            cos: rope.device_table(cos, positions, device, dtype),
+            host_sin,
+            sin: std::cell::OnceCell::new(),
+            signed: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn upload(&self, table: Vec<f32>) -> Tensor<4> {
+        self.rope
+            .device_table(table, self.positions, &self.device, self.dtype)
+    }
+
+    fn sin(&self) -> &Tensor<4> {
+        self.sin.get_or_init(|| self.upload(self.host_sin.clone()))
+    }
+
+    fn signed_sin(&self) -> &Tensor<4> {
+        self.signed.get_or_init(|| {
+            let signed = echovlm_core::rope::signed_sin(&self.host_sin, self.rope.head_dim());
+            self.upload(signed)
+        })
     }
 }
 
@@ -558,12 +588,7 @@ impl TextModel {
             None => vec![vec![true; s]; b],
         };
         let mask = build_mask(cache, &step_valid, &device);
-        let (cos, sin) = self.rope.device_tables(positions, &device, dtype);
-        let rope = RopeTables {
-            cos,
-            sin,
-            signed: std::cell::OnceCell::new(),
-        };
+        let rope = RopeTables::new(&self.rope, positions, &device, dtype);
 
         let mut x = embeds;
         let mut states = Vec::new();

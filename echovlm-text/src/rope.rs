@@ -99,6 +99,11 @@ impl MRope {
         }
     }
 
+    /// A head's width, the length of a table row.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
     /// The position axis (0 = t, 1 = h, 2 = w) that rotary frequency `j` uses.
     pub fn axis(&self, j: usize) -> usize {
         if j < self.section[0] {
@@ -140,10 +145,25 @@ impl MRope {
         dtype: DType,
     ) -> (Tensor<4>, Tensor<4>) {
         let (cos, sin) = self.tables(pos);
-        let shape = [pos.batch, 1, pos.seq, self.head_dim];
         (
-            Tensor::<4>::from_data(TensorData::new(cos, shape), (device, DType::F32)).cast(dtype),
-            Tensor::<4>::from_data(TensorData::new(sin, shape), (device, DType::F32)).cast(dtype),
+            self.device_table(cos, pos, device, dtype),
+            self.device_table(sin, pos, device, dtype),
         )
+    }
+
+    /// One host table of [`tables`](Self::tables) (or [`rope::signed_sin`] of one) on `device`,
+    /// shaped `[batch, 1, seq, head_dim]` and cast to `dtype`.
+    ///
+    /// # Panics
+    /// If `table` does not hold `batch · seq · head_dim` values.
+    pub fn device_table(
+        &self,
+        table: Vec<f32>,
+        pos: &Positions,
+        device: &Device,
+        dtype: DType,
+    ) -> Tensor<4> {
+        let shape = [pos.batch, 1, pos.seq, self.head_dim];
+        Tensor::<4>::from_data(TensorData::new(table, shape), (device, DType::F32)).cast(dtype)
     }
 }
