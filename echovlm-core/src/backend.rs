@@ -63,18 +63,57 @@ pub fn scaled_silu<const D: usize>(x: Tensor<D>, alpha: f64) -> Tensor<D> {
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     let dims = x.dims();
     assert_eq!(dims[D - 1], weight.dims()[0], "rms_norm width");
-    let dtype = x.dtype();
-    if is_flex(&x.device()) && dtype == DType::F32 && weight.dtype() == DType::F32 {
-        let device = x.device();
-        let mut out = vec![0f32; dims.iter().product()];
-        crate::host::with_flex_f32(weight.clone(), |w| {
-            crate::host::with_flex_f32(x, |x| crate::cpu::rms_norm(x, w, eps as f32, &mut out))
-        });
-        return from_f32_vec(out, dims, &device, DType::F32);
+    if let Some(out) = host_rms_norm(&x, weight, eps) {
+        return out;
     }
     // the weight's reshape first: registered between the reduction and the products, it would
     // split the normalisation into three kernels on a fusing GPU backend instead of one
     let weight = weight.clone().unsqueeze::<D>();
+    rms_norm_shaped(x, weight, eps)
+}
+
+/// `x + delta` and its [`rms_norm`]: a residual connection and the normalisation after it.
+/// The same values as the two steps; on a fusing GPU backend the sum and the normalisation
+/// are one kernel (the weight's reshape, registered between them, would split them).
+///
+/// # Panics
+/// If the shapes differ or the last dimension is not the weight's.
+pub fn rms_norm_residual<const D: usize>(
+    x: Tensor<D>,
+    delta: Tensor<D>,
+    weight: &Tensor<1>,
+    eps: f64,
+) -> (Tensor<D>, Tensor<D>) {
+    let dims = x.dims();
+    assert_eq!(dims, delta.dims(), "rms_norm_residual shapes");
+    assert_eq!(dims[D - 1], weight.dims()[0], "rms_norm width");
+    if is_flex(&x.device()) {
+        let sum = x + delta;
+        return (sum.clone(), rms_norm(sum, weight, eps));
+    }
+    let weight = weight.clone().unsqueeze::<D>();
+    let sum = x + delta;
+    (sum.clone(), rms_norm_shaped(sum, weight, eps))
+}
+
+/// [`rms_norm`] in one pass of the CPU kernel, on the flex device in f32; `None` elsewhere.
+fn host_rms_norm<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, eps: f64) -> Option<Tensor<D>> {
+    if !(is_flex(&x.device()) && x.dtype() == DType::F32 && weight.dtype() == DType::F32) {
+        return None;
+    }
+    let (dims, device) = (x.dims(), x.device());
+    let mut out = vec![0f32; dims.iter().product()];
+    crate::host::with_flex_f32(weight.clone(), |w| {
+        crate::host::with_flex_f32(x.clone(), |x| {
+            crate::cpu::rms_norm(x, w, eps as f32, &mut out)
+        })
+    });
+    Some(from_f32_vec(out, dims, &device, DType::F32))
+}
+
+/// The normalisation as tensor operations, the weight already shaped to `x`'s rank.
+fn rms_norm_shaped<const D: usize>(x: Tensor<D>, weight: Tensor<D>, eps: f64) -> Tensor<D> {
+    let dtype = x.dtype();
     let x32 = if dtype == DType::F32 {
         x
     } else {

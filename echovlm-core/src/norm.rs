@@ -27,4 +27,14 @@ impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         crate::backend::rms_norm(x, &self.weight, self.eps)
     }
+
+    /// A residual connection and this normalisation after it: `x + delta` and its
+    /// normalisation ([`backend::rms_norm_residual`](crate::backend::rms_norm_residual)).
+    pub fn forward_residual<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        delta: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        crate::backend::rms_norm_residual(x, delta, &self.weight, self.eps)
+    }
 }

@@ -70,10 +70,10 @@ pub fn swap_halves(x: Tensor<4>) -> Tensor<4> {
 /// GPU pass uploads it like the other tables instead of computing it.
 ///
 /// # Panics
-/// If `dim` is odd or does not divide the table's length.
+/// If `dim` is zero or odd, or does not divide the table's length.
 pub fn signed_sin(sin: &[f32], dim: usize) -> Vec<f32> {
     assert!(
-        dim % 2 == 0 && sin.len() % dim == 0,
+        dim > 0 && dim.is_multiple_of(2) && sin.len().is_multiple_of(dim),
         "a sine table of {} values in rows of {dim}",
         sin.len()
     );

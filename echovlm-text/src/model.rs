@@ -219,25 +219,30 @@ impl DecoderLayer {
         })
     }
 
+    /// The layer on the residual stream `x` plus `pending` (the previous layer's feed-forward
+    /// output, added here with the normalisation that follows it); returns the stream after
+    /// the attention and this layer's feed-forward output, whose sum is the layer's output.
     #[allow(clippy::too_many_arguments)] // private: the decoder's own per-layer call
     fn forward(
         &self,
         x: Tensor<3>,
+        pending: Option<Tensor<3>>,
         rope: &RopeTables,
         cache: &mut KvCache,
         layer: usize,
         mask: &AttentionMask,
         trace: Option<&mut [RoutingTrace]>,
         router_logits: Option<&mut Vec<Tensor<2>>>,
-    ) -> Result<Tensor<3>, ReadBackError> {
+    ) -> Result<(Tensor<3>, Tensor<3>), ReadBackError> {
         let [b, s, hidden] = x.dims();
-        let a = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            rope,
-            cache,
-            layer,
-            mask,
-        );
+        let (x, normed) = match pending {
+            Some(delta) => self.input_layernorm.forward_residual(x, delta),
+            None => {
+                let normed = self.input_layernorm.forward(x.clone());
+                (x, normed)
+            }
+        };
+        let a = self.self_attn.forward(normed, rope, cache, layer, mask);
         let x = x + a;
         let h = self
             .post_attention_layernorm
@@ -268,7 +273,7 @@ impl DecoderLayer {
                 y
             }
         };
-        Ok(x + y.reshape([b, s, hidden]))
+        Ok((x, y.reshape([b, s, hidden])))
     }
 
     /// Fuses the layer's products that read the same input ([`Attention::fuse`],
@@ -590,15 +595,19 @@ impl TextModel {
         let mask = build_mask(cache, &step_valid, &device);
         let rope = RopeTables::new(&self.rope, positions, &device, dtype);
 
+        // the residual stream, and the last feed-forward output not yet added to it: each
+        // layer adds it with the normalisation after it (one kernel on a fusing GPU backend)
         let mut x = embeds;
+        let mut pending: Option<Tensor<3>> = None;
         let mut states = Vec::new();
         let mut routers = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if hidden_states {
-                states.push(x.clone());
+                states.push(with_pending(&x, &pending));
             }
-            x = layer.forward(
+            let (stream, y) = layer.forward(
                 x,
+                pending.take(),
                 &rope,
                 cache,
                 i,
@@ -606,15 +615,18 @@ impl TextModel {
                 trace.as_deref_mut(),
                 router_logits.then_some(&mut routers),
             )?;
+            x = stream;
+            pending = Some(y);
         }
         cache.commit(step_valid);
+        let last = |t: Tensor<3>| if s == 1 { t } else { t.narrow(1, s - 1, 1) };
         let out_logits = match logits {
             Logits::None => None,
-            Logits::Last => Some(self.head(x.clone().narrow(1, s - 1, 1))),
-            Logits::All => Some(self.head(x.clone())),
+            Logits::Last => Some(self.head(last(x.clone()), pending.clone().map(last))),
+            Logits::All => Some(self.head(x.clone(), pending.clone())),
         };
         if hidden_states {
-            states.push(self.norm.forward(x));
+            states.push(self.norm.forward(with_pending(&x, &pending)));
         }
         Ok(TextOutput {
             logits: out_logits,
@@ -623,8 +635,22 @@ impl TextModel {
         })
     }
 
-    fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        self.lm_head.forward(self.norm.forward(x))
+    /// The final normalisation and the LM head, on `x` plus `pending` where the last layer's
+    /// feed-forward output is still to be added.
+    fn head(&self, x: Tensor<3>, pending: Option<Tensor<3>>) -> Tensor<3> {
+        let normed = match pending {
+            Some(delta) => self.norm.forward_residual(x, delta).1,
+            None => self.norm.forward(x),
+        };
+        self.lm_head.forward(normed)
+    }
+}
+
+/// The residual stream with the pending feed-forward output added, where there is one.
+fn with_pending(x: &Tensor<3>, pending: &Option<Tensor<3>>) -> Tensor<3> {
+    match pending {
+        Some(delta) => x.clone() + delta.clone(),
+        None => x.clone(),
     }
 }
 
