@@ -72,8 +72,12 @@ impl Attention {
         mask: &AttentionMask,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
-        let split =
-            |t: Tensor<3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
+        // `[b, s, heads·d]` to `[b, heads, s, d]`; with one position (a decode step) moving the
+        // heads before it is a reshape, one operation fewer
+        let split = |t: Tensor<3>, heads: usize| match s {
+            1 => t.reshape([b, heads, 1, self.head_dim]),
+            _ => t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2),
+        };
         let (q, k, v) = match &self.qkv_proj {
             Some(qkv) => {
                 // one product, then one rotation of the query and key heads together
@@ -100,9 +104,11 @@ impl Attention {
             }
         };
         let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
-        let o = o
-            .swap_dims(1, 2)
-            .reshape([b, s, self.heads * self.head_dim]);
+        let width = self.heads * self.head_dim;
+        let o = match s {
+            1 => o.reshape([b, 1, width]),
+            _ => o.swap_dims(1, 2).reshape([b, s, width]),
+        };
         self.o_proj.forward(o)
     }
 }
