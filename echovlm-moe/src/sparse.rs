@@ -105,8 +105,10 @@ impl Routing {
 /// from the host routing.
 #[derive(Debug, Clone)]
 pub struct DeviceRouting {
-    /// Router logits, `[tokens, num_experts]`, in the activations' float type.
-    pub router_logits: Tensor<2>,
+    /// The logits routed from, `[tokens, n]` in the activations' float type: the router's in
+    /// the first `num_experts` columns, −∞ in any other ([`from_masked_logits`](Self::from_masked_logits)).
+    logits: Tensor<2>,
+    num_experts: usize,
     /// Chosen experts per token, best first, `[tokens, top_k]`.
     pub experts: Tensor<2, Int>,
     /// Weights of the chosen experts, `[tokens, top_k]`, f32.
@@ -121,15 +123,38 @@ impl DeviceRouting {
     /// on a GPU a top-k and one reduction, where the softmax of every expert first takes a
     /// reduction and a division more.
     pub fn from_logits(logits: Tensor<2>, top_k: usize, renorm: bool) -> Self {
-        let [tokens, num_experts] = logits.dims();
+        let num_experts = logits.dims()[1];
+        Self::from_masked_logits(logits, num_experts, top_k, renorm)
+    }
+
+    /// [`from_logits`](Self::from_logits) on the first `num_experts` columns of `logits`
+    /// (`[tokens, n]`), whose other columns must hold −∞: they are never chosen and add
+    /// nothing to the sums. For logits that come out of a wider product (the fused
+    /// feed-forward's), where taking the columns apart would copy them: on a GPU a slice is
+    /// a view only when both its ends fall on the memory alignment.
+    ///
+    /// # Panics
+    /// If `logits` has fewer than `num_experts` columns or `top_k` is larger than
+    /// `num_experts`.
+    pub fn from_masked_logits(
+        logits: Tensor<2>,
+        num_experts: usize,
+        top_k: usize,
+        renorm: bool,
+    ) -> Self {
+        let [tokens, n] = logits.dims();
+        assert!(
+            top_k <= num_experts && num_experts <= n,
+            "top {top_k} of {num_experts} experts from {n} logits"
+        );
         let x = if logits.dtype() == DType::F32 {
             logits.clone()
         } else {
             logits.clone().cast(DType::F32)
         };
         let (top, experts) = x.clone().topk_with_indices(top_k, 1);
-        // [tokens, 1, experts] against [tokens, top_k, 1]: x_j − x_k at [tokens, k, j]
-        let diff = x.reshape([tokens, 1, num_experts]) - top.reshape([tokens, top_k, 1]);
+        // [tokens, 1, n] against [tokens, top_k, 1]: x_j − x_k at [tokens, k, j]
+        let diff = x.reshape([tokens, 1, n]) - top.reshape([tokens, top_k, 1]);
         let weights = diff.exp().sum_dim(2).reshape([tokens, top_k]).recip();
         let weights = if renorm {
             weights.clone() / weights.sum_dim(1)
@@ -137,16 +162,30 @@ impl DeviceRouting {
             weights
         };
         Self {
-            router_logits: logits,
+            logits,
+            num_experts,
             experts,
             weights,
         }
     }
 
+    /// The router logits, `[tokens, num_experts]`, in the activations' float type.
+    pub fn router_logits(&self) -> Tensor<2> {
+        match self.logits.dims()[1] == self.num_experts {
+            true => self.logits.clone(),
+            false => self.logits.clone().narrow(1, 0, self.num_experts),
+        }
+    }
+
+    /// The number of experts routed among.
+    pub fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+
     /// The weight of every expert for every token, `[tokens, num_experts]` in `dtype`: the
     /// routed weight where the expert was chosen, zero elsewhere.
     pub fn dense_weights(&self, dtype: DType) -> Tensor<2> {
-        let [tokens, num_experts] = self.router_logits.dims();
+        let (tokens, num_experts) = (self.weights.dims()[0], self.num_experts);
         let device = self.weights.device();
         Tensor::<2>::zeros([tokens, num_experts], (&device, DType::F32))
             .scatter(
@@ -161,12 +200,12 @@ impl DeviceRouting {
     /// Reads the routing back to the host, with `extra` (`[tokens, n]`, any float type) read in
     /// the same transfer: one read-back in all. Returns the routing and `extra`'s values.
     pub fn read_back_with(&self, extra: Tensor<2>) -> Result<(Routing, Vec<f32>), ReadBackError> {
-        let [tokens, num_experts] = self.router_logits.dims();
-        let [_, top_k] = self.weights.dims();
+        let [tokens, top_k] = self.weights.dims();
+        let num_experts = self.num_experts;
         let [_, n] = extra.dims();
         let all = Tensor::cat(
             vec![
-                self.router_logits.clone().cast(DType::F32),
+                self.router_logits().cast(DType::F32),
                 self.experts.clone().float().cast(DType::F32),
                 self.weights.clone(),
                 extra.cast(DType::F32),
@@ -517,6 +556,10 @@ pub struct FusedFfn {
     /// bias and they are added to those few outputs only, so that the SwiGLU reads the product
     /// as it comes out. `None` when `up` keeps its bias.
     pub tail_bias: Option<Tensor<1>>,
+    /// `[1, experts + 3]`: zero over the router's outputs, −∞ over the shared expert's gate and
+    /// the coefficients, added to the routing outputs so that the experts are chosen from them
+    /// without taking the router's columns apart ([`DeviceRouting::from_masked_logits`]).
+    pub router_mask: Tensor<2>,
 }
 
 /// The block's MLPs in the order of its fused layers: dense, each routed expert, shared.
@@ -616,11 +659,21 @@ impl DynamicFfn {
         let segments =
             Tensor::<2>::from_data(TensorData::new(seg, [rows, width]), (&device, DType::F32))
                 .cast(dtype);
+        let experts = rows - 2;
+        let mask: Vec<f32> = (0..experts + 3)
+            .map(|j| if j < experts { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
+        let router_mask = Tensor::<2>::from_data(
+            TensorData::new(mask, [1, experts + 3]),
+            (&device, DType::F32),
+        )
+        .cast(dtype);
         *fused = Some(FusedFfn {
             up,
             down,
             segments,
             tail_bias,
+            router_mask,
         });
         true
     }
@@ -713,8 +766,9 @@ impl FusedFfn {
             Some(b) => tail + b.clone().unsqueeze(),
             None => tail,
         };
-        let routing = DeviceRouting::from_logits(
-            tail.clone().narrow(1, 0, e),
+        let routing = DeviceRouting::from_masked_logits(
+            tail.clone() + self.router_mask.clone(),
+            e,
             config.num_experts_per_tok,
             config.norm_topk_prob,
         );

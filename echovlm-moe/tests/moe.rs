@@ -134,7 +134,7 @@ fn device_routing_weights_are_the_softmax_probabilities() {
         }
         let half = DeviceRouting::from_logits(x.clone().cast(DType::BF16), 2, renorm);
         assert_eq!(half.weights.dtype(), DType::F32);
-        assert_eq!(half.router_logits.dtype(), DType::BF16);
+        assert_eq!(half.router_logits().dtype(), DType::BF16);
     }
 }
 
@@ -173,6 +173,8 @@ fn fused_block_equals_the_separate_layers() {
             let (a, _) = routing.read_back_with(c.clone()).unwrap();
             let (b, coef) = got_routing.read_back_with(got_c).unwrap();
             assert_eq!(a.experts, b.experts, "renorm {renorm}, {tokens} tokens");
+            assert_eq!(b.router_logits.len(), tokens * 4);
+            assert!(max_abs_diff(&a.router_logits, &b.router_logits) < 1e-5);
             assert!(max_abs_diff(&a.weights, &b.weights) < 1e-6);
             assert!(max_abs_diff(&coef, &flex_f32_vec(c)) < 1e-6);
             // the separate layers, now views of the fused weights, are unchanged
