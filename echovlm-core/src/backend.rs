@@ -53,6 +53,12 @@ pub fn scaled_silu<const D: usize>(x: Tensor<D>, alpha: f64) -> Tensor<D> {
     }
 }
 
+/// `x` in `dtype`: cast where its type differs, as it is otherwise (on a fusing GPU backend a
+/// cast to the type a tensor already has is still an operation to register and run).
+pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
 /// Qwen2's RMSNorm over the last dimension of `x`, `weight` (`[d]`) its scale: statistics in
 /// f32, cast back to `x`'s type before the scale. On the flex device with f32 input and scale,
 /// one pass of the CPU kernel ([`crate::cpu::rms_norm`]) that reads `x` in place; elsewhere
@@ -114,19 +120,10 @@ fn host_rms_norm<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, eps: f64) ->
 /// The normalisation as tensor operations, the weight already shaped to `x`'s rank.
 fn rms_norm_shaped<const D: usize>(x: Tensor<D>, weight: Tensor<D>, eps: f64) -> Tensor<D> {
     let dtype = x.dtype();
-    let x32 = if dtype == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    };
+    let x32 = cast_to(x, DType::F32);
     let var = x32.clone().square().mean_dim(D - 1);
     let normed = x32 * var.add_scalar(eps).sqrt().recip();
-    let normed = if dtype == DType::F32 {
-        normed
-    } else {
-        normed.cast(dtype)
-    };
-    normed * weight
+    cast_to(normed, dtype) * weight
 }
 
 /// `c[:, 0] · a + c[:, 1] · b`: two branches (`[rows, width]`) mixed by per-row weights

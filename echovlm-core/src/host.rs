@@ -99,11 +99,7 @@ pub fn from_f32_vec<const D: usize>(
     dtype: DType,
 ) -> Tensor<D> {
     let t = Tensor::<D>::from_data(TensorData::new(values, shape), (device, DType::F32));
-    if dtype == DType::F32 {
-        t
-    } else {
-        t.cast(dtype)
-    }
+    crate::backend::cast_to(t, dtype)
 }
 
 /// Builds an integer index tensor on `device`.

@@ -147,11 +147,7 @@ impl DeviceRouting {
             top_k <= num_experts && num_experts <= n,
             "top {top_k} of {num_experts} experts from {n} logits"
         );
-        let x = if logits.dtype() == DType::F32 {
-            logits.clone()
-        } else {
-            logits.clone().cast(DType::F32)
-        };
+        let x = backend::cast_to(logits.clone(), DType::F32);
         let (top, experts) = x.clone().topk_with_indices(top_k, 1);
         // [tokens, 1, n] against [tokens, top_k, 1]: x_j − x_k at [tokens, k, j]
         let diff = x.reshape([tokens, 1, n]) - top.reshape([tokens, top_k, 1]);
@@ -187,14 +183,13 @@ impl DeviceRouting {
     pub fn dense_weights(&self, dtype: DType) -> Tensor<2> {
         let (tokens, num_experts) = (self.weights.dims()[0], self.num_experts);
         let device = self.weights.device();
-        Tensor::<2>::zeros([tokens, num_experts], (&device, DType::F32))
-            .scatter(
-                1,
-                self.experts.clone(),
-                self.weights.clone(),
-                IndexingUpdateOp::Add,
-            )
-            .cast(dtype)
+        let weights = Tensor::<2>::zeros([tokens, num_experts], (&device, DType::F32)).scatter(
+            1,
+            self.experts.clone(),
+            self.weights.clone(),
+            IndexingUpdateOp::Add,
+        );
+        backend::cast_to(weights, dtype)
     }
 
     /// Reads the routing back to the host, with `extra` (`[tokens, n]`, any float type) read in
@@ -775,19 +770,12 @@ impl FusedFfn {
         let shared_gate = activation::sigmoid(tail.clone().narrow(1, e, 1));
         // the two-way softmax of the coefficients as two element-wise expressions,
         // `1 / (1 + exp(x_other − x_own))`, where a softmax over the pair takes two reductions
-        let f32 = |t: Tensor<2>| {
-            if t.dtype() == DType::F32 {
-                t
-            } else {
-                t.cast(DType::F32)
-            }
-        };
-        let x_moe = f32(tail.clone().narrow(1, e + 1, 1));
-        let x_dense = f32(tail.narrow(1, e + 2, 1));
+        let x_moe = backend::cast_to(tail.clone().narrow(1, e + 1, 1), DType::F32);
+        let x_dense = backend::cast_to(tail.narrow(1, e + 2, 1), DType::F32);
         let two_way =
             |own: Tensor<2>, other: Tensor<2>| (other - own).exp().add_scalar(1.0).recip();
-        let c_moe = two_way(x_moe.clone(), x_dense.clone()).cast(dtype);
-        let c_dense = two_way(x_dense, x_moe).cast(dtype);
+        let c_moe = backend::cast_to(two_way(x_moe.clone(), x_dense.clone()), dtype);
+        let c_dense = backend::cast_to(two_way(x_dense, x_moe), dtype);
         let scales = Tensor::cat(
             vec![
                 c_dense.clone(),

@@ -8,7 +8,7 @@
 //! convention ([`echovlm_core::rope`], shared with the vision tower). For text, whose three
 //! components are equal, this is ordinary RoPE.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use echovlm_core::rope;
 
 /// Position ids of a batch: three components per token, `[batch, seq]` row-major each.
@@ -163,7 +163,11 @@ impl MRope {
         device: &Device,
         dtype: DType,
     ) -> Tensor<4> {
-        let shape = [pos.batch, 1, pos.seq, self.head_dim];
-        Tensor::<4>::from_data(TensorData::new(table, shape), (device, DType::F32)).cast(dtype)
+        echovlm_core::host::from_f32_vec(
+            table,
+            [pos.batch, 1, pos.seq, self.head_dim],
+            device,
+            dtype,
+        )
     }
 }
