@@ -30,18 +30,41 @@ pub(crate) fn choose(
     uniforms: &[f64],
 ) -> Tensor<1, Int> {
     let [b, vocab] = logits.dims();
+    let seen =
+        (opts.repetition_penalty != 1.0).then(|| seen_mask(histories, b, vocab, &logits.device()));
+    choose_seen(opts, logits, seen, uniforms)
+}
+
+/// `[batch, vocab]`, 1 where a row's history holds the token, else 0 (f32).
+pub(crate) fn seen_mask(
+    histories: &[&[u32]],
+    b: usize,
+    vocab: usize,
+    device: &burn::tensor::Device,
+) -> Tensor<2> {
+    let mut mask = vec![0f32; b * vocab];
+    for (r, h) in histories.iter().enumerate() {
+        for &t in h.iter().filter(|&&t| (t as usize) < vocab) {
+            mask[r * vocab + t as usize] = 1.0;
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(mask, [b, vocab]), (device, DType::F32))
+}
+
+/// [`choose`] with the repetition penalty's tokens given as a [`seen_mask`] already on the
+/// device (`None` when the penalty is off); uploads nothing unless sampling.
+pub(crate) fn choose_seen(
+    opts: &GenerationOptions,
+    logits: Tensor<2>,
+    seen: Option<Tensor<2>>,
+    uniforms: &[f64],
+) -> Tensor<1, Int> {
+    let [b, vocab] = logits.dims();
     let device = logits.device();
     let mut logits = logits.cast(DType::F32);
     let p = opts.repetition_penalty;
-    if p != 1.0 {
-        let mut mask = vec![0f32; b * vocab];
-        for (r, h) in histories.iter().enumerate() {
-            for &t in h.iter().filter(|&&t| (t as usize) < vocab) {
-                mask[r * vocab + t as usize] = 1.0;
-            }
-        }
-        let seen = Tensor::<2>::from_data(TensorData::new(mask, [b, vocab]), (&device, DType::F32))
-            .greater_elem(0.5);
+    if let Some(seen) = seen.filter(|_| p != 1.0) {
+        let seen = seen.greater_elem(0.5);
         // negative logits are multiplied by the penalty, the others divided
         let penalised = (logits.clone() * p)
             .mask_where(logits.clone().greater_equal_elem(0.0), logits.clone() / p);

@@ -23,6 +23,10 @@ pub struct Timings {
     pub generated_tokens: usize,
     /// Generated tokens per second of decode (the first token comes from the prefill).
     pub decode_tokens_per_s: f64,
+    /// Decode steps run by replaying a step recorded as a graph
+    /// ([`LoadOptions::decode_graphs`](crate::LoadOptions::decode_graphs)); the others ran
+    /// one by one.
+    pub replayed_steps: usize,
 }
 
 /// The model family a checkpoint belongs to, read from `config.json` (`model_type`,

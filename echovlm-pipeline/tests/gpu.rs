@@ -378,13 +378,89 @@ fn decode_step_launch_budget() {
         ("tiny-echovlm", 137.0, 347.0),
         ("tiny-qwen25vl", 62.0, 155.0),
     ] {
-        if let Some(model) = load_model(wgpu(), name, DType::F32) {
+        if let Some(mut model) = load_model(wgpu(), name, DType::F32) {
+            // the step run one by one (a replayed graph launches nothing through this path)
+            model.set_decode_graphs(false);
             let (n, ops) = decode_launches(&model, &r, &format!("wgpu {name}"));
             assert!(n <= launches, "{name}: {n} launches per decode step");
             assert!(
                 ops <= operations,
                 "{name}: {ops} operations per decode step"
             );
+        }
+    }
+}
+
+/// Greedy decoding of one sequence replays a recorded step after three steps run one by one,
+/// and chooses the tokens the step-by-step decode chooses, with and without the repetition
+/// penalty; a replayed step goes through neither Burn's fusion nor CubeCL's launch path.
+fn check_decode_graphs(model: &mut EchoVlm, label: &str) {
+    use echovlm_core::launches::Launches;
+    let r = one_image_request();
+    for opts in [greedy(24), greedy(24).repetition_penalty(1.3)] {
+        model.set_decode_graphs(false);
+        let eager = model.generate(&r, &opts).unwrap();
+        model.set_decode_graphs(true);
+        let graph = model.generate(&r, &opts).unwrap();
+        let per_step = |o: &echovlm_pipeline::Output| o.timings.decode_ms / 23.0;
+        eprintln!(
+            "{label} (penalty {}): {:.2} ms per step one by one, {:.2} ms with {} of 23 replayed",
+            opts.repetition_penalty,
+            per_step(&eager),
+            per_step(&graph),
+            graph.timings.replayed_steps,
+        );
+        assert_eq!(eager.timings.replayed_steps, 0);
+        assert_eq!(
+            graph.timings.replayed_steps,
+            23 - 3,
+            "{label}: replayed steps"
+        );
+        assert_eq!(
+            graph.generated_token_ids, eager.generated_token_ids,
+            "{label}: tokens of the replayed steps"
+        );
+    }
+    // a decode that stops before its recording (at a stop token among its first three) leaves
+    // the device ready for the next one to record
+    let ids = model.generate(&r, &greedy(24)).unwrap().generated_token_ids;
+    let i = (1..3).find(|&i| !ids[..i].contains(&ids[i])).expect("a new token early on");
+    let stop = greedy(24).ignore_eos(false).stop_token_ids(vec![ids[i]]);
+    let out = model.generate(&r, &stop).unwrap();
+    assert_eq!((out.generated_token_ids.len(), out.timings.replayed_steps), (i + 1, 0));
+    assert_eq!(model.generate(&r, &greedy(9)).unwrap().timings.replayed_steps, 5);
+    // launches and operations of 6 more replayed steps: none
+    let device = model.device();
+    let count = |n: usize| {
+        device.sync().unwrap();
+        let launches = Launches::count();
+        let out = model.generate(&r, &greedy(n)).unwrap();
+        device.sync().unwrap();
+        (
+            launches.total(),
+            launches.operations().iter().map(|(_, n)| n).sum::<u64>(),
+            out.timings.replayed_steps,
+        )
+    };
+    // a decode too short to record first: the next one still records
+    let (tiny, short, long) = (count(3), count(9), count(15));
+    assert_eq!(tiny.2, 0);
+    eprintln!("{label}: 9 tokens {short:?}, 15 tokens {long:?} (launches, operations, replays)");
+    assert_eq!(long.2 - short.2, 6);
+    assert_eq!(
+        (long.0, long.1),
+        (short.0, short.1),
+        "{label}: launches of replayed steps"
+    );
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn decode_graphs_replay_the_step() {
+    let _turn = turn();
+    for name in ["tiny-echovlm", "tiny-qwen25vl"] {
+        if let Some(mut model) = load_model(wgpu(), name, DType::F32) {
+            check_decode_graphs(&mut model, &format!("wgpu {name}"));
         }
     }
 }

@@ -432,6 +432,27 @@ impl KvCache {
         Ok(())
     }
 
+    /// The per-layer key and value tensors with room for at least `capacity` positions
+    /// (regrown where a layer holds fewer), for a decode whose positions live on the device;
+    /// `None` unless every layer holds Burn tensors of one row without padding.
+    pub(crate) fn into_device_buffers(
+        self,
+        capacity: usize,
+    ) -> Option<Vec<(Tensor<4>, Tensor<4>)>> {
+        if self.batch() != Some(1) || self.valid.iter().flatten().any(|&v| !v) {
+            return None;
+        }
+        let len = self.len;
+        self.layers
+            .into_iter()
+            .map(|layer| match layer {
+                Some(Layer::Tensors(k, v)) if k.dims()[2] >= capacity => Some((k, v)),
+                Some(Layer::Tensors(k, v)) => Some(regrown_tensors(&k, &v, capacity, len)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Appends this step's keys and values (`[b, h_kv, s, d]`) to layer `layer` and runs
     /// attention of `q` over everything cached (see [`backend::attention`] for `mask` and
     /// `causal`).

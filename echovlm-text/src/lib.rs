@@ -22,7 +22,7 @@ pub use cache::KvCache;
 pub use config::{TextConfig, VisionTokenIds, read_json};
 pub use error::{ForwardError, PromptError};
 pub use model::{
-    Attention, DecoderInput, DecoderLayer, FeedForward, Logits, TextModel, TextOutput,
+    Attention, DecoderInput, DecoderLayer, DeviceDecode, FeedForward, Logits, TextModel, TextOutput,
 };
 pub use positions::{VideoTime, VisionKind, rope_index, rope_index_timed};
 pub use rope::{MRope, Positions};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use echovlm_core::host::{ReadBackError, from_f32_vec};
 use echovlm_core::{Linear, LinearWeight, LoadError, RmsNorm, WeightLoader, backend};
 use echovlm_moe::{DynamicFfn, Mlp, RoutingTrace};
@@ -12,6 +12,9 @@ use crate::cache::KvCache;
 use crate::config::TextConfig;
 use crate::error::{ForwardError, PromptError};
 use crate::rope::{MRope, Positions};
+
+mod decode;
+pub use decode::DeviceDecode;
 
 /// Grouped-query self-attention with q/k/v biases.
 #[derive(Debug, Clone)]
@@ -67,7 +70,7 @@ impl Attention {
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: &mut KvCache,
+        kv: &mut StepKv<'_>,
         layer: usize,
         mask: &AttentionMask,
     ) -> Tensor<3> {
@@ -103,7 +106,7 @@ impl Attention {
                 )
             }
         };
-        let o = cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal);
+        let o = kv.attend(layer, q, k, v, mask);
         let width = self.heads * self.head_dim;
         let o = match s {
             1 => o.reshape([b, 1, width]),
@@ -113,50 +116,80 @@ impl Attention {
     }
 }
 
-/// One pass's rotary tables, shared by its layers, each `[batch, 1, seq, head_dim]` and
-/// uploaded on first use: `cos`, `sin`, and `sin` with the sign of `rotate_half` folded in
-/// ([`echovlm_core::rope::signed_sin`]) for the fused query/key rotation. A pass whose layers
-/// are all fused never uploads `sin`, one whose layers are all separate never the signed table.
+/// One pass's rotary tables, shared by its layers, each `[batch, 1, seq, head_dim]`: `cos`,
+/// `sin`, and `sin` with the sign of `rotate_half` folded in ([`echovlm_core::rope::signed_sin`])
+/// for the fused query/key rotation. Tables made on the host are uploaded on first use: a pass
+/// whose layers are all fused never uploads `sin`, one whose layers are all separate never the
+/// signed table.
 struct RopeTables<'a> {
-    rope: &'a MRope,
-    positions: &'a Positions,
-    device: Device,
-    dtype: DType,
     cos: Tensor<4>,
-    host_sin: Vec<f32>,
-    sin: std::cell::OnceCell<Tensor<4>>,
-    signed: std::cell::OnceCell<Tensor<4>>,
+    source: RopeSource<'a>,
+}
+
+/// Where a pass's `sin` tables come from.
+enum RopeSource<'a> {
+    /// Made on the host from the positions, uploaded on first use.
+    Host {
+        rope: &'a MRope,
+        positions: &'a Positions,
+        device: Device,
+        dtype: DType,
+        host_sin: Vec<f32>,
+        sin: std::cell::OnceCell<Tensor<4>>,
+        signed: std::cell::OnceCell<Tensor<4>>,
+    },
+    /// Rows already on the device (a [`DeviceDecode`] step).
+    Device { sin: Tensor<4>, signed: Tensor<4> },
 }
 
 impl<'a> RopeTables<'a> {
     fn new(rope: &'a MRope, positions: &'a Positions, device: &Device, dtype: DType) -> Self {
         let (cos, host_sin) = rope.tables(positions);
         Self {
-            rope,
-            positions,
-            device: device.clone(),
-            dtype,
             cos: rope.device_table(cos, positions, device, dtype),
-            host_sin,
-            sin: std::cell::OnceCell::new(),
-            signed: std::cell::OnceCell::new(),
+            source: RopeSource::Host {
+                rope,
+                positions,
+                device: device.clone(),
+                dtype,
+                host_sin,
+                sin: std::cell::OnceCell::new(),
+                signed: std::cell::OnceCell::new(),
+            },
         }
     }
 
-    fn upload(&self, table: Vec<f32>) -> Tensor<4> {
-        self.rope
-            .device_table(table, self.positions, &self.device, self.dtype)
-    }
-
     fn sin(&self) -> &Tensor<4> {
-        self.sin.get_or_init(|| self.upload(self.host_sin.clone()))
+        match &self.source {
+            RopeSource::Host {
+                rope,
+                positions,
+                device,
+                dtype,
+                host_sin,
+                sin,
+                ..
+            } => sin.get_or_init(|| rope.device_table(host_sin.clone(), positions, device, *dtype)),
+            RopeSource::Device { sin, .. } => sin,
+        }
     }
 
     fn signed_sin(&self) -> &Tensor<4> {
-        self.signed.get_or_init(|| {
-            let signed = echovlm_core::rope::signed_sin(&self.host_sin, self.rope.head_dim());
-            self.upload(signed)
-        })
+        match &self.source {
+            RopeSource::Host {
+                rope,
+                positions,
+                device,
+                dtype,
+                host_sin,
+                signed,
+                ..
+            } => signed.get_or_init(|| {
+                let table = echovlm_core::rope::signed_sin(host_sin, rope.head_dim());
+                rope.device_table(table, positions, device, *dtype)
+            }),
+            RopeSource::Device { signed, .. } => signed,
+        }
     }
 }
 
@@ -234,7 +267,7 @@ impl DecoderLayer {
         x: Tensor<3>,
         pending: Option<Tensor<3>>,
         rope: &RopeTables,
-        cache: &mut KvCache,
+        kv: &mut StepKv<'_>,
         layer: usize,
         mask: &AttentionMask,
         trace: Option<&mut [RoutingTrace]>,
@@ -248,7 +281,7 @@ impl DecoderLayer {
                 (x, normed)
             }
         };
-        let a = self.self_attn.forward(normed, rope, cache, layer, mask);
+        let a = self.self_attn.forward(normed, rope, kv, layer, mask);
         let x = x + a;
         let h = self
             .post_attention_layernorm
@@ -311,6 +344,49 @@ impl DecoderLayer {
     /// Whether this layer has the dynamic MoE feed-forward.
     pub fn is_moe(&self) -> bool {
         matches!(self.ffn, FeedForward::Dynamic(_))
+    }
+}
+
+/// Where a pass's keys and values go and what its queries attend.
+enum StepKv<'a> {
+    /// Appended to a cache at its length; attention over what it holds.
+    Cache(&'a mut KvCache),
+    /// Written at a position held on the device into per-layer buffers of a fixed capacity;
+    /// attention over the whole capacity, masked past that position (a [`DeviceDecode`] step).
+    At {
+        layers: &'a mut [(Tensor<4>, Tensor<4>)],
+        index: Tensor<1, Int>,
+        mask: Tensor<4, Bool>,
+    },
+}
+
+impl StepKv<'_> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &AttentionMask,
+    ) -> Tensor<4> {
+        match self {
+            StepKv::Cache(cache) => cache.attend(layer, q, k, v, mask.mask.clone(), mask.causal),
+            StepKv::At {
+                layers,
+                index,
+                mask,
+            } => {
+                let (ck, cv) = &mut layers[layer];
+                let put = |cache: &mut Tensor<4>, new: Tensor<4>| {
+                    let held = std::mem::replace(cache, Tensor::empty([0, 0, 0, 0], &new.device()));
+                    // written in place: the buffer a captured step reads stays the same one
+                    *cache = held.select_assign(2, index.clone(), new, IndexingUpdateOp::Assign);
+                };
+                put(ck, k);
+                put(cv, v);
+                backend::attention(q, ck.clone(), cv.clone(), Some(mask.clone()), false)
+            }
+        }
     }
 }
 
@@ -607,6 +683,7 @@ impl TextModel {
         let mut pending: Option<Tensor<3>> = None;
         let mut states = Vec::new();
         let mut routers = Vec::new();
+        let mut kv = StepKv::Cache(&mut *cache);
         for (i, layer) in self.layers.iter().enumerate() {
             if hidden_states {
                 states.push(with_pending(&x, &pending));
@@ -615,7 +692,7 @@ impl TextModel {
                 x,
                 pending.take(),
                 &rope,
-                cache,
+                &mut kv,
                 i,
                 &mask,
                 trace.as_deref_mut(),

@@ -49,6 +49,12 @@ pub struct LoadOptions {
     /// Applies to weights held as Burn tensors (GPU devices, or the portable CPU path); on by
     /// default.
     pub fuse: bool,
+    /// Off the CPU backend, decode one sequence with greedy choice (the default options,
+    /// repetition penalty included) by recording a decode step as a graph once and replaying
+    /// it for the steps after ([`EchoVlm::set_decode_graphs`]); on by default. A replay skips
+    /// Burn's fusion bookkeeping and the launch path of every kernel: on CUDA it is one
+    /// dispatch.
+    pub decode_graphs: bool,
 }
 
 impl Default for LoadOptions {
@@ -60,6 +66,7 @@ impl Default for LoadOptions {
             threads: None,
             adapter: None,
             fuse: true,
+            decode_graphs: true,
         }
     }
 }
@@ -105,6 +112,13 @@ impl LoadOptions {
     /// Sets whether the decoder's products are fused after loading ([`LoadOptions::fuse`]).
     pub fn fuse(mut self, fuse: bool) -> Self {
         self.fuse = fuse;
+        self
+    }
+
+    /// Sets whether decode steps are recorded as a graph and replayed
+    /// ([`LoadOptions::decode_graphs`]).
+    pub fn decode_graphs(mut self, yes: bool) -> Self {
+        self.decode_graphs = yes;
         self
     }
 }
@@ -197,6 +211,7 @@ impl EchoVlm {
         if options.fuse {
             self.text.fuse();
         }
+        self.decode_graphs = options.decode_graphs;
         Ok(self)
     }
 
@@ -386,6 +401,7 @@ impl EchoVlm {
             weight_bytes,
             weight_format,
             weight_choice,
+            decode_graphs: false,
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::output::Architecture;
 mod adapter;
 mod batch;
 mod forward;
+mod graph;
 mod load;
 mod prepare;
 mod run;
@@ -50,6 +51,7 @@ pub struct EchoVlm {
     weight_bytes: usize,
     weight_format: Option<WeightFormat>,
     weight_choice: String,
+    decode_graphs: bool,
 }
 
 impl std::fmt::Debug for EchoVlm {
@@ -121,6 +123,19 @@ impl EchoVlm {
     /// weights, 40.1 GB available)` when [`Weights::Auto`](crate::Weights::Auto) chose.
     pub fn weight_choice(&self) -> &str {
         &self.weight_choice
+    }
+
+    /// Whether decode steps are recorded as a graph and replayed ([`LoadOptions::decode_graphs`](crate::LoadOptions::decode_graphs)).
+    pub fn decode_graphs(&self) -> bool {
+        self.decode_graphs
+    }
+
+    /// Sets whether decode steps are recorded as a graph and replayed where they can be: off
+    /// the CPU backend, for one sequence with greedy choice and no routing trace. Other
+    /// generations decode step by step as before; so does a backend that cannot record
+    /// graphs.
+    pub fn set_decode_graphs(&mut self, yes: bool) {
+        self.decode_graphs = yes;
     }
 
     /// The directory the model was loaded from.

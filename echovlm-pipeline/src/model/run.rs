@@ -11,6 +11,7 @@ use echovlm_text::{
 };
 use echovlm_vision::preprocess::PixelValues;
 
+use super::graph::GraphDecode;
 use super::{EchoVlm, PreparedPrompt};
 use crate::device_sample;
 use crate::error::EchoError;
@@ -127,13 +128,19 @@ impl EchoVlm {
         // reads back only their ids; the first reads the logits (for `first_step_top_logits`).
         let on_device = !echovlm_core::backend::is_flex(&self.text.device());
         let mut device_logits: Option<Tensor<2>> = None;
+        // One sequence, greedy, untraced: its steps after the warm-up replay a recorded step.
+        let by_graph = on_device && self.decode_graphs && b == 1 && !opts.do_sample;
+        let by_graph = by_graph && traces.is_none();
+        let mut graph: Option<GraphDecode<'_>> = None;
+        let mut graph_next: Option<u32> = None;
         loop {
-            let chosen = match device_logits.take() {
-                Some(t) => {
+            let chosen = match (graph_next.take(), device_logits.take()) {
+                (Some(id), _) => Some(vec![id]),
+                (None, Some(t)) => {
                     let mut rows: Vec<_> = seqs.iter_mut().map(|s| (s, opts)).collect();
                     Some(choose_on_device(t, &mut rows)?)
                 }
-                None => None,
+                (None, None) => None,
             };
             for (r, seq) in seqs.iter_mut().enumerate() {
                 if seq.finished.is_some() {
@@ -156,6 +163,27 @@ impl EchoVlm {
             }
             if seqs.iter().all(|s| s.finished.is_some()) {
                 break;
+            }
+            if by_graph {
+                let decoder = match graph.as_mut() {
+                    Some(g) => g,
+                    None => {
+                        let seq = &seqs[0];
+                        let rest = opts.max_new_tokens.saturating_sub(seq.generated.len());
+                        let cache = std::mem::replace(&mut cache, self.text.new_cache());
+                        graph.insert(GraphDecode::new(
+                            &self.text,
+                            cache,
+                            seq.last(),
+                            deltas[0],
+                            &seq.history,
+                            opts,
+                            rest,
+                        )?)
+                    }
+                };
+                graph_next = Some(decoder.next()?);
+                continue;
             }
             let next: Vec<Vec<u32>> = seqs
                 .iter()
@@ -188,11 +216,14 @@ impl EchoVlm {
             let _ = cb(&rest);
         }
         let decode_ms = ms(t_decode);
+        let replayed = graph.as_ref().map_or(0, |g| g.steps().replayed);
 
         let mut outputs = Vec::with_capacity(b);
         for (r, (p, seq)) in prompts.into_iter().zip(seqs).enumerate() {
             let routing = traces.as_ref().map(|t| t[r].summary());
-            outputs.push(self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?);
+            let mut out = self.output(p, seq, vision_ms, prefill_ms, decode_ms, routing)?;
+            out.timings.replayed_steps = replayed;
+            outputs.push(out);
         }
         Ok(outputs)
     }
@@ -283,6 +314,7 @@ impl EchoVlm {
             prefill_tokens: p.ids.len(),
             decode_ms,
             generated_tokens: n,
+            replayed_steps: 0,
             decode_tokens_per_s: if n > 1 && decode_ms > 0.0 {
                 (n - 1) as f64 / (decode_ms / 1e3)
             } else {

@@ -1,0 +1,207 @@
+//! Decode steps that read nothing from the host, so that one can be captured as a graph and
+//! replayed ([`DeviceDecode`]).
+
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use echovlm_core::LinearWeight;
+use echovlm_core::host::{from_f32_vec, int_tensor};
+
+use super::{AttentionMask, RopeSource, RopeTables, StepKv, TextModel};
+use crate::cache::KvCache;
+use crate::error::{ForwardError, PromptError};
+use crate::rope::Positions;
+
+/// The state of a decode of one sequence whose every step input lives on the device: the
+/// token to feed, how many steps were taken, the keys and values of every layer at a fixed
+/// capacity (prompt plus the steps to come), and the rotary rows of those steps.
+///
+/// A step ([`TextModel::decode_step`]) embeds the token it holds, writes its keys and values
+/// at the position after the last one, attends the whole capacity with the positions after it
+/// masked, and counts itself; [`feed`](Self::feed) then sets the token of the next step from a
+/// device tensor. Each of these writes its buffer in place and no step uploads anything, so
+/// the same launches with the same buffers compute every step: a GPU backend can record one
+/// step as a graph and replay it (see `burn::tensor::capture`).
+#[derive(Debug)]
+pub struct DeviceDecode {
+    /// `[1]`: the token the next step embeds.
+    token: Tensor<1, Int>,
+    /// `[1]`: the steps taken.
+    step: Tensor<1, Int>,
+    /// `[1]`: zero, where the one-element states are written.
+    zero: Tensor<1, Int>,
+    /// `[capacity]`: `0, 1, …`, compared with a step's position for its attention mask.
+    positions: Tensor<1, Int>,
+    /// Per layer, keys and values `[1, kv_heads, capacity, head_dim]`.
+    kv: Vec<(Tensor<4>, Tensor<4>)>,
+    /// `[steps, head_dim]`: the rotary rows of each step (`sin` also with the sign of
+    /// `rotate_half` folded in).
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    signed: Tensor<2>,
+    /// Cached positions before the first step.
+    start: usize,
+    /// Steps there is room for.
+    steps: usize,
+    /// Calls of [`TextModel::decode_step`].
+    taken: usize,
+}
+
+impl DeviceDecode {
+    /// Positions cached before the first step (the prompt, and any token already decoded).
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// How many steps there is room for.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// How many steps [`TextModel::decode_step`] has been called for (a call recorded into a
+    /// graph included; replays of the graph are the caller's to count against
+    /// [`steps`](Self::steps)).
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Sets the token the next step embeds (`[1]` ids on the state's device), written in place.
+    pub fn feed(&mut self, token: Tensor<1, Int>) {
+        let held = std::mem::replace(&mut self.token, self.zero.clone());
+        self.token = held.select_assign(0, self.zero.clone(), token, IndexingUpdateOp::Assign);
+    }
+}
+
+impl TextModel {
+    /// Starts a [`DeviceDecode`] after a prefill: `cache` (one row, no padding, held as device
+    /// tensors, which the decode takes over), `token` the first token to feed (the one chosen
+    /// from the prefill's logits), `rope_delta` the row's rotary offset (as for
+    /// [`Positions::decode`]), and room for `steps` steps.
+    ///
+    /// Errors when the cache is not one unpadded row of device tensors (the CPU backend keeps
+    /// it on the host), when the embeddings are packed CPU rows, when `token` is outside the
+    /// vocabulary, or when the steps would pass the model's context.
+    pub fn device_decode(
+        &self,
+        cache: KvCache,
+        token: u32,
+        rope_delta: i64,
+        steps: usize,
+    ) -> Result<DeviceDecode, ForwardError> {
+        let vocab = self.config.vocab_size;
+        if token as usize >= vocab {
+            return Err(PromptError::TokenOutOfRange { id: token, vocab }.into());
+        }
+        if !matches!(self.embed_tokens, LinearWeight::Tensor(_)) {
+            return Err(ForwardError::Cache(
+                "a device decode needs the embeddings as a tensor, not packed CPU rows".into(),
+            ));
+        }
+        let steps = steps.max(1);
+        let start = cache.len();
+        let capacity = start + steps;
+        let last_rope = (capacity as i64 - 1 + rope_delta).max(0) as usize + 1;
+        let limit = self.config.max_position_embeddings;
+        if capacity.max(last_rope) > limit {
+            return Err(PromptError::ContextTooLong {
+                tokens: capacity.max(last_rope),
+                max: limit,
+            }
+            .into());
+        }
+        let kv = cache.into_device_buffers(capacity).ok_or_else(|| {
+            ForwardError::Cache(
+                "a device decode needs a cache of one row without padding, held as device \
+                 tensors"
+                    .into(),
+            )
+        })?;
+        let device = self.device();
+        let d = self.config.head_dim;
+        let (cos, sin) = self
+            .rope
+            .tables(&Positions::decode(&[rope_delta], start, steps));
+        let signed = echovlm_core::rope::signed_sin(&sin, d);
+        let dtype = self.dtype;
+        let table = |t: Vec<f32>| from_f32_vec(t, [steps, d], &device, dtype);
+        Ok(DeviceDecode {
+            token: int_tensor(vec![token as i64], [1], &device),
+            step: int_tensor(vec![0], [1], &device),
+            zero: int_tensor(vec![0], [1], &device),
+            positions: int_tensor((0..capacity as i64).collect(), [capacity], &device),
+            kv,
+            cos: table(cos),
+            sin: table(sin),
+            signed: table(signed),
+            start,
+            steps,
+            taken: 0,
+        })
+    }
+
+    /// One decode step of `state`: returns the logits of its token, `[1, vocab]`, and advances
+    /// the state's step count on the device. It reads nothing back and uploads nothing, so it
+    /// can be recorded as a graph and replayed (after [`DeviceDecode::feed`] in the same
+    /// recording, each replay decodes the token the previous one chose).
+    ///
+    /// Errors once it has been called [`DeviceDecode::steps`] times: the state has no room
+    /// for another position.
+    pub fn decode_step(&self, state: &mut DeviceDecode) -> Result<Tensor<2>, ForwardError> {
+        if state.taken >= state.steps {
+            return Err(PromptError::ContextTooLong {
+                tokens: state.start + state.taken + 1,
+                max: state.start + state.steps,
+            }
+            .into());
+        }
+        state.taken += 1;
+        let LinearWeight::Tensor(table) = &self.embed_tokens else {
+            return Err(ForwardError::Cache(
+                "a device decode needs the embeddings as a tensor, not packed CPU rows".into(),
+            ));
+        };
+        let d = self.config.head_dim;
+        let capacity = state.start + state.steps;
+        let x = burn::tensor::module::embedding(table.clone(), state.token.clone().reshape([1, 1]));
+        let row = |t: &Tensor<2>| {
+            t.clone()
+                .select(0, state.step.clone())
+                .reshape([1, 1, 1, d])
+        };
+        let rope = RopeTables {
+            cos: row(&state.cos),
+            source: RopeSource::Device {
+                sin: row(&state.sin),
+                signed: row(&state.signed),
+            },
+        };
+        let at = state.step.clone() + state.start as i64;
+        let mask = state
+            .positions
+            .clone()
+            .greater(at.clone())
+            .reshape([1, 1, 1, capacity]);
+        let next = state.step.clone() + 1;
+        let none = AttentionMask {
+            mask: None,
+            causal: false,
+            keep: None,
+        };
+        let mut kv = StepKv::At {
+            layers: &mut state.kv,
+            index: at,
+            mask,
+        };
+        let mut x = x;
+        let mut pending: Option<Tensor<3>> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (stream, y) =
+                layer.forward(x, pending.take(), &rope, &mut kv, i, &none, None, None)?;
+            x = stream;
+            pending = Some(y);
+        }
+        drop(kv);
+        let logits = self.head(x, pending).reshape([1, self.config.vocab_size]);
+        let held = std::mem::replace(&mut state.step, state.zero.clone());
+        state.step = held.select_assign(0, state.zero.clone(), next, IndexingUpdateOp::Assign);
+        Ok(logits)
+    }
+}
