@@ -98,6 +98,10 @@ struct Cli {
     /// the checkpoint.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// On a GPU, decode every step one by one instead of replaying a recorded decode step
+    /// (greedy decoding of one request replays by default).
+    #[arg(long)]
+    no_decode_graphs: bool,
     /// Run the request this many times and report the last run (the first run on a GPU also
     /// compiles and tunes its kernels); with --json, every run's timings are listed under
     /// `runs`.
@@ -241,7 +245,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .device(device)
         .dtype(dtype)
         .weights(weights)
-        .threads(cli.threads);
+        .threads(cli.threads)
+        .decode_graphs(!cli.no_decode_graphs);
     if let Some(adapter) = &cli.adapter {
         load = load.adapter(adapter);
     }
@@ -349,7 +354,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let t = &output.timings;
         eprintln!(
-            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s; {} weights {:.2} GB, {} threads, peak RSS {}]",
+            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s{}; {} weights {:.2} GB, {} threads, peak RSS {}]",
             t.generated_tokens,
             output.finish_reason,
             load_s,
@@ -358,6 +363,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             t.prefill_ms,
             t.prefill_tokens,
             t.decode_tokens_per_s,
+            match t.replayed_steps {
+                0 => String::new(),
+                n => format!(" ({n} steps replayed)"),
+            },
             model
                 .weight_format()
                 .map_or("Burn-tensor".to_string(), |f| f.to_string()),

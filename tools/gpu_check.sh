@@ -15,12 +15,15 @@
 # first decode that compiles for 50 s, then the separate products' first decode); scaling 80 s;
 # the CUDA tests compile a kernel per shape and take minutes (the read-back test alone over
 # 150 s). Every step together takes well over a 15-minute device lease: choose STEPS to fit.
-#   parity  the CUDA parity test on the tiny fixtures (f32);
+#   parity  the CUDA parity test on the tiny fixtures (f32; greedy decodes replay a recorded
+#           step), then replayed against step-by-step decoding (`cuda_decode_graphs_*`);
 #   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
 #           Qwen2.5-VL-7B's, 16.6 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
 #           --dtype bf16, 64 greedy tokens after one image, two runs: the first compiles and
 #           tunes the kernels); PyTorch eager transformers on the same checkpoint and prompt
 #           (tools/bench_gpu_torch.py), with the copy bandwidth and the bound it puts on decode;
+#   eager   after v1 or v2, on its checkpoint: the Rust CLI again with --no-decode-graphs (every
+#           decode step run one by one instead of replaying a recorded step), rust-eager.json;
 #   probe   after v1 or v2, on its checkpoint: decode tokens/s with the fused products, the
 #           kernel launches and tensor operations of a decode step and how much of the step the
 #           device is busy, by kernel; then decode with the separate layers, and the time of
@@ -31,7 +34,7 @@
 #   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
 #           checkpoint's e2e model, bf16, int8 and int4 weights).
 # OUT receives log.txt, tests.txt, probe.txt, rust-v1.json, torch-v1.json, rust-v2.json,
-# torch-v2.json and scaling.md.
+# torch-v2.json, rust-eager.json and scaling.md.
 set -u
 bin=$(cd "$1" && pwd)
 out=$2
@@ -76,8 +79,10 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
 
 parity() {
-    step "CUDA parity, tiny fixtures, f32"
+    step "CUDA parity, tiny fixtures, f32 (greedy decodes replay a recorded step)"
     run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
+    step "CUDA decode graphs against step-by-step decoding"
+    run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_decode_graphs 2>&1 | tee -a "$out/tests.txt"
 }
 
 # bench NAME FLAG: checkpoint, Rust, PyTorch
@@ -98,6 +103,19 @@ bench() {
     step "$name: PyTorch eager, bf16"
     run_for 150 python3 tools/bench_gpu_torch.py --ckpt "$ckpt" --rust-json "$out/rust-$name.json" \
         --new-tokens 64 --out "$out/torch-$name.json"
+}
+
+# after v1 or v2, on its checkpoint: the Rust CLI again, every decode step run one by one
+eager() {
+    local ckpt name
+    ckpt=$(dirname "$(ls /tmp/echovlm-bench/*/config.json)") || return
+    name=$(basename "$ckpt")
+    step "$name: Rust, cuda bf16, decode step by step (--no-decode-graphs)"
+    run_for 260 "$bin/echovlm" --model "$ckpt" --image /tmp/scan.png --device cuda --dtype bf16 \
+        --prompt "Describe this ultrasound image." --temperature 0 --repetition-penalty 1.0 \
+        --ignore-eos --max-new-tokens 64 --runs 2 --json --no-decode-graphs > "$out/rust-eager.json"
+    tail -c 1500 "$out/rust-eager.json"
+    echo
 }
 
 probe() {
@@ -137,6 +155,7 @@ for s in $steps; do
         v2) bench v2 --only-full-v2 ;;
         v1) bench v1 --only-full ;;
         probe) probe ;;
+        eager) eager ;;
         tests) tests ;;
         tests-cuda) tests cuda ;;
         scaling) scaling ;;

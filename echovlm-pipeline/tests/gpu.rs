@@ -394,7 +394,9 @@ fn decode_step_launch_budget() {
 /// Greedy decoding of one sequence replays a recorded step after three steps run one by one,
 /// and chooses the tokens the step-by-step decode chooses, with and without the repetition
 /// penalty; a replayed step goes through neither Burn's fusion nor CubeCL's launch path.
-fn check_decode_graphs(model: &mut EchoVlm, label: &str) {
+/// With `exact` (f32 without TF32) every token must agree; otherwise (TF32 products, whose
+/// rounding can differ between the step's two forms) all but two.
+fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {
     use echovlm_core::launches::Launches;
     let r = one_image_request();
     for opts in [greedy(24), greedy(24).repetition_penalty(1.3)] {
@@ -416,19 +418,48 @@ fn check_decode_graphs(model: &mut EchoVlm, label: &str) {
             23 - 3,
             "{label}: replayed steps"
         );
-        assert_eq!(
-            graph.generated_token_ids, eager.generated_token_ids,
-            "{label}: tokens of the replayed steps"
-        );
+        let same = same_prefix(&graph.generated_token_ids, &eager.generated_token_ids);
+        eprintln!("{label}: {same}/24 tokens identical");
+        if exact {
+            assert_eq!(
+                graph.generated_token_ids, eager.generated_token_ids,
+                "{label}: tokens of the replayed steps"
+            );
+        } else {
+            assert!(same + 2 >= 24, "{label}: only {same} tokens agree");
+        }
     }
+    // a short prompt: its cache holds more positions than prompt and steps need (all masked)
+    let g = Golden::load("tiny-echovlm");
+    let text = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());
+    model.set_decode_graphs(false);
+    let eager = model.generate(&text, &greedy(10)).unwrap();
+    model.set_decode_graphs(true);
+    let graph = model.generate(&text, &greedy(10)).unwrap();
+    assert!(eager.timings.prefill_tokens + 10 < 64, "a cache larger than needed");
+    assert_eq!(graph.timings.replayed_steps, 9 - 3);
+    let same = same_prefix(&graph.generated_token_ids, &eager.generated_token_ids);
+    assert!(same == 10 || (!exact && same + 2 >= 10), "{label}: short prompt, {same}/10");
     // a decode that stops before its recording (at a stop token among its first three) leaves
     // the device ready for the next one to record
     let ids = model.generate(&r, &greedy(24)).unwrap().generated_token_ids;
-    let i = (1..3).find(|&i| !ids[..i].contains(&ids[i])).expect("a new token early on");
+    let i = (1..3)
+        .find(|&i| !ids[..i].contains(&ids[i]))
+        .expect("a new token early on");
     let stop = greedy(24).ignore_eos(false).stop_token_ids(vec![ids[i]]);
     let out = model.generate(&r, &stop).unwrap();
-    assert_eq!((out.generated_token_ids.len(), out.timings.replayed_steps), (i + 1, 0));
-    assert_eq!(model.generate(&r, &greedy(9)).unwrap().timings.replayed_steps, 5);
+    assert_eq!(
+        (out.generated_token_ids.len(), out.timings.replayed_steps),
+        (i + 1, 0)
+    );
+    assert_eq!(
+        model
+            .generate(&r, &greedy(9))
+            .unwrap()
+            .timings
+            .replayed_steps,
+        5
+    );
     // launches and operations of 6 more replayed steps: none
     let device = model.device();
     let count = |n: usize| {
@@ -460,7 +491,7 @@ fn decode_graphs_replay_the_step() {
     let _turn = turn();
     for name in ["tiny-echovlm", "tiny-qwen25vl"] {
         if let Some(mut model) = load_model(wgpu(), name, DType::F32) {
-            check_decode_graphs(&mut model, &format!("wgpu {name}"));
+            check_decode_graphs(&mut model, &format!("wgpu {name}"), true);
         }
     }
 }
@@ -532,9 +563,10 @@ fn launches_are_counted_timed_and_dropped() {
     assert!(!near(y, e * e), "a dry run computed the values");
 }
 
-/// What a decode step costs the host (ignored: it times; run it with `--ignored`): per step,
-/// the wall time and the time with every launch dropped (CubeCL's dry run: Burn's bookkeeping,
-/// fusion and dispatch alone), from generations of 35 and 3 tokens, best of 5.
+/// What a decode step costs (ignored: it times; run it with `--ignored`): per step, run one by
+/// one, its wall time and its time with every launch dropped (CubeCL's dry run: Burn's
+/// bookkeeping, fusion and dispatch alone), and the wall time of a replayed recorded step; from
+/// generations of 35 and 19 tokens (both past the recording), best of 5.
 #[cfg(feature = "wgpu")]
 #[test]
 #[ignore = "timing"]
@@ -542,11 +574,12 @@ fn decode_step_host_cost() {
     let _turn = turn();
     let r = one_image_request();
     for name in ["tiny-echovlm", "tiny-qwen25vl"] {
-        let Some(model) = load_model(wgpu(), name, DType::F32) else {
+        let Some(mut model) = load_model(wgpu(), name, DType::F32) else {
             return;
         };
+        model.set_decode_graphs(false);
         let (launches, _) = decode_launches(&model, &r, name);
-        let step_time = |dry: bool| {
+        let step_time = |model: &EchoVlm, dry: bool| {
             let time = |n: usize| {
                 let _dry = dry.then(echovlm_core::launches::DryRun::new);
                 let t = std::time::Instant::now();
@@ -555,15 +588,18 @@ fn decode_step_host_cost() {
                 t.elapsed().as_secs_f64()
             };
             (0..5)
-                .map(|_| (time(35) - time(3)) / 32.0)
+                .map(|_| (time(35) - time(19)) / 16.0)
                 .fold(f64::INFINITY, f64::min)
         };
-        let (wall, host) = (step_time(false), step_time(true));
+        let (wall, host) = (step_time(&model, false), step_time(&model, true));
+        model.set_decode_graphs(true);
+        let replayed = step_time(&model, false);
         eprintln!(
-            "{name}: step {:.0} µs, host alone {:.0} µs ({:.1} µs per launch)",
+            "{name}: step {:.0} µs, host alone {:.0} µs ({:.1} µs per launch); a replayed step {:.0} µs",
             wall * 1e6,
             host * 1e6,
-            host * 1e6 / launches
+            host * 1e6 / launches,
+            replayed * 1e6
         );
     }
 }
@@ -685,6 +721,17 @@ fn cuda_qwen25_fixtures_in_f32() {
 
 #[cfg(feature = "cuda")]
 #[test]
+fn cuda_decode_graphs_replay_the_step() {
+    let _turn = turn();
+    for name in ["tiny-echovlm", "tiny-qwen25vl"] {
+        if let Some(mut model) = load_model(cuda(), name, DType::F32) {
+            check_decode_graphs(&mut model, &format!("cuda {name}"), !tf32("cuda"));
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
 fn cuda_decode_step_reads_back_only_the_token_ids() {
     let _turn = turn();
     if let Some(model) = load(cuda(), DType::F32) {
@@ -744,9 +791,10 @@ fn device_time(model: &EchoVlm, r: &Request, device: &burn::tensor::Device) {
 /// Where a decode step's time goes on an NVIDIA GPU, printed for the README (`tools/gpu_check.sh`
 /// step `probe`; ignored otherwise). Needs `ECHOVLM_PROBE_MODEL`, a full-size checkpoint, loaded
 /// in bf16. Prints, most telling first:
-/// 1. decode tokens/s of a text prompt with the fused products and with the separate layers
-///    (two runs each: the first compiles and tunes the kernels), then the fused model's kernel
-///    launches per step and how much of a step the device is busy, by kernel (`device_time`);
+/// 1. decode tokens/s of a text prompt with the fused products, replaying a recorded step and
+///    step by step, and with the separate layers (two runs each: the first compiles and tunes
+///    the kernels), then the fused model's kernel launches per step and how much of a step the
+///    device is busy, by kernel (`device_time`, step by step);
 /// 2. the time of one matrix-vector product (one token) at each of the decoder's shapes, fused
 ///    and not, and the bandwidth it reaches, and of a normalisation: each call is followed by a
 ///    synchronisation, whose own cost (measured alone) is subtracted. Queuing many independent
@@ -783,12 +831,19 @@ fn cuda_decode_probe() {
             let out = model.generate(&request, &opts).unwrap();
             let t = &out.timings;
             println!(
-                "probe: {label}, run {run}: prefill {} tokens {:.1} ms, decode {} tokens {:.1} tokens/s",
-                t.prefill_tokens, t.prefill_ms, t.generated_tokens, t.decode_tokens_per_s
+                "probe: {label}, run {run}: prefill {} tokens {:.1} ms, decode {} tokens {:.1} tokens/s ({} steps replayed)",
+                t.prefill_tokens,
+                t.prefill_ms,
+                t.generated_tokens,
+                t.decode_tokens_per_s,
+                t.replayed_steps
             );
         }
     };
-    decode(&model, "fused");
+    decode(&model, "fused, decode graph");
+    // the launches are counted and timed on the step run one by one (a replay bypasses them)
+    model.set_decode_graphs(false);
+    decode(&model, "fused, step by step");
     device_time(&model, &request, &device);
     model.text_model_mut(); // drops the fused layers
     decode(&model, "separate");

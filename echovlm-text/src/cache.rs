@@ -432,9 +432,9 @@ impl KvCache {
         Ok(())
     }
 
-    /// The per-layer key and value tensors with room for at least `capacity` positions
-    /// (regrown where a layer holds fewer), for a decode whose positions live on the device;
-    /// `None` unless every layer holds Burn tensors of one row without padding.
+    /// The per-layer key and value tensors, all with room for the same number of positions, at
+    /// least `capacity` (regrown where a layer holds fewer), for a decode whose positions live
+    /// on the device; `None` unless every layer holds Burn tensors of one row without padding.
     pub(crate) fn into_device_buffers(
         self,
         capacity: usize,
@@ -442,11 +442,19 @@ impl KvCache {
         if self.batch() != Some(1) || self.valid.iter().flatten().any(|&v| !v) {
             return None;
         }
+        let held = self.layers.iter().map(|layer| match layer {
+            Some(Layer::Tensors(k, _)) => Some(k.dims()[2]),
+            _ => None,
+        });
+        let capacity = held
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .fold(capacity, usize::max);
         let len = self.len;
         self.layers
             .into_iter()
             .map(|layer| match layer {
-                Some(Layer::Tensors(k, v)) if k.dims()[2] >= capacity => Some((k, v)),
+                Some(Layer::Tensors(k, v)) if k.dims()[2] == capacity => Some((k, v)),
                 Some(Layer::Tensors(k, v)) => Some(regrown_tensors(&k, &v, capacity, len)),
                 _ => None,
             })

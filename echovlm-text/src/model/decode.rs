@@ -41,6 +41,8 @@ pub struct DeviceDecode {
     start: usize,
     /// Steps there is room for.
     steps: usize,
+    /// Positions the key/value buffers hold (at least `start + steps`).
+    capacity: usize,
     /// Calls of [`TextModel::decode_step`].
     taken: usize,
 }
@@ -97,23 +99,25 @@ impl TextModel {
         }
         let steps = steps.max(1);
         let start = cache.len();
-        let capacity = start + steps;
-        let last_rope = (capacity as i64 - 1 + rope_delta).max(0) as usize + 1;
+        let needed = start + steps;
+        let last_rope = (needed as i64 - 1 + rope_delta).max(0) as usize + 1;
         let limit = self.config.max_position_embeddings;
-        if capacity.max(last_rope) > limit {
+        if needed.max(last_rope) > limit {
             return Err(PromptError::ContextTooLong {
-                tokens: capacity.max(last_rope),
+                tokens: needed.max(last_rope),
                 max: limit,
             }
             .into());
         }
-        let kv = cache.into_device_buffers(capacity).ok_or_else(|| {
+        let kv = cache.into_device_buffers(needed).ok_or_else(|| {
             ForwardError::Cache(
                 "a device decode needs a cache of one row without padding, held as device \
                  tensors"
                     .into(),
             )
         })?;
+        // the buffers may hold more positions than needed: the mask covers all of them
+        let capacity = kv.first().map_or(needed, |(k, _)| k.dims()[2]);
         let device = self.device();
         let d = self.config.head_dim;
         let (cos, sin) = self
@@ -133,6 +137,7 @@ impl TextModel {
             signed: table(signed),
             start,
             steps,
+            capacity,
             taken: 0,
         })
     }
@@ -159,7 +164,7 @@ impl TextModel {
             ));
         };
         let d = self.config.head_dim;
-        let capacity = state.start + state.steps;
+        let capacity = state.capacity;
         let x = burn::tensor::module::embedding(table.clone(), state.token.clone().reshape([1, 1]));
         let row = |t: &Tensor<2>| {
             t.clone()
