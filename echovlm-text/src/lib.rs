@@ -1,7 +1,9 @@
 //! The Qwen2 decoder of Qwen2-VL and EchoVLM: token embeddings, grouped-query attention with
 //! q/k/v biases and multimodal rotary positions (M-RoPE), RMSNorm, a KV cache, and per layer
 //! either the dense SwiGLU MLP (stock Qwen2-VL) or EchoVLM's dynamic mix of that MLP with a
-//! sparse Mixture-of-Experts block; plus the Qwen2 tokenizer.
+//! sparse Mixture-of-Experts block; plus the Qwen2 tokenizer. A decode step can also keep every
+//! input on the device ([`DeviceDecode`]), so that a GPU backend can record it once as a graph
+//! and replay it.
 //!
 //! Weights load strictly from HF checkpoints (see [`echovlm_core::load`]); field names mirror
 //! the HF keys (`model.layers.{i}.self_attn.q_proj`, …).
