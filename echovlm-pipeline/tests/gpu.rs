@@ -442,6 +442,21 @@ fn check_device_decode(model: &EchoVlm, label: &str) {
         text.decode_step(&mut state).is_err(),
         "a step past the room it has"
     );
+    // rotary positions past the context are refused up front
+    let limit = text.config.max_position_embeddings as i64;
+    let err = text.device_decode(prefill(), 5, limit, 8).unwrap_err();
+    assert!(
+        err.to_string().contains("exceed the model's context"),
+        "{err}"
+    );
+    // and so is a cache the device decode cannot take over: two rows
+    let mut two = text.new_cache();
+    let pos = Positions::decode(&[0, 0], 0, 2);
+    let emb = text.embed(&[vec![5, 6], vec![7, 8]]).unwrap();
+    text.forward(DecoderInput::new(emb, &pos), &mut two, None)
+        .unwrap();
+    let err = text.device_decode(two, 5, 0, 8).unwrap_err();
+    assert!(err.to_string().contains("one row"), "{err}");
 }
 
 #[cfg(feature = "wgpu")]

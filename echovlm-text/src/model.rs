@@ -127,6 +127,7 @@ struct RopeTables<'a> {
 }
 
 /// Where a pass's `sin` tables come from.
+#[allow(clippy::large_enum_variant)] // one per pass; boxing the tensor handles buys nothing
 enum RopeSource<'a> {
     /// Made on the host from the positions, uploaded on first use.
     Host {
@@ -348,6 +349,7 @@ impl DecoderLayer {
 }
 
 /// Where a pass's keys and values go and what its queries attend.
+#[allow(clippy::large_enum_variant)] // one per pass; boxing the tensor handles buys nothing
 enum StepKv<'a> {
     /// Appended to a cache at its length; attention over what it holds.
     Cache(&'a mut KvCache),

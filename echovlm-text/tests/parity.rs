@@ -394,3 +394,60 @@ fn portable_path_and_packed_cpu_formats() {
         );
     }
 }
+
+/// A decode step with every input on the device (`TextModel::device_decode`, what a GPU
+/// records once as a graph and replays) gives the cached step's logits, over eight fed tokens
+/// after a prompt, on the portable path with the cache held as Burn tensors; a cache kept on
+/// the host (the CPU path's) or packed CPU embeddings are refused with an error, not a panic.
+#[test]
+fn device_decode_steps_equal_cached_steps() {
+    use burn::tensor::{Int, Tensor};
+    let model = load_text_with("tiny-echovlm", LinearOptions::portable());
+    let g = Golden::load("tiny-echovlm");
+    let prompt = g.ids(&["text_en", "input_ids"]);
+    let feed: [u32; 8] = [5, 17, 300, 42, 42, 7, 511, 2];
+    let prefill = |cache: KvCache| {
+        let mut cache = cache;
+        step(&model, &prompt, &mut cache, None);
+        cache
+    };
+    let tensors = || {
+        model
+            .new_cache_with_capacity(prompt.len() + 8)
+            .tensor_storage()
+    };
+    let mut cache = prefill(tensors());
+    let want: Vec<Vec<f32>> = feed
+        .iter()
+        .map(|&t| step(&model, &[t], &mut cache, None))
+        .collect();
+    let mut state = model
+        .device_decode(prefill(tensors()), feed[0], 0, 8)
+        .unwrap();
+    assert_eq!((state.start(), state.steps()), (prompt.len(), 8));
+    for (i, want) in want.iter().enumerate() {
+        let got = flex_f32_vec(model.decode_step(&mut state).unwrap());
+        let d = max_abs_diff(&got, want);
+        assert!(d < LOGIT_TOL, "device step {i}: {d}");
+        if let Some(&next) = feed.get(i + 1) {
+            state.feed(Tensor::<1, Int>::from_data(
+                [next as i64],
+                &Device::default(),
+            ));
+        }
+    }
+    assert_eq!(state.taken(), 8);
+    let err = model.decode_step(&mut state).unwrap_err();
+    assert!(err.to_string().contains("exceed"), "{err}");
+    // the CPU path keeps its cache on the host: refused
+    let err = model
+        .device_decode(prefill(model.new_cache()), 5, 0, 8)
+        .unwrap_err();
+    assert!(err.to_string().contains("device tensors"), "{err}");
+    // packed CPU embeddings: refused
+    let packed = load_text("tiny-echovlm");
+    let mut cache = packed.new_cache().tensor_storage();
+    step(&packed, &prompt, &mut cache, None);
+    let err = packed.device_decode(cache, 5, 0, 8).unwrap_err();
+    assert!(err.to_string().contains("packed"), "{err}");
+}

@@ -129,8 +129,8 @@ impl EchoVlm {
         let on_device = !echovlm_core::backend::is_flex(&self.text.device());
         let mut device_logits: Option<Tensor<2>> = None;
         // One sequence, greedy, untraced: its steps after the warm-up replay a recorded step.
-        let by_graph = on_device && self.decode_graphs && b == 1 && !opts.do_sample;
-        let by_graph = by_graph && traces.is_none();
+        let mut by_graph = on_device && self.decode_graphs && b == 1 && !opts.do_sample;
+        by_graph &= traces.is_none();
         let mut graph: Option<GraphDecode<'_>> = None;
         let mut graph_next: Option<u32> = None;
         loop {
@@ -164,24 +164,28 @@ impl EchoVlm {
             if seqs.iter().all(|s| s.finished.is_some()) {
                 break;
             }
-            if by_graph {
-                let decoder = match graph.as_mut() {
-                    Some(g) => g,
-                    None => {
-                        let seq = &seqs[0];
-                        let rest = opts.max_new_tokens.saturating_sub(seq.generated.len());
-                        let cache = std::mem::replace(&mut cache, self.text.new_cache());
-                        graph.insert(GraphDecode::new(
-                            &self.text,
-                            cache,
-                            seq.last(),
-                            deltas[0],
-                            &seq.history,
-                            opts,
-                            rest,
-                        )?)
-                    }
-                };
+            if by_graph && graph.is_none() {
+                let seq = &seqs[0];
+                let rest = opts.max_new_tokens.saturating_sub(seq.generated.len());
+                // a decode whose rotary positions would pass the model's context fails only
+                // when it gets there (it may stop before): that one decodes step by step
+                let last = cache.len() + rest + 1 + deltas[0].max(0) as usize;
+                if last <= self.text.config.max_position_embeddings {
+                    let cache = std::mem::replace(&mut cache, self.text.new_cache());
+                    graph = Some(GraphDecode::new(
+                        &self.text,
+                        cache,
+                        seq.last(),
+                        deltas[0],
+                        &seq.history,
+                        opts,
+                        rest,
+                    )?);
+                } else {
+                    by_graph = false;
+                }
+            }
+            if let Some(decoder) = graph.as_mut() {
                 graph_next = Some(decoder.next()?);
                 continue;
             }
