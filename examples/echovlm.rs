@@ -102,6 +102,12 @@ struct Cli {
     /// (greedy decoding of one request replays by default).
     #[arg(long)]
     no_decode_graphs: bool,
+    /// On a GPU, where compiled kernels and autotune results are kept for the next run: a
+    /// directory, or "off" (builds with the `kernel-cache` feature; default:
+    /// ECHOVLM_KERNEL_CACHE, else CubeCL's place, `target/environment` inside a Cargo
+    /// workspace or ~/.cache/cubecl).
+    #[arg(long, value_name = "DIR|off")]
+    kernel_cache: Option<String>,
     /// Run the request this many times and report the last run (the first run on a GPU also
     /// compiles and tunes its kernels); with --json, every run's timings are listed under
     /// `runs`.
@@ -122,6 +128,24 @@ struct Cli {
     /// Write a PNG of the MoE routing (expert usage and mix per layer).
     #[arg(long, value_name = "PNG")]
     routing_plot: Option<PathBuf>,
+}
+
+/// `--kernel-cache`: a directory or `off`, for the GPU backends.
+fn set_kernel_cache(spec: &str) {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use echovlm_pipeline::KernelCache;
+        let cache = match spec {
+            "off" => KernelCache::Off,
+            dir => KernelCache::Dir(dir.into()),
+        };
+        if !echovlm_pipeline::KERNEL_CACHE_AVAILABLE {
+            eprintln!("note: this build keeps no kernels between runs (the kernel-cache feature)");
+        }
+        echovlm_pipeline::set_kernel_cache(&cache);
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    eprintln!("note: --kernel-cache {spec:?} applies to GPU builds only");
 }
 
 fn frame_selection(spec: &str) -> Result<FrameSelection, String> {
@@ -232,6 +256,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    if let Some(spec) = &cli.kernel_cache {
+        set_kernel_cache(spec);
+    }
     let device = device_from_name(&cli.device)?;
     probe_device(&device)?;
     let (dtype, note) = dtype_for(&device, &cli.dtype)?;

@@ -7,7 +7,7 @@
 # BIN holds two programs built on another machine (the `cuda` feature needs the LLVM of
 # tools/setup-cuda-llvm.sh there; tools/gpu_pack.sh builds both and packs them to send):
 #   echovlm  cargo build --release --features cuda,wgpu --example echovlm
-#   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run
+#   gpu      cargo test --release -p echovlm-pipeline --features wgpu,cuda,kernel-cache --test gpu --no-run
 # STEPS (default "v2 probe scaling tests") run in that order, each skipped once the time budget
 # (default 600 s) runs short. Measured on an H200: parity 32 s; v1's checkpoint 31 s, its Rust
 # runs about 215 s (load 77 s, then a first run that compiles and autotunes for 130 s); v2's

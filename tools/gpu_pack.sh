@@ -19,7 +19,7 @@ out=${1:-.gpu/bins.tar.xz}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/echovlm-rs/target}"
 
 cargo build --release --features cuda,wgpu --example echovlm
-gpu_test=$(cargo test --release -p echovlm-pipeline --features wgpu,cuda --test gpu --no-run \
+gpu_test=$(cargo test --release -p echovlm-pipeline --features wgpu,cuda,kernel-cache --test gpu --no-run \
     --message-format=json | python3 -c '
 import json, sys
 paths = [m["executable"] for m in map(json.loads, sys.stdin)

@@ -8,7 +8,7 @@
 //! errors) and the layers ([`Linear`], [`RmsNorm`]) at the crate root; the CPU kernels under
 //! [`cpu`], backend-specific choices under [`backend`], host transfers under [`host`], the rotary
 //! embedding helpers under [`rope`], and (with `wgpu` or `cuda`) GPU kernel-launch counts under
-//! `launches`.
+//! `launches` and where compiled kernels persist under `kernel_cache`.
 //!
 //! # Loading
 //!
@@ -27,6 +27,8 @@ mod checkpoint;
 pub mod cpu;
 mod error;
 pub mod host;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod kernel_cache;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod launches;
 mod linear;

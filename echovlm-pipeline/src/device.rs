@@ -40,7 +40,10 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
         }
         "wgpu" | "gpu" => {
             #[cfg(feature = "wgpu")]
-            return Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+            {
+                gpu_defaults();
+                Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+            }
             #[cfg(not(feature = "wgpu"))]
             return Err(unavailable("wgpu"));
         }
@@ -53,6 +56,7 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
                     })?,
                     None => 0,
                 };
+                gpu_defaults();
                 Ok(Device::cuda(index))
             }
             #[cfg(not(feature = "cuda"))]
@@ -65,6 +69,14 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
     }
 }
 
+/// Settings the GPU backends take once per process, before the first GPU device starts: where
+/// compiled kernels and autotune results persist (`KernelCache::from_env`, unless
+/// `set_kernel_cache` or CubeCL was configured first).
+pub(crate) fn gpu_defaults() {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    echovlm_core::kernel_cache::configure(&echovlm_core::kernel_cache::KernelCache::from_env());
+}
+
 /// Checks that `device` can run: creates a small tensor and reads back its sum.
 ///
 /// A GPU device is first looked up among the devices Burn enumerates on this machine (a
@@ -74,6 +86,9 @@ pub fn device_from_name(name: &str) -> Result<Device, EchoError> {
 /// caught and returned as an error too, but Rust's panic hook, which this function leaves
 /// alone, prints its message to standard error.
 pub fn probe_device(device: &Device) -> Result<(), EchoError> {
+    if !echovlm_core::backend::is_flex(device) {
+        gpu_defaults();
+    }
     use burn::tensor::Tensor;
     let unavailable =
         |why: &str| EchoError::InvalidRequest(format!("device {device:?} is not available: {why}"));

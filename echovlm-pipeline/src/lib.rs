@@ -33,6 +33,10 @@ pub use chat::{ChatTemplate, Content, Message, Role};
 pub use device::{available_devices, device_from_name, dtype_for, probe_device};
 pub use echovlm_core::LinearOptions;
 pub use echovlm_core::cpu::WeightFormat;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use echovlm_core::kernel_cache::{
+    AVAILABLE as KERNEL_CACHE_AVAILABLE, KernelCache, configure as set_kernel_cache,
+};
 pub use echovlm_moe::RoutingSummary;
 pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};

@@ -585,6 +585,89 @@ fn decode_graphs_replay_the_step() {
     }
 }
 
+/// Kernel launches of the first and the second greedy decode of a text prompt in this process,
+/// printed for [`kernel_cache_keeps_tuning_between_processes`], which runs it as a child
+/// process (ignored otherwise).
+#[cfg(all(feature = "wgpu", feature = "kernel-cache"))]
+#[test]
+#[ignore = "run by kernel_cache_keeps_tuning_between_processes"]
+fn kernel_cache_child() {
+    use echovlm_core::launches::Launches;
+    let model = EchoVlm::load(
+        model_dir("tiny-qwen25vl"),
+        &LoadOptions::default()
+            .device(echovlm_pipeline::device_from_name("wgpu").unwrap())
+            .dtype(DType::F32),
+    )
+    .unwrap();
+    let g = Golden::load("tiny-qwen25vl");
+    let r = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());
+    let device = model.device();
+    let count = || {
+        device.sync().unwrap();
+        let launches = Launches::count();
+        let t = std::time::Instant::now();
+        let out = model.generate(&r, &greedy(4)).unwrap();
+        device.sync().unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        (launches.total(), out.generated_token_ids, ms)
+    };
+    let ((first, a, t1), (second, b, t2)) = (count(), count());
+    assert_eq!(a, b);
+    eprintln!("kernel-cache child: first decode {t1:.0} ms, second {t2:.0} ms");
+    println!("kernel-cache child: launches {first} {second} tokens {a:?}");
+}
+
+/// With the `kernel-cache` feature, what CubeCL tunes in one process is kept on disk (here in
+/// `ECHOVLM_KERNEL_CACHE`) for the next: a first process launches more kernels in its first
+/// decode than in its second (the autotuner times its candidates), a second process sharing the
+/// cache launches as many in its first as in its second, and both choose the same tokens.
+#[cfg(all(feature = "wgpu", feature = "kernel-cache"))]
+#[test]
+fn kernel_cache_keeps_tuning_between_processes() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "kernel_cache_child", "--ignored", "--nocapture"])
+            .env("ECHOVLM_KERNEL_CACHE", dir.path())
+            // the default autotune level: candidates are timed
+            .env_remove("CUBECL_AUTOTUNE_LEVEL")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}{err}");
+        if let Some((_, times)) = err.split_once("kernel-cache child: ") {
+            eprintln!("kernel cache: {}", times.lines().next().unwrap_or_default());
+        }
+        let line = text
+            .split_once("kernel-cache child: launches ")
+            .and_then(|(_, rest)| rest.lines().next())
+            .unwrap_or_else(|| panic!("no count in {text}"))
+            .to_string();
+        let (counts, tokens) = line.split_once(" tokens ").unwrap();
+        let n: Vec<u64> = counts.split(' ').map(|x| x.parse().unwrap()).collect();
+        (n[0], n[1], tokens.to_string())
+    };
+    let first = run();
+    let stored: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let second = run();
+    eprintln!("kernel cache: first process {first:?}, second {second:?}, {stored} bytes stored");
+    assert!(stored > 0, "nothing was stored in the cache directory");
+    assert!(
+        first.0 > first.1,
+        "the first process tuned nothing: {first:?}"
+    );
+    assert_eq!(second.0, second.1, "the second process tuned again");
+    assert_eq!(second.0, first.1, "the second process chose other kernels");
+    assert_eq!(first.2, second.2, "tokens");
+}
+
 /// The launch counter itself: a matrix product and an element-wise chain are seen as kernels
 /// and as operations, timing reports a duration for every launch it saw (what the GPU probe
 /// reads), and a dry run drops the launches (the output keeps what the buffer held).

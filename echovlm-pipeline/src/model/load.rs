@@ -237,6 +237,9 @@ impl EchoVlm {
     }
 
     fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, EchoError> {
+        if !echovlm_core::backend::is_flex(&options.device) {
+            crate::device::gpu_defaults();
+        }
         if !dir.is_dir() {
             return Err(LoadError::Io {
                 path: dir.to_path_buf(),
