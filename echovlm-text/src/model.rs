@@ -131,11 +131,7 @@ struct RopeTables<'a> {
 enum RopeSource<'a> {
     /// Made on the host from the positions, uploaded on first use.
     Host {
-        rope: &'a MRope,
-        positions: &'a Positions,
-        device: Device,
-        dtype: DType,
-        host_sin: Vec<f32>,
+        host: HostRope<'a>,
         sin: std::cell::OnceCell<Tensor<4>>,
         signed: std::cell::OnceCell<Tensor<4>>,
     },
@@ -143,17 +139,36 @@ enum RopeSource<'a> {
     Device { sin: Tensor<4>, signed: Tensor<4> },
 }
 
+/// What a pass's host-made tables are uploaded from.
+struct HostRope<'a> {
+    rope: &'a MRope,
+    positions: &'a Positions,
+    device: Device,
+    dtype: DType,
+    sin: Vec<f32>,
+}
+
+impl HostRope<'_> {
+    fn upload(&self, table: Vec<f32>) -> Tensor<4> {
+        self.rope
+            .device_table(table, self.positions, &self.device, self.dtype)
+    }
+}
+
 impl<'a> RopeTables<'a> {
     fn new(rope: &'a MRope, positions: &'a Positions, device: &Device, dtype: DType) -> Self {
-        let (cos, host_sin) = rope.tables(positions);
+        let (cos, sin) = rope.tables(positions);
+        let host = HostRope {
+            rope,
+            positions,
+            device: device.clone(),
+            dtype,
+            sin,
+        };
         Self {
-            cos: rope.device_table(cos, positions, device, dtype),
+            cos: host.upload(cos),
             source: RopeSource::Host {
-                rope,
-                positions,
-                device: device.clone(),
-                dtype,
-                host_sin,
+                host,
                 sin: std::cell::OnceCell::new(),
                 signed: std::cell::OnceCell::new(),
             },
@@ -162,32 +177,18 @@ impl<'a> RopeTables<'a> {
 
     fn sin(&self) -> &Tensor<4> {
         match &self.source {
-            RopeSource::Host {
-                rope,
-                positions,
-                device,
-                dtype,
-                host_sin,
-                sin,
-                ..
-            } => sin.get_or_init(|| rope.device_table(host_sin.clone(), positions, device, *dtype)),
+            RopeSource::Host { host, sin, .. } => sin.get_or_init(|| host.upload(host.sin.clone())),
             RopeSource::Device { sin, .. } => sin,
         }
     }
 
     fn signed_sin(&self) -> &Tensor<4> {
         match &self.source {
-            RopeSource::Host {
-                rope,
-                positions,
-                device,
-                dtype,
-                host_sin,
-                signed,
-                ..
-            } => signed.get_or_init(|| {
-                let table = echovlm_core::rope::signed_sin(host_sin, rope.head_dim());
-                rope.device_table(table, positions, device, *dtype)
+            RopeSource::Host { host, signed, .. } => signed.get_or_init(|| {
+                host.upload(echovlm_core::rope::signed_sin(
+                    &host.sin,
+                    host.rope.head_dim(),
+                ))
             }),
             RopeSource::Device { signed, .. } => signed,
         }
