@@ -151,11 +151,10 @@ impl TextModel {
     /// for another position.
     pub fn decode_step(&self, state: &mut DeviceDecode) -> Result<Tensor<2>, ForwardError> {
         if state.taken >= state.steps {
-            return Err(PromptError::ContextTooLong {
-                tokens: state.start + state.taken + 1,
-                max: state.start + state.steps,
-            }
-            .into());
+            return Err(ForwardError::Cache(format!(
+                "the device decode has room for {} steps and all were taken",
+                state.steps
+            )));
         }
         state.taken += 1;
         let LinearWeight::Tensor(table) = &self.embed_tokens else {
