@@ -656,16 +656,8 @@ impl TextModel {
         {
             return Err(PromptError::RaggedBatch.into());
         }
-        let needed = cache.len() + s;
         let max_pos = positions.max().unwrap_or(0).max(0) as usize + 1;
-        let limit = self.config.max_position_embeddings;
-        if needed.max(max_pos) > limit {
-            return Err(PromptError::ContextTooLong {
-                tokens: needed.max(max_pos),
-                max: limit,
-            }
-            .into());
-        }
+        self.check_context(cache.len() + s, max_pos)?;
         let device = self.device();
         let dtype = embeds.dtype();
         let step_valid: Vec<Vec<bool>> = match valid {
@@ -719,6 +711,17 @@ impl TextModel {
             hidden_states: states,
             router_logits: routers,
         })
+    }
+
+    /// Refuses a pass that would hold `positions` cached positions or reach rotary position
+    /// `max_rope - 1`: either past the model's context (`max_position_embeddings`).
+    fn check_context(&self, positions: usize, max_rope: usize) -> Result<(), PromptError> {
+        let tokens = positions.max(max_rope);
+        let max = self.config.max_position_embeddings;
+        match tokens > max {
+            true => Err(PromptError::ContextTooLong { tokens, max }),
+            false => Ok(()),
+        }
     }
 
     /// The final normalisation and the LM head, on `x` plus `pending` where the last layer's

@@ -100,15 +100,7 @@ impl TextModel {
         let steps = steps.max(1);
         let start = cache.len();
         let needed = start + steps;
-        let last_rope = (needed as i64 - 1 + rope_delta).max(0) as usize + 1;
-        let limit = self.config.max_position_embeddings;
-        if needed.max(last_rope) > limit {
-            return Err(PromptError::ContextTooLong {
-                tokens: needed.max(last_rope),
-                max: limit,
-            }
-            .into());
-        }
+        self.check_device_decode(start, steps, rope_delta)?;
         let kv = cache.into_device_buffers(needed).ok_or_else(|| {
             ForwardError::Cache(
                 "a device decode needs a cache of one row without padding, held as device \
@@ -140,6 +132,20 @@ impl TextModel {
             capacity,
             taken: 0,
         })
+    }
+
+    /// The context check [`device_decode`](Self::device_decode) makes, without taking a
+    /// cache: `steps` steps after `start` cached positions, at rotary offset `rope_delta`, must
+    /// stay within the model's context, cached positions and rotary positions both.
+    pub fn check_device_decode(
+        &self,
+        start: usize,
+        steps: usize,
+        rope_delta: i64,
+    ) -> Result<(), PromptError> {
+        let needed = start + steps.max(1);
+        let last_rope = (needed as i64 - 1 + rope_delta).max(0) as usize + 1;
+        self.check_context(needed, last_rope)
     }
 
     /// One decode step of `state`: returns the logits of its token, `[1, vocab]`, and advances
