@@ -290,8 +290,9 @@ impl Sampler {
     }
 
     /// Draws the uniform number in `[0, 1)` that the next sampling step of [`next`](Self::next)
-    /// would draw (for choosing the token elsewhere, with the same random stream).
-    pub(crate) fn uniform(&mut self) -> f64 {
+    /// would draw (for choosing the token elsewhere, with the same random stream: on the
+    /// device, with [`choose_tokens`](crate::choose_tokens)).
+    pub fn uniform(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 

@@ -31,6 +31,7 @@ mod tasks;
 pub use burn::tensor::{DType, Device};
 pub use chat::{ChatTemplate, Content, Message, Role};
 pub use device::{available_devices, device_from_name, dtype_for, probe_device};
+pub use device_sample::choose_tokens;
 pub use echovlm_core::LinearOptions;
 pub use echovlm_core::cpu::WeightFormat;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

@@ -1,5 +1,7 @@
 //! End to end through the public API against the transformers reference.
 
+#[allow(dead_code)]
+mod choose;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -11,6 +13,15 @@ use echovlm_pipeline::{
 use echovlm_text::PromptError;
 use echovlm_vision::error::ImageError;
 use support::{Golden, image, max_abs_diff, model_dir};
+
+/// The device chooser (what a GPU decode runs) against the host sampler, on the CPU backend;
+/// the `gpu` suite runs the same on GPU backends.
+#[test]
+fn device_choice_equals_the_host_sampler() {
+    let device = echovlm_pipeline::Device::flex();
+    choose::device_choice_equals_the_host_sampler(&device, "flex");
+    choose::bad_inputs_are_refused(&device);
+}
 
 fn model() -> EchoVlm {
     EchoVlm::load(model_dir("tiny-echovlm"), &LoadOptions::default()).unwrap()

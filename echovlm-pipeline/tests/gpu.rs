@@ -17,6 +17,8 @@
 mod support;
 
 mod cases;
+#[allow(dead_code)]
+mod choose;
 
 use std::sync::Mutex;
 
@@ -478,15 +480,26 @@ fn device_decode_steps_equal_cached_steps() {
 fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {
     use echovlm_core::launches::Launches;
     let r = one_image_request();
-    // (a strong penalty: the EchoVLM fixture repeats one token from the third on without)
-    for opts in [greedy(24), greedy(24).repetition_penalty(3.0)] {
+    // (a strong penalty: the EchoVLM fixture repeats one token from the third on without);
+    // sampled: each step draws its own number, the same as one by one
+    let sampled = greedy(24).do_sample(true).seed(7);
+    let mut tokens: Vec<Vec<u32>> = Vec::new();
+    for opts in [
+        greedy(24),
+        greedy(24).repetition_penalty(3.0),
+        sampled.clone(),
+        sampled.clone().temperature(0.8).top_k(20).top_p(0.9),
+        sampled.clone().top_p(0.95).repetition_penalty(1.3),
+    ] {
         model.set_decode_graphs(false);
         let eager = model.generate(&r, &opts).unwrap();
         model.set_decode_graphs(true);
         let graph = model.generate(&r, &opts).unwrap();
         let per_step = |o: &echovlm_pipeline::Output| o.timings.decode_ms / 23.0;
         eprintln!(
-            "{label} (penalty {}): {:.2} ms per step one by one, {:.2} ms with {} of 23 replayed",
+            "{label} (sampled {}, penalty {}): {:.2} ms per step one by one, {:.2} ms with {} \
+             of 23 replayed",
+            opts.do_sample,
             opts.repetition_penalty,
             per_step(&eager),
             per_step(&graph),
@@ -511,7 +524,15 @@ fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {
         } else {
             assert!(same + 2 >= 24, "{label}: only {same} tokens agree");
         }
+        tokens.push(graph.generated_token_ids);
     }
+    // the sampled decodes chose otherwise than the greedy one, and each step drew anew
+    assert_ne!(tokens[2], tokens[0], "{label}: sampling draws");
+    assert_ne!(
+        tokens[2][3..],
+        tokens[0][3..],
+        "{label}: replayed steps' draws"
+    );
     // a short prompt: its cache holds more positions than prompt and steps need (all masked)
     let g = Golden::load("tiny-echovlm");
     let text = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());
@@ -572,6 +593,17 @@ fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {
         (short.0, short.1),
         "{label}: launches of replayed steps"
     );
+}
+
+/// The device chooser against the host sampler (greedy, penalised, sampled with temperature,
+/// top-k and top-p), on wgpu.
+#[cfg(feature = "wgpu")]
+#[test]
+fn device_choice_equals_the_host_sampler() {
+    let _turn = turn();
+    if let Some(device) = wgpu() {
+        choose::device_choice_equals_the_host_sampler(&device, "wgpu");
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -885,6 +917,16 @@ fn cuda_qwen25_fixtures_in_f32() {
     let _turn = turn();
     if let Some(model) = load_model(cuda(), "tiny-qwen25vl", DType::F32) {
         check_qwen25(&model, "cuda");
+    }
+}
+
+/// The device chooser against the host sampler, on CUDA.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_device_choice_equals_the_host_sampler() {
+    let _turn = turn();
+    if let Some(device) = cuda() {
+        choose::device_choice_equals_the_host_sampler(&device, "cuda");
     }
 }
 

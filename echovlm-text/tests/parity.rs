@@ -429,6 +429,8 @@ fn device_decode_steps_equal_cached_steps() {
         let got = flex_f32_vec(model.decode_step(&mut state).unwrap());
         let d = max_abs_diff(&got, want);
         assert!(d < LOGIT_TOL, "device step {i}: {d}");
+        let count: Vec<i64> = state.step_count().into_data().iter::<i64>().collect();
+        assert_eq!(count, [i as i64 + 1], "the device's step count");
         if let Some(&next) = feed.get(i + 1) {
             state.feed(Tensor::<1, Int>::from_data(
                 [next as i64],

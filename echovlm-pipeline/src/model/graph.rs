@@ -1,17 +1,20 @@
-//! Greedy decoding of one sequence by replaying a recorded decode step.
+//! Decoding one sequence by replaying a recorded decode step.
 //!
 //! A decode step whose inputs all live on the device ([`DeviceDecode`]) computes every step with
 //! the same launches on the same buffers, so a GPU backend can record it once as a graph and
 //! replay it: the replay skips Burn's fusion bookkeeping and the launch path of every kernel
 //! (on CUDA and HIP the whole step is one dispatch; wgpu re-encodes the recorded dispatches).
-//! The recorded step also chooses the next token (greedy, with the repetition penalty's mask
-//! kept on the device) and feeds it to the step after, so a step reads back only that token.
+//! The recorded step also chooses the next token and feeds it to the step after, so a step
+//! reads back only that token: greedy or sampled, with the repetition penalty's mask kept on
+//! the device, and for sampling the uniform numbers of every step drawn beforehand from the
+//! sequence's random stream (in the order the steps run one by one would draw them) and
+//! uploaded once, each step selecting its own by the device's step count.
 
 use burn::backend::{Backend, BackendGraph, Dispatch};
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor};
 use echovlm_text::{DeviceDecode, KvCache, TextModel};
 
-use crate::device_sample;
+use crate::device_sample::{self, Draws};
 use crate::error::EchoError;
 use crate::generate::GenerationOptions;
 
@@ -40,6 +43,9 @@ pub(super) struct GraphDecode<'m> {
     seen: Option<Tensor<2>>,
     /// `[1, 1]` of 1.
     one: Tensor<2>,
+    /// Sampling: `[steps + 1, 1]`, the uniform number each step draws with, and the token
+    /// order.
+    draws: Option<Draws>,
     text: &'m TextModel,
     opts: &'m GenerationOptions,
     device: Device,
@@ -50,7 +56,10 @@ pub(super) struct GraphDecode<'m> {
 impl<'m> GraphDecode<'m> {
     /// Takes over `cache` (the prefilled prompt) to decode from `token` (the token chosen from
     /// the prompt's logits), with room for `steps` more; `history` is the sequence so far
-    /// (prompt and `token`), `delta` its rotary offset.
+    /// (prompt and `token`), `delta` its rotary offset. When `opts` samples, `uniform` draws
+    /// the number of each step to come, in order, from the sequence's random stream (`steps +
+    /// 1` of them, drawn here).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         text: &'m TextModel,
         cache: KvCache,
@@ -59,6 +68,7 @@ impl<'m> GraphDecode<'m> {
         history: &[u32],
         opts: &'m GenerationOptions,
         steps: usize,
+        uniform: impl FnMut() -> f64,
     ) -> Result<Self, EchoError> {
         // one step more than decoded: recording a step counts as one
         let state = text.device_decode(cache, token, delta, steps + 1)?;
@@ -66,6 +76,10 @@ impl<'m> GraphDecode<'m> {
         let vocab = text.config.vocab_size;
         let seen = (opts.repetition_penalty != 1.0)
             .then(|| device_sample::seen_mask(&[history], 1, vocab, &device));
+        let draws = opts.do_sample.then(|| {
+            let u: Vec<f64> = std::iter::repeat_with(uniform).take(steps + 1).collect();
+            Draws::upload(&u, vocab, &device)
+        });
         // allocations from here on go where a recording can keep them (a backend without
         // graphs answers no and decodes step by step); not worth it when there are no steps
         // left to replay after the warm-up
@@ -77,6 +91,7 @@ impl<'m> GraphDecode<'m> {
             state,
             seen,
             one: Tensor::<2>::ones([1, 1], (&device, DType::F32)),
+            draws,
             text,
             opts,
             device,
@@ -88,7 +103,19 @@ impl<'m> GraphDecode<'m> {
     /// One step's launches: the decoder, the choice, and the writes that feed the next step.
     fn run_step(&mut self) -> Result<Tensor<1, Int>, EchoError> {
         let logits = self.text.decode_step(&mut self.state)?;
-        let next = device_sample::choose_seen(self.opts, logits, self.seen.clone(), &[]);
+        let (state, draws) = (&self.state, self.draws.as_ref());
+        let next = device_sample::choose_seen(self.opts, logits, self.seen.clone(), |device| {
+            match draws {
+                // the step count after the step is its number plus one
+                Some(Draws { uniforms, order }) => Draws {
+                    uniforms: uniforms.clone().select(0, state.step_count() - 1),
+                    order: order.clone(),
+                },
+                // not reached (`new` draws whenever `opts` samples); an upload here would
+                // only make a recording fail, never choose wrongly
+                None => Draws::upload(&[0.0], self.text.config.vocab_size, device),
+            }
+        });
         if let Some(seen) = self.seen.take() {
             let one = self.one.clone();
             self.seen = Some(seen.select_assign(1, next.clone(), one, IndexingUpdateOp::Assign));

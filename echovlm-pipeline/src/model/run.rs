@@ -128,9 +128,8 @@ impl EchoVlm {
         // reads back only their ids; the first reads the logits (for `first_step_top_logits`).
         let on_device = !echovlm_core::backend::is_flex(&self.text.device());
         let mut device_logits: Option<Tensor<2>> = None;
-        // One sequence, greedy, untraced: its steps after the warm-up replay a recorded step.
-        let mut by_graph = on_device && self.decode_graphs && b == 1 && !opts.do_sample;
-        by_graph &= traces.is_none();
+        // One sequence, untraced: its steps after the warm-up replay a recorded step.
+        let mut by_graph = on_device && self.decode_graphs && b == 1 && traces.is_none();
         let mut graph: Option<GraphDecode<'_>> = None;
         let mut graph_next: Option<u32> = None;
         loop {
@@ -165,7 +164,7 @@ impl EchoVlm {
                 break;
             }
             if by_graph && graph.is_none() {
-                let seq = &seqs[0];
+                let seq = &mut seqs[0];
                 let rest = opts.max_new_tokens.saturating_sub(seq.generated.len());
                 // a decode whose rotary positions would pass the model's context fails only
                 // when it gets there (it may stop before): that one decodes step by step
@@ -183,6 +182,7 @@ impl EchoVlm {
                         &seq.history,
                         opts,
                         rest,
+                        || seq.sampler.uniform(),
                     )?);
                 } else {
                     by_graph = false;

@@ -65,6 +65,14 @@ impl DeviceDecode {
         self.taken
     }
 
+    /// `[1]` on the device: the steps that have run, replays of a recorded step included
+    /// ([`taken`](Self::taken) counts calls on the host, where a replay is not one). Read
+    /// after a step, it is that step's number plus one: a recorded step can select its own
+    /// row of a per-step table with it.
+    pub fn step_count(&self) -> Tensor<1, Int> {
+        self.step.clone()
+    }
+
     /// Sets the token the next step embeds (`[1]` ids on the state's device), written in place.
     pub fn feed(&mut self, token: Tensor<1, Int>) {
         let held = std::mem::replace(&mut self.token, self.zero.clone());
