@@ -192,13 +192,14 @@ impl DeviceRouting {
         backend::cast_to(weights, dtype)
     }
 
-    /// Reads the routing back to the host, with `extra` (`[tokens, n]`, any float type) read in
-    /// the same transfer: one read-back in all. Returns the routing and `extra`'s values.
-    pub fn read_back_with(&self, extra: Tensor<2>) -> Result<(Routing, Vec<f32>), ReadBackError> {
-        let [tokens, top_k] = self.weights.dims();
-        let num_experts = self.num_experts;
-        let [_, n] = extra.dims();
-        let all = Tensor::cat(
+    /// The routing as one f32 row per token, on the device, with `extra` (`[tokens, n]`, any
+    /// float type) after it: `[tokens, num_experts + 2·top_k + n]`, the router logits, the
+    /// chosen experts (exact in f32), their weights, then `extra`. [`parse_records`] reads such
+    /// rows back; a decode step writes them into a buffer of rows and reads all at the end.
+    ///
+    /// [`parse_records`]: Self::parse_records
+    pub fn record_with(&self, extra: Tensor<2>) -> Tensor<2> {
+        Tensor::cat(
             vec![
                 self.router_logits().cast(DType::F32),
                 self.experts.clone().float().cast(DType::F32),
@@ -206,9 +207,28 @@ impl DeviceRouting {
                 extra.cast(DType::F32),
             ],
             1,
-        );
-        let values = to_f32_vec(all)?;
+        )
+    }
+
+    /// Reads the routing back to the host, with `extra` (`[tokens, n]`, any float type) read in
+    /// the same transfer: one read-back in all. Returns the routing and `extra`'s values.
+    pub fn read_back_with(&self, extra: Tensor<2>) -> Result<(Routing, Vec<f32>), ReadBackError> {
+        let top_k = self.weights.dims()[1];
+        let n = extra.dims()[1];
+        let values = to_f32_vec(self.record_with(extra))?;
+        Ok(Self::parse_records(&values, self.num_experts, top_k, n))
+    }
+
+    /// The routing and the `n` extra values per token of rows written by
+    /// [`record_with`](Self::record_with) (`values`: whole rows, row after row).
+    pub fn parse_records(
+        values: &[f32],
+        num_experts: usize,
+        top_k: usize,
+        n: usize,
+    ) -> (Routing, Vec<f32>) {
         let width = num_experts + 2 * top_k + n;
+        let tokens = values.len() / width.max(1);
         let mut routing = Routing {
             num_experts,
             top_k,
@@ -227,7 +247,7 @@ impl DeviceRouting {
             routing.weights.extend_from_slice(weights);
             rest.extend_from_slice(row);
         }
-        Ok((routing, rest))
+        (routing, rest)
     }
 }
 
@@ -701,6 +721,31 @@ impl DynamicFfn {
         let (m, _, logits) = self.moe.forward_train(h.clone())?;
         let c = self.coefficients(h.clone());
         Ok((mix(c, m, self.mlp.forward(h)), logits))
+    }
+
+    /// The layout of [`forward_recorded`](Self::forward_recorded)'s rows: the number of routed
+    /// experts and of experts per token (each row is `num_experts + 2·top_k + 2` wide).
+    pub fn record_layout(&self) -> (usize, usize) {
+        (self.moe.num_experts(), self.moe.config.num_experts_per_tok)
+    }
+
+    /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`) routed on its device, on any
+    /// backend, and returns with the output the routing of each token and its mix
+    /// coefficients as rows on the device ([`DeviceRouting::record_with`], the coefficients as
+    /// the extra values): nothing is read back, so a decode step can keep them in a buffer
+    /// and read them once at the end. Off the CPU backend this is [`forward`](Self::forward)'s
+    /// computation; on it, the device routing's (every expert on every token).
+    pub fn forward_recorded(&self, h: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        if !backend::is_flex(&h.device())
+            && let Some(fused) = &self.fused
+        {
+            let (y, routing, c) = fused.forward(h, self.moe.config);
+            return (y, routing.record_with(c));
+        }
+        let c = self.coefficients(h.clone());
+        let (m, routing) = self.moe.forward_on_device(h.clone());
+        let record = routing.record_with(c.clone());
+        (mix(c, m, self.mlp.forward(h)), record)
     }
 
     /// Applies the dynamic feed-forward to `h` (`[tokens, hidden]`). With `record`, also returns

@@ -267,13 +267,19 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
         assert_eq!(b - a, 6, "{what}: read-backs per decode step");
         assert_eq!(vb - va, 6, "{what}: values read back per decode step");
     }
-    // tracing the routing reads it back, once per MoE layer and step
-    let traced = greedy(3).trace_routing(true);
-    let before = read_backs();
-    let out = model.generate(&r, &traced).unwrap();
-    assert!(read_backs() - before > 3);
-    let routing = out.routing.expect("a traced run returns its routing");
-    assert!(!routing.layers.is_empty());
+    // a traced routing stays on the device during the decode and is read back once at the
+    // end: a traced decode step reads back its token only
+    let traced = |n| {
+        let before = read_backs();
+        let out = model.generate(&r, &greedy(n).trace_routing(true)).unwrap();
+        let routing = out.routing.expect("a traced run returns its routing");
+        assert!(!routing.layers.is_empty());
+        assert_eq!(routing.tokens, out.timings.prefill_tokens + n - 1);
+        read_backs() - before
+    };
+    let (a, b) = (traced(3), traced(9));
+    eprintln!("{backend} traced: {a} read-backs for 3 tokens, {b} for 9");
+    assert_eq!(b - a, 6, "traced: read-backs per decode step");
     // and what it reads back is the reference's routing: the text prompt's expert counts
     let text = &g.meta["text_en"];
     let out = model
@@ -533,6 +539,33 @@ fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {
         tokens[0][3..],
         "{label}: replayed steps' draws"
     );
+    // a traced routing: kept on the device by the replayed steps, read at the end, the same as
+    // read back step by step
+    let traced = greedy(24).repetition_penalty(3.0).trace_routing(true);
+    model.set_decode_graphs(false);
+    let eager = model.generate(&r, &traced).unwrap();
+    model.set_decode_graphs(true);
+    let graph = model.generate(&r, &traced).unwrap();
+    assert_eq!(
+        graph.timings.replayed_steps,
+        23 - 3,
+        "{label}: traced, replayed"
+    );
+    let same = same_prefix(&graph.generated_token_ids, &eager.generated_token_ids);
+    assert!(same == 24 || !exact, "{label}: traced, {same}/24");
+    match (eager.routing, graph.routing) {
+        (Some(e), Some(g)) if same == 24 => {
+            eprintln!("{label}: traced expert counts {:?}", g.expert_counts);
+            assert_eq!((g.tokens, &g.layers), (e.tokens, &e.layers));
+            assert_eq!(g.expert_counts, e.expert_counts, "{label}: expert counts");
+            for (a, b) in g.mean_coefficients.iter().zip(&e.mean_coefficients) {
+                let d = (a[0] - b[0]).abs().max((a[1] - b[1]).abs());
+                assert!(d < 1e-5, "{label}: mean coefficients {a:?} against {b:?}");
+            }
+        }
+        (Some(e), Some(g)) => assert_eq!(g.tokens, e.tokens),
+        (e, g) => assert!(e.is_none() && g.is_none(), "{label}: routing {e:?}, {g:?}"),
+    }
     // a short prompt: its cache holds more positions than prompt and steps need (all masked)
     let g = Golden::load("tiny-echovlm");
     let text = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());

@@ -272,7 +272,7 @@ impl DecoderLayer {
         kv: &mut StepKv<'_>,
         layer: usize,
         mask: &AttentionMask,
-        trace: Option<&mut [RoutingTrace]>,
+        trace: Option<RoutingSink<'_>>,
         router_logits: Option<&mut Vec<Tensor<2>>>,
     ) -> Result<(Tensor<3>, Tensor<3>), ReadBackError> {
         let [b, s, hidden] = x.dims();
@@ -298,7 +298,18 @@ impl DecoderLayer {
                 }
                 y
             }
+            FeedForward::Dynamic(ffn) if matches!(trace, Some(RoutingSink::Device(_))) => {
+                let (y, rows) = ffn.forward_recorded(h);
+                if let Some(RoutingSink::Device(all)) = trace {
+                    all.push((layer, rows));
+                }
+                y
+            }
             FeedForward::Dynamic(ffn) => {
+                let trace = match trace {
+                    Some(RoutingSink::Host(traces)) => Some(traces),
+                    _ => None,
+                };
                 let (y, recorded) = ffn.forward(h, trace.is_some())?;
                 if let (Some(traces), Some((routing, coef))) = (trace, recorded) {
                     // one trace per batch row; padding is not recorded
@@ -347,6 +358,15 @@ impl DecoderLayer {
     pub fn is_moe(&self) -> bool {
         matches!(self.ffn, FeedForward::Dynamic(_))
     }
+}
+
+/// Where a decoder layer records the routing of its tokens.
+enum RoutingSink<'a> {
+    /// Read back and appended to one trace per batch row (padding left out).
+    Host(&'a mut [RoutingTrace]),
+    /// Kept on the device: each MoE layer pushes its index and its rows
+    /// ([`DynamicFfn::forward_recorded`]).
+    Device(&'a mut Vec<(usize, Tensor<2>)>),
 }
 
 /// Where a pass's keys and values go and what its queries attend.
@@ -690,7 +710,7 @@ impl TextModel {
                 &mut kv,
                 i,
                 &mask,
-                trace.as_deref_mut(),
+                trace.as_deref_mut().map(RoutingSink::Host),
                 router_logits.then_some(&mut routers),
             )?;
             x = stream;

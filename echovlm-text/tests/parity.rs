@@ -417,13 +417,16 @@ fn device_decode_steps_equal_cached_steps() {
             .tensor_storage()
     };
     let mut cache = prefill(tensors());
+    // the cached steps' routing, read back layer by layer
+    let mut host = [RoutingTrace::new()];
     let want: Vec<Vec<f32>> = feed
         .iter()
-        .map(|&t| step(&model, &[t], &mut cache, None))
+        .map(|&t| step(&model, &[t], &mut cache, Some(&mut host)))
         .collect();
     let mut state = model
         .device_decode(prefill(tensors()), feed[0], 0, 8)
         .unwrap();
+    model.record_device_routing(&mut state).unwrap();
     assert_eq!((state.start(), state.steps()), (prompt.len(), 8));
     for (i, want) in want.iter().enumerate() {
         let got = flex_f32_vec(model.decode_step(&mut state).unwrap());
@@ -439,6 +442,27 @@ fn device_decode_steps_equal_cached_steps() {
         }
     }
     assert_eq!(state.taken(), 8);
+    // the routing the device steps kept on the device, read once: the host routing's
+    let mut device = RoutingTrace::new();
+    state.read_routing(8, &mut device).unwrap();
+    let [host] = host;
+    assert_eq!(device.layers.len(), host.layers.len());
+    assert!(!device.layers.is_empty(), "the fixture has MoE layers");
+    for (d, h) in device.layers.iter().zip(&host.layers) {
+        assert_eq!((d.layer, d.tokens(), h.tokens()), (h.layer, 8, 8));
+        assert_eq!(d.experts, h.experts, "layer {}: experts", d.layer);
+        for (what, a, b) in [
+            ("router logits", &d.router_logits, &h.router_logits),
+            ("weights", &d.weights, &h.weights),
+            ("coefficients", &d.coefficients, &h.coefficients),
+        ] {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-5, "layer {}: {what} {diff}", d.layer);
+        }
+    }
+    // from the first step only
+    let err = model.record_device_routing(&mut state).unwrap_err();
+    assert!(err.to_string().contains("first step"), "{err}");
     let err = model.decode_step(&mut state).unwrap_err();
     assert!(err.to_string().contains("room for 8 steps"), "{err}");
     // the CPU path keeps its cache on the host: refused

@@ -12,6 +12,7 @@
 
 use burn::backend::{Backend, BackendGraph, Dispatch};
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor};
+use echovlm_moe::RoutingTrace;
 use echovlm_text::{DeviceDecode, KvCache, TextModel};
 
 use crate::device_sample::{self, Draws};
@@ -58,7 +59,8 @@ impl<'m> GraphDecode<'m> {
     /// the prompt's logits), with room for `steps` more; `history` is the sequence so far
     /// (prompt and `token`), `delta` its rotary offset. When `opts` samples, `uniform` draws
     /// the number of each step to come, in order, from the sequence's random stream (`steps +
-    /// 1` of them, drawn here).
+    /// 1` of them, drawn here). With `trace`, each step records the MoE routing on the device
+    /// ([`read_routing`](Self::read_routing) reads it at the end).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         text: &'m TextModel,
@@ -69,9 +71,13 @@ impl<'m> GraphDecode<'m> {
         opts: &'m GenerationOptions,
         steps: usize,
         uniform: impl FnMut() -> f64,
+        trace: bool,
     ) -> Result<Self, EchoError> {
         // one step more than decoded: recording a step counts as one
-        let state = text.device_decode(cache, token, delta, steps + 1)?;
+        let mut state = text.device_decode(cache, token, delta, steps + 1)?;
+        if trace {
+            text.record_device_routing(&mut state)?;
+        }
         let device = text.device();
         let vocab = text.config.vocab_size;
         let seen = (opts.repetition_penalty != 1.0)
@@ -190,6 +196,18 @@ impl<'m> GraphDecode<'m> {
     /// How the steps have run so far.
     pub(super) fn steps(&self) -> GraphSteps {
         self.steps
+    }
+
+    /// Appends the routing the steps so far recorded to `trace` (one read-back; nothing when
+    /// made without `trace`).
+    pub(super) fn read_routing(&self, trace: &mut RoutingTrace) -> Result<(), EchoError> {
+        let ran = self.steps.eager + self.steps.replayed;
+        self.state.read_routing(ran, trace).map_err(|e| {
+            EchoError::Device(format!(
+                "reading the decode's routing back failed: {}",
+                e.reason
+            ))
+        })
     }
 }
 

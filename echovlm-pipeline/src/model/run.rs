@@ -128,8 +128,9 @@ impl EchoVlm {
         // reads back only their ids; the first reads the logits (for `first_step_top_logits`).
         let on_device = !echovlm_core::backend::is_flex(&self.text.device());
         let mut device_logits: Option<Tensor<2>> = None;
-        // One sequence, untraced: its steps after the warm-up replay a recorded step.
-        let mut by_graph = on_device && self.decode_graphs && b == 1 && traces.is_none();
+        // One sequence: its steps after the warm-up replay a recorded step (a traced routing is
+        // kept on the device and read at the end).
+        let mut by_graph = on_device && self.decode_graphs && b == 1;
         let mut graph: Option<GraphDecode<'_>> = None;
         let mut graph_next: Option<u32> = None;
         loop {
@@ -183,6 +184,7 @@ impl EchoVlm {
                         opts,
                         rest,
                         || seq.sampler.uniform(),
+                        traces.is_some(),
                     )?);
                 } else {
                     by_graph = false;
@@ -221,6 +223,9 @@ impl EchoVlm {
             && let Some(rest) = seqs[0].finish_text()?
         {
             let _ = cb(&rest);
+        }
+        if let (Some(g), Some(t)) = (&graph, traces.as_deref_mut()) {
+            g.read_routing(&mut t[0])?;
         }
         let decode_ms = ms(t_decode);
         let replayed = graph.as_ref().map_or(0, |g| g.steps().replayed);

@@ -1,11 +1,12 @@
 //! Decode steps that read nothing from the host, so that one can be captured as a graph and
 //! replayed ([`DeviceDecode`]).
 
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
 use echovlm_core::LinearWeight;
-use echovlm_core::host::{from_f32_vec, int_tensor};
+use echovlm_core::host::{ReadBackError, from_f32_vec, int_tensor, to_f32_vec};
+use echovlm_moe::{DeviceRouting, RoutingTrace};
 
-use super::{AttentionMask, RopeSource, RopeTables, StepKv, TextModel};
+use super::{AttentionMask, FeedForward, RopeSource, RopeTables, RoutingSink, StepKv, TextModel};
 use crate::cache::KvCache;
 use crate::error::{ForwardError, PromptError};
 use crate::rope::Positions;
@@ -45,6 +46,19 @@ pub struct DeviceDecode {
     capacity: usize,
     /// Calls of [`TextModel::decode_step`].
     taken: usize,
+    /// The routing each step records, per MoE layer ([`TextModel::record_device_routing`]).
+    routing: Vec<RoutingRows>,
+}
+
+/// The routing rows of one MoE layer, one per step ([`DeviceRouting::record_with`], with the
+/// mix coefficients as the extra values).
+#[derive(Debug)]
+struct RoutingRows {
+    layer: usize,
+    num_experts: usize,
+    top_k: usize,
+    /// `[steps, num_experts + 2·top_k + 2]`, f32.
+    rows: Tensor<2>,
 }
 
 impl DeviceDecode {
@@ -71,6 +85,42 @@ impl DeviceDecode {
     /// row of a per-step table with it.
     pub fn step_count(&self) -> Tensor<1, Int> {
         self.step.clone()
+    }
+
+    /// Reads back the routing the first `steps` steps recorded ([`TextModel::record_device_routing`];
+    /// `steps` counts the steps that ran: replays of a recorded step included, the recording
+    /// itself not) and appends it to `trace`, one token per step: one read-back in all. Does
+    /// nothing when the routing is not recorded.
+    pub fn read_routing(
+        &self,
+        steps: usize,
+        trace: &mut RoutingTrace,
+    ) -> Result<(), ReadBackError> {
+        let steps = steps.min(self.steps);
+        if self.routing.is_empty() || steps == 0 {
+            return Ok(());
+        }
+        let rows: Vec<Tensor<2>> = self
+            .routing
+            .iter()
+            .map(|r| r.rows.clone().narrow(0, 0, steps))
+            .collect();
+        let widths: Vec<usize> = rows.iter().map(|r| r.dims()[1]).collect();
+        let total: usize = widths.iter().sum();
+        let values = to_f32_vec(Tensor::cat(rows, 1))?;
+        let mut start = 0;
+        for (r, width) in self.routing.iter().zip(widths) {
+            let layer: Vec<f32> = values
+                .chunks_exact(total)
+                .flat_map(|row| &row[start..start + width])
+                .copied()
+                .collect();
+            start += width;
+            let (routing, coefficients) =
+                DeviceRouting::parse_records(&layer, r.num_experts, r.top_k, 2);
+            trace.layer_mut(r.layer).push(&routing, &coefficients);
+        }
+        Ok(())
     }
 
     /// Sets the token the next step embeds (`[1]` ids on the state's device), written in place.
@@ -139,7 +189,45 @@ impl TextModel {
             steps,
             capacity,
             taken: 0,
+            routing: Vec::new(),
         })
+    }
+
+    /// Makes every later step of `state` record the routing and mix coefficients of each MoE
+    /// layer on the device, in buffers with a row per step written in place (so a recorded step
+    /// still replays); [`DeviceDecode::read_routing`] reads them back at the end. The MoE
+    /// layers then route as [`DynamicFfn::forward_recorded`](echovlm_moe::DynamicFfn::forward_recorded)
+    /// does: on the device, on any backend. A model without MoE layers records nothing.
+    ///
+    /// Errors once a step has been taken: the rows of the steps before would be missing.
+    pub fn record_device_routing(&self, state: &mut DeviceDecode) -> Result<(), ForwardError> {
+        if state.taken > 0 {
+            return Err(ForwardError::Cache(format!(
+                "the routing of a device decode is recorded from its first step, and {} were \
+                 taken",
+                state.taken
+            )));
+        }
+        let device = self.device();
+        state.routing = self
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(layer, l)| match &l.ffn {
+                FeedForward::Dynamic(ffn) => {
+                    let (num_experts, top_k) = ffn.record_layout();
+                    let width = num_experts + 2 * top_k + 2;
+                    Some(RoutingRows {
+                        layer,
+                        num_experts,
+                        top_k,
+                        rows: Tensor::<2>::zeros([state.steps, width], (&device, DType::F32)),
+                    })
+                }
+                FeedForward::Dense(_) => None,
+            })
+            .collect();
+        Ok(())
     }
 
     /// The context check [`device_decode`](Self::device_decode) makes, without taking a
@@ -210,13 +298,33 @@ impl TextModel {
         };
         let mut x = x;
         let mut pending: Option<Tensor<3>> = None;
+        let tracing = !state.routing.is_empty();
+        let mut recorded = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
+            let sink = tracing.then(|| RoutingSink::Device(&mut recorded));
             let (stream, y) =
-                layer.forward(x, pending.take(), &rope, &mut kv, i, &none, None, None)?;
+                layer.forward(x, pending.take(), &rope, &mut kv, i, &none, sink, None)?;
             x = stream;
             pending = Some(y);
         }
         drop(kv);
+        // each layer's row of this step, written in place at the step's row
+        let step = &state.step;
+        state.routing = std::mem::take(&mut state.routing)
+            .into_iter()
+            .map(|r| match recorded.iter().position(|(l, _)| *l == r.layer) {
+                Some(p) => {
+                    let (_, row) = recorded.swap_remove(p);
+                    RoutingRows {
+                        rows: r
+                            .rows
+                            .select_assign(0, step.clone(), row, IndexingUpdateOp::Assign),
+                        ..r
+                    }
+                }
+                None => r,
+            })
+            .collect();
         let logits = self.head(x, pending).reshape([1, self.config.vocab_size]);
         let held = std::mem::replace(&mut state.step, state.zero.clone());
         state.step = held.select_assign(0, state.zero.clone(), next, IndexingUpdateOp::Assign);
