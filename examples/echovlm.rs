@@ -99,7 +99,7 @@ struct Cli {
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// On a GPU, decode every step one by one instead of replaying a recorded decode step
-    /// (greedy decoding of one request replays by default).
+    /// (decoding one request replays by default).
     #[arg(long)]
     no_decode_graphs: bool,
     /// On a GPU, where compiled kernels and autotune results are kept for the next run: a

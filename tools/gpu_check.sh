@@ -15,7 +15,7 @@
 # first decode that compiles for 50 s, then the separate products' first decode); scaling 80 s;
 # the CUDA tests compile a kernel per shape and take minutes (the read-back test alone over
 # 150 s). Every step together takes well over a 15-minute device lease: choose STEPS to fit.
-#   parity  the CUDA parity test on the tiny fixtures (f32; greedy decodes replay a recorded
+#   parity  the CUDA parity test on the tiny fixtures (f32; decodes of one request replay a recorded
 #           step), then replayed against step-by-step decoding (`cuda_decode_graphs_*`), and
 #           the device's choice of tokens against the host sampler's;
 #   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
@@ -80,7 +80,7 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
 
 parity() {
-    step "CUDA parity, tiny fixtures, f32 (greedy decodes replay a recorded step)"
+    step "CUDA parity, tiny fixtures, f32 (decodes of one request replay a recorded step)"
     run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
     step "CUDA decode graphs against step-by-step decoding"
     run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_decode_graphs 2>&1 | tee -a "$out/tests.txt"

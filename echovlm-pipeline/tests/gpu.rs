@@ -478,9 +478,10 @@ fn device_decode_steps_equal_cached_steps() {
     }
 }
 
-/// Greedy decoding of one sequence replays a recorded step after three steps run one by one,
-/// and chooses the tokens the step-by-step decode chooses, with and without the repetition
-/// penalty; a replayed step goes through neither Burn's fusion nor CubeCL's launch path.
+/// Decoding one sequence replays a recorded step after three steps run one by one, and
+/// chooses the tokens the step-by-step decode chooses, greedy with and without the repetition
+/// penalty and sampled, and records the same routing when traced; a replayed step goes
+/// through neither Burn's fusion nor CubeCL's launch path.
 /// With `exact` (f32 without TF32) every token must agree; otherwise (TF32 products, whose
 /// rounding can differ between the step's two forms) all but two.
 fn check_decode_graphs(model: &mut EchoVlm, label: &str, exact: bool) {

@@ -49,9 +49,9 @@ pub struct LoadOptions {
     /// Applies to weights held as Burn tensors (GPU devices, or the portable CPU path); on by
     /// default.
     pub fuse: bool,
-    /// Off the CPU backend, decode one sequence with greedy choice (the default options,
-    /// repetition penalty included) by recording a decode step as a graph once and replaying
-    /// it for the steps after ([`EchoVlm::set_decode_graphs`]); on by default. A replay skips
+    /// Off the CPU backend, decode one sequence (greedy or sampled, repetition penalty and
+    /// routing trace included) by recording a decode step as a graph once and replaying it for
+    /// the steps after ([`EchoVlm::set_decode_graphs`]); on by default. A replay skips
     /// Burn's fusion bookkeeping and the launch path of every kernel: on CUDA it is one
     /// dispatch.
     pub decode_graphs: bool,

@@ -301,7 +301,7 @@ impl TextModel {
         let tracing = !state.routing.is_empty();
         let mut recorded = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let sink = tracing.then(|| RoutingSink::Device(&mut recorded));
+            let sink = tracing.then_some(RoutingSink::Device(&mut recorded));
             let (stream, y) =
                 layer.forward(x, pending.take(), &rope, &mut kv, i, &none, sink, None)?;
             x = stream;
