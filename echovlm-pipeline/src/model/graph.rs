@@ -44,8 +44,7 @@ pub(super) struct GraphDecode<'m> {
     seen: Option<Tensor<2>>,
     /// `[1, 1]` of 1.
     one: Tensor<2>,
-    /// Sampling: `[steps + 1, 1]`, the uniform number each step draws with, and the token
-    /// order.
+    /// Sampling: `[room, 1]`, the uniform number each step draws with, and the token order.
     draws: Option<Draws>,
     text: &'m TextModel,
     opts: &'m GenerationOptions,
@@ -58,8 +57,8 @@ impl<'m> GraphDecode<'m> {
     /// Takes over `cache` (the prefilled prompt) to decode from `token` (the token chosen from
     /// the prompt's logits), with room for `steps` more; `history` is the sequence so far
     /// (prompt and `token`), `delta` its rotary offset. When `opts` samples, `uniform` draws
-    /// the number of each step to come, in order, from the sequence's random stream (`steps +
-    /// 1` of them, drawn here). With `trace`, each step records the MoE routing on the device
+    /// the number of each step to come, in order, from the sequence's random stream (one per
+    /// step of room, drawn here). With `trace`, each step records the MoE routing on the device
     /// ([`read_routing`](Self::read_routing) reads it at the end).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
@@ -73,8 +72,7 @@ impl<'m> GraphDecode<'m> {
         uniform: impl FnMut() -> f64,
         trace: bool,
     ) -> Result<Self, EchoError> {
-        // one step more than decoded: recording a step counts as one
-        let mut state = text.device_decode(cache, token, delta, steps + 1)?;
+        let mut state = text.device_decode(cache, token, delta, Self::room(steps))?;
         if trace {
             text.record_device_routing(&mut state)?;
         }
@@ -83,7 +81,9 @@ impl<'m> GraphDecode<'m> {
         let seen = (opts.repetition_penalty != 1.0)
             .then(|| device_sample::seen_mask(&[history], 1, vocab, &device));
         let draws = opts.do_sample.then(|| {
-            let u: Vec<f64> = std::iter::repeat_with(uniform).take(steps + 1).collect();
+            let u: Vec<f64> = std::iter::repeat_with(uniform)
+                .take(Self::room(steps))
+                .collect();
             Draws::upload(&u, vocab, &device)
         });
         // allocations from here on go where a recording can keep them (a backend without
@@ -104,6 +104,20 @@ impl<'m> GraphDecode<'m> {
             prepared,
             steps: GraphSteps::default(),
         })
+    }
+
+    /// The steps a decode of `steps` needs room for: one more, as recording a step counts as
+    /// one ([`DeviceDecode::taken`]).
+    fn room(steps: usize) -> usize {
+        steps + 1
+    }
+
+    /// Whether a decode of `steps` after `cached` positions, at rotary offset `delta`, stays
+    /// within the model's context ([`TextModel::check_device_decode`]), so that
+    /// [`new`](Self::new) takes it.
+    pub(super) fn fits(text: &TextModel, cached: usize, steps: usize, delta: i64) -> bool {
+        text.check_device_decode(cached, Self::room(steps), delta)
+            .is_ok()
     }
 
     /// One step's launches: the decoder, the choice, and the writes that feed the next step.

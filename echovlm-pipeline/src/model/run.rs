@@ -169,11 +169,7 @@ impl EchoVlm {
                 let rest = opts.max_new_tokens.saturating_sub(seq.generated.len());
                 // a decode whose rotary positions would pass the model's context fails only
                 // when it gets there (it may stop before): that one decodes step by step
-                // (room for one step more than decoded: recording a step counts as one)
-                let fits = self
-                    .text
-                    .check_device_decode(cache.len(), rest + 1, deltas[0]);
-                if fits.is_ok() {
+                if GraphDecode::fits(&self.text, cache.len(), rest, deltas[0]) {
                     let cache = std::mem::replace(&mut cache, self.text.new_cache());
                     graph = Some(GraphDecode::new(
                         &self.text,
