@@ -803,7 +803,7 @@ fn launches_are_counted_timed_and_dropped() {
 
 /// What a decode step costs (ignored: it times; run it with `--ignored`): the wall time per
 /// step run one by one and per replayed recorded step, from generations of 35 and 19 tokens
-/// (both past the recording), best of 5. (Timing the host side alone with every launch dropped
+/// (both past the recording), best of 5; greedy, sampled, and greedy with the routing traced. (Timing the host side alone with every launch dropped
 /// says little: the token read back is then whatever its buffer held, and the generation may
 /// end early.)
 #[cfg(feature = "wgpu")]
@@ -818,24 +818,39 @@ fn decode_step_host_cost() {
         };
         model.set_decode_graphs(false);
         let (launches, _) = decode_launches(&model, &r, name);
-        let step_time = |model: &EchoVlm| {
-            let time = |n: usize| {
-                let t = std::time::Instant::now();
-                model.generate(&r, &greedy(n)).unwrap();
-                t.elapsed().as_secs_f64()
+        let settings: [(&str, fn(usize) -> GenerationOptions); 3] = [
+            ("greedy", greedy),
+            ("sampled (temperature 0.8, top-k 20, top-p 0.9)", |n| {
+                greedy(n)
+                    .do_sample(true)
+                    .temperature(0.8)
+                    .top_k(20)
+                    .top_p(0.9)
+            }),
+            ("greedy, routing traced", |n| greedy(n).trace_routing(true)),
+        ];
+        for (what, opts) in settings {
+            let step_time = |model: &EchoVlm| {
+                let time = |n: usize| {
+                    let t = std::time::Instant::now();
+                    model.generate(&r, &opts(n)).unwrap();
+                    t.elapsed().as_secs_f64()
+                };
+                (0..5)
+                    .map(|_| (time(35) - time(19)) / 16.0)
+                    .fold(f64::INFINITY, f64::min)
             };
-            (0..5)
-                .map(|_| (time(35) - time(19)) / 16.0)
-                .fold(f64::INFINITY, f64::min)
-        };
-        let wall = step_time(&model);
-        model.set_decode_graphs(true);
-        let replayed = step_time(&model);
-        eprintln!(
-            "{name}: a step run one by one {:.0} µs ({launches:.0} launches), a replayed step {:.0} µs",
-            wall * 1e6,
-            replayed * 1e6
-        );
+            model.set_decode_graphs(false);
+            let wall = step_time(&model);
+            model.set_decode_graphs(true);
+            let replayed = step_time(&model);
+            eprintln!(
+                "{name}, {what}: a step run one by one {:.0} µs, a replayed step {:.0} µs \
+                 ({launches:.0} launches of a greedy step one by one)",
+                wall * 1e6,
+                replayed * 1e6
+            );
+        }
     }
 }
 
