@@ -818,7 +818,8 @@ fn decode_step_host_cost() {
         };
         model.set_decode_graphs(false);
         let (launches, _) = decode_launches(&model, &r, name);
-        let settings: [(&str, fn(usize) -> GenerationOptions); 3] = [
+        type Options = fn(usize) -> GenerationOptions;
+        let settings: [(&str, Options); 3] = [
             ("greedy", greedy),
             ("sampled (temperature 0.8, top-k 20, top-p 0.9)", |n| {
                 greedy(n)
