@@ -32,8 +32,9 @@ const TOP_P_STEPS: usize = 40;
 /// greedy). The host sampler sums in f64 and sorts for top-p, this in f32 with a bisection:
 /// a draw within about 1e-6 of the boundary between two tokens may pick the neighbour.
 ///
-/// Errors when `opts` is invalid ([`GenerationOptions::validate`]), or when `histories` or
-/// (sampling) `uniforms` do not hold one entry per row, or a uniform is outside `[0, 1)`.
+/// Errors when `opts` is invalid ([`GenerationOptions::validate`]), when the logits have no
+/// column, or when `histories` or (sampling) `uniforms` do not hold one entry per row, or a
+/// uniform is outside `[0, 1)`.
 ///
 /// ```
 /// use echovlm_pipeline::{choose_tokens, Device, GenerationOptions, Sampler};
@@ -59,8 +60,11 @@ pub fn choose_tokens(
     uniforms: &[f64],
 ) -> Result<Tensor<1, Int>, EchoError> {
     opts.validate()?;
-    let [b, _] = logits.dims();
+    let [b, vocab] = logits.dims();
     let bad = |m: String| Err(EchoError::InvalidRequest(m));
+    if vocab == 0 {
+        return bad("logits over an empty vocabulary".into());
+    }
     if histories.len() != b {
         return bad(format!(
             "{} histories for {b} rows of logits",

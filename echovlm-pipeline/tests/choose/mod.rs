@@ -89,6 +89,9 @@ pub fn bad_inputs_are_refused(device: &Device) {
     assert!(err(&sampled, &[&[], &[]], &[0.5]).contains("1 uniform numbers for 2 rows"));
     assert!(err(&sampled, &[&[], &[]], &[0.5, 1.0]).contains("outside [0, 1)"));
     assert!(err(&sampled.clone().top_p(0.0), &[&[], &[]], &[0.5, 0.5]).contains("top_p"));
+    let empty = Tensor::<2>::from_data(TensorData::new(Vec::<f32>::new(), [2, 0]), device);
+    let e = choose_tokens(&greedy, empty, &[&[], &[]], &[]).unwrap_err();
+    assert!(e.to_string().contains("empty vocabulary"), "{e}");
     let ids = choose_tokens(&greedy, t(), &[&[], &[]], &[]).unwrap();
     assert_eq!(ids.into_data().iter::<i64>().collect::<Vec<_>>(), [1, 0]);
 }
