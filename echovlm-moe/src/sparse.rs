@@ -219,6 +219,12 @@ impl DeviceRouting {
         Ok(Self::parse_records(&values, self.num_experts, top_k, n))
     }
 
+    /// The width of a row of [`record_with`](Self::record_with) with `n` extra values:
+    /// `num_experts + 2·top_k + n`.
+    pub fn record_width(num_experts: usize, top_k: usize, n: usize) -> usize {
+        num_experts + 2 * top_k + n
+    }
+
     /// The routing and the `n` extra values per token of rows written by
     /// [`record_with`](Self::record_with) (`values`: whole rows, row after row).
     pub fn parse_records(
@@ -227,7 +233,7 @@ impl DeviceRouting {
         top_k: usize,
         n: usize,
     ) -> (Routing, Vec<f32>) {
-        let width = num_experts + 2 * top_k + n;
+        let width = Self::record_width(num_experts, top_k, n);
         let tokens = values.len() / width.max(1);
         let mut routing = Routing {
             num_experts,
@@ -724,7 +730,8 @@ impl DynamicFfn {
     }
 
     /// The layout of [`forward_recorded`](Self::forward_recorded)'s rows: the number of routed
-    /// experts and of experts per token (each row is `num_experts + 2·top_k + 2` wide).
+    /// experts and of experts per token (each row is [`DeviceRouting::record_width`] of them
+    /// and the two coefficients wide).
     pub fn record_layout(&self) -> (usize, usize) {
         (self.moe.num_experts(), self.moe.config.num_experts_per_tok)
     }

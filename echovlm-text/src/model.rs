@@ -289,29 +289,21 @@ impl DecoderLayer {
             .post_attention_layernorm
             .forward(x.clone())
             .reshape([b * s, hidden]);
-        let y = match &self.ffn {
-            FeedForward::Dense(mlp) => mlp.forward(h),
-            FeedForward::Dynamic(ffn) if router_logits.is_some() => {
+        let y = match (&self.ffn, router_logits, trace) {
+            (FeedForward::Dense(mlp), _, _) => mlp.forward(h),
+            (FeedForward::Dynamic(ffn), Some(all), _) => {
                 let (y, logits) = ffn.forward_train(h)?;
-                if let Some(all) = router_logits {
-                    all.push(logits);
-                }
+                all.push(logits);
                 y
             }
-            FeedForward::Dynamic(ffn) if matches!(trace, Some(RoutingSink::Device(_))) => {
+            (FeedForward::Dynamic(ffn), None, Some(RoutingSink::Device(all))) => {
                 let (y, rows) = ffn.forward_recorded(h);
-                if let Some(RoutingSink::Device(all)) = trace {
-                    all.push((layer, rows));
-                }
+                all.push((layer, rows));
                 y
             }
-            FeedForward::Dynamic(ffn) => {
-                let trace = match trace {
-                    Some(RoutingSink::Host(traces)) => Some(traces),
-                    _ => None,
-                };
-                let (y, recorded) = ffn.forward(h, trace.is_some())?;
-                if let (Some(traces), Some((routing, coef))) = (trace, recorded) {
+            (FeedForward::Dynamic(ffn), None, Some(RoutingSink::Host(traces))) => {
+                let (y, recorded) = ffn.forward(h, true)?;
+                if let Some((routing, coef)) = recorded {
                     // one trace per batch row; padding is not recorded
                     for (row, trace) in traces.iter_mut().enumerate() {
                         let record = trace.layer_mut(layer);
@@ -324,6 +316,7 @@ impl DecoderLayer {
                 }
                 y
             }
+            (FeedForward::Dynamic(ffn), None, None) => ffn.forward(h, false)?.0,
         };
         Ok((x, y.reshape([b, s, hidden])))
     }

@@ -216,7 +216,7 @@ impl TextModel {
             .filter_map(|(layer, l)| match &l.ffn {
                 FeedForward::Dynamic(ffn) => {
                     let (num_experts, top_k) = ffn.record_layout();
-                    let width = num_experts + 2 * top_k + 2;
+                    let width = DeviceRouting::record_width(num_experts, top_k, 2);
                     Some(RoutingRows {
                         layer,
                         num_experts,
