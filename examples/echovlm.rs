@@ -88,7 +88,7 @@ struct Cli {
     /// On the CPU, how linear weights are kept: auto (the checkpoint's storage type, bf16 for
     /// the released EchoVLM, or int8, then int4, when that would not fit in the available
     /// memory), f32, bf16, int8 (the full EchoVLM in 12.4 GB) or int4 (6.6 GB), or "portable"
-    /// for Burn's own matmul.
+    /// for Burn's own matmul. Off the CPU the weights are Burn tensors of --dtype.
     #[arg(long, default_value = "auto")]
     weights: String,
     /// Threads of the CPU path (default: RAYON_NUM_THREADS when set, else the physical cores).
@@ -278,7 +278,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         load = load.adapter(adapter);
     }
     let model = EchoVlm::load(&model_dir, &load)?;
-    if cli.weights == "auto" && !cli.json {
+    // what auto chose, or that a CPU format was asked for elsewhere
+    if (cli.weights == "auto" || !model.weight_choice().ends_with("(as asked)")) && !cli.json {
         eprintln!("note: weights: {}", model.weight_choice());
     }
     let load_s = started.elapsed().as_secs_f64();

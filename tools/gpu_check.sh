@@ -30,11 +30,15 @@
 #           device is busy, by kernel; then decode with the separate layers, and the time of
 #           one token's product at each of the decoder's shapes and of a normalisation (the gpu
 #           test `cuda_decode_probe`);
+#   formats one token's products at the decoder's shapes (V1 and V2, fused as decoded) with bf16
+#           weights and with Burn's int8 and int4 quantised weights (block 32): time, speed
+#           against bf16, bandwidth, difference (the gpu test `cuda_weight_format_products`);
+#           whether a quantised GPU weight format is worth porting;
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
 #           then the wgpu tests on the NVIDIA Vulkan driver (`tests-cuda`: the CUDA ones only);
 #   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
 #           checkpoint's e2e model, bf16, int8 and int4 weights).
-# OUT receives log.txt, tests.txt, probe.txt, rust-v1.json, torch-v1.json, rust-v2.json,
+# OUT receives log.txt, tests.txt, probe.txt, formats.txt, rust-v1.json, torch-v1.json, rust-v2.json,
 # torch-v2.json, rust-eager.json and scaling.md.
 set -u
 bin=$(cd "$1" && pwd)
@@ -129,6 +133,13 @@ probe() {
         cuda_decode_probe 2>&1 | tee -a "$out/probe.txt"
 }
 
+# Burn's int8 and int4 quantised products against bf16 at the decoder's shapes (no checkpoint)
+formats() {
+    step "weight formats: bf16, int8 and int4 products of one token"
+    run_for 150 "$bin/gpu" --ignored --test-threads 1 --nocapture cuda_weight_format_products 2>&1 |
+        grep -v "^  *[0-9]*: \|^  *at " | tee -a "$out/formats.txt"
+}
+
 tests() {
     step "the other GPU tests"
     CUBECL_AUTOTUNE_LEVEL=minimal run_for 150 "$bin/gpu" --test-threads 1 --nocapture cuda_ 2>&1 |
@@ -158,6 +169,7 @@ for s in $steps; do
         v2) bench v2 --only-full-v2 ;;
         v1) bench v1 --only-full ;;
         probe) probe ;;
+        formats) formats ;;
         eager) eager ;;
         tests) tests ;;
         tests-cuda) tests cuda ;;

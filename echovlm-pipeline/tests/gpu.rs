@@ -178,6 +178,29 @@ fn reference_fixtures_in_f16() {
     }
 }
 
+/// A CPU weight format asked for on a GPU loads Burn tensors of the model's float type, and the
+/// load says so instead of claiming the format was used.
+#[cfg(feature = "wgpu")]
+#[test]
+fn cpu_weight_formats_are_named_off_the_cpu() {
+    use echovlm_pipeline::Weights;
+    let _turn = turn();
+    let Some(device) = wgpu() else { return };
+    let model = EchoVlm::load(
+        model_dir("tiny-echovlm"),
+        &LoadOptions::default()
+            .device(device)
+            .weights("int8".parse::<Weights>().unwrap()),
+    )
+    .unwrap();
+    let choice = model.weight_choice();
+    assert!(
+        choice.contains("int8 weights are a format of the CPU kernels")
+            && !choice.contains("as asked"),
+        "{choice}"
+    );
+}
+
 /// EchoVLM V2's architecture in f32: last logits within 1e-4 of max |logit| and 32 greedy
 /// tokens identical, as on the CPU (with TF32 products: within 3e-3, 30 tokens).
 fn check_qwen25(model: &EchoVlm, backend: &str) {
@@ -1158,4 +1181,164 @@ fn cuda_decode_probe() {
     let norm = model.text_model().norm.clone();
     let us = time(20, &mut || norm.forward(xs.clone())) - base;
     println!("| RMSNorm of one token | {h} | {us:.1} µs | |");
+}
+
+/// One token's matrix products in the weight formats Burn's CubeCL backends multiply without
+/// widening the weights first: the float type `dtype`, and Burn's quantised tensors, int8 and
+/// int4 symmetric per block of 32 along the input (f32 scales). For each `(name, k, n)` prints
+/// one table row: the time of `[1, k] · [n, k]ᵀ` per format (each call followed by a
+/// synchronisation, whose own cost is subtracted), its speed against the float product, the
+/// bandwidth over the bytes the weights occupy, and the largest difference from the float
+/// product relative to its largest output. A format whose product fails says so in its cell
+/// and the others go on. Returns the relative differences, by shape and format.
+fn weight_format_products(
+    device: &Device,
+    dtype: DType,
+    shapes: &[(&str, usize, usize)],
+    reps: usize,
+) -> Vec<[Option<f32>; 2]> {
+    use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+    use burn::tensor::{Distribution, Tensor};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::time::Instant;
+
+    let sync = || device.sync().unwrap();
+    // microseconds per call, each followed by a synchronisation, after 3 warm-ups
+    let time = |f: &mut dyn FnMut() -> Tensor<2>| {
+        for _ in 0..3 {
+            let _y = f();
+            sync();
+        }
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _y = f();
+            sync();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / reps as f64
+    };
+    let x0 = Tensor::<2>::random([1, 8], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+    let base = time(&mut || x0.clone());
+    let formats = [
+        ("int8", QuantValue::Q8S, 1.0 + 4.0 / 32.0),
+        ("int4", QuantValue::Q4S, 0.5 + 4.0 / 32.0),
+    ];
+    println!(
+        "weight formats, one token ({dtype:?} activations; a synchronisation alone takes {base:.1} µs):"
+    );
+    println!(
+        "| product | shape | {dtype:?} weights | int8, block 32 | int8 difference | int4, block 32 | int4 difference |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut diffs = Vec::new();
+    for &(name, k, n) in shapes {
+        let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device).cast(dtype);
+        let x = Tensor::<2>::random([1, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+        let float = x.clone().matmul(w.clone().transpose());
+        let reference = float
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let peak = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let us = time(&mut || x.clone().matmul(w.clone().transpose())) - base;
+        let gbs = |bytes: f64, us: f64| bytes / us / 1e3;
+        let float_bytes = (n * k * dtype.size()) as f64;
+        let mut row = format!(
+            "| {name} | {k} → {n} | {us:.1} µs ({:.0} GB/s) |",
+            gbs(float_bytes, us)
+        );
+        let mut shape_diffs = [None; 2];
+        for (i, (label, value, bytes_per_weight)) in formats.into_iter().enumerate() {
+            let scheme = QuantScheme::default()
+                .with_value(value)
+                .with_store(QuantStore::PackedU32(0))
+                .per_block([1, 32], ScaleDtype::F32);
+            // a kernel that fails panics on the device's thread and the read returns an error
+            let first = catch_unwind(AssertUnwindSafe(|| {
+                let q = w.clone().quantize_dynamic(&scheme);
+                let y = x.clone().matmul(q.clone().transpose());
+                y.cast(DType::F32)
+                    .try_into_data()
+                    .map_err(|e| format!("{e:?}"))
+                    .map(|d| (q, d.try_to_vec::<f32>().unwrap()))
+            }));
+            match first {
+                Ok(Ok((q, y))) => {
+                    let diff = y
+                        .iter()
+                        .zip(&reference)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                        / peak;
+                    shape_diffs[i] = Some(diff);
+                    let qus = time(&mut || x.clone().matmul(q.clone().transpose())) - base;
+                    let bytes = n as f64 * k as f64 * bytes_per_weight;
+                    row += &format!(
+                        " {qus:.1} µs ({:.2}x, {:.0} GB/s) | {diff:.2e} |",
+                        us / qus,
+                        gbs(bytes, qus)
+                    );
+                }
+                Ok(Err(e)) => {
+                    row += &format!(" failed: {} | |", e.chars().take(80).collect::<String>())
+                }
+                Err(_) => row += &format!(" {label} panicked | |"),
+            }
+        }
+        println!("{row}");
+        diffs.push(shape_diffs);
+    }
+    diffs
+}
+
+/// The decode products of the released EchoVLM (V1) and of Qwen2.5-VL-7B (V2), fused as the
+/// decoder runs them, in bf16 and in Burn's int8 and int4 quantised formats, on an NVIDIA GPU
+/// (`tools/gpu_check.sh` step `formats`; ignored otherwise): whether Burn's quantised
+/// products are faster than bf16 there, and how far from it they land.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "times products on a GPU"]
+fn cuda_weight_format_products() {
+    let _turn = turn();
+    let Some(device) = cuda() else { return };
+    let (h, i, q, kv) = (3584, 18944, 3584, 512);
+    // V1's dynamic feed-forward: the dense MLP, 4 experts of 1408 and a shared expert of 5632
+    let width = i + 4 * 1408 + 5632;
+    weight_format_products(
+        &device,
+        DType::BF16,
+        &[
+            ("q/k/v fused", h, q + 2 * kv),
+            ("o_proj", q, h),
+            ("gate/up fused (V2)", h, 2 * i),
+            ("down_proj (V2)", i, h),
+            ("dynamic FFN up, fused (V1)", h, 2 * width + 4 + 3),
+            ("dynamic FFN down, fused (V1)", width, h),
+            ("lm_head", h, 152064),
+        ],
+        20,
+    );
+}
+
+/// [`weight_format_products`] on the wgpu device at small shapes: the code path of the CUDA
+/// table, and Burn's quantised products within their rounding of the float one (f32 and f16
+/// activations). Ignored: it checks Burn, which no model path here uses yet.
+#[cfg(feature = "wgpu")]
+#[test]
+#[ignore = "checks Burn's quantised products, which no model path uses yet"]
+fn wgpu_weight_format_products() {
+    let _turn = turn();
+    let Some(device) = wgpu() else { return };
+    for dtype in [DType::F32, DType::F16] {
+        let diffs = weight_format_products(
+            &device,
+            dtype,
+            &[("square", 256, 256), ("wide", 512, 1024)],
+            5,
+        );
+        for d in diffs {
+            // int8 rounds each weight to 1/254 of its block's largest, int4 to 1/14
+            assert!(d[0].is_some_and(|d| d < 0.02), "{dtype:?} int8: {d:?}");
+            assert!(d[1].is_some_and(|d| d < 0.25), "{dtype:?} int4: {d:?}");
+        }
+    }
 }

@@ -175,7 +175,11 @@ pub(crate) fn resolve(
         Weights::Exact(l) => {
             let why = match l.cpu_format {
                 Some(f) if on_cpu(device) => format!("{f} (as asked)"),
-                Some(_) | None => "Burn tensors of the model's float type (as asked)".to_string(),
+                Some(f) => format!(
+                    "Burn tensors of the model's float type ({f} weights are a format of the \
+                     CPU kernels; off the CPU the weights are Burn tensors)"
+                ),
+                None => "Burn tensors of the model's float type (as asked)".to_string(),
             };
             (l.clone(), why)
         }
