@@ -920,6 +920,106 @@ fn check_continuous(model: &EchoVlm, backend: &str) {
     }
 }
 
+/// A continuous batch's sequence that runs alone replays a recorded step, and hands its keys
+/// and values back when another joins: its tokens (greedy with a penalty, sampled) and its
+/// traced routing are those of the request alone, before, while and after it shares the
+/// batch, and so are the joining sequence's.
+fn check_continuous_lone(model: &mut EchoVlm, label: &str) {
+    use echovlm_pipeline::{BatchEvent, ContinuousBatch, Output, SeqId};
+    let r = one_image_request();
+    let g = Golden::load("tiny-echovlm");
+    let text = Request::new(g.meta["text_en"]["prompt"].as_str().unwrap());
+    let penalised = greedy(24).repetition_penalty(3.0);
+    // (plain sampling: with top-k and top-p the fixture's few likely tokens leave the draws
+    // little to choose)
+    let sampled = greedy(24).do_sample(true).seed(11);
+    let traced = penalised.clone().trace_routing(true);
+    let joining = greedy(6).repetition_penalty(1.3);
+    model.set_decode_graphs(false);
+    let joining_alone = model.generate(&text, &joining).unwrap();
+    model.set_decode_graphs(true);
+    // a batch of `opts` on `r`, run until every sequence left; `joining` on `text` is added
+    // after `late` steps
+    let run = |model: &EchoVlm, opts: &GenerationOptions, late: Option<usize>| {
+        let mut batch = ContinuousBatch::new(model);
+        let (first, _) = batch.add(model.prepare(&r).unwrap(), opts.clone()).unwrap();
+        let mut done: std::collections::HashMap<SeqId, Output> = Default::default();
+        let mut second = None;
+        let mut steps = 0;
+        while !batch.is_empty() {
+            if Some(steps) == late {
+                let (id, _) = batch
+                    .add(model.prepare(&text).unwrap(), joining.clone())
+                    .unwrap();
+                second = Some(id);
+            }
+            for e in batch.step().unwrap() {
+                if let BatchEvent::Finished { id, output } = e {
+                    done.insert(id, *output);
+                }
+            }
+            steps += 1;
+        }
+        let second = second.map(|id| done.remove(&id).unwrap());
+        (done.remove(&first).unwrap(), second)
+    };
+    for (name, opts) in [
+        ("penalised", &penalised),
+        ("sampled", &sampled),
+        ("traced", &traced),
+    ] {
+        model.set_decode_graphs(false);
+        let eager = model.generate(&r, opts).unwrap();
+        model.set_decode_graphs(true);
+        let (lone, _) = run(model, opts, None);
+        // joins after 8 steps (4 of them replayed) and leaves after 5 more; the first goes on
+        // alone again for the rest
+        let (shared, second) = run(model, opts, Some(8));
+        let second = second.unwrap();
+        eprintln!(
+            "{label} {name}: replayed alone {}, with a sequence joining {}",
+            lone.timings.replayed_steps, shared.timings.replayed_steps
+        );
+        assert_eq!(lone.timings.replayed_steps, 23 - 3, "{label} {name}: alone");
+        assert!(
+            (1..23 - 3 - 5).contains(&shared.timings.replayed_steps),
+            "{label} {name}: replayed {} with a sequence joining",
+            shared.timings.replayed_steps
+        );
+        for (how, out) in [("alone", &lone), ("joined", &shared)] {
+            assert_eq!(
+                out.generated_token_ids, eager.generated_token_ids,
+                "{label} {name}: tokens {how} in the batch and step by step"
+            );
+        }
+        assert_eq!(
+            second.generated_token_ids, joining_alone.generated_token_ids,
+            "{label} {name}: the joining sequence's tokens"
+        );
+        assert_eq!(second.timings.replayed_steps, 0);
+        if let Some(e) = &eager.routing {
+            for (how, out) in [("alone", &lone), ("joined", &shared)] {
+                let got = out.routing.as_ref().unwrap();
+                assert_eq!((got.tokens, &got.layers), (e.tokens, &e.layers), "{how}");
+                assert_eq!(got.expert_counts, e.expert_counts, "{label} {how}: experts");
+                for (a, b) in got.mean_coefficients.iter().zip(&e.mean_coefficients) {
+                    let d = (a[0] - b[0]).abs().max((a[1] - b[1]).abs());
+                    assert!(d < 1e-5, "{label} {how}: coefficients {a:?} against {b:?}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_lone_sequence_of_a_continuous_batch_replays_the_step() {
+    let _turn = turn();
+    if let Some(mut model) = load(wgpu(), DType::F32) {
+        check_continuous_lone(&mut model, "wgpu");
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn continuous_batching_chooses_tokens_on_the_device() {

@@ -187,6 +187,27 @@ impl KvCache {
         }
     }
 
+    /// A cache of one row over device buffers `[1, kv_heads, capacity, head_dim]` per layer
+    /// whose first `len` positions are real tokens (what a [`DeviceDecode`](crate::DeviceDecode)
+    /// hands back); the buffers keep their capacity, so the next steps write in place.
+    pub(crate) fn from_device_buffers(layers: Vec<(Tensor<4>, Tensor<4>)>, len: usize) -> Self {
+        let capacity = layers.first().map_or(len, |(k, _)| k.dims()[2]);
+        Self {
+            layers: layers
+                .into_iter()
+                .map(|(k, v)| Some(Layer::Tensors(k, v)))
+                .collect(),
+            valid: if len > 0 {
+                vec![vec![true; len]]
+            } else {
+                Vec::new()
+            },
+            len,
+            capacity,
+            force_tensors: false,
+        }
+    }
+
     /// Makes room for `positions` more positions per row now, so the next appends write in
     /// place without growing the buffers.
     pub fn reserve(&mut self, positions: usize) {

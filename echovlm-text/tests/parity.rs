@@ -477,3 +477,50 @@ fn device_decode_steps_equal_cached_steps() {
     let err = packed.device_decode(cache, 5, 0, 8).unwrap_err();
     assert!(err.to_string().contains("packed"), "{err}");
 }
+
+/// A device decode stopped after some steps hands its keys and values back as a cache
+/// (`DeviceDecode::take_cache`, what a batch does when a second sequence joins one decoding
+/// alone): the steps after it, through the cache, give the logits of steps that went through
+/// the cache all along; and the state refuses to go on.
+#[test]
+fn a_device_decode_hands_its_cache_back() {
+    use burn::tensor::{Int, Tensor};
+    let model = load_text_with("tiny-echovlm", LinearOptions::portable());
+    let g = Golden::load("tiny-echovlm");
+    let prompt = g.ids(&["text_en", "input_ids"]);
+    let feed: [u32; 7] = [5, 17, 300, 42, 7, 511, 2];
+    let prefill = || {
+        let mut cache = model
+            .new_cache_with_capacity(prompt.len() + 8)
+            .tensor_storage();
+        step(&model, &prompt, &mut cache, None);
+        cache
+    };
+    let mut cache = prefill();
+    let want: Vec<Vec<f32>> = feed
+        .iter()
+        .map(|&t| step(&model, &[t], &mut cache, None))
+        .collect();
+    let mut state = model.device_decode(prefill(), feed[0], 0, 8).unwrap();
+    for (i, want) in want.iter().take(3).enumerate() {
+        let got = flex_f32_vec(model.decode_step(&mut state).unwrap());
+        assert!(max_abs_diff(&got, want) < LOGIT_TOL, "device step {i}");
+        state.feed(Tensor::<1, Int>::from_data(
+            [feed[i + 1] as i64],
+            &Device::default(),
+        ));
+    }
+    let err = state.take_cache(9).unwrap_err();
+    assert!(err.to_string().contains("room for 8 steps"), "{err}");
+    let mut cache = state.take_cache(3).unwrap();
+    assert_eq!(cache.len(), prompt.len() + 3);
+    for (i, want) in want.iter().enumerate().skip(3) {
+        let got = step(&model, &[feed[i]], &mut cache, None);
+        let d = max_abs_diff(&got, want);
+        assert!(d < LOGIT_TOL, "step {i} through the handed-back cache: {d}");
+    }
+    let err = model.decode_step(&mut state).unwrap_err();
+    assert!(err.to_string().contains("all were taken"), "{err}");
+    let err = state.take_cache(3).unwrap_err();
+    assert!(err.to_string().contains("already handed back"), "{err}");
+}

@@ -5,6 +5,7 @@ use std::time::Instant;
 use echovlm_moe::RoutingTrace;
 use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
 
+use super::graph::{GraphDecode, WARMUP_STEPS};
 use super::run::{Prefill, Sequence, choose_on_device, decoder_logits, ms, read_logits};
 use super::{EchoVlm, PreparedPrompt};
 use crate::error::EchoError;
@@ -49,6 +50,12 @@ pub enum BatchEvent {
 /// with padding in front, which attention masks out, and drops the padding every row shares
 /// when a long sequence leaves.
 ///
+/// Off the CPU backend, with decode graphs on ([`EchoVlm::decode_graphs`]), a sequence that
+/// runs alone (with more than a few tokens to go) decodes as [`EchoVlm::generate`] does: by
+/// replaying a recorded step, its random numbers drawn from its own stream as step by step.
+/// When another sequence joins, or it ends, its keys and values go back to the batch's cache
+/// and decoding goes on step by step; its tokens are the same either way.
+///
 /// ```no_run
 /// # use echovlm_pipeline::{BatchEvent, ContinuousBatch, EchoVlm, LoadOptions, Request};
 /// # fn main() -> Result<(), echovlm_pipeline::EchoError> {
@@ -78,13 +85,17 @@ pub struct ContinuousBatch<'m> {
     deltas: Vec<i64>,
     next_id: u64,
     steps: u64,
+    /// The decode of the one sequence running alone by a recorded step, holding its keys and
+    /// values meanwhile (`cache` is then empty).
+    lone: Option<GraphDecode<'m>>,
 }
 
 impl std::fmt::Debug for ContinuousBatch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContinuousBatch")
             .field("sequences", &self.ids())
-            .field("cached_positions", &self.cache.len())
+            .field("cached_positions", &self.cached_positions())
+            .field("replaying", &self.lone.is_some())
             .field("steps", &self.steps)
             .finish()
     }
@@ -100,6 +111,8 @@ struct Row<'m> {
     vision_ms: f64,
     prefill_ms: f64,
     joined: Instant,
+    /// Decode steps run by replaying a recorded step.
+    replayed: usize,
 }
 
 impl<'m> ContinuousBatch<'m> {
@@ -112,6 +125,7 @@ impl<'m> ContinuousBatch<'m> {
             deltas: Vec::new(),
             next_id: 0,
             steps: 0,
+            lone: None,
         }
     }
 
@@ -138,7 +152,10 @@ impl<'m> ContinuousBatch<'m> {
     /// Positions each row of the key/value cache holds (the longest sequence's length, the
     /// others padded in front).
     pub fn cached_positions(&self) -> usize {
-        self.cache.len()
+        match &self.lone {
+            Some(lone) => lone.cached(),
+            None => self.cache.len(),
+        }
     }
 
     /// Checks that a request can join: valid settings, a consistent prompt, and room for its
@@ -190,6 +207,8 @@ impl<'m> ContinuousBatch<'m> {
         for (prompt, opts) in &requests {
             self.check(prompt, opts)?;
         }
+        // the running sequence goes on step by step beside the new ones
+        self.end_lone()?;
         let model = self.model;
         let (prompts, opts): (Vec<PreparedPrompt>, Vec<GenerationOptions>) =
             requests.into_iter().unzip();
@@ -228,6 +247,7 @@ impl<'m> ContinuousBatch<'m> {
                 vision_ms,
                 prefill_ms,
                 joined: Instant::now(),
+                replayed: 0,
             };
             if row.seq.finished.is_none() && row.cancelled() {
                 row.seq.finished = Some(FinishReason::Cancelled);
@@ -274,6 +294,23 @@ impl<'m> ContinuousBatch<'m> {
         }
         events.extend(self.remove_finished()?);
         if self.rows.is_empty() {
+            return Ok(events);
+        }
+        if self.lone.is_none() {
+            self.start_lone()?;
+        }
+        if let Some(lone) = self.lone.as_mut() {
+            let id = lone.next()?;
+            self.steps += 1;
+            let row = &mut self.rows[0];
+            if row.opts.do_sample {
+                // the number the recorded step drew, drawn here too to keep the stream in step
+                row.seq.sampler.uniform();
+            }
+            if let Some(text) = row.seq.accept_chosen(id, &row.opts)? {
+                events.push(BatchEvent::Text { id: row.id, text });
+            }
+            events.extend(self.remove_finished()?);
             return Ok(events);
         }
         let model = self.model;
@@ -349,6 +386,7 @@ impl<'m> ContinuousBatch<'m> {
     /// returns their ids.
     pub fn clear(&mut self) -> Vec<SeqId> {
         let ids = self.ids();
+        self.lone = None;
         self.rows.clear();
         self.deltas.clear();
         self.cache.clear();
@@ -361,6 +399,7 @@ impl<'m> ContinuousBatch<'m> {
         if self.rows.iter().all(|r| r.seq.finished.is_none()) {
             return Ok(Vec::new());
         }
+        self.end_lone()?;
         let keep: Vec<usize> = (0..self.rows.len())
             .filter(|&r| self.rows[r].seq.finished.is_none())
             .collect();
@@ -388,6 +427,63 @@ impl<'m> ContinuousBatch<'m> {
         Ok(events)
     }
 
+    /// Starts decoding the one running sequence by a recorded step, where that pays: off the
+    /// CPU backend with decode graphs on, more than the warm-up's steps to go, a cache of one
+    /// unpadded row, and every position within the model's context.
+    fn start_lone(&mut self) -> Result<(), EchoError> {
+        let model = self.model;
+        let [row] = self.rows.as_mut_slice() else {
+            return Ok(());
+        };
+        let rest = row
+            .opts
+            .max_new_tokens
+            .saturating_sub(row.seq.generated.len());
+        let one_row =
+            self.cache.batch() == Some(1) && self.cache.valid().iter().flatten().all(|&v| v);
+        if !model.decode_graphs
+            || echovlm_core::backend::is_flex(&model.text.device())
+            || rest <= WARMUP_STEPS + 1
+            || !one_row
+            || !GraphDecode::fits(&model.text, self.cache.len(), rest, self.deltas[0])
+        {
+            return Ok(());
+        }
+        let cache = std::mem::replace(&mut self.cache, model.text.new_cache());
+        // the numbers of the steps to come, drawn from a copy of the sequence's stream: the
+        // sequence draws each again as its step runs, so that it stays where a step-by-step
+        // decode would leave it should the decode go back to the batch
+        let mut stream = row.seq.sampler.clone();
+        self.lone = Some(GraphDecode::new(
+            &model.text,
+            cache,
+            row.seq.last(),
+            self.deltas[0],
+            &row.seq.history,
+            &row.opts,
+            rest,
+            || stream.uniform(),
+            row.trace.is_some(),
+        )?);
+        Ok(())
+    }
+
+    /// Ends the lone sequence's decode by a recorded step: its keys and values go back to the
+    /// cache, and the routing its steps recorded to its trace.
+    fn end_lone(&mut self) -> Result<(), EchoError> {
+        let Some(lone) = self.lone.take() else {
+            return Ok(());
+        };
+        if let Some(row) = self.rows.first_mut() {
+            row.replayed += lone.steps().replayed;
+            if let Some(trace) = row.trace.as_mut() {
+                lone.read_routing(trace)?;
+            }
+        }
+        self.cache = lone.into_cache()?;
+        Ok(())
+    }
+
     /// The last events of a row that left.
     fn leave(&self, mut row: Row<'m>) -> Result<Vec<BatchEvent>, EchoError> {
         let mut events = Vec::new();
@@ -395,7 +491,7 @@ impl<'m> ContinuousBatch<'m> {
             events.push(BatchEvent::Text { id: row.id, text });
         }
         let routing = row.trace.as_ref().map(RoutingTrace::summary);
-        let output = self.model.output(
+        let mut output = self.model.output(
             row.prompt,
             row.seq,
             row.vision_ms,
@@ -403,6 +499,7 @@ impl<'m> ContinuousBatch<'m> {
             ms(row.joined),
             routing,
         )?;
+        output.timings.replayed_steps = row.replayed;
         events.push(BatchEvent::Finished {
             id: row.id,
             output: Box::new(output),

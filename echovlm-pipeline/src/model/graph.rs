@@ -47,7 +47,7 @@ pub(super) struct GraphDecode<'m> {
     /// Sampling: `[room, 1]`, the uniform number each step draws with, and the token order.
     draws: Option<Draws>,
     text: &'m TextModel,
-    opts: &'m GenerationOptions,
+    opts: GenerationOptions,
     device: Device,
     prepared: bool,
     steps: GraphSteps,
@@ -67,7 +67,7 @@ impl<'m> GraphDecode<'m> {
         token: u32,
         delta: i64,
         history: &[u32],
-        opts: &'m GenerationOptions,
+        opts: &GenerationOptions,
         steps: usize,
         uniform: impl FnMut() -> f64,
         trace: bool,
@@ -99,7 +99,7 @@ impl<'m> GraphDecode<'m> {
             one: Tensor::<2>::ones([1, 1], (&device, DType::F32)),
             draws,
             text,
-            opts,
+            opts: opts.clone(),
             device,
             prepared,
             steps: GraphSteps::default(),
@@ -124,7 +124,7 @@ impl<'m> GraphDecode<'m> {
     fn run_step(&mut self) -> Result<Tensor<1, Int>, EchoError> {
         let logits = self.text.decode_step(&mut self.state)?;
         let (state, draws) = (&self.state, self.draws.as_ref());
-        let next = device_sample::choose_seen(self.opts, logits, self.seen.clone(), |device| {
+        let next = device_sample::choose_seen(&self.opts, logits, self.seen.clone(), |device| {
             match draws {
                 // the step count after the step is its number plus one
                 Some(Draws { uniforms, order }) => Draws {
@@ -205,6 +205,25 @@ impl<'m> GraphDecode<'m> {
                  LoadOptions decodes step by step)"
             ))),
         }
+    }
+
+    /// Ends the decode here and hands back its keys and values as a cache of the positions
+    /// decoded so far (the recorded graph dropped first), to go on step by step through the
+    /// cache. The last token [`next`](Self::next) returned is not in it: it is the next
+    /// step's input, as after a step through the cache.
+    pub(super) fn into_cache(mut self) -> Result<KvCache, EchoError> {
+        if self.graph.take().is_some() {
+            // the recording closed the prepared stream: nothing for `drop` to close
+            self.prepared = false;
+        }
+        self.out = None;
+        let ran = self.steps.eager + self.steps.replayed;
+        Ok(self.state.take_cache(ran)?)
+    }
+
+    /// Positions cached so far: the prompt's and those of the steps that ran.
+    pub(super) fn cached(&self) -> usize {
+        self.state.start() + self.steps.eager + self.steps.replayed
     }
 
     /// How the steps have run so far.

@@ -131,9 +131,9 @@ impl EchoVlm {
     }
 
     /// Sets whether decode steps are recorded as a graph and replayed where they can be: off
-    /// the CPU backend, for one sequence with greedy choice and no routing trace. Other
-    /// generations decode step by step as before; so does a backend that cannot record
-    /// graphs.
+    /// the CPU backend, for one sequence (a request alone, or the one sequence left running
+    /// in a [`ContinuousBatch`](crate::ContinuousBatch)), greedy or sampled, traced or not.
+    /// Batches of several decode step by step; so does a backend that cannot record graphs.
     pub fn set_decode_graphs(&mut self, yes: bool) {
         self.decode_graphs = yes;
     }

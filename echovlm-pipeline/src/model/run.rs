@@ -480,8 +480,8 @@ pub(super) struct Prefill {
 /// The decoding state of one sequence: its sampler, the tokens so far, why it finished, and
 /// (when its text is streamed) the text emitted so far.
 pub(super) struct Sequence<'t> {
-    sampler: Sampler,
-    history: Vec<u32>,
+    pub(super) sampler: Sampler,
+    pub(super) history: Vec<u32>,
     pub(super) generated: Vec<u32>,
     pub(super) finished: Option<FinishReason>,
     first_top: Vec<(u32, f32)>,

@@ -123,6 +123,33 @@ impl DeviceDecode {
         Ok(())
     }
 
+    /// Hands the keys and values back as a [`KvCache`] of the positions cached before the
+    /// first step and those of the first `ran` steps (`ran` counts the steps that ran, replays
+    /// of a recorded step included and the recording itself not), to go on decoding through
+    /// the cache, e.g. in a batch that another sequence joins. The buffers keep their
+    /// capacity. The state has no room left afterwards: a further
+    /// [`TextModel::decode_step`] is refused.
+    ///
+    /// Errors when `ran` is more than the steps there was room for, or when the buffers were
+    /// already handed back.
+    pub fn take_cache(&mut self, ran: usize) -> Result<KvCache, ForwardError> {
+        if ran > self.steps {
+            return Err(ForwardError::Cache(format!(
+                "a device decode with room for {} steps cannot have run {ran}",
+                self.steps
+            )));
+        }
+        if self.kv.is_empty() {
+            return Err(ForwardError::Cache(
+                "the device decode's keys and values were already handed back".into(),
+            ));
+        }
+        // no room left: `decode_step` refuses a state whose steps were all taken
+        self.taken = self.steps;
+        let kv = std::mem::take(&mut self.kv);
+        Ok(KvCache::from_device_buffers(kv, self.start + ran))
+    }
+
     /// Sets the token the next step embeds (`[1]` ids on the state's device), written in place.
     pub fn feed(&mut self, token: Tensor<1, Int>) {
         let held = std::mem::replace(&mut self.token, self.zero.clone());
