@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, error::ErrorKind};
 use echovlm_pipeline::{
-    EchoVlm, GenerationOptions, HubId, Lang, LoadOptions, Output, PreparedPrompt, Request, Task,
+    EchoError, EchoVlm, GenerationOptions, HubId, Lang, LoadOptions, Output, Request, Task,
     Timings, Weights, device_from_name, dtype_for, probe_device, routing_png,
 };
 use echovlm_vision::dicom::FrameSelection;
@@ -125,6 +125,11 @@ struct Cli {
     /// Frames of multi-frame DICOM images: all, stride:N or list:0,4,8.
     #[arg(long, default_value = "all")]
     dicom_frames: String,
+    /// A follow-up question about the same images, answered after the first answer from the
+    /// keys and values kept from it (only the question's own tokens run through the model);
+    /// repeat for more. With --json, the answers are listed under `follow_ups`.
+    #[arg(long, value_name = "QUESTION")]
+    follow_up: Vec<String>,
     /// Write a PNG of the MoE routing (expert usage and mix per layer).
     #[arg(long, value_name = "PNG")]
     routing_plot: Option<PathBuf>,
@@ -363,11 +368,48 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .timings,
         );
     }
-    let output = if cli.json {
-        model.run(vec![prepared], &opts, None)?.remove(0)
-    } else {
-        generate_streaming(&model, prepared, &opts, interactive)?
+    let mut conversation = None;
+    let output = match (cli.json, cli.follow_up.is_empty()) {
+        (true, true) => model.run(vec![prepared], &opts, None)?.remove(0),
+        (false, true) => streaming(&opts, interactive, |cb| {
+            Ok(model.run(vec![prepared], &opts, Some(cb))?.remove(0))
+        })?,
+        (true, false) => {
+            let (c, out) = model.converse(&request, &opts)?;
+            conversation = Some(c);
+            out
+        }
+        (false, false) => streaming(&opts, interactive, |cb| {
+            let (c, out) = model.converse_stream(&request, &opts, cb)?;
+            conversation = Some(c);
+            Ok(out)
+        })?,
     };
+    if !cli.json && !cli.follow_up.is_empty() {
+        eprintln!("{}", stats(&output, &model, load_s));
+    }
+    let mut follow_ups = Vec::new();
+    if let Some(conv) = conversation.as_mut() {
+        let limit = model.text_model().config.max_position_embeddings;
+        for q in &cli.follow_up {
+            let mut o = opts.clone();
+            if cli.max_new_tokens.is_none() {
+                // what the context leaves after the conversation and the question's turn
+                let question = model.tokenizer().encode(q)?.len() + 16;
+                let room = limit.saturating_sub(conv.ids().len() + question);
+                o.max_new_tokens = 1024.min(room.max(1));
+            }
+            let answer = if cli.json {
+                conv.ask(q, &o)?
+            } else {
+                println!("\n> {q}");
+                let answer = streaming(&o, interactive, |cb| conv.ask_stream(q, &o, cb))?;
+                eprintln!("{}", stats(&answer, &model, load_s));
+                answer
+            };
+            follow_ups.push((q.clone(), answer));
+        }
+    }
     if let Some(path) = &cli.routing_plot {
         let summary = output
             .routing
@@ -378,42 +420,48 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.json {
         runs.push(output.timings.clone());
-        print_json(&output, &model, load_s, &runs)?;
-    } else {
-        let t = &output.timings;
-        eprintln!(
-            "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s{}; {} weights {:.2} GB, {} threads, peak RSS {}]",
-            t.generated_tokens,
-            output.finish_reason,
-            load_s,
-            t.preprocess_ms,
-            t.vision_ms,
-            t.prefill_ms,
-            t.prefill_tokens,
-            t.decode_tokens_per_s,
-            match t.replayed_steps {
-                0 => String::new(),
-                n => format!(" ({n} steps replayed)"),
-            },
-            model
-                .weight_format()
-                .map_or("Burn-tensor".to_string(), |f| f.to_string()),
-            model.weight_bytes() as f64 / 1e9,
-            rayon::current_num_threads(),
-            peak_rss().map_or("unknown".to_string(), |b| format!(
-                "{:.2} GB",
-                b as f64 / 1e9
-            )),
-        );
+        print_json(&output, &model, load_s, &runs, &follow_ups)?;
+    } else if cli.follow_up.is_empty() {
+        eprintln!("{}", stats(&output, &model, load_s));
     }
     Ok(())
 }
 
-fn generate_streaming(
-    model: &EchoVlm,
-    prepared: PreparedPrompt,
+/// The line of sizes and times printed after an answer.
+fn stats(output: &Output, model: &EchoVlm, load_s: f64) -> String {
+    let t = &output.timings;
+    format!(
+        "\n[{} tokens, {:?}; load {:.1} s, preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms ({} tokens), decode {:.1} tokens/s{}; {} weights {:.2} GB, {} threads, peak RSS {}]",
+        t.generated_tokens,
+        output.finish_reason,
+        load_s,
+        t.preprocess_ms,
+        t.vision_ms,
+        t.prefill_ms,
+        t.prefill_tokens,
+        t.decode_tokens_per_s,
+        match t.replayed_steps {
+            0 => String::new(),
+            n => format!(" ({n} steps replayed)"),
+        },
+        model
+            .weight_format()
+            .map_or("Burn-tensor".to_string(), |f| f.to_string()),
+        model.weight_bytes() as f64 / 1e9,
+        rayon::current_num_threads(),
+        peak_rss().map_or("unknown".to_string(), |b| format!(
+            "{:.2} GB",
+            b as f64 / 1e9
+        )),
+    )
+}
+
+/// Runs `generate` with a callback that prints each new piece of text (under a progress bar
+/// when `interactive`), then ends the line.
+fn streaming(
     opts: &GenerationOptions,
     interactive: bool,
+    generate: impl FnOnce(&mut dyn FnMut(&str) -> ControlFlow<()>) -> Result<Output, EchoError>,
 ) -> Result<Output, Box<dyn std::error::Error>> {
     let pb = interactive.then(|| {
         let pb = ProgressBar::new(opts.max_new_tokens as u64);
@@ -437,9 +485,7 @@ fn generate_streaming(
         }
         ControlFlow::Continue(())
     };
-    let out = model
-        .run(vec![prepared], opts, Some(&mut on_text))?
-        .remove(0);
+    let out = generate(&mut on_text)?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -460,7 +506,21 @@ fn print_json(
     model: &EchoVlm,
     load_s: f64,
     runs: &[Timings],
+    follow_ups: &[(String, Output)],
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let follow_ups: Vec<serde_json::Value> = follow_ups
+        .iter()
+        .map(|(q, a)| {
+            serde_json::json!({
+                "question": q,
+                "text": a.text,
+                "generated_token_ids": a.generated_token_ids,
+                "finish_reason": a.finish_reason,
+                "timings": a.timings,
+                "routing": a.routing,
+            })
+        })
+        .collect();
     let top: Vec<serde_json::Value> = out
         .first_step_top_logits
         .iter()
@@ -484,6 +544,7 @@ fn print_json(
         "threads": rayon::current_num_threads(),
         "peak_rss_bytes": peak_rss(),
         "routing": out.routing,
+        "follow_ups": follow_ups,
     });
     println!("{}", serde_json::to_string(&v)?);
     Ok(())

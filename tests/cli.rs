@@ -366,3 +366,55 @@ fn the_demo_command_reports_what_its_phantom_shows() {
         );
     }
 }
+
+/// `--follow-up` asks further questions after the first answer from the keys and values kept
+/// from it: with `--json` the answers are listed under `follow_ups`, each having run only its
+/// own turn's tokens before answering; the first answer is the one given without follow-ups;
+/// streamed, each question is printed before its answer.
+#[test]
+fn cli_answers_follow_up_questions() {
+    let q1 = "What is the echogenicity of the lesion?";
+    let q2 = "Thank you.";
+    let alone = run_json(&["--json", "--lang", "en", "--max-new-tokens", "48"]);
+    let v = run_json(&[
+        "--json",
+        "--lang",
+        "en",
+        "--max-new-tokens",
+        "48",
+        "--follow-up",
+        q1,
+        "--follow-up",
+        q2,
+    ]);
+    assert_eq!(v["generated_token_ids"], alone["generated_token_ids"]);
+    let follow_ups = v["follow_ups"].as_array().unwrap();
+    assert_eq!(follow_ups.len(), 2);
+    let first_prefill = v["timings"]["prefill_tokens"].as_u64().unwrap();
+    for (f, q) in follow_ups.iter().zip([q1, q2]) {
+        assert_eq!(f["question"], q);
+        assert!(!ids(&f["generated_token_ids"]).is_empty(), "{f}");
+        let prefill = f["timings"]["prefill_tokens"].as_u64().unwrap();
+        assert!(
+            prefill > 5 && prefill < first_prefill,
+            "{prefill} of {first_prefill}"
+        );
+    }
+    assert!(alone["follow_ups"].as_array().unwrap().is_empty());
+
+    let out = cli()
+        .args(["--lang", "en", "--max-new-tokens", "48", "--follow-up", q1])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = follow_ups[0]["text"].as_str().unwrap();
+    assert!(
+        stdout.contains(&format!("\n> {q1}\n{text}")),
+        "{stdout:?} should hold the question, then {text:?}"
+    );
+}

@@ -43,8 +43,8 @@ pub use error::EchoError;
 pub use generate::{CancelToken, FinishReason, GenerationOptions, Sampler, TextStream};
 pub use hub::HubId;
 pub use model::{
-    BatchEvent, ContinuousBatch, EchoVlm, LoadOptions, PreparedPrompt, SeqId, SequenceOutput,
-    TextCallback, Weights,
+    BatchEvent, ContinuousBatch, Conversation, EchoVlm, LoadOptions, PreparedPrompt, SeqId,
+    SequenceOutput, TextCallback, Weights,
 };
 pub use output::{Architecture, Output, Timings};
 #[cfg(feature = "plot")]

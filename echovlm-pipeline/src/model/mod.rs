@@ -15,6 +15,7 @@ use crate::output::Architecture;
 
 mod adapter;
 mod batch;
+mod conversation;
 mod forward;
 mod graph;
 mod load;
@@ -23,6 +24,7 @@ mod run;
 mod weights;
 
 pub use batch::{BatchEvent, ContinuousBatch, SeqId};
+pub use conversation::Conversation;
 pub use forward::SequenceOutput;
 pub use load::LoadOptions;
 pub use prepare::PreparedPrompt;

@@ -84,17 +84,30 @@ impl EchoVlm {
         &self,
         prompts: Vec<PreparedPrompt>,
         opts: &GenerationOptions,
-        mut on_text: Option<&mut TextCallback<'_>>,
+        on_text: Option<&mut TextCallback<'_>>,
     ) -> Result<Vec<Output>, EchoError> {
         opts.validate()?;
-        let b = prompts.len();
-        if b == 0 {
+        if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        for p in &prompts {
+        self.check_run(&prompts, opts, on_text.is_some())?;
+        let prefill = self.prefill(&prompts, opts.max_new_tokens, opts.trace_routing)?;
+        Ok(self.decode_from(prompts, prefill, opts, on_text)?.0)
+    }
+
+    /// What [`run`](Self::run) checks before running `prompts` (at least one) with `opts`
+    /// (already validated): consistent prompts, one when `streaming`, and room in the context
+    /// for the longest and its tokens.
+    pub(super) fn check_run(
+        &self,
+        prompts: &[PreparedPrompt],
+        opts: &GenerationOptions,
+        streaming: bool,
+    ) -> Result<(), EchoError> {
+        for p in prompts {
             self.check_prepared(p)?;
         }
-        if on_text.is_some() && b != 1 {
+        if streaming && prompts.len() != 1 {
             return Err(EchoError::InvalidRequest(
                 "streaming takes exactly one request".into(),
             ));
@@ -108,6 +121,20 @@ impl EchoVlm {
             }
             .into());
         }
+        Ok(())
+    }
+
+    /// Decodes after `prefill` (of `prompts`, checked by the caller against `opts` and the
+    /// context): the outputs, and the cache with every position decoded but the last chosen
+    /// token, which is the next step's input.
+    pub(super) fn decode_from(
+        &self,
+        prompts: Vec<PreparedPrompt>,
+        prefill: Prefill,
+        opts: &GenerationOptions,
+        mut on_text: Option<&mut TextCallback<'_>>,
+    ) -> Result<(Vec<Output>, KvCache), EchoError> {
+        let b = prompts.len();
         let Prefill {
             mut cache,
             mut logits,
@@ -115,7 +142,7 @@ impl EchoVlm {
             mut traces,
             vision_ms,
             prefill_ms,
-        } = self.prefill(&prompts, opts.max_new_tokens, opts.trace_routing)?;
+        } = prefill;
 
         // decode
         let t_decode = Instant::now();
@@ -226,6 +253,11 @@ impl EchoVlm {
         let decode_ms = ms(t_decode);
         let replayed = graph.as_ref().map_or(0, |g| g.steps().replayed);
 
+        let cache = match graph {
+            Some(g) => g.into_cache()?,
+            None => cache,
+        };
+
         let mut outputs = Vec::with_capacity(b);
         for (r, (p, seq)) in prompts.into_iter().zip(seqs).enumerate() {
             let routing = traces.as_ref().map(|t| t[r].summary());
@@ -233,7 +265,7 @@ impl EchoVlm {
             out.timings.replayed_steps = replayed;
             outputs.push(out);
         }
-        Ok(outputs)
+        Ok((outputs, cache))
     }
 
     /// Runs prompts (several: left-padded into one batch) through the vision tower and the
