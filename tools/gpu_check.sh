@@ -16,7 +16,8 @@
 # the CUDA tests compile a kernel per shape and take minutes (the read-back test alone over
 # 150 s). Every step together takes well over a 15-minute device lease: choose STEPS to fit.
 #   parity  the CUDA parity test on the tiny fixtures (f32; decodes of one request replay a recorded
-#           step), then replayed against step-by-step decoding (`cuda_decode_graphs_*`), and
+#           step), then replayed against step-by-step decoding (`cuda_decode_graphs_*`: one
+#           request, a continuous batch's lone sequence, a conversation's turns), and
 #           the device's choice of tokens against the host sampler's;
 #   v1, v2  a full-size random checkpoint (v1: the released EchoVLM's shapes, 23.4 GB; v2:
 #           Qwen2.5-VL-7B's, 16.6 GB; bf16) drawn on the GPU; the Rust CLI on it (--device cuda
@@ -86,8 +87,8 @@ ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
 parity() {
     step "CUDA parity, tiny fixtures, f32 (decodes of one request replay a recorded step)"
     run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_runs_the_fixtures 2>&1 | tee -a "$out/tests.txt"
-    step "CUDA decode graphs against step-by-step decoding"
-    run_for 90 "$bin/gpu" --test-threads 1 --nocapture cuda_decode_graphs 2>&1 | tee -a "$out/tests.txt"
+    step "CUDA decode graphs against step-by-step decoding (one request, a batch's lone sequence, a conversation)"
+    run_for 150 "$bin/gpu" --test-threads 1 --nocapture cuda_decode_graphs 2>&1 | tee -a "$out/tests.txt"
     step "CUDA token choice against the host sampler"
     run_for 60 "$bin/gpu" --test-threads 1 --nocapture cuda_device_choice 2>&1 | tee -a "$out/tests.txt"
 }
