@@ -103,7 +103,7 @@ struct Cli {
     #[arg(long)]
     no_decode_graphs: bool,
     /// On a GPU, where compiled kernels and autotune results are kept for the next run: a
-    /// directory, or "off" (builds with the `kernel-cache` feature; default:
+    /// directory, or "off" (also 0 or false; builds with the `kernel-cache` feature; default:
     /// ECHOVLM_KERNEL_CACHE, else CubeCL's place, `target/environment` inside a Cargo
     /// workspace or ~/.cache/cubecl).
     #[arg(long, value_name = "DIR|off")]
@@ -135,15 +135,12 @@ struct Cli {
     routing_plot: Option<PathBuf>,
 }
 
-/// `--kernel-cache`: a directory or `off`, for the GPU backends.
+/// `--kernel-cache`: a directory or `off` (`KernelCache::from_setting`), for the GPU backends.
 fn set_kernel_cache(spec: &str) {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
         use echovlm_pipeline::KernelCache;
-        let cache = match spec {
-            "off" => KernelCache::Off,
-            dir => KernelCache::Dir(dir.into()),
-        };
+        let cache = KernelCache::from_setting(spec);
         if !echovlm_pipeline::KERNEL_CACHE_AVAILABLE {
             eprintln!("note: this build keeps no kernels between runs (the kernel-cache feature)");
         }

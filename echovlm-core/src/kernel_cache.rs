@@ -12,6 +12,7 @@
 //! not). A `cubecl.toml` in the working directory or above, and CubeCL's `CUBECL_*`
 //! environment variables, are read first and kept where this module does not override them.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
 /// Where compiled kernels and autotune results persist.
@@ -29,14 +30,21 @@ pub enum KernelCache {
 }
 
 impl KernelCache {
-    /// From `ECHOVLM_KERNEL_CACHE`: unset or empty is [`Default`](Self::Default), `off` (or
-    /// `0`, `false`) is [`Off`](Self::Off), anything else a directory.
+    /// From `ECHOVLM_KERNEL_CACHE`, read as [`from_setting`](Self::from_setting); unset is
+    /// [`Default`](Self::Default).
     pub fn from_env() -> Self {
-        match std::env::var_os("ECHOVLM_KERNEL_CACHE") {
-            None => Self::Default,
-            Some(v) if v.is_empty() => Self::Default,
-            Some(v) if matches!(v.to_str(), Some("off" | "0" | "false")) => Self::Off,
-            Some(v) => Self::Dir(PathBuf::from(v)),
+        std::env::var_os("ECHOVLM_KERNEL_CACHE").map_or(Self::Default, Self::from_setting)
+    }
+
+    /// From a setting as `ECHOVLM_KERNEL_CACHE` and the CLI's `--kernel-cache` take it: empty
+    /// is [`Default`](Self::Default), `off` (or `0`, `false`) is [`Off`](Self::Off), anything
+    /// else a directory.
+    pub fn from_setting(setting: impl AsRef<OsStr>) -> Self {
+        let setting = setting.as_ref();
+        match setting.to_str() {
+            Some("") => Self::Default,
+            Some("off" | "0" | "false") => Self::Off,
+            _ => Self::Dir(PathBuf::from(setting)),
         }
     }
 }

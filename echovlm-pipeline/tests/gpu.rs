@@ -1084,6 +1084,26 @@ fn a_decode_step_reads_back_only_the_token_ids() {
     }
 }
 
+/// `ECHOVLM_KERNEL_CACHE` and the CLI's `--kernel-cache` read a setting one way.
+#[test]
+fn kernel_cache_settings_are_read_one_way() {
+    use echovlm_pipeline::KernelCache;
+    use std::path::PathBuf;
+    assert_eq!(KernelCache::from_setting(""), KernelCache::Default);
+    for off in ["off", "0", "false"] {
+        assert_eq!(KernelCache::from_setting(off), KernelCache::Off, "{off}");
+    }
+    assert_eq!(
+        KernelCache::from_setting("/tmp/kernels"),
+        KernelCache::Dir(PathBuf::from("/tmp/kernels"))
+    );
+    assert_eq!(
+        KernelCache::from_setting("Off"),
+        KernelCache::Dir(PathBuf::from("Off")),
+        "a directory whose name only looks like the word"
+    );
+}
+
 /// The device names this build offers are the backends it was built with: here no CPU
 /// backend, so `cpu` is refused with an error that names the feature it needs.
 #[test]
