@@ -133,6 +133,69 @@ fn follow_ups_equal_a_run_over_the_whole_conversation() {
     }
 }
 
+/// Follow-ups with images of their own (another frame; on the Qwen2.5-VL fixture also a cine
+/// loop at 1 fps, placed on its absolute time axis), then a text follow-up after them: each
+/// equals a run over the whole conversation with every image and loop so far, in order (their
+/// M-RoPE positions continue after the conversation's, and the offset the new images add
+/// carries into the next turn).
+#[test]
+fn follow_ups_with_images_of_their_own() {
+    for name in ["tiny-echovlm", "tiny-qwen25vl"] {
+        let m = model(name);
+        let request = one_image_request();
+        let first = m.prepare(&request).unwrap();
+        let opts = greedy(8).repetition_penalty(1.3);
+        let (mut conv, report) = m.converse(&request, &opts).unwrap();
+        let view = Request::new("Compare with this view.").image(image("thyroid_300x220.png"));
+        let new_image = m.prepare(&view).unwrap().images.remove(0);
+        let mut images = first.images.clone();
+        let mut videos = Vec::new();
+        let mut fps = Vec::new();
+        let turn = conv.follow_up(&view, &opts, None).unwrap();
+        images.push(new_image);
+        let label = format!("{name}: a second image");
+        assert_eq!(turn.image_grid_thw.len(), 2, "{label}");
+        assert!(
+            turn.timings.vision_ms > 0.0,
+            "{label}: the new image is encoded"
+        );
+        let whole = |turn: &Output, images: &[_], videos: &[_], fps: &[f64]| {
+            let p = PreparedPrompt::new(
+                turn.prompt_token_ids.clone(),
+                images.to_vec(),
+                videos.to_vec(),
+            )
+            .with_video_fps(fps.to_vec());
+            m.run(vec![p], &opts, None).unwrap().pop().unwrap()
+        };
+        assert_same(&turn, &whole(&turn, &images, &videos, &fps), &label);
+        if name == "tiny-qwen25vl" {
+            let frames = (0..3).map(|i| image(&format!("heart_cine_{i}.png")));
+            let cine = Request::new("And over this loop?").cine(frames).fps(1.0);
+            let loop_values = m.prepare(&cine).unwrap().videos.remove(0);
+            let turn = conv.follow_up(&cine, &opts, None).unwrap();
+            videos.push(loop_values);
+            fps.push(1.0);
+            assert_eq!(turn.video_grid_thw.len(), 1);
+            assert_same(
+                &turn,
+                &whole(&turn, &images, &videos, &fps),
+                &format!("{name}: a cine loop"),
+            );
+        }
+        let turn = conv
+            .ask("Which one shows the lesion better?", &opts)
+            .unwrap();
+        assert_eq!(turn.timings.vision_ms, 0.0);
+        assert_same(
+            &turn,
+            &whole(&turn, &images, &videos, &fps),
+            &format!("{name}: text after images"),
+        );
+        let _ = report;
+    }
+}
+
 /// After an answer that ended its turn itself (the demo model ends its reports with
 /// `<|im_end|>`), the follow-up does not repeat that token, and gives what a run over the whole
 /// conversation gives.
@@ -190,6 +253,18 @@ fn bad_follow_ups_are_refused_and_the_conversation_goes_on() {
         matches!(err, EchoError::Prompt(PromptError::ContextTooLong { .. })),
         "{err}"
     );
+    assert_eq!(conv.ids(), ids.as_slice(), "the refused turns left nothing");
+    let system = Request::new("Is there a lesion?").system("Answer briefly.");
+    let err = conv.follow_up(&system, &greedy(4), None).unwrap_err();
+    assert!(err.to_string().contains("system prompt"), "{err}");
+    let err = conv
+        .follow_up(
+            &Request::new("And this?").image(image("missing_frame.png")),
+            &greedy(4),
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("missing_frame"), "{err}");
     assert_eq!(conv.ids(), ids.as_slice(), "the refused turns left nothing");
     let turn = conv.ask("Is there a lesion?", &greedy(4)).unwrap();
     assert_eq!(turn.generated_token_ids.len(), 4);

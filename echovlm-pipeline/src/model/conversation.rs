@@ -5,7 +5,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use echovlm_moe::RoutingTrace;
-use echovlm_text::{DecoderInput, KvCache, Positions, PromptError};
+use echovlm_text::{DecoderInput, KvCache, PromptError};
+use echovlm_vision::preprocess::PixelValues;
 
 use super::run::{Prefill, TextCallback, ms, read_logits};
 use super::{EchoVlm, PreparedPrompt};
@@ -134,7 +135,8 @@ impl EchoVlm {
 }
 
 impl Conversation<'_> {
-    /// Asks a follow-up question (text only) and answers it with `opts`, running only the
+    /// Asks a follow-up question (text only; [`follow_up`](Self::follow_up) takes images and
+    /// cine loops too) and answers it with `opts`, running only the
     /// new tokens through the model: the end of the last answer's turn and the chat
     /// template's tokens for the question, then the answer's own.
     ///
@@ -145,7 +147,7 @@ impl Conversation<'_> {
     /// an error while running (a device failure) leaves the conversation without its keys
     /// and values, and every later turn is refused.
     pub fn ask(&mut self, question: &str, opts: &GenerationOptions) -> Result<Output, EchoError> {
-        self.turn(question, opts, None)
+        self.turn(&Request::new(question), opts, None)
     }
 
     /// [`ask`](Self::ask), calling `on_text` with every new piece of the answer as soon as it
@@ -157,7 +159,30 @@ impl Conversation<'_> {
         opts: &GenerationOptions,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Output, EchoError> {
-        self.turn(question, opts, Some(&mut on_text))
+        self.turn(&Request::new(question), opts, Some(&mut on_text))
+    }
+
+    /// A follow-up with images or cine loops of its own (another view of the same lesion, a
+    /// later frame): `request`'s text is the question and its images and cine loops come
+    /// with it (its pixel budget and frame rate apply to them); only they are encoded, and
+    /// only this turn's tokens run through the decoder, their M-RoPE positions continuing
+    /// after the conversation's. A request with a system prompt is refused (the
+    /// conversation's first request set it); otherwise as [`ask`](Self::ask), streaming when
+    /// `on_text` is given.
+    pub fn follow_up(
+        &mut self,
+        request: &Request,
+        opts: &GenerationOptions,
+        on_text: Option<&mut TextCallback<'_>>,
+    ) -> Result<Output, EchoError> {
+        if request.system.is_some() {
+            return Err(EchoError::InvalidRequest(
+                "a follow-up has no system prompt of its own: the conversation's first \
+                 request sets it"
+                    .into(),
+            ));
+        }
+        self.turn(request, opts, on_text)
     }
 
     /// Every token id so far: the first prompt (image and video placeholders expanded), each
@@ -187,8 +212,14 @@ impl Conversation<'_> {
     }
 
     /// The template's tokens between the last answer's last token and the next answer: the
-    /// end of the answer's turn (unless the answer ended with it) and the question's turn.
-    fn follow_up_ids(&self, question: &str) -> Result<Vec<u32>, EchoError> {
+    /// end of the answer's turn (unless the answer ended with it) and `question`'s turn, its
+    /// image and video placeholders expanded for `images` and `videos`.
+    fn follow_up_ids(
+        &self,
+        question: &Message,
+        images: &[PixelValues],
+        videos: &[PixelValues],
+    ) -> Result<Vec<u32>, EchoError> {
         let model = self.model;
         let mut messages = self.messages.clone();
         if let Some(last) = messages.last_mut() {
@@ -196,7 +227,7 @@ impl Conversation<'_> {
                 text: ANSWER_MARK.to_string(),
             }];
         }
-        messages.push(Message::text(Role::User, question));
+        messages.push(question.clone());
         let rendered = model.template.render(&messages, true, false)?;
         let Some(at) = rendered.rfind(ANSWER_MARK) else {
             return Err(EchoError::Template(
@@ -217,34 +248,18 @@ impl Conversation<'_> {
                 tail = rest;
             }
         }
-        let ids = model.tokenizer.encode(tail)?;
-        let placeholders = |id: u32| ids.iter().filter(|&&t| t == id).count();
-        let (images, videos) = (placeholders(model.image_id), placeholders(model.video_id));
-        if images > 0 {
-            return Err(PromptError::ImageCountMismatch {
-                placeholders: images,
-                images: 0,
-            }
-            .into());
-        }
-        if videos > 0 {
-            return Err(PromptError::VideoCountMismatch {
-                placeholders: videos,
-                videos: 0,
-            }
-            .into());
-        }
-        Ok(ids)
+        let raw = model.tokenizer.encode(tail)?;
+        model.expand_placeholders(&raw, images, videos)
     }
 
     fn turn(
         &mut self,
-        question: &str,
+        request: &Request,
         opts: &GenerationOptions,
         on_text: Option<&mut TextCallback<'_>>,
     ) -> Result<Output, EchoError> {
         opts.validate()?;
-        if question.trim().is_empty() {
+        if request.user_text().trim().is_empty() {
             return Err(PromptError::EmptyPrompt.into());
         }
         let model = self.model;
@@ -255,7 +270,13 @@ impl Conversation<'_> {
                     .into(),
             ));
         };
-        let follow = self.follow_up_ids(question)?;
+        // the images and cine loops, decoded and preprocessed as for a first request
+        let visual = model.prepare(request)?;
+        let question = request
+            .messages_with(visual.images.len(), visual.videos.len())
+            .pop()
+            .ok_or_else(|| EchoError::InvalidRequest("a follow-up without a question".into()))?;
+        let follow = self.follow_up_ids(&question, &visual.images, &visual.videos)?;
         let mut ids = self.ids.clone();
         ids.extend(&follow);
         let limit = model.text.config.max_position_embeddings;
@@ -266,20 +287,46 @@ impl Conversation<'_> {
             }
             .into());
         }
-        // the last answer's last token, then the follow-up's
+        // the last answer's last token, then the follow-up's, with its images
         let feed = ids[cached..].to_vec();
-        let started = Instant::now();
+        let segment = PreparedPrompt {
+            ids: feed.clone(),
+            ..visual
+        };
         // from here an error loses the keys and values (`cache` stays `None`)
         let Some(mut cache) = self.cache.take() else {
             return Err(EchoError::Device(
                 "the conversation's cache vanished".into(),
             ));
         };
+        let started = Instant::now();
+        let segments = std::slice::from_ref(&segment);
+        let rows = std::slice::from_ref(&feed);
+        let (embeds, image_grids, video_grids) = model.embed_prompts(segments, rows)?;
+        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
+            0.0
+        } else {
+            model.wait_for_device()?;
+            ms(started)
+        };
+        let started = Instant::now();
+        // the segment's M-RoPE positions, after the conversation's: its first token (the
+        // pending one) sits where a decode step would put it
+        let (mut positions, deltas) =
+            model.positions(segments, rows, None, &image_grids, &video_grids)?;
+        let offset = cache.len() as i64 + self.delta;
+        for p in positions
+            .t
+            .iter_mut()
+            .chain(&mut positions.h)
+            .chain(&mut positions.w)
+        {
+            *p += offset;
+        }
+        let delta = self.delta + deltas[0];
         cache.reserve(feed.len() + opts.max_new_tokens);
         let has_moe = model.text.layers.iter().any(|l| l.is_moe());
         let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new()]);
-        let embeds = model.text.embed(std::slice::from_ref(&feed))?;
-        let positions = Positions::decode(&[self.delta], cache.len(), feed.len());
         let out = model.text.forward(
             DecoderInput::new(embeds, &positions),
             &mut cache,
@@ -288,9 +335,9 @@ impl Conversation<'_> {
         let prefill = Prefill {
             cache,
             logits: read_logits(out.logits)?,
-            deltas: vec![self.delta],
+            deltas: vec![delta],
             traces,
-            vision_ms: 0.0,
+            vision_ms,
             prefill_ms: ms(started),
         };
         let prompt = PreparedPrompt::new(ids.clone(), Vec::new(), Vec::new());
@@ -299,13 +346,17 @@ impl Conversation<'_> {
             .pop()
             .ok_or_else(|| EchoError::Device("a turn gave no output".into()))?;
         out.timings.prefill_tokens = feed.len();
+        out.timings.preprocess_ms = segment.preprocess_ms;
+        self.image_grid_thw.extend(image_grids);
+        self.video_grid_thw.extend(video_grids);
         out.image_grid_thw = self.image_grid_thw.clone();
         out.video_grid_thw = self.video_grid_thw.clone();
         self.ids = ids;
         self.ids.extend(&out.generated_token_ids);
         self.cache = Some(cache);
+        self.delta = delta;
         self.stopped = out.finish_reason == FinishReason::Stop;
-        self.messages.push(Message::text(Role::User, question));
+        self.messages.push(question);
         self.messages
             .push(Message::text(Role::Assistant, out.text.clone()));
         Ok(out)

@@ -161,7 +161,7 @@ impl EchoVlm {
     }
 
     /// Replaces each image (video) placeholder token by `t·h·w / merge²` copies.
-    fn expand_placeholders(
+    pub(super) fn expand_placeholders(
         &self,
         ids: &[u32],
         images: &[PixelValues],

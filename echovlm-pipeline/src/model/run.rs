@@ -304,12 +304,7 @@ impl EchoVlm {
             0.0
         } else {
             // a GPU runs asynchronously: wait for the encoder before reading the clock
-            let device = self.text.device();
-            if !echovlm_core::backend::is_flex(&device) {
-                device.sync().map_err(|e| {
-                    EchoError::Device(format!("waiting for the device failed: {e:?}"))
-                })?;
-            }
+            self.wait_for_device()?;
             ms(t_vision)
         };
 
@@ -334,6 +329,17 @@ impl EchoVlm {
             vision_ms,
             prefill_ms: ms(t_prefill),
         })
+    }
+
+    /// Waits for the work queued on a GPU device (nothing to wait for on the CPU backend).
+    pub(super) fn wait_for_device(&self) -> Result<(), EchoError> {
+        let device = self.text.device();
+        if !echovlm_core::backend::is_flex(&device) {
+            device
+                .sync()
+                .map_err(|e| EchoError::Device(format!("waiting for the device failed: {e:?}")))?;
+        }
+        Ok(())
     }
 
     /// The output of a finished sequence.
