@@ -228,7 +228,8 @@ fn a_follow_up_after_an_answer_that_ended_its_turn() {
 }
 
 /// Bad follow-ups are refused with typed errors and leave the conversation usable: an empty
-/// question, one with an image placeholder, one that would pass the model's context.
+/// question, one with an image placeholder, one with a system prompt or an unreadable image,
+/// one whose tokens, or whose rotary positions, would pass the model's context.
 #[test]
 fn bad_follow_ups_are_refused_and_the_conversation_goes_on() {
     let m = model("tiny-echovlm");
@@ -266,6 +267,24 @@ fn bad_follow_ups_are_refused_and_the_conversation_goes_on() {
         .unwrap_err();
     assert!(err.to_string().contains("missing_frame"), "{err}");
     assert_eq!(conv.ids(), ids.as_slice(), "the refused turns left nothing");
+    let turn = conv.ask("Is there a lesion?", &greedy(4)).unwrap();
+    assert_eq!(turn.generated_token_ids.len(), 4);
+
+    // a cine loop so slow that its time axis passes the context's rotary positions (Qwen2.5-VL
+    // places frames at absolute times), though its tokens fit
+    let m = model("tiny-qwen25vl");
+    let (mut conv, _) = m.converse(&request, &greedy(4)).unwrap();
+    let frames = (0..3).map(|i| image(&format!("heart_cine_{i}.png")));
+    let slow = Request::new("And over this loop?").cine(frames).fps(0.001);
+    let err = conv.follow_up(&slow, &greedy(4), None).unwrap_err();
+    assert!(
+        matches!(err, EchoError::Prompt(PromptError::ContextTooLong { .. })),
+        "{err}"
+    );
+    assert!(
+        conv.cached_positions().is_some(),
+        "the keys and values are kept"
+    );
     let turn = conv.ask("Is there a lesion?", &greedy(4)).unwrap();
     assert_eq!(turn.generated_token_ids.len(), 4);
 }

@@ -143,9 +143,10 @@ impl Conversation<'_> {
     /// The output's `prompt_token_ids` is the whole conversation before the answer; its
     /// `timings.prefill_tokens` counts the tokens this turn ran before its answer. Errors
     /// (typed, leaving the conversation as it was) for an empty question, one that holds
-    /// image or video placeholders, or one whose turn would not fit in the model's context;
-    /// an error while running (a device failure) leaves the conversation without its keys
-    /// and values, and every later turn is refused.
+    /// image or video placeholders, or one whose turn would not fit in the model's context
+    /// (its positions, rotary ones included); an error while running the decoder (a device
+    /// failure) leaves the conversation without its keys and values, and every later turn is
+    /// refused.
     pub fn ask(&mut self, question: &str, opts: &GenerationOptions) -> Result<Output, EchoError> {
         self.turn(&Request::new(question), opts, None)
     }
@@ -293,12 +294,6 @@ impl Conversation<'_> {
             ids: feed.clone(),
             ..visual
         };
-        // from here an error loses the keys and values (`cache` stays `None`)
-        let Some(mut cache) = self.cache.take() else {
-            return Err(EchoError::Device(
-                "the conversation's cache vanished".into(),
-            ));
-        };
         let started = Instant::now();
         let segments = std::slice::from_ref(&segment);
         let rows = std::slice::from_ref(&feed);
@@ -314,7 +309,7 @@ impl Conversation<'_> {
         // pending one) sits where a decode step would put it
         let (mut positions, deltas) =
             model.positions(segments, rows, None, &image_grids, &video_grids)?;
-        let offset = cache.len() as i64 + self.delta;
+        let offset = cached as i64 + self.delta;
         for p in positions
             .t
             .iter_mut()
@@ -324,6 +319,17 @@ impl Conversation<'_> {
             *p += offset;
         }
         let delta = self.delta + deltas[0];
+        // every position of the turn within the model's context (the rotary ones too, which
+        // a cine loop's time axis can stretch), checked before the cache is touched
+        model
+            .text
+            .check_device_decode(cached, feed.len() + opts.max_new_tokens, delta)?;
+        // from here an error loses the keys and values (`cache` stays `None`)
+        let Some(mut cache) = self.cache.take() else {
+            return Err(EchoError::Device(
+                "the conversation's cache vanished".into(),
+            ));
+        };
         cache.reserve(feed.len() + opts.max_new_tokens);
         let has_moe = model.text.layers.iter().any(|l| l.is_moe());
         let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new()]);
