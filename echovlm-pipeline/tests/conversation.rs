@@ -30,19 +30,20 @@ fn one_image_request() -> Request {
     r
 }
 
-/// What a run over the whole conversation's tokens gives for `turn` (its prompt ids, the
-/// first prompt's images).
+/// What a run over the whole conversation's tokens gives for `turn` (its prompt ids, with the
+/// images, cine loops and frame rates of `visual`: every one the conversation has had).
 fn from_scratch(
     m: &EchoVlm,
-    first: &PreparedPrompt,
+    visual: &PreparedPrompt,
     turn: &Output,
     opts: &GenerationOptions,
 ) -> Output {
     let prompt = PreparedPrompt::new(
         turn.prompt_token_ids.clone(),
-        first.images.clone(),
-        first.videos.clone(),
-    );
+        visual.images.clone(),
+        visual.videos.clone(),
+    )
+    .with_video_fps(visual.video_fps.clone());
     m.run(vec![prompt], opts, None).unwrap().pop().unwrap()
 }
 
@@ -143,43 +144,32 @@ fn follow_ups_with_images_of_their_own() {
     for name in ["tiny-echovlm", "tiny-qwen25vl"] {
         let m = model(name);
         let request = one_image_request();
-        let first = m.prepare(&request).unwrap();
+        // every image and loop the conversation has had, in order
+        let mut visual = m.prepare(&request).unwrap();
         let opts = greedy(8).repetition_penalty(1.3);
         let (mut conv, report) = m.converse(&request, &opts).unwrap();
         let view = Request::new("Compare with this view.").image(image("thyroid_300x220.png"));
         let new_image = m.prepare(&view).unwrap().images.remove(0);
-        let mut images = first.images.clone();
-        let mut videos = Vec::new();
-        let mut fps = Vec::new();
         let turn = conv.follow_up(&view, &opts, None).unwrap();
-        images.push(new_image);
+        visual.images.push(new_image);
         let label = format!("{name}: a second image");
         assert_eq!(turn.image_grid_thw.len(), 2, "{label}");
         assert!(
             turn.timings.vision_ms > 0.0,
             "{label}: the new image is encoded"
         );
-        let whole = |turn: &Output, images: &[_], videos: &[_], fps: &[f64]| {
-            let p = PreparedPrompt::new(
-                turn.prompt_token_ids.clone(),
-                images.to_vec(),
-                videos.to_vec(),
-            )
-            .with_video_fps(fps.to_vec());
-            m.run(vec![p], &opts, None).unwrap().pop().unwrap()
-        };
-        assert_same(&turn, &whole(&turn, &images, &videos, &fps), &label);
+        assert_same(&turn, &from_scratch(&m, &visual, &turn, &opts), &label);
         if name == "tiny-qwen25vl" {
             let frames = (0..3).map(|i| image(&format!("heart_cine_{i}.png")));
             let cine = Request::new("And over this loop?").cine(frames).fps(1.0);
             let loop_values = m.prepare(&cine).unwrap().videos.remove(0);
             let turn = conv.follow_up(&cine, &opts, None).unwrap();
-            videos.push(loop_values);
-            fps.push(1.0);
+            visual.videos.push(loop_values);
+            visual.video_fps.push(1.0);
             assert_eq!(turn.video_grid_thw.len(), 1);
             assert_same(
                 &turn,
-                &whole(&turn, &images, &videos, &fps),
+                &from_scratch(&m, &visual, &turn, &opts),
                 &format!("{name}: a cine loop"),
             );
         }
@@ -189,7 +179,7 @@ fn follow_ups_with_images_of_their_own() {
         assert_eq!(turn.timings.vision_ms, 0.0);
         assert_same(
             &turn,
-            &whole(&turn, &images, &videos, &fps),
+            &from_scratch(&m, &visual, &turn, &opts),
             &format!("{name}: text after images"),
         );
         let _ = report;

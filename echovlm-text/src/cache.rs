@@ -251,6 +251,12 @@ impl KvCache {
         (self.len > 0).then_some(self.valid.len())
     }
 
+    /// Whether the cache holds one row and every position of it is a real token: what a
+    /// [`DeviceDecode`](crate::DeviceDecode) takes over.
+    pub fn is_one_unpadded_row(&self) -> bool {
+        self.batch() == Some(1) && self.valid.iter().flatten().all(|&v| v)
+    }
+
     /// `[batch][len]`: whether each cached position is a real token.
     pub fn valid(&self) -> &[Vec<bool>] {
         &self.valid
@@ -460,7 +466,7 @@ impl KvCache {
         self,
         capacity: usize,
     ) -> Option<Vec<(Tensor<4>, Tensor<4>)>> {
-        if self.batch() != Some(1) || self.valid.iter().flatten().any(|&v| !v) {
+        if !self.is_one_unpadded_row() {
             return None;
         }
         let held = self.layers.iter().map(|layer| match layer {

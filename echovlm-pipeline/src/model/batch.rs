@@ -439,12 +439,10 @@ impl<'m> ContinuousBatch<'m> {
             .opts
             .max_new_tokens
             .saturating_sub(row.seq.generated.len());
-        let one_row =
-            self.cache.batch() == Some(1) && self.cache.valid().iter().flatten().all(|&v| v);
         if !model.decode_graphs
             || echovlm_core::backend::is_flex(&model.text.device())
             || rest <= WARMUP_STEPS + 1
-            || !one_row
+            || !self.cache.is_one_unpadded_row()
             || !GraphDecode::fits(&model.text, self.cache.len(), rest, self.deltas[0])
         {
             return Ok(());

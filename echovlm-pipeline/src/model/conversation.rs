@@ -4,7 +4,6 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use echovlm_moe::RoutingTrace;
 use echovlm_text::{DecoderInput, KvCache, PromptError};
 use echovlm_vision::preprocess::PixelValues;
 
@@ -298,12 +297,7 @@ impl Conversation<'_> {
         let segments = std::slice::from_ref(&segment);
         let rows = std::slice::from_ref(&feed);
         let (embeds, image_grids, video_grids) = model.embed_prompts(segments, rows)?;
-        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
-            0.0
-        } else {
-            model.wait_for_device()?;
-            ms(started)
-        };
+        let vision_ms = model.vision_ms(started, &image_grids, &video_grids)?;
         let started = Instant::now();
         // the segment's M-RoPE positions, after the conversation's: its first token (the
         // pending one) sits where a decode step would put it
@@ -331,8 +325,7 @@ impl Conversation<'_> {
             ));
         };
         cache.reserve(feed.len() + opts.max_new_tokens);
-        let has_moe = model.text.layers.iter().any(|l| l.is_moe());
-        let mut traces = (opts.trace_routing && has_moe).then(|| vec![RoutingTrace::new()]);
+        let mut traces = model.routing_traces(opts.trace_routing, 1);
         let out = model.text.forward(
             DecoderInput::new(embeds, &positions),
             &mut cache,

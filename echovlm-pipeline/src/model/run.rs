@@ -300,21 +300,14 @@ impl EchoVlm {
         // vision
         let t_vision = Instant::now();
         let (embeds, image_grids, video_grids) = self.embed_prompts(prompts, &padded)?;
-        let vision_ms = if image_grids.is_empty() && video_grids.is_empty() {
-            0.0
-        } else {
-            // a GPU runs asynchronously: wait for the encoder before reading the clock
-            self.wait_for_device()?;
-            ms(t_vision)
-        };
+        let vision_ms = self.vision_ms(t_vision, &image_grids, &video_grids)?;
 
         // prefill
         let t_prefill = Instant::now();
         let (positions, deltas) =
             self.positions(prompts, &padded, mask, &image_grids, &video_grids)?;
         let mut cache = self.text.new_cache_with_capacity(max_len + budget);
-        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
-        let mut traces = (trace && has_moe).then(|| vec![RoutingTrace::new(); prompts.len()]);
+        let mut traces = self.routing_traces(trace, prompts.len());
         let out = self.text.forward(
             DecoderInput::new(embeds, &positions).valid(mask),
             &mut cache,
@@ -331,15 +324,30 @@ impl EchoVlm {
         })
     }
 
-    /// Waits for the work queued on a GPU device (nothing to wait for on the CPU backend).
-    pub(super) fn wait_for_device(&self) -> Result<(), EchoError> {
+    /// Milliseconds since `started` spent encoding the images and videos of these grids
+    /// (none: 0); on a GPU, which runs asynchronously, after waiting for the encoder.
+    pub(super) fn vision_ms(
+        &self,
+        started: Instant,
+        image_grids: &[Grid],
+        video_grids: &[Grid],
+    ) -> Result<f64, EchoError> {
+        if image_grids.is_empty() && video_grids.is_empty() {
+            return Ok(0.0);
+        }
         let device = self.text.device();
         if !echovlm_core::backend::is_flex(&device) {
             device
                 .sync()
                 .map_err(|e| EchoError::Device(format!("waiting for the device failed: {e:?}")))?;
         }
-        Ok(())
+        Ok(ms(started))
+    }
+
+    /// An empty routing trace per row when `trace` is asked for and the model has MoE layers.
+    pub(super) fn routing_traces(&self, trace: bool, rows: usize) -> Option<Vec<RoutingTrace>> {
+        let has_moe = self.text.layers.iter().any(|l| l.is_moe());
+        (trace && has_moe).then(|| vec![RoutingTrace::new(); rows])
     }
 
     /// The output of a finished sequence.
