@@ -34,7 +34,8 @@
 #   formats one token's products at the decoder's shapes (V1 and V2, fused as decoded) with bf16
 #           weights and with Burn's int8 and int4 quantised weights (block 32): time, speed
 #           against bf16, bandwidth, difference (the gpu test `cuda_weight_format_products`);
-#           whether a quantised GPU weight format is worth porting;
+#           whether a quantised GPU weight format is worth porting; then a decode step's
+#           attention at those shapes in three forms (`cuda_decode_attention_forms`);
 #   tests   the other CUDA tests (f16/bf16, Qwen2.5-VL fixtures, read-backs per decode step),
 #           then the wgpu tests on the NVIDIA Vulkan driver (`tests-cuda`: the CUDA ones only);
 #   scaling the CPU path at 1, 2, 4, 8 and 16 threads (tools/scaling.py on the benchmark
@@ -136,9 +137,11 @@ probe() {
 
 # Burn's int8 and int4 quantised products against bf16 at the decoder's shapes (no checkpoint)
 formats() {
-    step "weight formats: bf16, int8 and int4 products of one token"
+    step "weight formats: bf16, int8 and int4 products of one token; decode attention forms"
     run_for 150 "$bin/gpu" --ignored --test-threads 1 --nocapture cuda_weight_format_products 2>&1 |
         grep -v "^  *[0-9]*: \|^  *at " | tee -a "$out/formats.txt"
+    run_for 90 "$bin/gpu" --ignored --test-threads 1 --nocapture cuda_decode_attention_forms 2>&1 |
+        tee -a "$out/formats.txt"
 }
 
 tests() {

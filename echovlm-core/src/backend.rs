@@ -292,32 +292,13 @@ pub fn attention(
     {
         return decode_attention(q, k, v, mask, causal);
     }
-    let [b, _, s, d] = q.dims();
+    let s = q.dims()[2];
     if s == 1
-        && heads != kv_heads
         && !causal
         && mask.as_ref().is_none_or(|m| m.dims()[1] == 1)
         && !native_grouped_attention(&q.device())
     {
-        // One query (a decode step): the heads that share a key/value head become that head's
-        // queries, so the keys and values are read as they are instead of repeated per head.
-        let n_rep = heads / kv_heads;
-        let keys = k.dims()[2];
-        let q = q.reshape([b, kv_heads, n_rep, d]);
-        let mask = mask.map(|m| m.expand([b, kv_heads, n_rep, keys]));
-        let o = burn::tensor::module::attention(
-            q,
-            k,
-            v,
-            mask,
-            None,
-            AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: false,
-            },
-        );
-        return o.reshape([b, heads, 1, d]);
+        return grouped_decode_attention(q, k, v, mask);
     }
     let (k, v) = if heads != kv_heads && !native_grouped_attention(&q.device()) {
         let n_rep = heads / kv_heads;
@@ -337,6 +318,50 @@ pub fn attention(
             is_causal: causal,
         },
     )
+}
+
+/// Attention of one query per head (a decode step), `q` `[b, h, 1, d]`, over keys and values
+/// `[b, h_kv, s_kv, d]` with `h` a multiple of `h_kv`, `mask` `[b, 1, 1, s_kv]` (`true`: hidden;
+/// at least one key visible), as plain tensor operations: what [`attention`] runs for a decode
+/// step off the CPU backend.
+///
+/// The query heads that share a key/value head become that head's queries (`[b, h_kv, h/h_kv,
+/// d]`), so keys and values are read as they are instead of repeated per head, and the scores
+/// are a small matrix product. Written as tensor operations rather than Burn's attention, a
+/// fusing GPU backend folds the scale into the first product's input, the mask into the
+/// maximum's reduction, the exponential into the sum's and the division into the second
+/// product's input: about five kernels where Burn's separate-kernel attention (which it runs
+/// outside the fuser) launches a dozen. The softmax runs in f32 whatever the input type, as
+/// PyTorch's eager attention does.
+pub fn grouped_decode_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
+    let [b, heads, s, d] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    assert_eq!(s, 1, "grouped_decode_attention takes one query per head");
+    assert_eq!(
+        heads % kv_heads,
+        0,
+        "query heads a multiple of key/value heads"
+    );
+    let n_rep = heads / kv_heads;
+    let dtype = q.dtype();
+    let q = q
+        .reshape([b, kv_heads, n_rep, d])
+        .mul_scalar(1.0 / (d as f64).sqrt());
+    let scores = cast_to(q.matmul(k.swap_dims(2, 3)), DType::F32);
+    let scores = match mask {
+        Some(m) => scores.mask_fill(m.expand([b, kv_heads, n_rep, keys]), f32::NEG_INFINITY),
+        None => scores,
+    };
+    let max = scores.clone().max_dim(3);
+    let e = (scores - max).exp();
+    let sum = e.clone().sum_dim(3);
+    let p = cast_to(e / sum, dtype);
+    p.matmul(v).reshape([b, heads, 1, d])
 }
 
 /// Keys or values held in host memory as `[batch, heads, capacity, dim]` f32, of which the first

@@ -406,8 +406,8 @@ fn decode_step_launch_budget() {
     let _turn = turn();
     let r = one_image_request();
     for (name, launches, operations) in [
-        ("tiny-echovlm", 137.0, 347.0),
-        ("tiny-qwen25vl", 62.0, 155.0),
+        ("tiny-echovlm", 119.0, 371.0),
+        ("tiny-qwen25vl", 51.0, 171.0),
     ] {
         if let Some(mut model) = load_model(wgpu(), name, DType::F32) {
             // the step run one by one (a replayed graph launches nothing through this path)
@@ -1519,4 +1519,138 @@ fn wgpu_weight_format_products() {
             assert!(d[1].is_some_and(|d| d < 0.25), "{dtype:?} int4: {d:?}");
         }
     }
+}
+
+/// A decode step's attention as the decoder runs it off the CPU
+/// ([`echovlm_core::backend::grouped_decode_attention`]: tensor operations the fuser can join)
+/// against Burn's attention with the keys and values repeated per query head (what a prompt's
+/// attention runs) and Burn's attention of the grouped heads (the decode form before), at
+/// `heads` query heads over `kv_heads` key/value heads of width `dim` and each of `keys`
+/// cached positions, the last quarter masked; prints microseconds per call (each followed by a
+/// synchronisation) and returns, per key count, the largest difference of each form from the
+/// repeated one relative to its largest output.
+fn decode_attention_forms(
+    device: &Device,
+    dtype: DType,
+    (heads, kv_heads, dim): (usize, usize, usize),
+    keys: &[usize],
+    reps: usize,
+) -> Vec<[f32; 2]> {
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::{Bool, Distribution, Int, Tensor};
+    use echovlm_core::backend::{grouped_decode_attention, repeat_kv};
+    use std::time::Instant;
+
+    let sync = || device.sync().unwrap();
+    let time = |f: &mut dyn FnMut() -> Tensor<4>| {
+        for _ in 0..3 {
+            let _y = f();
+            sync();
+        }
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _y = f();
+            sync();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / reps as f64
+    };
+    let opts = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    let read = |t: Tensor<4>| t.cast(DType::F32).into_data().try_to_vec::<f32>().unwrap();
+    println!(
+        "decode attention, {heads} query heads over {kv_heads} key/value heads of {dim} ({dtype:?}):"
+    );
+    println!(
+        "| keys | tensor operations | Burn's, grouped heads | Burn's, repeated keys and values |"
+    );
+    println!("|---|---|---|---|");
+    let mut diffs = Vec::new();
+    for &n in keys {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<4>::random([1, heads, 1, dim], normal, device).cast(dtype);
+        let k = Tensor::<4>::random([1, kv_heads, n, dim], normal, device).cast(dtype);
+        let v = Tensor::<4>::random([1, kv_heads, n, dim], normal, device).cast(dtype);
+        let visible = (n - n / 4) as i64;
+        let mask: Tensor<4, Bool> = Tensor::<1, Int>::arange(0..n as i64, device)
+            .greater_equal_elem(visible)
+            .reshape([1, 1, 1, n]);
+        let n_rep = heads / kv_heads;
+        let ours = || grouped_decode_attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()));
+        let grouped = || {
+            burn::tensor::module::attention(
+                q.clone().reshape([1, kv_heads, n_rep, dim]),
+                k.clone(),
+                v.clone(),
+                Some(mask.clone().expand([1, kv_heads, n_rep, n])),
+                None,
+                opts,
+            )
+            .reshape([1, heads, 1, dim])
+        };
+        let repeated = || {
+            burn::tensor::module::attention(
+                q.clone(),
+                repeat_kv(k.clone(), n_rep),
+                repeat_kv(v.clone(), n_rep),
+                Some(mask.clone().expand([1, heads, 1, n])),
+                None,
+                opts,
+            )
+        };
+        let reference = read(repeated());
+        let peak = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = |y: Vec<f32>| max_abs_diff(&y, &reference) / peak;
+        let d = [diff(read(ours())), diff(read(grouped()))];
+        let t = [
+            time(&mut || ours()),
+            time(&mut || grouped()),
+            time(&mut || repeated()),
+        ];
+        println!(
+            "| {n} | {:.1} µs (difference {:.1e}) | {:.1} µs ({:.1e}) | {:.1} µs |",
+            t[0], d[0], t[1], d[1], t[2]
+        );
+        diffs.push(d);
+    }
+    diffs
+}
+
+/// The decoder's decode attention equals Burn's attention over repeated keys and values on
+/// the wgpu device, in f32 and f16, with masked positions, at Qwen2-VL's grouping (7 query
+/// heads per key/value head).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_decode_attention_equals_burns() {
+    let _turn = turn();
+    let Some(device) = wgpu() else { return };
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 4e-3)] {
+        if !device.supports_dtype(dtype) {
+            continue;
+        }
+        for d in decode_attention_forms(&device, dtype, (14, 2, 64), &[8, 37, 256], 3) {
+            assert!(d[0] < tolerance, "{dtype:?}: {d:?}");
+        }
+    }
+}
+
+/// [`decode_attention_forms`] at the decoder's shapes (28 query heads over 4 key/value heads
+/// of 128, Qwen2-VL-7B and Qwen2.5-VL-7B alike) in bf16 on an NVIDIA GPU (`tools/gpu_check.sh`
+/// step `formats`; ignored otherwise): whether the tensor-operation form beats Burn's
+/// attention (which the autotuner may give a flash kernel there).
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "times attention on a GPU"]
+fn cuda_decode_attention_forms() {
+    let _turn = turn();
+    let Some(device) = cuda() else { return };
+    decode_attention_forms(
+        &device,
+        DType::BF16,
+        (28, 4, 128),
+        &[512, 1024, 2048, 4096],
+        20,
+    );
 }
