@@ -328,10 +328,9 @@ pub fn attention(
 /// The query heads that share a key/value head become that head's queries (`[b, h_kv, h/h_kv,
 /// d]`), so keys and values are read as they are instead of repeated per head, and the scores
 /// are a small matrix product. Written as tensor operations rather than Burn's attention, a
-/// fusing GPU backend folds the scale into the first product's input, the mask into the
-/// maximum's reduction, the exponential into the sum's and the division into the second
-/// product's input: about five kernels where Burn's separate-kernel attention (which it runs
-/// outside the fuser) launches a dozen. The softmax runs in f32 whatever the input type, as
+/// fusing GPU backend folds the mask into the maximum's reduction and the scale and the
+/// exponential into the sum's: about five kernels where Burn's separate-kernel attention (which
+/// it runs outside the fuser) launches a dozen. The softmax runs in f32 whatever the input type, as
 /// PyTorch's eager attention does.
 pub fn grouped_decode_attention(
     q: Tensor<4>,
@@ -349,19 +348,20 @@ pub fn grouped_decode_attention(
     );
     let n_rep = heads / kv_heads;
     let dtype = q.dtype();
-    let q = q
-        .reshape([b, kv_heads, n_rep, d])
-        .mul_scalar(1.0 / (d as f64).sqrt());
+    let q = q.reshape([b, kv_heads, n_rep, d]);
     let scores = cast_to(q.matmul(k.swap_dims(2, 3)), DType::F32);
     let scores = match mask {
         Some(m) => scores.mask_fill(m.expand([b, kv_heads, n_rep, keys]), f32::NEG_INFINITY),
         None => scores,
     };
+    // the scale inside the exponential (the maximum of the unscaled scores is that of the
+    // scaled ones, unscaled) and the normalisation after the product with the values: both
+    // join kernels that run anyway instead of taking one each
     let max = scores.clone().max_dim(3);
-    let e = (scores - max).exp();
+    let e = (scores - max).mul_scalar(1.0 / (d as f64).sqrt()).exp();
     let sum = e.clone().sum_dim(3);
-    let p = cast_to(e / sum, dtype);
-    p.matmul(v).reshape([b, heads, 1, d])
+    let o = cast_to(e, dtype).matmul(v) / cast_to(sum, dtype);
+    o.reshape([b, heads, 1, d])
 }
 
 /// Keys or values held in host memory as `[batch, heads, capacity, dim]` f32, of which the first

@@ -406,8 +406,8 @@ fn decode_step_launch_budget() {
     let _turn = turn();
     let r = one_image_request();
     for (name, launches, operations) in [
-        ("tiny-echovlm", 119.0, 371.0),
-        ("tiny-qwen25vl", 51.0, 171.0),
+        ("tiny-echovlm", 116.0, 371.0),
+        ("tiny-qwen25vl", 49.0, 171.0),
     ] {
         if let Some(mut model) = load_model(wgpu(), name, DType::F32) {
             // the step run one by one (a replayed graph launches nothing through this path)
