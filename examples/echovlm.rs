@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, error::ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 use echovlm_pipeline::{
     EchoError, EchoVlm, GenerationOptions, HubId, Lang, LoadOptions, Output, Request, Task,
     Timings, Weights, device_from_name, dtype_for, probe_device, routing_png,
@@ -125,11 +125,20 @@ struct Cli {
     /// Frames of multi-frame DICOM images: all, stride:N or list:0,4,8.
     #[arg(long, default_value = "all")]
     dicom_frames: String,
-    /// A follow-up question about the same images, answered after the first answer from the
-    /// keys and values kept from it (only the question's own tokens run through the model);
-    /// repeat for more. With --json, the answers are listed under `follow_ups`.
+    /// A follow-up question, answered after the first answer from the keys and values kept
+    /// from it (only the question's own tokens run through the model; the images are not
+    /// encoded again); repeat for more. With --json, the answers are listed under
+    /// `follow_ups`.
     #[arg(long, value_name = "QUESTION")]
     follow_up: Vec<String>,
+    /// An image that comes with the --follow-up before it (another view, a later frame; repeat
+    /// for several): only it and that follow-up's own tokens run through the model.
+    #[arg(long = "follow-up-image", value_name = "PATH")]
+    follow_up_images: Vec<PathBuf>,
+    /// Per --follow-up-image, the index of the --follow-up it comes with (from the order of
+    /// the arguments).
+    #[arg(skip)]
+    follow_up_image_of: Vec<usize>,
     /// Write a PNG of the MoE routing (expert usage and mix per layer).
     #[arg(long, value_name = "PNG")]
     routing_plot: Option<PathBuf>,
@@ -166,8 +175,12 @@ fn frame_selection(spec: &str) -> Result<FrameSelection, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    let cli = match parse() {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("{e} (see --help)");
+            return ExitCode::from(2);
+        }
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
@@ -186,6 +199,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, each `--follow-up-image` given to the `--follow-up` before it; the inner
+/// error is an argument out of place.
+fn parse() -> Result<Result<Cli, String>, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let at = |id: &str| -> Vec<usize> {
+        matches
+            .indices_of(id)
+            .map(|i| i.collect())
+            .unwrap_or_default()
+    };
+    let (questions, images) = (at("follow_up"), at("follow_up_images"));
+    for (image, path) in images.iter().zip(&cli.follow_up_images) {
+        match questions.iter().rposition(|q| q < image) {
+            Some(i) => cli.follow_up_image_of.push(i),
+            None => {
+                return Ok(Err(format!(
+                    "--follow-up-image {} comes before any --follow-up: give it after the \
+                     follow-up question it belongs to",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(Ok(cli))
 }
 
 /// The held-out phantom the demo describes (seed 1000000, never trained on; its true report is
@@ -388,7 +428,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut follow_ups = Vec::new();
     if let Some(conv) = conversation.as_mut() {
         let limit = model.text_model().config.max_position_embeddings;
-        for q in &cli.follow_up {
+        for (i, q) in cli.follow_up.iter().enumerate() {
+            let mut follow_up = Request::new(q.clone()).pixels(cli.min_pixels, cli.max_pixels);
+            let images: Vec<PathBuf> = cli
+                .follow_up_images
+                .iter()
+                .zip(&cli.follow_up_image_of)
+                .filter(|(_, of)| **of == i)
+                .map(|(path, _)| path.clone())
+                .collect();
+            for path in &images {
+                follow_up = follow_up.image(path.clone());
+            }
             let mut o = opts.clone();
             if cli.max_new_tokens.is_none() {
                 // what the context leaves after the conversation and the question's turn
@@ -397,14 +448,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 o.max_new_tokens = 1024.min(room.max(1));
             }
             let answer = if cli.json {
-                conv.ask(q, &o)?
+                conv.follow_up(&follow_up, &o, None)?
             } else {
                 println!("\n> {q}");
-                let answer = streaming(&o, interactive, |cb| conv.ask_stream(q, &o, cb))?;
+                let answer = streaming(&o, interactive, |cb| {
+                    conv.follow_up(&follow_up, &o, Some(cb))
+                })?;
                 eprintln!("{}", stats(&answer, &model, load_s));
                 answer
             };
-            follow_ups.push((q.clone(), answer));
+            follow_ups.push((q.clone(), images, answer));
         }
     }
     if let Some(path) = &cli.routing_plot {
@@ -503,13 +556,14 @@ fn print_json(
     model: &EchoVlm,
     load_s: f64,
     runs: &[Timings],
-    follow_ups: &[(String, Output)],
+    follow_ups: &[(String, Vec<PathBuf>, Output)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let follow_ups: Vec<serde_json::Value> = follow_ups
         .iter()
-        .map(|(q, a)| {
+        .map(|(q, images, a)| {
             serde_json::json!({
                 "question": q,
+                "images": images,
                 "text": a.text,
                 "generated_token_ids": a.generated_token_ids,
                 "finish_reason": a.finish_reason,

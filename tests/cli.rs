@@ -418,3 +418,50 @@ fn cli_answers_follow_up_questions() {
         "{stdout:?} should hold the question, then {text:?}"
     );
 }
+
+/// `--follow-up-image` gives an image to the `--follow-up` before it: that follow-up's prefill
+/// holds the image's tokens (its merged patches between the vision start and end tokens)
+/// beside the same question's tokens without it, and the JSON names it; an image before any
+/// follow-up is refused as an argument out of place, and an unreadable one by its path.
+#[test]
+fn cli_follow_up_questions_take_images() {
+    let q = "What is the echogenicity of the lesion?";
+    // another phantom of the demo image's size
+    let view = path(support::fixtures().join("phantoms/heldout/1000001.png"));
+    let base = ["--json", "--lang", "en", "--max-new-tokens", "24"];
+    let mut args = base.to_vec();
+    args.extend(["--follow-up", q]);
+    let text = run_json(&args);
+    args.extend(["--follow-up-image", &view, "--follow-up", q]);
+    let v = run_json(&args);
+    let follow_ups = v["follow_ups"].as_array().unwrap();
+    assert_eq!(follow_ups.len(), 2);
+    assert_eq!(follow_ups[0]["images"], serde_json::json!([view]));
+    assert_eq!(follow_ups[1]["images"], serde_json::json!([]));
+    let prefill = |f: &serde_json::Value| f["timings"]["prefill_tokens"].as_u64().unwrap();
+    let grid = ids(&v["image_grid_thw"][0]);
+    let image_tokens = grid.iter().product::<u64>() / 4 + 2;
+    assert_eq!(
+        prefill(&follow_ups[0]),
+        prefill(&text["follow_ups"][0]) + image_tokens,
+        "{follow_ups:?}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--follow-up-image", &view, "--follow-up", q]);
+    let out = cli().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--follow-up-image") && err.contains("before any --follow-up"),
+        "{err}"
+    );
+
+    let missing = path(support::fixtures().join("phantoms/no-such-view.png"));
+    let mut args = base.to_vec();
+    args.extend(["--follow-up", q, "--follow-up-image", &missing]);
+    let out = cli().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-view.png"), "{err}");
+}
