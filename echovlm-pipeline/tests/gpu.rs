@@ -1378,22 +1378,8 @@ fn weight_format_products(
     use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
     use burn::tensor::{Distribution, Tensor};
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    use std::time::Instant;
 
-    let sync = || device.sync().unwrap();
-    // microseconds per call, each followed by a synchronisation, after 3 warm-ups
-    let time = |f: &mut dyn FnMut() -> Tensor<2>| {
-        for _ in 0..3 {
-            let _y = f();
-            sync();
-        }
-        let t = Instant::now();
-        for _ in 0..reps {
-            let _y = f();
-            sync();
-        }
-        t.elapsed().as_secs_f64() * 1e6 / reps as f64
-    };
+    let time = |f: &mut dyn FnMut() -> Tensor<2>| micros_per_call(device, reps, f);
     let x0 = Tensor::<2>::random([1, 8], Distribution::Normal(0.0, 1.0), device).cast(dtype);
     let base = time(&mut || x0.clone());
     let formats = [
@@ -1468,6 +1454,22 @@ fn weight_format_products(
     diffs
 }
 
+/// Microseconds per call of `f` on `device`, each call followed by a synchronisation, over
+/// `reps` calls after 3 warm-ups.
+fn micros_per_call<T>(device: &Device, reps: usize, f: &mut dyn FnMut() -> T) -> f64 {
+    let sync = || device.sync().unwrap();
+    for _ in 0..3 {
+        let _y = f();
+        sync();
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        let _y = f();
+        sync();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / reps as f64
+}
+
 /// The decode products of the released EchoVLM (V1) and of Qwen2.5-VL-7B (V2), fused as the
 /// decoder runs them, in bf16 and in Burn's int8 and int4 quantised formats, on an NVIDIA GPU
 /// (`tools/gpu_check.sh` step `formats`; ignored otherwise): whether Burn's quantised
@@ -1539,21 +1541,8 @@ fn decode_attention_forms(
     use burn::tensor::ops::AttentionModuleOptions;
     use burn::tensor::{Bool, Distribution, Int, Tensor};
     use echovlm_core::backend::{grouped_decode_attention, repeat_kv};
-    use std::time::Instant;
 
-    let sync = || device.sync().unwrap();
-    let time = |f: &mut dyn FnMut() -> Tensor<4>| {
-        for _ in 0..3 {
-            let _y = f();
-            sync();
-        }
-        let t = Instant::now();
-        for _ in 0..reps {
-            let _y = f();
-            sync();
-        }
-        t.elapsed().as_secs_f64() * 1e6 / reps as f64
-    };
+    let time = |f: &mut dyn FnMut() -> Tensor<4>| micros_per_call(device, reps, f);
     let opts = AttentionModuleOptions {
         scale: None,
         softcap: None,
