@@ -329,9 +329,13 @@ pub fn attention(
 /// d]`), so keys and values are read as they are instead of repeated per head, and the scores
 /// are a small matrix product. Written as tensor operations rather than Burn's attention, a
 /// fusing GPU backend folds the mask into the maximum's reduction and the scale and the
-/// exponential into the sum's: about five kernels where Burn's separate-kernel attention (which
-/// it runs outside the fuser) launches a dozen. The softmax runs in f32 whatever the input type, as
-/// PyTorch's eager attention does.
+/// exponential into the sum's: about five kernels where Burn's separate-kernel attention
+/// (which it runs outside the fuser) launches a dozen. The softmax runs in f32 whatever the
+/// input type, as PyTorch's eager attention does, and so does its normalisation (after the
+/// product with the values).
+///
+/// # Panics
+/// If `q` has more than one query per head, or its heads are not a multiple of `k`'s.
 pub fn grouped_decode_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -360,8 +364,8 @@ pub fn grouped_decode_attention(
     let max = scores.clone().max_dim(3);
     let e = (scores - max).mul_scalar(1.0 / (d as f64).sqrt()).exp();
     let sum = e.clone().sum_dim(3);
-    let o = cast_to(e, dtype).matmul(v) / cast_to(sum, dtype);
-    o.reshape([b, heads, 1, d])
+    let o = cast_to(cast_to(e, dtype).matmul(v), DType::F32) / sum;
+    cast_to(o, dtype).reshape([b, heads, 1, d])
 }
 
 /// Keys or values held in host memory as `[batch, heads, capacity, dim]` f32, of which the first
