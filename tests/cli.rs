@@ -13,14 +13,19 @@ fn cli() -> Command {
     support::example("echovlm")
 }
 
-fn run_json(args: &[&str]) -> serde_json::Value {
+/// Runs the CLI with `args`, which must succeed (its standard error otherwise shown).
+fn run_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     let out = cli().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(args).stdout).unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
@@ -185,12 +190,7 @@ fn cli_runs_qwen25_cine_loops_at_the_given_frame_rate() {
 
 #[test]
 fn demo_runs_without_arguments() {
-    let out = cli().args(["--max-new-tokens", "8"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&["--max-new-tokens", "8"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("synthetic ultrasound phantoms") && err.contains("--model"),
@@ -351,13 +351,7 @@ fn the_demo_command_reports_what_its_phantom_shows() {
         (vec!["--json"], echovlm_phantom::Lang::Zh),
         (vec!["--json", "--lang", "en"], echovlm_phantom::Lang::En),
     ] {
-        let out = cli().args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = run_json(&args);
         let text = v["text"].as_str().unwrap();
         let scores = echovlm_phantom::score(&truth, &echovlm_phantom::parse_report(text, lang));
         assert!(
@@ -402,15 +396,7 @@ fn cli_answers_follow_up_questions() {
     }
     assert!(alone["follow_ups"].as_array().unwrap().is_empty());
 
-    let out = cli()
-        .args(["--lang", "en", "--max-new-tokens", "48", "--follow-up", q1])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&["--lang", "en", "--max-new-tokens", "48", "--follow-up", q1]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = follow_ups[0]["text"].as_str().unwrap();
     assert!(

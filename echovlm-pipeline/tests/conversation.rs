@@ -5,6 +5,8 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod cases;
+
 use echovlm_pipeline::{
     EchoError, EchoVlm, FinishReason, GenerationOptions, LoadOptions, Output, PreparedPrompt,
     Request, Role,
@@ -21,13 +23,7 @@ fn greedy(n: usize) -> GenerationOptions {
 }
 
 fn one_image_request() -> Request {
-    let g = Golden::load("tiny-echovlm");
-    let case = g.meta["e2e"]["one_image"].clone();
-    let mut r = Request::new(case["prompt"].as_str().unwrap());
-    for img in case["images"].as_array().unwrap() {
-        r = r.image(image(img.as_str().unwrap()));
-    }
-    r
+    cases::request(&Golden::load("tiny-echovlm").meta["e2e"]["one_image"])
 }
 
 /// What a run over the whole conversation's tokens gives for `turn` (its prompt ids, with the

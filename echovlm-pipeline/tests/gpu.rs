@@ -261,11 +261,7 @@ fn qwen25_fixtures_in_f32() {
 fn check_read_backs(model: &EchoVlm, backend: &str) {
     use echovlm_core::host::{read_back_values, read_backs};
     let g = Golden::load("tiny-echovlm");
-    let case = g.meta["e2e"]["one_image"].clone();
-    let mut r = Request::new(case["prompt"].as_str().unwrap());
-    for img in case["images"].as_array().unwrap() {
-        r = r.image(image(img.as_str().unwrap()));
-    }
+    let r = cases::request(&g.meta["e2e"]["one_image"]);
     let sampled = |n| {
         greedy(n)
             .do_sample(true)
@@ -322,13 +318,7 @@ fn check_read_backs(model: &EchoVlm, backend: &str) {
 
 /// The request the launch counts decode after: the reference's one-image case.
 fn one_image_request() -> Request {
-    let g = Golden::load("tiny-echovlm");
-    let case = g.meta["e2e"]["one_image"].clone();
-    let mut r = Request::new(case["prompt"].as_str().unwrap());
-    for img in case["images"].as_array().unwrap() {
-        r = r.image(image(img.as_str().unwrap()));
-    }
-    r
+    cases::request(&Golden::load("tiny-echovlm").meta["e2e"]["one_image"])
 }
 
 /// Kernel launches per decode step of `model` on `r`: the launches of a 9-token generation less
